@@ -1,0 +1,31 @@
+//! The `Bus` extension point: how deliveries reach a channel's workers.
+//! `local` (the store's delivery rows, claimed with leases) now; Kafka next.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{Channel, Priority};
+use crate::store::{ClaimedDelivery, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Says that deliveries for these channels were just stored.
+    fn announce(&self, channels: &[Channel]);
+    /// Takes up to `limit` due deliveries of one channel and lane, each
+    /// already moved to `sending` under a lease.
+    async fn take(
+        &self,
+        channel: Channel,
+        priority: Priority,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>, BusError>;
+    /// Returns when work may have arrived for the channel, or after `at_most`.
+    async fn wait(&self, channel: Channel, at_most: Duration);
+}

@@ -1,0 +1,18 @@
+//! Herald's domain: types, the delivery state machine, validation, policies
+//! (lanes, retries) and the `Store`, `Bus` and `Provider` extension points.
+//! No I/O lives here.
+
+pub mod bus;
+pub mod lanes;
+pub mod model;
+pub mod provider;
+pub mod retry;
+pub mod store;
+pub mod validate;
+
+pub use model::{Channel, DeliveryState, NotificationRequest, Priority};
+
+/// Milliseconds since the Unix epoch: Herald's one clock for stored times.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

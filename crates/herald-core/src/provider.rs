@@ -1,0 +1,188 @@
+//! The vendor extension point. An adapter builds the vendor's HTTP request
+//! and classifies the vendor's response; the engine does the I/O, timing,
+//! retries and (later) breaking. Keeping adapters pure makes every vendor's
+//! wire format testable without a network.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::model::{Channel, Content, Priority, PushPlatform};
+
+/// The address one delivery goes to, already picked out of the recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Email(String),
+    Phone(String),
+    Push {
+        platform: PushPlatform,
+        token: String,
+    },
+    Webhook(String),
+}
+
+/// Everything an adapter needs to build one vendor request.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    /// Stable for the delivery, across attempts and providers: the vendor
+    /// idempotency key.
+    pub delivery_key: String,
+    pub notification_id: String,
+    pub tenant_id: String,
+    pub channel: Channel,
+    pub priority: Priority,
+    pub category: Option<String>,
+    pub address: Address,
+    /// Rendered content (templates are resolved before the adapter).
+    pub content: Content,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// When the notification was accepted (Unix ms).
+    pub accepted_at_ms: i64,
+    /// When this attempt is made (Unix ms); signed into webhooks.
+    pub now_ms: i64,
+}
+
+/// A vendor request, ready for the engine's HTTP client.
+pub type VendorRequest = http::Request<Bytes>;
+
+/// What the vendor answered.
+#[derive(Debug, Clone)]
+pub struct VendorResponse {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The classified outcome of one attempt. Kept as distinct outcomes so a
+/// 429's Retry-After is honoured and a bad number is never retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The vendor took the message; `vendor_id` is its message id if it gave one.
+    Accepted { vendor_id: Option<String> },
+    /// Worth trying again (5xx, timeout, connection trouble). `ambiguous`
+    /// when the request may have reached the vendor (a timeout after sending).
+    Transient { reason: String, ambiguous: bool },
+    /// The vendor throttled us; try again after `retry_after` if it said.
+    RateLimited {
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+    /// Will never succeed as sent (invalid recipient, unregistered token, ...).
+    Permanent { reason: String },
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Transient { .. } => "transient",
+            Outcome::RateLimited { .. } => "rate_limited",
+            Outcome::Permanent { .. } => "permanent",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Accepted { .. } => None,
+            Outcome::Transient { reason, .. }
+            | Outcome::RateLimited { reason, .. }
+            | Outcome::Permanent { reason } => Some(reason),
+        }
+    }
+}
+
+/// Why an adapter could not build a request. Always permanent for this
+/// delivery: the same input would fail the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0} cannot be sent on this provider")]
+    WrongAddress(&'static str),
+    #[error("missing content: {0}")]
+    MissingContent(&'static str),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// One vendor account. Implementations live in `herald-providers`.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The account's name in config (`[providers.NAME]`); a metrics label.
+    fn name(&self) -> &str;
+    /// The vendor's name (`sendgrid`, `twilio`, ...).
+    fn vendor(&self) -> &'static str;
+    fn channel(&self) -> Channel;
+    fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError>;
+    fn classify(&self, resp: &VendorResponse) -> Outcome;
+}
+
+/// Parses `Retry-After` (seconds, or an HTTP date is treated as unknown).
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The classification every HTTP vendor shares for statuses its own error
+/// codes do not refine: 2xx accepted, 429 throttled, 408/5xx transient, the
+/// other 4xx permanent.
+pub fn classify_status(resp: &VendorResponse, reason: impl Into<String>) -> Outcome {
+    let s = resp.status;
+    let reason = reason.into();
+    if s.is_success() {
+        Outcome::Accepted { vendor_id: None }
+    } else if s == http::StatusCode::TOO_MANY_REQUESTS {
+        Outcome::RateLimited {
+            retry_after: retry_after(&resp.headers),
+            reason,
+        }
+    } else if s.is_server_error() || s == http::StatusCode::REQUEST_TIMEOUT {
+        Outcome::Transient {
+            reason,
+            ambiguous: false,
+        }
+    } else {
+        Outcome::Permanent { reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, retry: Option<&str>) -> VendorResponse {
+        let mut headers = http::HeaderMap::new();
+        if let Some(r) = retry {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_str(r).expect("ascii"),
+            );
+        }
+        VendorResponse {
+            status: http::StatusCode::from_u16(status).expect("valid status"),
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn statuses_classify() {
+        assert_eq!(classify_status(&resp(202, None), "").label(), "accepted");
+        assert_eq!(classify_status(&resp(500, None), "").label(), "transient");
+        assert_eq!(classify_status(&resp(503, None), "").label(), "transient");
+        assert_eq!(classify_status(&resp(408, None), "").label(), "transient");
+        assert_eq!(classify_status(&resp(400, None), "").label(), "permanent");
+        assert_eq!(classify_status(&resp(401, None), "").label(), "permanent");
+        assert_eq!(
+            classify_status(&resp(429, Some("7")), "slow down"),
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+                reason: "slow down".into()
+            }
+        );
+        assert_eq!(retry_after(&resp(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")).headers), None);
+    }
+}

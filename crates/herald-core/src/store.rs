@@ -1,0 +1,214 @@
+//! The `Store` extension point: Herald's durable state. SQLite now,
+//! PostgreSQL next; both must give the same semantics (one behavioural suite).
+
+use async_trait::async_trait;
+
+use crate::model::{Channel, DeliveryState, NotificationRequest, Priority};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store holds data it cannot read: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// One delivery to create with its notification.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: uuid::Uuid,
+    pub channel: Channel,
+    /// Push device index (0 for other channels).
+    pub target: u32,
+}
+
+/// The response stored with an idempotency key, replayed on a repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// SHA-256 of the canonical request, to tell a replay from a conflict.
+    pub request_hash: Vec<u8>,
+    pub response: StoredResponse,
+}
+
+/// A notification to store durably, with its deliveries, in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: uuid::Uuid,
+    pub tenant_id: String,
+    pub request: NotificationRequest,
+    pub accepted_at_ms: i64,
+    /// When the first attempt is due (`send_at`, or now).
+    pub due_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub deliveries: Vec<NewDelivery>,
+    /// Written in the same transaction; if the key is already taken nothing
+    /// is written and the existing record is returned.
+    pub idempotency: Option<(String, IdempotencyRecord)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateResult {
+    Created,
+    KeyTaken(IdempotencyRecord),
+}
+
+/// A delivery a worker now holds under a lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// Also the stable vendor idempotency key.
+    pub id: uuid::Uuid,
+    pub notification_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub channel: Channel,
+    pub target: u32,
+    pub priority: Priority,
+    /// The number of this attempt, from 1.
+    pub attempt: u32,
+    /// Proves the lease: results are recorded only with the current token.
+    pub lease_token: i64,
+    pub accepted_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    /// The notification request as JSON.
+    pub payload: String,
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Sent { vendor_id: Option<String> },
+    RetryAt(i64),
+    Failed,
+    Dead,
+    Expired,
+}
+
+impl Next {
+    pub fn state(&self) -> DeliveryState {
+        match self {
+            Next::Sent { .. } => DeliveryState::Sent,
+            Next::RetryAt(_) => DeliveryState::RetryScheduled,
+            Next::Failed => DeliveryState::Failed,
+            Next::Dead => DeliveryState::Dead,
+            Next::Expired => DeliveryState::Expired,
+        }
+    }
+}
+
+/// One attempt's result, recorded together with the delivery's next state.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: uuid::Uuid,
+    pub lease_token: i64,
+    pub attempt: u32,
+    /// `None` when no provider was tried (expired before sending).
+    pub provider: Option<String>,
+    pub started_at_ms: i64,
+    pub latency_ms: i64,
+    pub outcome: String,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub next: Next,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub provider: Option<String>,
+    pub outcome: String,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryView {
+    pub id: uuid::Uuid,
+    pub channel: Channel,
+    pub target: u32,
+    pub state: DeliveryState,
+    pub provider: Option<String>,
+    pub last_error: Option<String>,
+    pub sent_at_ms: Option<i64>,
+    pub updated_at_ms: i64,
+    pub attempts: Vec<AttemptView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotificationView {
+    pub id: uuid::Uuid,
+    pub tenant_id: String,
+    pub request: NotificationRequest,
+    pub accepted_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub channel: Channel,
+    pub priority: Priority,
+    pub pending: u64,
+}
+
+/// One finished or pending delivery, for reports (the demo, benchmarks).
+#[derive(Debug, Clone)]
+pub struct DeliverySummary {
+    pub channel: Channel,
+    pub priority: Priority,
+    pub state: DeliveryState,
+    pub provider: Option<String>,
+    pub accepted_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores each notification with its deliveries, durably, before returning.
+    async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError>;
+    async fn idempotency(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// `None` when absent or owned by another tenant.
+    async fn notification(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+    ) -> Result<Option<NotificationView>, StoreError>;
+    /// Moves up to `limit` due deliveries of one channel and lane to
+    /// `sending` under a lease of `lease_ms`; an expired lease counts as due.
+    async fn claim(
+        &self,
+        channel: Channel,
+        priority: Priority,
+        limit: usize,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    /// Records attempts and moves each delivery on, if its lease still holds.
+    async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError>;
+    /// Gives leased deliveries back (`sending → queued`) without an attempt.
+    async fn release(&self, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError>;
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
+    async fn delivery_summaries(&self) -> Result<Vec<DeliverySummary>, StoreError>;
+    /// The tenant that owns an API key (by its SHA-256).
+    async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError>;
+    /// Creates the tenant if needed and adds a key to it; returns the tenant id.
+    async fn add_api_key(
+        &self,
+        tenant_name: &str,
+        key_hash: &[u8],
+        label: &str,
+    ) -> Result<String, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
