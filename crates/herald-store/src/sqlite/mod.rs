@@ -1,0 +1,279 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a commit is on disk before anyone is told it happened. Writes go
+//! through the group-commit writer (`writer.rs`); reads use a small pool.
+
+mod writer;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::store::{
+    AttemptRecord, AttemptView, ClaimedDelivery, CreateResult, DeliverySummary, DeliveryView,
+    IdempotencyRecord, NewNotification, NotificationView, QueueDepth, Store, StoreError,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use writer::{AddKeyArgs, ClaimArgs, WriteOp};
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    /// The most operations one group commit takes.
+    pub max_batch: usize,
+    pub read_connections: u32,
+}
+
+/// SQLite behind the `Store` trait. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    reads: SqlitePool,
+    writer: mpsc::Sender<WriteOp>,
+}
+
+pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub async fn open(opts: &SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(&opts.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-65536");
+        let mut write_conn = connect.connect().await.map_err(db_err)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut write_conn)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(opts.read_connections.max(1))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(db_err)?;
+        let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
+        tokio::spawn(writer::run(write_conn, rx, opts.max_batch.max(1)));
+        Ok(Self { reads, writer: tx })
+    }
+
+    async fn write<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn deliveries_of(&self, notification: uuid::Uuid) -> Result<Vec<DeliveryView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, channel, target, state, provider, last_error, sent_at_ms, updated_at_ms \
+             FROM deliveries WHERE notification_id = ? ORDER BY channel, target",
+        )
+        .bind(notification)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: uuid::Uuid = row.try_get("id").map_err(db_err)?;
+            let target: i64 = row.try_get("target").map_err(db_err)?;
+            out.push(DeliveryView {
+                id,
+                channel: parse(&row, "channel")?,
+                target: u32::try_from(target).unwrap_or(0),
+                state: parse(&row, "state")?,
+                provider: row.try_get("provider").map_err(db_err)?,
+                last_error: row.try_get("last_error").map_err(db_err)?,
+                sent_at_ms: row.try_get("sent_at_ms").map_err(db_err)?,
+                updated_at_ms: row.try_get("updated_at_ms").map_err(db_err)?,
+                attempts: self.attempts_of(id).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn attempts_of(&self, delivery: uuid::Uuid) -> Result<Vec<AttemptView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, provider, started_at_ms, latency_ms, outcome, status_code, error \
+             FROM attempts WHERE delivery_id = ? ORDER BY started_at_ms, attempt",
+        )
+        .bind(delivery)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let attempt: i64 = row.try_get("attempt").map_err(db_err)?;
+                let status: Option<i64> = row.try_get("status_code").map_err(db_err)?;
+                Ok(AttemptView {
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    at_ms: row.try_get("started_at_ms").map_err(db_err)?,
+                    provider: row.try_get("provider").map_err(db_err)?,
+                    outcome: row.try_get("outcome").map_err(db_err)?,
+                    status_code: status.and_then(|s| u16::try_from(s).ok()),
+                    latency_ms: row.try_get("latency_ms").map_err(db_err)?,
+                    error: row.try_get("error").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reads a text column holding one of our enums' names.
+fn parse<T: FromStr>(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<T, StoreError> {
+    let s: String = row.try_get(col).map_err(db_err)?;
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("column {col} holds {s:?}")))
+}
+
+fn priority(row: &sqlx::sqlite::SqliteRow) -> Result<Priority, StoreError> {
+    let p: i64 = row.try_get("priority").map_err(db_err)?;
+    Priority::from_index(p).ok_or_else(|| StoreError::Corrupt(format!("priority {p}")))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError> {
+        self.write(|tx| WriteOp::Create(batch, tx)).await
+    }
+
+    async fn idempotency(&self, tenant_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+             WHERE tenant_id = ? AND key = ?",
+        )
+        .bind(tenant_id)
+        .bind(key)
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(writer::idempotency_from_row).transpose()
+    }
+
+    async fn notification(&self, tenant_id: &str, id: uuid::Uuid) -> Result<Option<NotificationView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications \
+             WHERE id = ? AND tenant_id = ?",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let payload: String = row.try_get("payload").map_err(db_err)?;
+        let request: NotificationRequest = serde_json::from_str(&payload)
+            .map_err(|e| StoreError::Corrupt(format!("notification {id}: {e}")))?;
+        Ok(Some(NotificationView {
+            id,
+            tenant_id: row.try_get("tenant_id").map_err(db_err)?,
+            request,
+            accepted_at_ms: row.try_get("accepted_at_ms").map_err(db_err)?,
+            expires_at_ms: row.try_get("expires_at_ms").map_err(db_err)?,
+            deliveries: self.deliveries_of(id).await?,
+        }))
+    }
+
+    async fn claim(
+        &self,
+        channel: Channel,
+        priority: Priority,
+        limit: usize,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let args = ClaimArgs { channel, priority, limit, now_ms, lease_ms };
+        self.write(|tx| WriteOp::Claim(args, tx)).await
+    }
+
+    async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError> {
+        self.write(|tx| WriteOp::Record(attempts, tx)).await
+    }
+
+    async fn release(&self, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError> {
+        self.write(|tx| WriteOp::Release(leases, tx)).await
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT channel, priority, COUNT(*) AS n FROM deliveries \
+             WHERE state IN ('queued', 'retry_scheduled', 'sending') GROUP BY channel, priority",
+        )
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n").map_err(db_err)?;
+                Ok(QueueDepth {
+                    channel: parse(row, "channel")?,
+                    priority: priority(row)?,
+                    pending: u64::try_from(n).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn delivery_summaries(&self) -> Result<Vec<DeliverySummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.channel, d.priority, d.state, d.provider, n.accepted_at_ms, d.sent_at_ms \
+             FROM deliveries d JOIN notifications n ON n.id = d.notification_id",
+        )
+        .fetch_all(&self.reads)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeliverySummary {
+                    channel: parse(row, "channel")?,
+                    priority: priority(row)?,
+                    state: parse::<DeliveryState>(row, "state")?,
+                    provider: row.try_get("provider").map_err(db_err)?,
+                    accepted_at_ms: row.try_get("accepted_at_ms").map_err(db_err)?,
+                    sent_at_ms: row.try_get("sent_at_ms").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE key_hash = ?")
+            .bind(key_hash)
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn add_api_key(&self, tenant_name: &str, key_hash: &[u8], label: &str) -> Result<String, StoreError> {
+        let args = AddKeyArgs {
+            tenant_name: tenant_name.to_owned(),
+            key_hash: key_hash.to_vec(),
+            label: label.to_owned(),
+        };
+        self.write(|tx| WriteOp::AddKey(args, tx)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reads).await.map_err(db_err)?;
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! The store's behavioural suite. Each check takes `&dyn Store`, so every
+//! backend runs the same assertions (SQLite here; PostgreSQL joins later).
+
+use std::sync::Arc;
+
+use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::store::{
+    AttemptRecord, CreateResult, IdempotencyRecord, NewDelivery, NewNotification, Next, Store,
+    StoredResponse,
+};
+use herald_store::{SqliteOptions, SqliteStore};
+
+async fn sqlite(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&SqliteOptions {
+        path: dir.path().join("herald.db"),
+        max_batch: 256,
+        read_connections: 2,
+    })
+    .await
+    .expect("open sqlite")
+}
+
+fn request(priority: Priority, channels: &[&str]) -> NotificationRequest {
+    serde_json::from_value(serde_json::json!({
+        "priority": priority,
+        "recipient": {"email": "a@example.com", "phone": "+14155550100"},
+        "channels": channels,
+        "content": {"subject": "s", "text": "t"}
+    }))
+    .expect("fixture")
+}
+
+fn new_notification(tenant: &str, req: NotificationRequest, now: i64) -> NewNotification {
+    let deliveries = req
+        .destinations()
+        .into_iter()
+        .map(|d| NewDelivery {
+            id: uuid::Uuid::now_v7(),
+            channel: d.channel,
+            target: d.target,
+        })
+        .collect();
+    NewNotification {
+        id: uuid::Uuid::now_v7(),
+        tenant_id: tenant.into(),
+        request: req,
+        accepted_at_ms: now,
+        due_at_ms: now,
+        expires_at_ms: None,
+        deliveries,
+        idempotency: None,
+    }
+}
+
+fn sent(d: &herald_core::store::ClaimedDelivery, at: i64) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id: d.id,
+        lease_token: d.lease_token,
+        attempt: d.attempt,
+        provider: Some("sim".into()),
+        started_at_ms: at,
+        latency_ms: 5,
+        outcome: "accepted".into(),
+        status_code: Some(202),
+        error: None,
+        next: Next::Sent { vendor_id: None },
+    }
+}
+
+async fn claims_by_channel_and_lane(store: &dyn Store) {
+    let now = 1_000;
+    let low = new_notification("t1", request(Priority::Low, &["email", "sms"]), now);
+    let crit = new_notification("t1", request(Priority::Critical, &["sms"]), now);
+    let r = store.create(vec![low.clone(), crit.clone()]).await.expect("create");
+    assert_eq!(r, vec![CreateResult::Created, CreateResult::Created]);
+
+    let none = store.claim(Channel::Push, Priority::Low, 10, now, 30_000).await.expect("claim");
+    assert!(none.is_empty());
+    let c = store.claim(Channel::Sms, Priority::Critical, 10, now, 30_000).await.expect("claim");
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].notification_id, crit.id);
+    assert_eq!(c[0].attempt, 1);
+    assert_eq!(c[0].tenant_id, "t1");
+    let payload: NotificationRequest = serde_json::from_str(&c[0].payload).expect("payload");
+    assert_eq!(payload, crit.request);
+
+    // Claimed once: not claimable again while the lease holds.
+    let again = store.claim(Channel::Sms, Priority::Critical, 10, now + 1, 30_000).await.expect("claim");
+    assert!(again.is_empty());
+
+    store.record(vec![sent(&c[0], now)]).await.expect("record");
+    let view = store.notification("t1", crit.id).await.expect("read").expect("exists");
+    assert_eq!(view.deliveries.len(), 1);
+    assert_eq!(view.deliveries[0].state, DeliveryState::Sent);
+    assert_eq!(view.deliveries[0].attempts.len(), 1);
+    assert_eq!(view.deliveries[0].attempts[0].outcome, "accepted");
+    assert_eq!(view.deliveries[0].provider.as_deref(), Some("sim"));
+
+    // Another tenant cannot see it.
+    assert!(store.notification("t2", crit.id).await.expect("read").is_none());
+
+    let depths = store.queue_depths().await.expect("depths");
+    let pending: u64 = depths.iter().map(|d| d.pending).sum();
+    assert_eq!(pending, 2, "the low email and sms are still pending: {depths:?}");
+}
+
+async fn future_work_waits(store: &dyn Store) {
+    let mut n = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
+    n.due_at_ms = 5_000;
+    store.create(vec![n]).await.expect("create");
+    assert!(store.claim(Channel::Email, Priority::Normal, 10, 4_999, 1_000).await.expect("claim").is_empty());
+    assert_eq!(store.claim(Channel::Email, Priority::Normal, 10, 5_000, 1_000).await.expect("claim").len(), 1);
+}
+
+async fn expired_lease_is_claimed_again_and_old_holder_cannot_write(store: &dyn Store) {
+    let n = new_notification("t1", request(Priority::High, &["email"]), 1_000);
+    store.create(vec![n.clone()]).await.expect("create");
+    let first = store.claim(Channel::Email, Priority::High, 1, 1_000, 100).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    let second = store.claim(Channel::Email, Priority::High, 1, 1_200, 100).await.expect("claim");
+    assert_eq!(second.len(), 1, "lease expired at 1100");
+    assert_eq!(second[0].id, first[0].id, "same delivery, same vendor key");
+    assert_eq!(second[0].attempt, 2);
+
+    // The first holder finishes late: its result is logged but does not move the row.
+    let mut late = sent(&first[0], 1_000);
+    late.next = Next::Failed;
+    store.record(vec![late]).await.expect("record");
+    let v = store.notification("t1", n.id).await.expect("read").expect("exists");
+    assert_eq!(v.deliveries[0].state, DeliveryState::Sending);
+
+    store.record(vec![sent(&second[0], 1_200)]).await.expect("record");
+    let v = store.notification("t1", n.id).await.expect("read").expect("exists");
+    assert_eq!(v.deliveries[0].state, DeliveryState::Sent);
+}
+
+async fn released_work_is_claimable_at_once(store: &dyn Store) {
+    let n = new_notification("t1", request(Priority::Normal, &["sms"]), 1_000);
+    store.create(vec![n]).await.expect("create");
+    let c = store.claim(Channel::Sms, Priority::Normal, 5, 1_000, 60_000).await.expect("claim");
+    assert_eq!(c.len(), 1);
+    store.release(vec![(c[0].id, c[0].lease_token)]).await.expect("release");
+    let again = store.claim(Channel::Sms, Priority::Normal, 5, herald_core::now_ms(), 60_000).await.expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 1, "a release is not an attempt");
+}
+
+async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
+    let rec = IdempotencyRecord {
+        request_hash: vec![1, 2, 3],
+        response: StoredResponse { status: 202, body: "{\"id\":\"x\"}".into() },
+    };
+    let mut a = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
+    a.idempotency = Some(("k1".into(), rec.clone()));
+    let mut b = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
+    b.idempotency = Some(("k1".into(), IdempotencyRecord { request_hash: vec![9], ..rec.clone() }));
+    let mut c = new_notification("t2", request(Priority::Normal, &["email"]), 1_000);
+    c.idempotency = Some(("k1".into(), rec.clone()));
+    let r = store.create(vec![a.clone(), b.clone(), c]).await.expect("create");
+    assert_eq!(r, vec![CreateResult::Created, CreateResult::KeyTaken(rec.clone()), CreateResult::Created]);
+    assert!(store.notification("t1", b.id).await.expect("read").is_none(), "nothing written for a taken key");
+    assert_eq!(store.idempotency("t1", "k1").await.expect("read"), Some(rec));
+    assert_eq!(store.idempotency("t3", "k1").await.expect("read"), None);
+}
+
+async fn api_keys(store: &dyn Store) {
+    let t = store.add_api_key("acme", b"hash-1", "ci").await.expect("add");
+    let t2 = store.add_api_key("acme", b"hash-2", "ci").await.expect("add");
+    assert_eq!(t, t2, "same tenant by name");
+    assert_eq!(store.tenant_for_key(b"hash-2").await.expect("read"), Some(t));
+    assert_eq!(store.tenant_for_key(b"nope").await.expect("read"), None);
+}
+
+/// Runs every check of the suite against one backend, each on a fresh store.
+macro_rules! suite {
+    ($backend:ident, $open:expr, [$($check:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let store = $open(&dir).await;
+                    super::$check(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(sqlite_backend, super::sqlite, [
+    claims_by_channel_and_lane,
+    future_work_waits,
+    expired_lease_is_claimed_again_and_old_holder_cannot_write,
+    released_work_is_claimable_at_once,
+    idempotency_keys_are_per_tenant,
+    api_keys,
+]);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_writers_share_commits_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(sqlite(&dir).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..400 {
+        let s = store.clone();
+        tasks.spawn(async move {
+            let n = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
+            s.create(vec![n]).await.expect("create")
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.expect("task"), vec![CreateResult::Created]);
+    }
+    drop(store);
+    // Reopen: everything acknowledged is on disk.
+    let store = sqlite(&dir).await;
+    let depths = store.queue_depths().await.expect("depths");
+    assert_eq!(depths.iter().map(|d| d.pending).sum::<u64>(), 400);
+    let all = store.claim(Channel::Email, Priority::Normal, 1_000, 2_000, 1_000).await.expect("claim");
+    assert_eq!(all.len(), 400);
+}
