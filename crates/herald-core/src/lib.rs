@@ -7,6 +7,7 @@ pub mod lanes;
 pub mod model;
 pub mod provider;
 pub mod retry;
+pub mod secret;
 pub mod store;
 pub mod validate;
 

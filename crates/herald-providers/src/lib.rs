@@ -1,1 +1,141 @@
-//! herald-providers
+//! Vendor adapters. Each vendor is a folder: `mod.rs` builds the request and
+//! classifies the response, `wire.rs` holds its serde types. Adapters do no
+//! I/O: the engine sends, times, retries and breaks.
+//!
+//! Every request carries the delivery's stable key in `Idempotency-Key`
+//! (and in the vendor's own field where it has one), on every attempt.
+
+pub mod fcm;
+pub mod sendgrid;
+pub mod twilio;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::provider::{BuildError, Provider, VendorRequest};
+use serde::Deserialize;
+
+pub use fcm::{Fcm, FcmConfig};
+pub use sendgrid::{SendGrid, SendGridConfig};
+pub use twilio::{Twilio, TwilioConfig};
+pub use webhook::{Webhook, WebhookConfig};
+
+/// `[providers.NAME]` in config: the vendor and its account settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    Sendgrid(SendGridConfig),
+    Twilio(TwilioConfig),
+    Fcm(FcmConfig),
+    Webhook(WebhookConfig),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("providers.{name}: {reason}")]
+pub struct ConfigError {
+    pub name: String,
+    pub reason: String,
+}
+
+/// The one factory: a configured account becomes an adapter.
+pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Arc<dyn Provider>, ConfigError> {
+    let err = |reason: String| ConfigError {
+        name: name.to_owned(),
+        reason,
+    };
+    Ok(match cfg {
+        ProviderConfig::Sendgrid(c) => Arc::new(SendGrid::new(name, c.clone()).map_err(err)?),
+        ProviderConfig::Twilio(c) => Arc::new(Twilio::new(name, c.clone()).map_err(err)?),
+        ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone()).map_err(err)?),
+        ProviderConfig::Webhook(c) => Arc::new(Webhook::new(name, c.clone()).map_err(err)?),
+    })
+}
+
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Checks a configured base URL and trims its trailing slash.
+pub(crate) fn base_url(s: &str) -> Result<String, String> {
+    let trimmed = s.trim_end_matches('/');
+    if !(trimmed.starts_with("https://") || trimmed.starts_with("http://")) {
+        return Err(format!("base_url {s:?} must start with http:// or https://"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A POST with the delivery key and a body; `headers` are the vendor's own.
+pub(crate) fn post(
+    url: &str,
+    content_type: &str,
+    delivery_key: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<VendorRequest, BuildError> {
+    let mut b = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::ACCEPT, "application/json")
+        .header(IDEMPOTENCY_KEY, delivery_key);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Bytes::from(body))
+        .map_err(|e| BuildError::Invalid(format!("cannot build request: {e}")))
+}
+
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, BuildError> {
+    serde_json::to_vec(v).map_err(|e| BuildError::Invalid(format!("cannot encode body: {e}")))
+}
+
+/// Shortens a vendor's error text for the attempt log.
+pub(crate) fn clip(s: &str) -> String {
+    const MAX: usize = 300;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use herald_core::model::{Channel, Content, Priority};
+    use herald_core::provider::{Address, OutboundMessage, VendorResponse};
+
+    pub fn message(channel: Channel, address: Address) -> OutboundMessage {
+        OutboundMessage {
+            delivery_key: "0190a5e2-7c3b-7000-8000-000000000001".into(),
+            notification_id: "0190a5e2-7c3b-7000-8000-0000000000aa".into(),
+            tenant_id: "tenant-1".into(),
+            channel,
+            priority: Priority::Critical,
+            category: Some("auth".into()),
+            address,
+            content: Content {
+                subject: Some("Your code".into()),
+                text: Some("Code: 123456 — ne le partagez pas 🔐".into()),
+                html: Some("<p>Code: <b>123456</b></p>".into()),
+            },
+            metadata: Some(serde_json::from_value(serde_json::json!({"order": 42})).expect("map")),
+            accepted_at_ms: 1_700_000_000_000,
+            now_ms: 1_700_000_000_500,
+        }
+    }
+
+    pub fn response(status: u16, headers: &[(&str, &str)], body: &str) -> VendorResponse {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        VendorResponse {
+            status: http::StatusCode::from_u16(status).expect("status"),
+            headers: h,
+            body: bytes::Bytes::from(body.to_owned()),
+        }
+    }
+}

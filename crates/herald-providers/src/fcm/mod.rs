@@ -1,0 +1,198 @@
+//! Firebase Cloud Messaging, HTTP v1. Auth: `Authorization: Bearer <OAuth 2
+//! access token>` (configured directly for now; minting it from a service
+//! account comes with the full vendor set). FCM has no idempotency key: the
+//! delivery key is sent as `Idempotency-Key` and in `data.herald_delivery_key`
+//! so the app can drop a repeat (docs/providers.md).
+
+pub mod wire;
+
+use std::collections::BTreeMap;
+
+use herald_core::model::{Channel, Priority, PushPlatform};
+use herald_core::provider::{
+    classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
+    VendorResponse,
+};
+use herald_core::secret::Secret;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FcmConfig {
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    pub project_id: String,
+    pub access_token: Secret,
+}
+
+fn default_base_url() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+#[derive(Debug)]
+pub struct Fcm {
+    name: String,
+    url: String,
+    auth: String,
+}
+
+impl Fcm {
+    pub fn new(name: &str, cfg: FcmConfig) -> Result<Self, String> {
+        if cfg.project_id.is_empty() || cfg.access_token.is_empty() {
+            return Err("project_id and access_token are required".into());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            url: format!(
+                "{}/v1/projects/{}/messages:send",
+                crate::base_url(&cfg.base_url)?,
+                cfg.project_id
+            ),
+            auth: format!("Bearer {}", cfg.access_token.expose()),
+        })
+    }
+}
+
+impl Provider for Fcm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn vendor(&self) -> &'static str {
+        "fcm"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Push
+    }
+
+    fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
+        let Address::Push { platform, token } = &msg.address else {
+            return Err(BuildError::WrongAddress("a non-push address"));
+        };
+        if msg.content.text.is_none() && msg.content.subject.is_none() {
+            return Err(BuildError::MissingContent("text or subject"));
+        }
+        let urgent = matches!(msg.priority, Priority::Critical | Priority::High);
+        let mut data = BTreeMap::new();
+        data.insert("herald_delivery_key".to_owned(), msg.delivery_key.clone());
+        data.insert("herald_notification_id".to_owned(), msg.notification_id.clone());
+        if let Some(meta) = &msg.metadata {
+            for (k, v) in meta {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                data.entry(k.clone()).or_insert(v);
+            }
+        }
+        let message = wire::Message {
+            token: token.clone(),
+            notification: Some(wire::Notification {
+                title: msg.content.subject.clone(),
+                body: msg.content.text.clone(),
+            }),
+            data,
+            android: (*platform == PushPlatform::Android).then(|| wire::AndroidConfig {
+                priority: if urgent { "HIGH" } else { "NORMAL" }.into(),
+                ttl: None,
+            }),
+            apns: (*platform == PushPlatform::Ios).then(|| wire::ApnsConfig {
+                headers: [("apns-priority".to_owned(), if urgent { "10" } else { "5" }.to_owned())]
+                    .into_iter()
+                    .collect(),
+            }),
+        };
+        crate::post(
+            &self.url,
+            "application/json",
+            &msg.delivery_key,
+            &[("authorization", &self.auth)],
+            crate::json(&wire::SendRequest { message })?,
+        )
+    }
+
+    fn classify(&self, resp: &VendorResponse) -> Outcome {
+        if resp.status.is_success() {
+            let vendor_id = serde_json::from_slice::<wire::SendResponse>(&resp.body)
+                .ok()
+                .map(|r| r.name);
+            return Outcome::Accepted { vendor_id };
+        }
+        let env = serde_json::from_slice::<wire::ErrorEnvelope>(&resp.body).ok();
+        let code = env
+            .as_ref()
+            .and_then(|e| e.error.details.iter().find_map(|d| d.error_code.clone()));
+        let reason = crate::clip(&match &env {
+            Some(e) => format!(
+                "fcm {} {}: {}",
+                resp.status.as_u16(),
+                code.as_deref().unwrap_or(&e.error.status),
+                e.error.message
+            ),
+            None => format!("fcm HTTP {}", resp.status.as_u16()),
+        });
+        match code.as_deref() {
+            Some("UNREGISTERED" | "INVALID_ARGUMENT" | "SENDER_ID_MISMATCH" | "THIRD_PARTY_AUTH_ERROR") => {
+                Outcome::Permanent { reason }
+            }
+            Some("QUOTA_EXCEEDED") => Outcome::RateLimited {
+                retry_after: herald_core::provider::retry_after(&resp.headers),
+                reason,
+            },
+            Some("UNAVAILABLE" | "INTERNAL") => Outcome::Transient {
+                reason,
+                ambiguous: false,
+            },
+            _ => classify_status(resp, reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{message, response};
+
+    fn adapter() -> Fcm {
+        Fcm::new(
+            "fcm",
+            FcmConfig {
+                base_url: "http://127.0.0.1:9".into(),
+                project_id: "demo-app".into(),
+                access_token: Secret::new("ya29.token"),
+            },
+        )
+        .expect("valid config")
+    }
+
+    #[test]
+    fn builds_a_v1_send() {
+        let addr = Address::Push {
+            platform: PushPlatform::Android,
+            token: "dev-token".into(),
+        };
+        let req = adapter().build(&message(Channel::Push, addr)).expect("builds");
+        assert_eq!(req.uri(), "http://127.0.0.1:9/v1/projects/demo-app/messages:send");
+        assert_eq!(req.headers()["authorization"], "Bearer ya29.token");
+        let body: serde_json::Value = serde_json::from_slice(req.body()).expect("json");
+        assert_eq!(body["message"]["token"], "dev-token");
+        assert_eq!(body["message"]["notification"]["title"], "Your code");
+        assert_eq!(body["message"]["android"]["priority"], "HIGH");
+        assert_eq!(body["message"]["data"]["order"], "42", "data values are strings");
+        assert_eq!(body["message"]["data"]["herald_delivery_key"], "0190a5e2-7c3b-7000-8000-000000000001");
+        assert!(body["message"].get("apns").is_none());
+    }
+
+    #[test]
+    fn classifies_by_fcm_error_code() {
+        let a = adapter();
+        let ok = a.classify(&response(200, &[], r#"{"name":"projects/demo-app/messages/0:1"}"#));
+        assert_eq!(ok, Outcome::Accepted { vendor_id: Some("projects/demo-app/messages/0:1".into()) });
+        let gone = r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNREGISTERED"}]}}"#;
+        assert_eq!(a.classify(&response(404, &[], gone)).label(), "permanent");
+        let quota = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"QUOTA_EXCEEDED"}]}}"#;
+        assert_eq!(a.classify(&response(429, &[("retry-after", "10")], quota)).label(), "rate_limited");
+        let down = r#"{"error":{"code":503,"message":"unavailable","status":"UNAVAILABLE","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNAVAILABLE"}]}}"#;
+        assert_eq!(a.classify(&response(503, &[], down)).label(), "transient");
+    }
+}

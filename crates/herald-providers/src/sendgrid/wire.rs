@@ -1,0 +1,53 @@
+//! SendGrid v3 Mail Send (`POST /v3/mail/send`) wire types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MailSend {
+    pub personalizations: Vec<Personalization>,
+    pub from: EmailAddress,
+    pub subject: String,
+    /// `text/plain` first, then `text/html`, as SendGrid requires.
+    pub content: Vec<ContentPart>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// Echoed back in SendGrid's event webhooks: how receipts find the delivery.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_args: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Personalization {
+    pub to: Vec<EmailAddress>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EmailAddress {
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+/// Error body: `{"errors": [{"message": ..., "field": ..., "help": ...}]}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub errors: Vec<ErrorItem>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorItem {
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub field: Option<String>,
+}

@@ -1,0 +1,193 @@
+//! Twilio Programmable Messaging. Auth: HTTP Basic with the Account SID and
+//! auth token. Success is `201 Created` with the message `sid`.
+//! Twilio's Messages API has no idempotency key: the delivery key goes in
+//! `Idempotency-Key` but Twilio does not deduplicate (docs/providers.md).
+
+pub mod wire;
+
+use base64::Engine as _;
+use herald_core::model::Channel;
+use herald_core::provider::{
+    classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
+    VendorResponse,
+};
+use herald_core::secret::Secret;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TwilioConfig {
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    pub account_sid: String,
+    pub auth_token: Secret,
+    /// The sender number (E.164); or use `messaging_service_sid`.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    #[serde(default)]
+    pub status_callback: Option<String>,
+}
+
+fn default_base_url() -> String {
+    "https://api.twilio.com".into()
+}
+
+#[derive(Debug)]
+pub struct Twilio {
+    name: String,
+    url: String,
+    auth: String,
+    cfg: TwilioConfig,
+}
+
+/// Error codes that will not succeed on a retry of the same message.
+/// <https://www.twilio.com/docs/api/errors>
+const PERMANENT_CODES: &[u32] = &[
+    21211, // invalid 'To' number
+    21408, // region not enabled
+    21610, // recipient unsubscribed (STOP)
+    21612, // 'To' not reachable via this sender
+    21614, // 'To' is not a mobile number
+    21617, // body too long
+    30004, // message blocked
+    30006, // landline or unreachable carrier
+];
+const RATE_LIMITED_CODES: &[u32] = &[20429, 14107];
+
+impl Twilio {
+    pub fn new(name: &str, cfg: TwilioConfig) -> Result<Self, String> {
+        if cfg.account_sid.is_empty() || cfg.auth_token.is_empty() {
+            return Err("account_sid and auth_token are required".into());
+        }
+        if cfg.from.is_none() && cfg.messaging_service_sid.is_none() {
+            return Err("either from or messaging_service_sid is required".into());
+        }
+        let creds = format!("{}:{}", cfg.account_sid, cfg.auth_token.expose());
+        Ok(Self {
+            name: name.to_owned(),
+            url: format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                crate::base_url(&cfg.base_url)?,
+                cfg.account_sid
+            ),
+            auth: format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds)),
+            cfg,
+        })
+    }
+}
+
+impl Provider for Twilio {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn vendor(&self) -> &'static str {
+        "twilio"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
+        let Address::Phone(to) = &msg.address else {
+            return Err(BuildError::WrongAddress("a non-phone address"));
+        };
+        let body = msg
+            .content
+            .text
+            .clone()
+            .ok_or(BuildError::MissingContent("text"))?;
+        let form = wire::CreateMessage {
+            to: to.clone(),
+            from: self.cfg.from.clone(),
+            messaging_service_sid: self.cfg.messaging_service_sid.clone(),
+            body,
+            validity_period: None,
+            status_callback: self.cfg.status_callback.clone(),
+        };
+        let encoded = serde_urlencoded::to_string(&form)
+            .map_err(|e| BuildError::Invalid(format!("cannot encode form: {e}")))?;
+        crate::post(
+            &self.url,
+            "application/x-www-form-urlencoded",
+            &msg.delivery_key,
+            &[("authorization", &self.auth)],
+            encoded.into_bytes(),
+        )
+    }
+
+    fn classify(&self, resp: &VendorResponse) -> Outcome {
+        if resp.status.is_success() {
+            let vendor_id = serde_json::from_slice::<wire::Message>(&resp.body)
+                .ok()
+                .map(|m| m.sid);
+            return Outcome::Accepted { vendor_id };
+        }
+        let err = serde_json::from_slice::<wire::ErrorBody>(&resp.body).ok();
+        let code = err.as_ref().and_then(|e| e.code);
+        let reason = crate::clip(&match &err {
+            Some(e) => format!("twilio {} (code {}): {}", resp.status.as_u16(), code.unwrap_or(0), e.message),
+            None => format!("twilio HTTP {}", resp.status.as_u16()),
+        });
+        match code {
+            Some(c) if RATE_LIMITED_CODES.contains(&c) => Outcome::RateLimited {
+                retry_after: herald_core::provider::retry_after(&resp.headers),
+                reason,
+            },
+            Some(c) if PERMANENT_CODES.contains(&c) => Outcome::Permanent { reason },
+            _ => classify_status(resp, reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{message, response};
+
+    fn adapter() -> Twilio {
+        Twilio::new(
+            "twilio",
+            TwilioConfig {
+                base_url: "http://127.0.0.1:9".into(),
+                account_sid: "AC123".into(),
+                auth_token: Secret::new("tok"),
+                from: Some("+15005550006".into()),
+                messaging_service_sid: None,
+                status_callback: None,
+            },
+        )
+        .expect("valid config")
+    }
+
+    #[test]
+    fn builds_a_form_encoded_message_with_basic_auth() {
+        let req = adapter()
+            .build(&message(Channel::Sms, Address::Phone("+14155550100".into())))
+            .expect("builds");
+        assert_eq!(req.uri(), "http://127.0.0.1:9/2010-04-01/Accounts/AC123/Messages.json");
+        assert_eq!(req.headers()["authorization"], "Basic QUMxMjM6dG9r");
+        assert_eq!(req.headers()["content-type"], "application/x-www-form-urlencoded");
+        let form: wire::CreateMessage =
+            serde_urlencoded::from_bytes(req.body()).expect("form decodes");
+        assert_eq!(form.to, "+14155550100");
+        assert_eq!(form.from.as_deref(), Some("+15005550006"));
+        assert!(form.body.contains("🔐"), "unicode survives form encoding");
+    }
+
+    #[test]
+    fn classifies_by_twilio_error_code() {
+        let a = adapter();
+        assert_eq!(
+            a.classify(&response(201, &[], r#"{"sid":"SM1","status":"queued"}"#)),
+            Outcome::Accepted { vendor_id: Some("SM1".into()) }
+        );
+        let invalid = r#"{"code":21211,"message":"The 'To' number is not a valid phone number.","status":400}"#;
+        assert_eq!(a.classify(&response(400, &[], invalid)).label(), "permanent");
+        let throttled = r#"{"code":20429,"message":"Too Many Requests","status":429}"#;
+        assert_eq!(a.classify(&response(429, &[("retry-after", "1")], throttled)).label(), "rate_limited");
+        assert_eq!(a.classify(&response(500, &[], "oops")).label(), "transient");
+    }
+}

@@ -1,0 +1,193 @@
+//! The generic webhook channel: a JSON POST to the recipient's `webhook_url`,
+//! signed per Standard Webhooks (<https://www.standardwebhooks.com/>):
+//! `webhook-id` (the delivery key, the same on every retry), `webhook-timestamp`
+//! (Unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256 of
+//! "{id}.{timestamp}.{body}">`, keyed with the base64 part of a `whsec_` secret.
+//! Whether the target address is allowed is the engine's check at send time.
+
+pub mod wire;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use herald_core::model::Channel;
+use herald_core::provider::{
+    classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
+    VendorResponse,
+};
+use herald_core::secret::Secret;
+use serde::Deserialize;
+use sha2::Sha256;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookConfig {
+    /// `whsec_` followed by base64 of at least 24 random bytes.
+    pub signing_secret: Secret,
+}
+
+#[derive(Debug)]
+pub struct Webhook {
+    name: String,
+    key: Vec<u8>,
+}
+
+impl Webhook {
+    pub fn new(name: &str, cfg: WebhookConfig) -> Result<Self, String> {
+        let raw = cfg.signing_secret.expose();
+        let b64 = raw.strip_prefix("whsec_").unwrap_or(raw);
+        let key = B64
+            .decode(b64)
+            .map_err(|_| "signing_secret must be whsec_ followed by base64".to_owned())?;
+        if key.len() < 24 {
+            return Err("signing_secret must hold at least 24 bytes".into());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// The `webhook-signature` value for a message.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        sign(&self.key, id, timestamp, body)
+    }
+}
+
+/// Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key, "{id}.{ts}.{body}")).
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    // HMAC accepts a key of any length, so this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+impl Provider for Webhook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn vendor(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Webhook
+    }
+
+    fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
+        let Address::Webhook(url) = &msg.address else {
+            return Err(BuildError::WrongAddress("a non-webhook address"));
+        };
+        let timestamp = msg.now_ms.div_euclid(1000);
+        let event = wire::Event {
+            kind: "notification".into(),
+            timestamp: chrono::DateTime::from_timestamp_millis(msg.now_ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            data: wire::Notification {
+                id: msg.notification_id.clone(),
+                delivery_id: msg.delivery_key.clone(),
+                priority: msg.priority.as_str().into(),
+                category: msg.category.clone(),
+                subject: msg.content.subject.clone(),
+                text: msg.content.text.clone(),
+                html: msg.content.html.clone(),
+                metadata: msg.metadata.clone(),
+            },
+        };
+        let body = crate::json(&event)?;
+        let signature = self.sign(&msg.delivery_key, timestamp, &body);
+        let ts = timestamp.to_string();
+        crate::post(
+            url,
+            "application/json",
+            &msg.delivery_key,
+            &[
+                ("webhook-id", &msg.delivery_key),
+                ("webhook-timestamp", &ts),
+                ("webhook-signature", &signature),
+            ],
+            body,
+        )
+    }
+
+    fn classify(&self, resp: &VendorResponse) -> Outcome {
+        let reason = format!("webhook HTTP {}", resp.status.as_u16());
+        match resp.status.as_u16() {
+            // A receiver still busy with the same id, or "too early": worth a retry.
+            409 | 425 => Outcome::Transient {
+                reason,
+                ambiguous: false,
+            },
+            _ => classify_status(resp, reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{message, response};
+
+    #[test]
+    fn signs_per_standard_webhooks() {
+        // The example from the Standard Webhooks specification's reference tests.
+        let hook = Webhook::new(
+            "webhook",
+            WebhookConfig {
+                signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            },
+        )
+        .expect("valid secret");
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            hook.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn builds_a_signed_post() {
+        let hook = Webhook::new(
+            "webhook",
+            WebhookConfig {
+                signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            },
+        )
+        .expect("valid secret");
+        let msg = message(Channel::Webhook, Address::Webhook("https://hooks.example.com/in".into()));
+        let req = hook.build(&msg).expect("builds");
+        assert_eq!(req.uri(), "https://hooks.example.com/in");
+        let h = req.headers();
+        assert_eq!(h["webhook-id"], msg.delivery_key.as_str());
+        assert_eq!(h["idempotency-key"], msg.delivery_key.as_str());
+        assert_eq!(h["webhook-timestamp"], "1700000000");
+        let expected = hook.sign(&msg.delivery_key, 1_700_000_000, req.body());
+        assert_eq!(h["webhook-signature"], expected.as_str());
+        let body: serde_json::Value = serde_json::from_slice(req.body()).expect("json");
+        assert_eq!(body["type"], "notification");
+        assert_eq!(body["data"]["priority"], "critical");
+    }
+
+    #[test]
+    fn refuses_weak_secrets_and_classifies() {
+        let weak = Webhook::new("w", WebhookConfig { signing_secret: Secret::new("whsec_c2hvcnQ=") });
+        assert!(weak.is_err());
+        let hook = Webhook::new(
+            "w",
+            WebhookConfig { signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") },
+        )
+        .expect("valid");
+        assert_eq!(hook.classify(&response(204, &[], "")).label(), "accepted");
+        assert_eq!(hook.classify(&response(410, &[], "")).label(), "permanent");
+        assert_eq!(hook.classify(&response(409, &[], "")).label(), "transient");
+    }
+}
