@@ -1,1 +1,308 @@
-//! herald-sim
+//! The vendor simulator: stands in for the vendors' servers (SendGrid v3,
+//! Twilio Messages, FCM v1 and webhook receivers) in the sandbox, the demo,
+//! tests and benchmarks. It honours `Idempotency-Key` — a repeated key gets
+//! the original answer and is counted as a duplicate, not delivered twice —
+//! keeps a ledger of what it accepted, and injects faults per vendor.
+//!
+//! Control API: `GET /_sim/ledger`, `GET /_sim/stats`, `GET|POST|DELETE
+//! /_sim/faults`, `POST /_sim/reset`.
+
+pub mod faults;
+pub mod ledger;
+pub mod vendors;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+
+pub use faults::Fault;
+pub use ledger::{Entry, VendorStats};
+use faults::Verdict;
+use ledger::{Ledger, Original};
+use vendors::Emulated;
+
+/// The vendors the simulator emulates, by name.
+pub const VENDORS: [&str; 4] = ["sendgrid", "twilio", "fcm", "webhook"];
+
+/// A running simulator's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ledger: Mutex<Ledger>,
+    faults: Mutex<HashMap<String, Fault>>,
+    rng: Mutex<StdRng>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the ledger half-written
+    // (every update is one push or insert), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sim {
+    /// `seed` makes fault decisions repeatable.
+    pub fn new(seed: Option<u64>) -> Self {
+        let rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_entropy(),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                ledger: Mutex::new(Ledger::default()),
+                faults: Mutex::new(HashMap::new()),
+                rng: Mutex::new(rng),
+            }),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v3/mail/send", post(sendgrid))
+            .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+            .route("/v1/projects/{project}/messages:send", post(fcm))
+            .route("/hooks/{*path}", post(webhook))
+            .route("/_sim/ledger", get(ledger))
+            .route("/_sim/stats", get(stats))
+            .route("/_sim/faults", get(get_faults).post(set_fault).delete(clear_faults))
+            .route("/_sim/reset", post(reset))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until the returned task is aborted.
+    pub fn serve(&self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        let app = self.router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        })
+    }
+
+    /// Binds `addr` (port 0 for any) and serves; returns the bound address.
+    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((local, self.serve(listener)))
+    }
+
+    pub fn stats(&self) -> BTreeMap<&'static str, VendorStats> {
+        lock(&self.inner.ledger).stats()
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        lock(&self.inner.ledger).entries().to_vec()
+    }
+
+    pub fn set_fault(&self, vendor: &str, fault: Fault) -> Result<(), String> {
+        if !VENDORS.contains(&vendor) {
+            return Err(format!("unknown vendor {vendor:?}; one of {VENDORS:?}"));
+        }
+        fault.validate()?;
+        lock(&self.inner.faults).insert(vendor.to_owned(), fault);
+        Ok(())
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.inner.faults).clear();
+    }
+
+    pub fn reset(&self) {
+        lock(&self.inner.ledger).clear();
+        self.clear_faults();
+    }
+
+    async fn handle<V: Emulated>(&self, vendor: V, headers: &HeaderMap, body: &[u8]) -> Response {
+        lock(&self.inner.ledger).stats_mut(V::NAME).received += 1;
+        let parsed = match vendor.parse(headers, body) {
+            Ok(p) => p,
+            Err(resp) => {
+                lock(&self.inner.ledger).stats_mut(V::NAME).rejected += 1;
+                return resp;
+            }
+        };
+        let fault = lock(&self.inner.faults).get(V::NAME).cloned().unwrap_or_default();
+        let (latency, a, b, c) = {
+            let mut rng = lock(&self.inner.rng);
+            let latency = if fault.latency_max_ms > 0 {
+                rng.gen_range(fault.latency_min_ms..=fault.latency_max_ms)
+            } else {
+                0
+            };
+            (latency, rng.gen::<f64>(), rng.gen::<f64>(), rng.gen::<f64>())
+        };
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let key = headers
+            .get("idempotency-key")
+            .or_else(|| headers.get("webhook-id"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+
+        // Decide and record under one lock, so two concurrent requests with
+        // one key cannot both be delivered.
+        let (original, hang) = {
+            let mut ledger = lock(&self.inner.ledger);
+            if let Some(orig) = key.as_deref().and_then(|k| ledger.repeat(V::NAME, k)) {
+                (orig, None)
+            } else {
+                match fault.decide(a, b, c) {
+                    Verdict::Outage => {
+                        ledger.stats_mut(V::NAME).faulted += 1;
+                        return vendor.error(StatusCode::SERVICE_UNAVAILABLE, None);
+                    }
+                    Verdict::Error(s) => {
+                        ledger.stats_mut(V::NAME).faulted += 1;
+                        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        return vendor.error(status, None);
+                    }
+                    Verdict::RateLimited { retry_after_s } => {
+                        ledger.stats_mut(V::NAME).faulted += 1;
+                        return vendor.error(StatusCode::TOO_MANY_REQUESTS, Some(retry_after_s));
+                    }
+                    Verdict::Accept { hang_ms } => {
+                        if let Some(rejection) = vendor.reject(&parsed) {
+                            ledger.stats_mut(V::NAME).rejected += 1;
+                            return rejection;
+                        }
+                        let seq = ledger.next_seq();
+                        let message_id = format!("sim{seq:012}");
+                        let (status, body, _) = vendor.accepted(&message_id);
+                        let original = Original {
+                            status: status.as_u16(),
+                            body,
+                            message_id,
+                        };
+                        ledger.accept(
+                            Entry {
+                                seq,
+                                vendor: V::NAME,
+                                key: key.clone().unwrap_or_else(|| format!("unkeyed-{seq}")),
+                                recipient: parsed.recipient,
+                                summary: parsed.summary,
+                                received_at_ms: now_ms(),
+                                requests: 1,
+                            },
+                            original.clone(),
+                        );
+                        (original, hang_ms)
+                    }
+                }
+            }
+        };
+        if let Some(h) = hang {
+            tokio::time::sleep(Duration::from_millis(h)).await;
+        }
+        let (_, _, id_header) = vendor.accepted(&original.message_id);
+        let status = StatusCode::from_u16(original.status).unwrap_or(StatusCode::OK);
+        let has_body = !original.body.is_empty();
+        let mut resp = (status, original.body).into_response();
+        if has_body {
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+        }
+        if let Some(h) = id_header {
+            if let Ok(v) = HeaderValue::from_str(&original.message_id) {
+                resp.headers_mut().insert(h, v);
+            }
+        }
+        resp
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn sendgrid(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    sim.handle(vendors::SendGrid, &headers, &body).await
+}
+
+async fn twilio(State(sim): State<Sim>, Path(_sid): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    sim.handle(vendors::Twilio, &headers, &body).await
+}
+
+async fn fcm(State(sim): State<Sim>, Path(_project): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    sim.handle(vendors::Fcm, &headers, &body).await
+}
+
+async fn webhook(State(sim): State<Sim>, Path(path): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    sim.handle(vendors::Webhook { path: format!("/hooks/{path}") }, &headers, &body).await
+}
+
+#[derive(Deserialize)]
+struct LedgerQuery {
+    vendor: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+async fn ledger(State(sim): State<Sim>, Query(q): Query<LedgerQuery>) -> Json<serde_json::Value> {
+    let ledger = lock(&sim.inner.ledger);
+    let entries: Vec<&Entry> = ledger
+        .entries()
+        .iter()
+        .filter(|e| q.vendor.as_deref().is_none_or(|v| v == e.vendor))
+        .skip(q.offset)
+        .take(q.limit.unwrap_or(1000).min(10_000))
+        .collect();
+    Json(serde_json::json!({ "entries": entries }))
+}
+
+async fn stats(State(sim): State<Sim>) -> Json<BTreeMap<&'static str, VendorStats>> {
+    Json(sim.stats())
+}
+
+async fn get_faults(State(sim): State<Sim>) -> Json<HashMap<String, Fault>> {
+    Json(lock(&sim.inner.faults).clone())
+}
+
+/// `{"vendor": "twilio", ...Fault fields}`.
+async fn set_fault(State(sim): State<Sim>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|mut m| {
+            let vendor = match m.remove("vendor") {
+                Some(serde_json::Value::String(v)) => v,
+                _ => return Err("vendor (a string) is required".to_owned()),
+            };
+            let fault: Fault = serde_json::from_value(m.into()).map_err(|e| e.to_string())?;
+            Ok((vendor, fault))
+        });
+    let (vendor, fault) = match parsed {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::UNPROCESSABLE_ENTITY, e).into_response(),
+    };
+    match sim.set_fault(&vendor, fault) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e).into_response(),
+    }
+}
+
+async fn clear_faults(State(sim): State<Sim>) -> StatusCode {
+    sim.clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(sim): State<Sim>) -> StatusCode {
+    sim.reset();
+    StatusCode::NO_CONTENT
+}

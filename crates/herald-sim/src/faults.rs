@@ -1,0 +1,99 @@
+//! Fault injection, per vendor: latency, errors, throttling, outages and
+//! timeouts after the message was accepted.
+
+use serde::{Deserialize, Serialize};
+
+/// What a vendor does wrong. All rates are probabilities in [0, 1].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fault {
+    /// Uniform extra latency per request, in milliseconds.
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    /// Share of requests answered with `error_status` (before accepting).
+    pub error_rate: f64,
+    pub error_status: Option<u16>,
+    /// Share of requests answered 429 with `Retry-After: retry_after_s`.
+    pub rate_limit_rate: f64,
+    pub retry_after_s: Option<u64>,
+    /// Every request fails with 503.
+    pub outage: bool,
+    /// Share of requests accepted (recorded as delivered) whose answer is then
+    /// held for `hang_ms`, so the caller times out not knowing it succeeded.
+    pub timeout_after_accept_rate: f64,
+    pub hang_ms: Option<u64>,
+}
+
+impl Fault {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, r) in [
+            ("error_rate", self.error_rate),
+            ("rate_limit_rate", self.rate_limit_rate),
+            ("timeout_after_accept_rate", self.timeout_after_accept_rate),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("{name} must be between 0 and 1"));
+            }
+        }
+        if self.latency_min_ms > self.latency_max_ms {
+            return Err("latency_min_ms must not exceed latency_max_ms".into());
+        }
+        if let Some(s) = self.error_status {
+            if !(400..=599).contains(&s) {
+                return Err("error_status must be a 4xx or 5xx status".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The simulator's decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Outage,
+    Error(u16),
+    RateLimited { retry_after_s: u64 },
+    /// Accept; if `hang_ms`, hold the answer that long first.
+    Accept { hang_ms: Option<u64> },
+}
+
+impl Fault {
+    /// Decides with three uniform samples in [0, 1).
+    pub fn decide(&self, a: f64, b: f64, c: f64) -> Verdict {
+        if self.outage {
+            return Verdict::Outage;
+        }
+        if a < self.error_rate {
+            return Verdict::Error(self.error_status.unwrap_or(503));
+        }
+        if b < self.rate_limit_rate {
+            return Verdict::RateLimited {
+                retry_after_s: self.retry_after_s.unwrap_or(1),
+            };
+        }
+        let hang = (c < self.timeout_after_accept_rate).then(|| self.hang_ms.unwrap_or(30_000));
+        Verdict::Accept { hang_ms: hang }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions() {
+        let f = Fault {
+            error_rate: 0.1,
+            rate_limit_rate: 0.2,
+            timeout_after_accept_rate: 0.3,
+            ..Fault::default()
+        };
+        assert_eq!(f.decide(0.05, 0.9, 0.9), Verdict::Error(503));
+        assert_eq!(f.decide(0.5, 0.1, 0.9), Verdict::RateLimited { retry_after_s: 1 });
+        assert_eq!(f.decide(0.5, 0.5, 0.1), Verdict::Accept { hang_ms: Some(30_000) });
+        assert_eq!(f.decide(0.5, 0.5, 0.5), Verdict::Accept { hang_ms: None });
+        let down = Fault { outage: true, ..Fault::default() };
+        assert_eq!(down.decide(0.9, 0.9, 0.9), Verdict::Outage);
+        assert!(Fault { error_rate: 2.0, ..Fault::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! The emulated vendor endpoints. Each checks auth and the wire shape as the
+//! real vendor does, answers in the vendor's own formats, and rejects a few
+//! documented test recipients as the vendor would (docs/providers.md):
+//! - SendGrid: any address at `invalid.example` → 400;
+//! - Twilio: `+15005550001` → 400 code 21211 (Twilio's own test number);
+//! - FCM: a token starting `invalid-` → 404 `UNREGISTERED`;
+//! - webhook: a path ending `/gone` → 410.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::json;
+
+/// A request the vendor accepted as well-formed.
+pub struct Parsed {
+    pub recipient: String,
+    pub summary: String,
+}
+
+/// One emulated vendor: how it checks a request and how it answers.
+pub trait Emulated: Send + Sync {
+    const NAME: &'static str;
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response>;
+    /// The vendor's answer for an accepted message: status, body, message id header.
+    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>);
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response;
+    /// The vendor's refusal of a recipient it knows to be bad.
+    fn reject(&self, parsed: &Parsed) -> Option<Response>;
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn with_retry_after(mut r: Response, retry_after_s: Option<u64>) -> Response {
+    if let Some(s) = retry_after_s {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            r.headers_mut().insert("retry-after", v);
+        }
+    }
+    r
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .filter(|t| !t.is_empty())
+}
+
+fn summary(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+pub struct SendGrid;
+
+impl Emulated for SendGrid {
+    const NAME: &'static str = "sendgrid";
+
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+        let err = |status: StatusCode, field: Option<&str>, msg: &str| {
+            json_response(status, json!({"errors": [{"message": msg, "field": field, "help": null}]}))
+        };
+        if bearer(headers).is_none() {
+            return Err(err(
+                StatusCode::UNAUTHORIZED,
+                None,
+                "The provided authorization grant is invalid, expired, or revoked",
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| err(StatusCode::BAD_REQUEST, None, "Bad Request"))?;
+        let to = v["personalizations"][0]["to"][0]["email"]
+            .as_str()
+            .ok_or_else(|| err(StatusCode::BAD_REQUEST, Some("personalizations"), "The personalizations field is required."))?;
+        if v["from"]["email"].as_str().is_none() {
+            return Err(err(StatusCode::BAD_REQUEST, Some("from.email"), "The from email does not contain a valid address."));
+        }
+        let subject = v["subject"].as_str().unwrap_or_default();
+        let has_content = v["content"].as_array().is_some_and(|c| {
+            !c.is_empty() && c.iter().all(|p| p["type"].is_string() && p["value"].is_string())
+        });
+        if !has_content {
+            return Err(err(StatusCode::BAD_REQUEST, Some("content"), "Unless a valid template_id is provided, the content parameter is required."));
+        }
+        Ok(Parsed {
+            recipient: to.to_owned(),
+            summary: summary(subject),
+        })
+    }
+
+    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>) {
+        let _ = message_id;
+        (StatusCode::ACCEPTED, String::new(), Some("x-message-id"))
+    }
+
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
+        let msg = status.canonical_reason().unwrap_or("error");
+        with_retry_after(
+            json_response(status, json!({"errors": [{"message": msg, "field": null, "help": null}]})),
+            retry_after_s,
+        )
+    }
+
+    fn reject(&self, parsed: &Parsed) -> Option<Response> {
+        parsed.recipient.ends_with("@invalid.example").then(|| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"errors": [{"message": "Does not contain a valid address.", "field": "personalizations.0.to.0.email", "help": null}]}),
+            )
+        })
+    }
+}
+
+pub struct Twilio;
+
+fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
+    json_response(
+        status,
+        json!({"code": code, "message": message, "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status.as_u16()}),
+    )
+}
+
+impl Emulated for Twilio {
+    const NAME: &'static str = "twilio";
+
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+        let basic = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        match basic.as_deref().and_then(|c| c.split_once(':')) {
+            Some((sid, token)) if sid.starts_with("AC") && !token.is_empty() => {}
+            _ => return Err(twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate")),
+        }
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| twilio_error(StatusCode::BAD_REQUEST, 21601, "Malformed form body"))?;
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let to = get("To").ok_or_else(|| twilio_error(StatusCode::BAD_REQUEST, 21604, "A 'To' phone number is required."))?;
+        if get("From").is_none() && get("MessagingServiceSid").is_none() {
+            return Err(twilio_error(StatusCode::BAD_REQUEST, 21603, "A 'From' phone number is required."));
+        }
+        let text = get("Body").unwrap_or_default();
+        if text.is_empty() {
+            return Err(twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required."));
+        }
+        Ok(Parsed {
+            recipient: to.to_owned(),
+            summary: summary(text),
+        })
+    }
+
+    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>) {
+        let body = json!({"sid": message_id, "status": "queued", "api_version": "2010-04-01"});
+        (StatusCode::CREATED, body.to_string(), None)
+    }
+
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
+        let (code, msg) = if status == StatusCode::TOO_MANY_REQUESTS {
+            (20429, "Too Many Requests")
+        } else {
+            (20500, "Internal Server Error")
+        };
+        with_retry_after(twilio_error(status, code, msg), retry_after_s)
+    }
+
+    fn reject(&self, parsed: &Parsed) -> Option<Response> {
+        (parsed.recipient == "+15005550001").then(|| {
+            twilio_error(
+                StatusCode::BAD_REQUEST,
+                21211,
+                &format!("The 'To' number {} is not a valid phone number.", parsed.recipient),
+            )
+        })
+    }
+}
+
+pub struct Fcm;
+
+fn fcm_error(status: StatusCode, google_status: &str, code: &str, message: &str) -> Response {
+    json_response(
+        status,
+        json!({"error": {"code": status.as_u16(), "message": message, "status": google_status,
+            "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]}}),
+    )
+}
+
+impl Emulated for Fcm {
+    const NAME: &'static str = "fcm";
+
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+        if bearer(headers).is_none() {
+            return Err(json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"code": 401, "message": "Request is missing required authentication credential.", "status": "UNAUTHENTICATED"}}),
+            ));
+        }
+        let bad = |m: &str| fcm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "INVALID_ARGUMENT", m);
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("Invalid JSON payload received."))?;
+        let token = v["message"]["token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("Recipient of the message is not set."))?;
+        if let Some(data) = v["message"]["data"].as_object() {
+            if data.values().any(|d| !d.is_string()) {
+                return Err(bad("Invalid value at 'message.data': values must be strings."));
+            }
+        }
+        let title = v["message"]["notification"]["title"].as_str();
+        let text = v["message"]["notification"]["body"].as_str();
+        Ok(Parsed {
+            recipient: token.to_owned(),
+            summary: summary(title.or(text).unwrap_or_default()),
+        })
+    }
+
+    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>) {
+        let body = json!({"name": format!("projects/herald-sim/messages/{message_id}")});
+        (StatusCode::OK, body.to_string(), None)
+    }
+
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
+        let r = if status == StatusCode::TOO_MANY_REQUESTS {
+            fcm_error(status, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "Quota exceeded.")
+        } else if status.is_server_error() {
+            fcm_error(status, "UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable.")
+        } else {
+            fcm_error(status, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Request contains an invalid argument.")
+        };
+        with_retry_after(r, retry_after_s)
+    }
+
+    fn reject(&self, parsed: &Parsed) -> Option<Response> {
+        parsed.recipient.starts_with("invalid-").then(|| {
+            fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.")
+        })
+    }
+}
+
+/// A webhook receiver: any path under `/hooks/`.
+pub struct Webhook {
+    pub path: String,
+}
+
+impl Emulated for Webhook {
+    const NAME: &'static str = "webhook";
+
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+        for h in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            if headers.get(h).is_none() {
+                return Err((StatusCode::BAD_REQUEST, format!("missing {h}")).into_response());
+            }
+        }
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| (StatusCode::BAD_REQUEST, "body is not JSON").into_response())?;
+        let data = &v["data"];
+        let text = data["subject"].as_str().or(data["text"].as_str()).unwrap_or_default();
+        Ok(Parsed {
+            recipient: self.path.clone(),
+            summary: summary(text),
+        })
+    }
+
+    fn accepted(&self, _message_id: &str) -> (StatusCode, String, Option<&'static str>) {
+        (StatusCode::NO_CONTENT, String::new(), None)
+    }
+
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
+        with_retry_after(status.into_response(), retry_after_s)
+    }
+
+    fn reject(&self, parsed: &Parsed) -> Option<Response> {
+        parsed.recipient.ends_with("/gone").then(|| StatusCode::GONE.into_response())
+    }
+}
