@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use crate::model::{Channel, DeliveryState, NotificationRequest, Priority};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),

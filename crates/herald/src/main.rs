@@ -1,1 +1,162 @@
-fn main() {}
+//! `herald`: the notification engine's one binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald::app::{self, Running};
+use herald::config::Config;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald: a notification engine (email, SMS, push, webhooks)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the store lives and what config to read (shared by commands that touch the store).
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Config file (TOML). Without it, the sandbox defaults are used.
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the embedded database (overrides store.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        if let Some(d) = &self.data_dir {
+            cfg.store.data_dir = d.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API and the delivery engine. Without --config this is the
+    /// sandbox: SQLite under --data-dir, the built-in vendor simulator for
+    /// email, SMS, push and webhooks, and the API key from HERALD_DEV_API_KEY
+    /// (generated and printed when unset).
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run a showcase workload through a sandbox started in-process (real
+    /// HTTP, real SQLite, simulated vendors) and print a report. Exits
+    /// non-zero if any notification was lost or delivered twice.
+    Demo(herald::demo::DemoArgs),
+    /// Run the vendor simulator alone (SendGrid, Twilio, FCM and webhook
+    /// endpoints, with a ledger at /_sim/ledger and faults at /_sim/faults).
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// Seed for fault decisions, to make a run repeatable.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key for a tenant (created if new) and print it. The key
+    /// is shown once; only its hash is stored.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    herald::telemetry::init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { store, listen } => serve(store, listen).await,
+        Command::Demo(args) => {
+            let ok = herald::demo::run(args).await?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Sim { listen, seed } => {
+            let sim = herald_sim::Sim::new(seed);
+            let (addr, task) = sim.start(listen).await.with_context(|| format!("binding {listen}"))?;
+            eprintln!("vendor simulator listening on http://{addr}");
+            tokio::select! {
+                _ = task => {},
+                _ = app::shutdown_signal() => {},
+            }
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Create { tenant, store },
+        } => {
+            let name = tenant.trim();
+            if name.is_empty() || name.len() > 128 {
+                anyhow::bail!("--tenant must be 1 to 128 characters");
+            }
+            let cfg = store.load()?;
+            let s = app::open_store(&cfg).await?;
+            let key = herald::api::generate_key();
+            let id = app::add_key(&s, name, &key, "cli").await?;
+            eprintln!("created a key for tenant {name} ({id}); it is shown once:");
+            println!("{key}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: StoreArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let mut cfg = args.load()?;
+    if let Some(l) = listen {
+        cfg.server.listen = l;
+    }
+    let sandbox = args.config.is_none();
+    let mut dev_key = None;
+    let _sim = if sandbox {
+        let sim = herald_sim::Sim::new(None);
+        let (sim_addr, task) = sim.start("127.0.0.1:0".parse()?).await?;
+        cfg = cfg.into_sandbox(&format!("http://{sim_addr}"));
+        let key = match std::env::var("HERALD_DEV_API_KEY") {
+            Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),
+            _ => {
+                let k = herald::api::generate_key();
+                eprintln!("HERALD_DEV_API_KEY is not set; this run's sandbox API key is:\n  {k}");
+                k
+            }
+        };
+        dev_key = Some(key);
+        eprintln!(
+            "sandbox: data in {}, simulated vendors at http://{sim_addr} (ledger: /_sim/ledger)",
+            cfg.store.data_dir.display()
+        );
+        Some(task)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.server.listen))?;
+    let running = Running::start(cfg, listener, dev_key.as_deref()).await?;
+    eprintln!("herald listening on http://{}", running.addr);
+    app::shutdown_signal().await;
+    eprintln!("shutting down: finishing in-flight work");
+    running.shutdown().await;
+    Ok(())
+}

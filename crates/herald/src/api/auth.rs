@@ -1,0 +1,75 @@
+//! API keys: `Authorization: Bearer <key>`. Keys are stored as SHA-256
+//! hashes; a key belongs to one tenant. Lookups are cached in memory (keys
+//! are 256-bit random, so the hash is a safe cache key).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use herald_core::store::Store;
+use sha2::{Digest, Sha256};
+
+use super::problem::ApiError;
+use super::AppState;
+
+/// The authenticated tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+/// A fresh API key: `hrld_` + 32 random bytes, base64url.
+pub fn generate_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("hrld_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+pub fn hash_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+#[derive(Default)]
+pub struct KeyCache {
+    known: Mutex<HashMap<Vec<u8>, String>>,
+}
+
+impl KeyCache {
+    pub async fn tenant(&self, store: &Arc<dyn Store>, key: &str) -> Result<Option<String>, ApiError> {
+        let hash = hash_key(key);
+        if let Some(t) = self.lock().get(&hash) {
+            return Ok(Some(t.clone()));
+        }
+        let tenant = store.tenant_for_key(&hash).await?;
+        if let Some(t) = &tenant {
+            let mut known = self.lock();
+            if known.len() > 100_000 {
+                known.clear();
+            }
+            known.insert(hash, t.clone());
+        }
+        Ok(tenant)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, String>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .ok_or(ApiError::Unauthorized)?;
+        match state.keys.tenant(&state.store, key).await? {
+            Some(t) => Ok(Tenant(t)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Health, readiness and metrics.
+
+use std::any::Any;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::problem::{problem_response, Problem};
+use super::AppState;
+use crate::telemetry as m;
+
+/// The process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The process can take traffic: the store answers and it is not draining.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response();
+    }
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready", "store": "ok", "bus": "ok"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "store": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Prometheus text format. Queue depths are read from the store per scrape.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.queue_depths().await {
+        Ok(depths) => {
+            for ch in &state.channels {
+                for lane in herald_core::Priority::ALL {
+                    let n = depths
+                        .iter()
+                        .find(|d| d.channel == *ch && d.priority == lane)
+                        .map_or(0, |d| d.pending);
+                    metrics::gauge!(m::QUEUE_DEPTH, "channel" => ch.as_str(), "lane" => lane.as_str()).set(n as f64);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "queue depth unavailable for this scrape"),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// A handler panic becomes a 500 problem; the process stays up.
+pub fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    problem_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &Problem {
+            kind: "urn:herald:problem:internal".into(),
+            title: "Internal server error".into(),
+            status: 500,
+            detail: "an unexpected error occurred; it has been logged".into(),
+            errors: vec![],
+        },
+    )
+}

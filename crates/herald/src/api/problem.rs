@@ -1,0 +1,123 @@
+//! API errors, converted once at the edge into `application/problem+json`
+//! (RFC 9457), each with a stable `type`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::store::StoreError;
+use herald_core::validate::FieldError;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request is invalid")]
+    Invalid(Vec<FieldError>),
+    #[error("a valid API key is required")]
+    Unauthorized,
+    #[error("not found")]
+    NotFound,
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body must be application/json")]
+    UnsupportedMediaType,
+    #[error("this Idempotency-Key was used with a different request body")]
+    KeyReused,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    KeyInFlight,
+    #[error("the store is unavailable")]
+    Store(#[from] StoreError),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// The problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError::Invalid(vec![FieldError::new(field, reason)])
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
+            Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Invalid request"),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+            ),
+            KeyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight", "Request in progress"),
+            Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "Service unavailable"),
+            ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "Service unavailable"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.parts();
+        let (detail, errors) = match self {
+            ApiError::Invalid(errs) => {
+                let detail = errs
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (detail, errs.clone())
+            }
+            // Store details are for the logs, not for clients.
+            ApiError::Store(_) => ("the store is unavailable; retry with the same Idempotency-Key".into(), vec![]),
+            other => (other.to_string(), vec![]),
+        };
+        Problem {
+            kind: format!("urn:herald:problem:{slug}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Store(e) = &self {
+            tracing::error!(error = %e, "store error");
+        }
+        let p = self.problem();
+        let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        problem_response(status, &p)
+    }
+}
+
+pub fn problem_response(status: StatusCode, p: &Problem) -> Response {
+    let body = serde_json::to_vec(p).unwrap_or_default();
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}

@@ -1,0 +1,141 @@
+//! Wiring: store, bus, engine and HTTP server, started and stopped together.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_bus::LocalBus;
+use herald_core::bus::Bus;
+use herald_core::store::Store;
+use herald_store::{SqliteOptions, SqliteStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, StoreKind};
+use crate::engine::Engine;
+use crate::render::Templates;
+
+/// The tenant that owns the sandbox's development key.
+pub const SANDBOX_TENANT: &str = "sandbox";
+
+/// A running Herald: API, engine and store.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    state: Arc<AppState>,
+    engine: Engine,
+    stop_http: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+}
+
+/// The one factory for the store backend named in config.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match cfg.store.kind {
+        StoreKind::Sqlite => {
+            let path = cfg.sqlite_path();
+            let store = SqliteStore::open(&SqliteOptions {
+                path: path.clone(),
+                max_batch: cfg.store.group_commit_max_batch,
+                read_connections: cfg.store.read_connections,
+            })
+            .await
+            .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Adds an API key for a tenant (creating the tenant if needed).
+pub async fn add_key(store: &Arc<dyn Store>, tenant: &str, key: &str, label: &str) -> anyhow::Result<String> {
+    Ok(store.add_api_key(tenant, &api::hash_key(key), label).await?)
+}
+
+impl Running {
+    /// Starts everything on `listener`. `dev_key`, if given, is registered for
+    /// the sandbox tenant.
+    pub async fn start(cfg: Config, listener: TcpListener, dev_key: Option<&str>) -> anyhow::Result<Running> {
+        let store = open_store(&cfg).await?;
+        if let Some(k) = dev_key {
+            add_key(&store, SANDBOX_TENANT, k, "sandbox").await?;
+        }
+        let lease = Duration::from_secs(cfg.engine.lease_seconds);
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(store.clone(), lease));
+        let templates = Arc::new(Templates::new(&cfg.templates)?);
+        let engine = Engine::start(&cfg, store.clone(), bus.clone(), templates.clone())?;
+        let channels: HashSet<_> = cfg.enabled_channels().into_iter().collect();
+        let state = Arc::new(AppState::new(
+            store.clone(),
+            bus,
+            cfg.limits(),
+            templates,
+            channels,
+            cfg.server.max_body_bytes,
+            cfg.server.max_batch_items,
+        ));
+        let app = api::router(state.clone(), Duration::from_millis(cfg.server.request_timeout_ms));
+        let addr = listener.local_addr()?;
+        let stop_http = CancellationToken::new();
+        let stop = stop_http.clone();
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, "herald is listening");
+        Ok(Running {
+            addr,
+            store,
+            state,
+            engine,
+            stop_http,
+            http,
+        })
+    }
+
+    /// Graceful stop: readiness drops, the API finishes in-flight requests
+    /// and closes, workers finish or release in-flight deliveries.
+    pub async fn shutdown(self) {
+        self.state.draining.store(true, Ordering::Relaxed);
+        self.stop_http.cancel();
+        if let Err(e) = self.http.await {
+            tracing::error!(error = %e, "HTTP server task failed");
+        }
+        self.engine.shutdown().await;
+        tracing::info!("herald stopped");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

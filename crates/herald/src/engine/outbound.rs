@@ -1,0 +1,157 @@
+//! Outbound HTTP to vendors: one keep-alive client for vendor APIs, and one
+//! for customer webhooks whose resolver refuses loopback and private
+//! addresses (unless the config allows them), so a webhook URL can never be
+//! used to reach the inside of the network. Neither follows redirects.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_core::provider::{Outcome, VendorRequest, VendorResponse};
+use herald_core::validate::{address_allowed, Limits};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::config::HttpConfig;
+
+/// The most of a vendor's answer we read; the rest is not needed to classify.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Outbound {
+    vendors: reqwest::Client,
+    webhooks: reqwest::Client,
+    limits: Arc<Limits>,
+}
+
+/// A resolver that drops addresses the webhook policy forbids.
+struct GuardedResolver {
+    limits: Arc<Limits>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let host = format!("{}:0", name.as_str());
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host)
+                .await?
+                .filter(|a| address_allowed(a.ip(), &limits).is_ok())
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{} resolves to no allowed address", name.as_str()).into());
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+impl Outbound {
+    pub fn new(cfg: &HttpConfig, limits: Limits) -> anyhow::Result<Self> {
+        let limits = Arc::new(limits);
+        let base = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+                .timeout(Duration::from_millis(cfg.request_timeout_ms))
+                .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        };
+        Ok(Self {
+            vendors: base().build()?,
+            webhooks: base()
+                .dns_resolver(Arc::new(GuardedResolver {
+                    limits: limits.clone(),
+                }))
+                .build()?,
+            limits,
+        })
+    }
+
+    /// Checks a webhook target before sending: literal addresses and what the
+    /// host resolves to must be allowed. A refusal is permanent.
+    pub async fn check_webhook_target(&self, url: &str) -> Result<(), String> {
+        herald_core::validate::check_webhook_url(url, &self.limits)?;
+        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+        if let Some(url::Host::Domain(d)) = parsed.host() {
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            let addrs = tokio::net::lookup_host((d, port))
+                .await
+                .map_err(|e| format!("cannot resolve {d}: {e}"))?;
+            for a in addrs {
+                address_allowed(a.ip(), &self.limits).map_err(|why| format!("{d} resolves to {}: {why}", a.ip()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends and returns the vendor's answer, or the transport failure as an
+    /// outcome. A timeout after the request went out is ambiguous: the vendor
+    /// may have accepted it.
+    pub async fn send(&self, req: VendorRequest, webhook: bool) -> (Result<VendorResponse, Outcome>, Duration) {
+        let started = Instant::now();
+        let result = self.exchange(req, webhook).await;
+        (result, started.elapsed())
+    }
+
+    async fn exchange(&self, req: VendorRequest, webhook: bool) -> Result<VendorResponse, Outcome> {
+        let req = reqwest::Request::try_from(req).map_err(|e| Outcome::Permanent {
+            reason: format!("request cannot be sent: {e}"),
+        })?;
+        let client = if webhook { &self.webhooks } else { &self.vendors };
+        let mut resp = client.execute(req).await.map_err(transport_outcome)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= MAX_RESPONSE_BYTES {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                // The status line arrived: classify on it even if the body broke off.
+                Err(_) => break,
+            }
+        }
+        Ok(VendorResponse {
+            status,
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+fn transport_outcome(e: reqwest::Error) -> Outcome {
+    if e.is_connect() {
+        // Never reached the vendor: safe to retry anywhere.
+        Outcome::Transient {
+            reason: format!("connect failed: {}", error_chain(&e)),
+            ambiguous: false,
+        }
+    } else if e.is_timeout() {
+        Outcome::Transient {
+            reason: "timed out waiting for the vendor".into(),
+            ambiguous: true,
+        }
+    } else {
+        Outcome::Transient {
+            reason: format!("transport error: {}", error_chain(&e)),
+            ambiguous: true,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

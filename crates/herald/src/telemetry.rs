@@ -1,0 +1,49 @@
+//! Logs and metrics. Metric names live here, in one place:
+//! `herald_<thing>_total` / `_seconds`, with labels of few values (channel,
+//! provider, lane, outcome) and never an id.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const ACCEPTED: &str = "herald_notifications_accepted_total";
+pub const REJECTED: &str = "herald_requests_rejected_total";
+pub const ATTEMPTS: &str = "herald_attempts_total";
+pub const ATTEMPT_SECONDS: &str = "herald_attempt_duration_seconds";
+pub const DELIVERIES: &str = "herald_deliveries_total";
+pub const ACCEPT_TO_VENDOR_SECONDS: &str = "herald_accept_to_vendor_seconds";
+pub const QUEUE_DEPTH: &str = "herald_queue_depth";
+pub const STORE_ERRORS: &str = "herald_store_errors_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn metrics() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed (an embedding application's):
+                // keep a detached one so /metrics still answers.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Logs to stderr; `RUST_LOG` sets the filter (default `info`), and
+/// `HERALD_LOG_FORMAT=json` switches to JSON lines.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
