@@ -40,7 +40,14 @@ impl InFlight {
 
     fn enter(&self, tenant: &str, key: &str) -> Option<InFlightGuard<'_>> {
         let entry = (tenant.to_owned(), key.to_owned());
-        self.lock().insert(entry.clone()).then_some(InFlightGuard { set: self, entry })
+        let inserted = self.lock().insert(entry.clone());
+        // Only the request that inserted the key may hold the guard: its drop
+        // removes the key.
+        if inserted {
+            Some(InFlightGuard { set: self, entry })
+        } else {
+            None
+        }
     }
 }
 

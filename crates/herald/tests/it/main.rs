@@ -1,0 +1,9 @@
+//! Herald's integration tests: the real server on port 0, a real SQLite file,
+//! real HTTP, and the vendor simulator standing in for the vendors.
+
+mod api;
+mod delivery;
+mod idempotency;
+mod priority;
+mod restart;
+mod utils;

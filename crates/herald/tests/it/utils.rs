@@ -1,0 +1,174 @@
+//! Starts Herald and the simulator in-process, and talks to them over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use herald::app::Running;
+use herald::config::Config;
+use herald_sim::{Fault, Sim};
+use serde_json::{json, Value};
+
+pub struct TestServer {
+    pub base: String,
+    pub key: String,
+    pub sim: Sim,
+    pub sim_url: String,
+    pub running: Option<Running>,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// The sandbox config pointed at `sim_url`, storing under `data_dir`, with
+/// short retries so tests do not wait on back-off.
+pub fn config(sim_url: &str, data_dir: &Path) -> Config {
+    let mut cfg = Config::load(None).expect("defaults load").into_sandbox(sim_url);
+    cfg.store.data_dir = data_dir.to_path_buf();
+    cfg.engine.retry_base_ms = 50;
+    cfg.engine.retry_cap_ms = 200;
+    cfg.engine.poll_interval_ms = 50;
+    cfg.engine.shutdown_grace_seconds = 5;
+    cfg
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sim = Sim::new(Some(42));
+        let (sim_addr, _) = sim.start("127.0.0.1:0".parse().expect("addr")).await.expect("sim binds");
+        let sim_url = format!("http://{sim_addr}");
+        let mut cfg = config(&sim_url, tmp.path());
+        tweak(&mut cfg);
+        let data_dir = tmp.path().to_path_buf();
+        let mut s = TestServer {
+            base: String::new(),
+            key: herald::api::generate_key(),
+            sim,
+            sim_url,
+            running: None,
+            http: reqwest::Client::new(),
+            data_dir,
+            _tmp: Some(tmp),
+        };
+        s.boot(cfg).await;
+        s
+    }
+
+    /// Starts Herald (again) with `cfg`, on a new port, same data directory.
+    pub async fn boot(&mut self, cfg: Config) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let running = Running::start(cfg, listener, Some(&self.key)).await.expect("herald starts");
+        self.base = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// A key for another tenant.
+    pub async fn key_for(&self, tenant: &str) -> String {
+        let key = herald::api::generate_key();
+        let store = &self.running.as_ref().expect("running").store;
+        herald::app::add_key(store, tenant, &key, "test").await.expect("key added");
+        key
+    }
+
+    pub fn fault(&self, vendor: &str, fault: Fault) {
+        self.sim.set_fault(vendor, fault).expect("valid fault");
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.post_as(&self.key, path, body, None).await
+    }
+
+    pub async fn post_as(
+        &self,
+        key: &str,
+        path: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).bearer_auth(key).json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().await.expect("request sent");
+        decode(resp).await
+    }
+
+    pub async fn get_as(&self, key: &str, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request sent");
+        let (s, _, v) = decode(resp).await;
+        (s, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_as(&self.key, path).await
+    }
+
+    /// Unique deliveries the simulator accepted, all vendors.
+    pub fn delivered(&self) -> u64 {
+        self.sim.stats().values().map(|s| s.unique).sum()
+    }
+
+    /// Waits until the simulator has accepted `n` unique deliveries.
+    pub async fn wait_delivered(&self, n: u64, within: Duration) {
+        let ok = wait_until(within, || self.delivered() >= n).await;
+        assert!(ok, "expected {n} deliveries at the simulator, saw {} ({:?})", self.delivered(), self.sim.stats());
+    }
+
+    /// Waits until every channel of a notification is in a terminal state.
+    pub async fn wait_finished(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, v) = self.get(&format!("/v1/notifications/{id}")).await;
+            assert_eq!(status, 200, "{v}");
+            if v["status"] == "completed" || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn decode(resp: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body");
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    (status, headers, v)
+}
+
+pub async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    f()
+}
+
+pub fn sms(text: &str, priority: &str) -> Value {
+    json!({"priority": priority, "channels": ["sms"],
+        "recipient": {"phone": "+14155550100"}, "content": {"text": text}})
+}
+
+pub fn email(subject: &str) -> Value {
+    json!({"channels": ["email"], "recipient": {"email": "ada@example.com"},
+        "content": {"subject": subject, "text": "hello"}})
+}
