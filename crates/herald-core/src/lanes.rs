@@ -27,7 +27,10 @@ impl LanePolicy {
         let shared = self.concurrency.saturating_sub(self.reserved_critical);
         let room = free.min(shared.saturating_sub(non_critical));
         if lane == Priority::Low {
-            room.min(self.low_cap().saturating_sub(in_flight[Priority::Low.index()]))
+            room.min(
+                self.low_cap()
+                    .saturating_sub(in_flight[Priority::Low.index()]),
+            )
         } else {
             room
         }

@@ -17,7 +17,12 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [Channel::Email, Channel::Sms, Channel::Push, Channel::Webhook];
+    pub const ALL: [Channel; 4] = [
+        Channel::Email,
+        Channel::Sms,
+        Channel::Push,
+        Channel::Webhook,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -72,7 +77,9 @@ impl Priority {
     }
 
     pub fn from_index(i: i64) -> Option<Priority> {
-        usize::try_from(i).ok().and_then(|i| Priority::ALL.get(i).copied())
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| Priority::ALL.get(i).copied())
     }
 
     pub fn as_str(self) -> &'static str {
@@ -351,6 +358,12 @@ mod tests {
         };
         let d = req.destinations();
         assert_eq!(d.len(), 3);
-        assert_eq!(d[2], Destination { channel: Channel::Push, target: 1 });
+        assert_eq!(
+            d[2],
+            Destination {
+                channel: Channel::Push,
+                target: 1
+            }
+        );
     }
 }

@@ -183,6 +183,9 @@ mod tests {
                 reason: "slow down".into()
             }
         );
-        assert_eq!(retry_after(&resp(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")).headers), None);
+        assert_eq!(
+            retry_after(&resp(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")).headers),
+            None
+        );
     }
 }

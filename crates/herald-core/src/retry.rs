@@ -36,7 +36,9 @@ impl RetryPolicy {
                 retry_after: Some(after),
                 ..
             } => *after,
-            Outcome::RateLimited { .. } | Outcome::Transient { .. } => self.backoff(attempt, jitter),
+            Outcome::RateLimited { .. } | Outcome::Transient { .. } => {
+                self.backoff(attempt, jitter)
+            }
         };
         if attempt >= self.max_attempts {
             return Next::Dead;
@@ -90,8 +92,14 @@ mod tests {
     #[test]
     fn transient_backs_off_then_dies() {
         let p = policy();
-        assert_eq!(p.next(&transient(), 1, 1000, None, 0.5), Next::RetryAt(1050));
-        assert_eq!(p.next(&transient(), 2, 1000, None, 0.5), Next::RetryAt(1100));
+        assert_eq!(
+            p.next(&transient(), 1, 1000, None, 0.5),
+            Next::RetryAt(1050)
+        );
+        assert_eq!(
+            p.next(&transient(), 2, 1000, None, 0.5),
+            Next::RetryAt(1100)
+        );
         assert_eq!(p.next(&transient(), 3, 1000, None, 0.5), Next::Dead);
         assert_eq!(p.backoff(20, 0.999), Duration::from_millis(999), "capped");
     }

@@ -66,7 +66,10 @@ pub fn validate(
     let r = &req.recipient;
 
     if req.channels.is_empty() {
-        errs.push(FieldError::new("channels", "at least one channel is required"));
+        errs.push(FieldError::new(
+            "channels",
+            "at least one channel is required",
+        ));
     }
     for (i, c) in req.channels.iter().enumerate() {
         if req.channels[..i].contains(c) {
@@ -131,7 +134,10 @@ pub fn validate(
     }
 
     match (&req.content, &req.template) {
-        (None, None) => errs.push(FieldError::new("content", "content or template is required")),
+        (None, None) => errs.push(FieldError::new(
+            "content",
+            "content or template is required",
+        )),
         (Some(_), Some(_)) => errs.push(FieldError::new(
             "template",
             "give either content or template, not both",
@@ -151,13 +157,21 @@ pub fn validate(
                     ));
                 }
             }
-            if content.text.as_ref().is_some_and(|t| t.len() > limits.max_text_bytes) {
+            if content
+                .text
+                .as_ref()
+                .is_some_and(|t| t.len() > limits.max_text_bytes)
+            {
                 errs.push(FieldError::new(
                     "content.text",
                     format!("at most {} bytes", limits.max_text_bytes),
                 ));
             }
-            if content.html.as_ref().is_some_and(|t| t.len() > limits.max_html_bytes) {
+            if content
+                .html
+                .as_ref()
+                .is_some_and(|t| t.len() > limits.max_html_bytes)
+            {
                 errs.push(FieldError::new(
                     "content.html",
                     format!("at most {} bytes", limits.max_html_bytes),
@@ -170,12 +184,11 @@ pub fn validate(
             }
             for &c in &req.channels {
                 match c {
-                    Channel::Email if content.subject.as_deref().unwrap_or("").is_empty() => {
-                        errs.push(FieldError::new(
+                    Channel::Email if content.subject.as_deref().unwrap_or("").is_empty() => errs
+                        .push(FieldError::new(
                             "content.subject",
                             "required because channel email is requested",
-                        ))
-                    }
+                        )),
                     Channel::Sms | Channel::Push
                         if content.text.as_deref().unwrap_or("").is_empty() =>
                     {
@@ -234,7 +247,9 @@ pub fn validate(
         }
     }
     if let Some(meta) = &req.metadata {
-        let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(meta)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > limits.max_metadata_bytes {
             errs.push(FieldError::new(
                 "metadata",
@@ -333,7 +348,9 @@ pub fn check_webhook_url(s: &str, limits: &Limits) -> Result<(), String> {
     let ip = match host {
         url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
         url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
-        url::Host::Domain(d) if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") => {
+        url::Host::Domain(d)
+            if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") =>
+        {
             Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
         }
         url::Host::Domain(_) => None,
@@ -411,7 +428,10 @@ mod tests {
         assert!(!is_e164("+0155550100"));
         assert!(!is_e164("+1415555010012345"));
         assert!(!is_e164("+1 415 555 0100"));
-        assert!(!is_e164("+١٤١٥٥٥٥٠١٠٠"), "arabic-indic digits are not E.164");
+        assert!(
+            !is_e164("+١٤١٥٥٥٥٠١٠٠"),
+            "arabic-indic digits are not E.164"
+        );
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub(crate) fn base_url(s: &str) -> Result<String, String> {
     let trimmed = s.trim_end_matches('/');
     if !(trimmed.starts_with("https://") || trimmed.starts_with("http://")) {
-        return Err(format!("base_url {s:?} must start with http:// or https://"));
+        return Err(format!(
+            "base_url {s:?} must start with http:// or https://"
+        ));
     }
     Ok(trimmed.to_owned())
 }

@@ -52,9 +52,13 @@ impl Fault {
 pub enum Verdict {
     Outage,
     Error(u16),
-    RateLimited { retry_after_s: u64 },
+    RateLimited {
+        retry_after_s: u64,
+    },
     /// Accept; if `hang_ms`, hold the answer that long first.
-    Accept { hang_ms: Option<u64> },
+    Accept {
+        hang_ms: Option<u64>,
+    },
 }
 
 impl Fault {
@@ -89,11 +93,27 @@ mod tests {
             ..Fault::default()
         };
         assert_eq!(f.decide(0.05, 0.9, 0.9), Verdict::Error(503));
-        assert_eq!(f.decide(0.5, 0.1, 0.9), Verdict::RateLimited { retry_after_s: 1 });
-        assert_eq!(f.decide(0.5, 0.5, 0.1), Verdict::Accept { hang_ms: Some(30_000) });
+        assert_eq!(
+            f.decide(0.5, 0.1, 0.9),
+            Verdict::RateLimited { retry_after_s: 1 }
+        );
+        assert_eq!(
+            f.decide(0.5, 0.5, 0.1),
+            Verdict::Accept {
+                hang_ms: Some(30_000)
+            }
+        );
         assert_eq!(f.decide(0.5, 0.5, 0.5), Verdict::Accept { hang_ms: None });
-        let down = Fault { outage: true, ..Fault::default() };
+        let down = Fault {
+            outage: true,
+            ..Fault::default()
+        };
         assert_eq!(down.decide(0.9, 0.9, 0.9), Verdict::Outage);
-        assert!(Fault { error_rate: 2.0, ..Fault::default() }.validate().is_err());
+        assert!(Fault {
+            error_rate: 2.0,
+            ..Fault::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -27,8 +27,8 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
 pub use faults::Fault;
-pub use ledger::{Entry, VendorStats};
 use faults::Verdict;
+pub use ledger::{Entry, VendorStats};
 use ledger::{Ledger, Original};
 use vendors::Emulated;
 
@@ -77,7 +77,10 @@ impl Sim {
             .route("/hooks/{*path}", post(webhook))
             .route("/_sim/ledger", get(ledger))
             .route("/_sim/stats", get(stats))
-            .route("/_sim/faults", get(get_faults).post(set_fault).delete(clear_faults))
+            .route(
+                "/_sim/faults",
+                get(get_faults).post(set_fault).delete(clear_faults),
+            )
             .route("/_sim/reset", post(reset))
             .with_state(self.clone())
     }
@@ -93,7 +96,10 @@ impl Sim {
     }
 
     /// Binds `addr` (port 0 for any) and serves; returns the bound address.
-    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    pub async fn start(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         Ok((local, self.serve(listener)))
@@ -131,10 +137,13 @@ impl Sim {
             Ok(p) => p,
             Err(resp) => {
                 lock(&self.inner.ledger).stats_mut(V::NAME).rejected += 1;
-                return resp;
+                return *resp;
             }
         };
-        let fault = lock(&self.inner.faults).get(V::NAME).cloned().unwrap_or_default();
+        let fault = lock(&self.inner.faults)
+            .get(V::NAME)
+            .cloned()
+            .unwrap_or_default();
         let (latency, a, b, c) = {
             let mut rng = lock(&self.inner.rng);
             let latency = if fault.latency_max_ms > 0 {
@@ -142,7 +151,12 @@ impl Sim {
             } else {
                 0
             };
-            (latency, rng.gen::<f64>(), rng.gen::<f64>(), rng.gen::<f64>())
+            (
+                latency,
+                rng.gen::<f64>(),
+                rng.gen::<f64>(),
+                rng.gen::<f64>(),
+            )
         };
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -167,7 +181,8 @@ impl Sim {
                     }
                     Verdict::Error(s) => {
                         ledger.stats_mut(V::NAME).faulted += 1;
-                        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        let status =
+                            StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                         return vendor.error(status, None);
                     }
                     Verdict::RateLimited { retry_after_s } => {
@@ -235,16 +250,38 @@ async fn sendgrid(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Re
     sim.handle(vendors::SendGrid, &headers, &body).await
 }
 
-async fn twilio(State(sim): State<Sim>, Path(_sid): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn twilio(
+    State(sim): State<Sim>,
+    Path(_sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     sim.handle(vendors::Twilio, &headers, &body).await
 }
 
-async fn fcm(State(sim): State<Sim>, Path(_project): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn fcm(
+    State(sim): State<Sim>,
+    Path(_project): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     sim.handle(vendors::Fcm, &headers, &body).await
 }
 
-async fn webhook(State(sim): State<Sim>, Path(path): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    sim.handle(vendors::Webhook { path: format!("/hooks/{path}") }, &headers, &body).await
+async fn webhook(
+    State(sim): State<Sim>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    sim.handle(
+        vendors::Webhook {
+            path: format!("/hooks/{path}"),
+        },
+        &headers,
+        &body,
+    )
+    .await
 }
 
 #[derive(Deserialize)]

@@ -17,10 +17,14 @@ pub struct Parsed {
     pub summary: String,
 }
 
+/// A vendor's refusal of a malformed or unauthorised request (boxed: it is
+/// a whole response).
+pub type Rejection = Box<Response>;
+
 /// One emulated vendor: how it checks a request and how it answers.
 pub trait Emulated: Send + Sync {
     const NAME: &'static str;
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response>;
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection>;
     /// The vendor's answer for an accepted message: status, body, message id header.
     fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>);
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response;
@@ -29,7 +33,12 @@ pub trait Emulated: Send + Sync {
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn with_retry_after(mut r: Response, retry_after_s: Option<u64>) -> Response {
@@ -59,31 +68,52 @@ pub struct SendGrid;
 impl Emulated for SendGrid {
     const NAME: &'static str = "sendgrid";
 
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         let err = |status: StatusCode, field: Option<&str>, msg: &str| {
-            json_response(status, json!({"errors": [{"message": msg, "field": field, "help": null}]}))
+            json_response(
+                status,
+                json!({"errors": [{"message": msg, "field": field, "help": null}]}),
+            )
         };
         if bearer(headers).is_none() {
-            return Err(err(
+            return Err(Box::new(err(
                 StatusCode::UNAUTHORIZED,
                 None,
                 "The provided authorization grant is invalid, expired, or revoked",
-            ));
+            )));
         }
         let v: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|_| err(StatusCode::BAD_REQUEST, None, "Bad Request"))?;
+            .map_err(|_| Box::new(err(StatusCode::BAD_REQUEST, None, "Bad Request")))?;
         let to = v["personalizations"][0]["to"][0]["email"]
             .as_str()
-            .ok_or_else(|| err(StatusCode::BAD_REQUEST, Some("personalizations"), "The personalizations field is required."))?;
+            .ok_or_else(|| {
+                Box::new({
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        Some("personalizations"),
+                        "The personalizations field is required.",
+                    )
+                })
+            })?;
         if v["from"]["email"].as_str().is_none() {
-            return Err(err(StatusCode::BAD_REQUEST, Some("from.email"), "The from email does not contain a valid address."));
+            return Err(Box::new(err(
+                StatusCode::BAD_REQUEST,
+                Some("from.email"),
+                "The from email does not contain a valid address.",
+            )));
         }
         let subject = v["subject"].as_str().unwrap_or_default();
         let has_content = v["content"].as_array().is_some_and(|c| {
-            !c.is_empty() && c.iter().all(|p| p["type"].is_string() && p["value"].is_string())
+            !c.is_empty()
+                && c.iter()
+                    .all(|p| p["type"].is_string() && p["value"].is_string())
         });
         if !has_content {
-            return Err(err(StatusCode::BAD_REQUEST, Some("content"), "Unless a valid template_id is provided, the content parameter is required."));
+            return Err(Box::new(err(
+                StatusCode::BAD_REQUEST,
+                Some("content"),
+                "Unless a valid template_id is provided, the content parameter is required.",
+            )));
         }
         Ok(Parsed {
             recipient: to.to_owned(),
@@ -99,7 +129,10 @@ impl Emulated for SendGrid {
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
         let msg = status.canonical_reason().unwrap_or("error");
         with_retry_after(
-            json_response(status, json!({"errors": [{"message": msg, "field": null, "help": null}]})),
+            json_response(
+                status,
+                json!({"errors": [{"message": msg, "field": null, "help": null}]}),
+            ),
             retry_after_s,
         )
     }
@@ -126,7 +159,7 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
 impl Emulated for Twilio {
     const NAME: &'static str = "twilio";
 
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         let basic = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -135,18 +168,45 @@ impl Emulated for Twilio {
             .and_then(|b| String::from_utf8(b).ok());
         match basic.as_deref().and_then(|c| c.split_once(':')) {
             Some((sid, token)) if sid.starts_with("AC") && !token.is_empty() => {}
-            _ => return Err(twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate")),
+            _ => {
+                return Err(Box::new(twilio_error(
+                    StatusCode::UNAUTHORIZED,
+                    20003,
+                    "Authenticate",
+                )))
+            }
         }
-        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|_| twilio_error(StatusCode::BAD_REQUEST, 21601, "Malformed form body"))?;
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
+            Box::new(twilio_error(
+                StatusCode::BAD_REQUEST,
+                21601,
+                "Malformed form body",
+            ))
+        })?;
         let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let to = get("To").ok_or_else(|| twilio_error(StatusCode::BAD_REQUEST, 21604, "A 'To' phone number is required."))?;
+        let to = get("To").ok_or_else(|| {
+            Box::new({
+                twilio_error(
+                    StatusCode::BAD_REQUEST,
+                    21604,
+                    "A 'To' phone number is required.",
+                )
+            })
+        })?;
         if get("From").is_none() && get("MessagingServiceSid").is_none() {
-            return Err(twilio_error(StatusCode::BAD_REQUEST, 21603, "A 'From' phone number is required."));
+            return Err(Box::new(twilio_error(
+                StatusCode::BAD_REQUEST,
+                21603,
+                "A 'From' phone number is required.",
+            )));
         }
         let text = get("Body").unwrap_or_default();
         if text.is_empty() {
-            return Err(twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required."));
+            return Err(Box::new(twilio_error(
+                StatusCode::BAD_REQUEST,
+                21602,
+                "Message body is required.",
+            )));
         }
         Ok(Parsed {
             recipient: to.to_owned(),
@@ -173,7 +233,10 @@ impl Emulated for Twilio {
             twilio_error(
                 StatusCode::BAD_REQUEST,
                 21211,
-                &format!("The 'To' number {} is not a valid phone number.", parsed.recipient),
+                &format!(
+                    "The 'To' number {} is not a valid phone number.",
+                    parsed.recipient
+                ),
             )
         })
     }
@@ -192,22 +255,32 @@ fn fcm_error(status: StatusCode, google_status: &str, code: &str, message: &str)
 impl Emulated for Fcm {
     const NAME: &'static str = "fcm";
 
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         if bearer(headers).is_none() {
-            return Err(json_response(
+            return Err(Box::new(json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": {"code": 401, "message": "Request is missing required authentication credential.", "status": "UNAUTHENTICATED"}}),
-            ));
+            )));
         }
-        let bad = |m: &str| fcm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "INVALID_ARGUMENT", m);
-        let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("Invalid JSON payload received."))?;
+        let bad = |m: &str| {
+            fcm_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                "INVALID_ARGUMENT",
+                m,
+            )
+        };
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| Box::new(bad("Invalid JSON payload received.")))?;
         let token = v["message"]["token"]
             .as_str()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| bad("Recipient of the message is not set."))?;
+            .ok_or_else(|| Box::new(bad("Recipient of the message is not set.")))?;
         if let Some(data) = v["message"]["data"].as_object() {
             if data.values().any(|d| !d.is_string()) {
-                return Err(bad("Invalid value at 'message.data': values must be strings."));
+                return Err(Box::new(bad(
+                    "Invalid value at 'message.data': values must be strings.",
+                )));
             }
         }
         let title = v["message"]["notification"]["title"].as_str();
@@ -225,18 +298,38 @@ impl Emulated for Fcm {
 
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
         let r = if status == StatusCode::TOO_MANY_REQUESTS {
-            fcm_error(status, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "Quota exceeded.")
+            fcm_error(
+                status,
+                "RESOURCE_EXHAUSTED",
+                "QUOTA_EXCEEDED",
+                "Quota exceeded.",
+            )
         } else if status.is_server_error() {
-            fcm_error(status, "UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable.")
+            fcm_error(
+                status,
+                "UNAVAILABLE",
+                "UNAVAILABLE",
+                "The service is currently unavailable.",
+            )
         } else {
-            fcm_error(status, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Request contains an invalid argument.")
+            fcm_error(
+                status,
+                "INVALID_ARGUMENT",
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+            )
         };
         with_retry_after(r, retry_after_s)
     }
 
     fn reject(&self, parsed: &Parsed) -> Option<Response> {
         parsed.recipient.starts_with("invalid-").then(|| {
-            fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found.")
+            fcm_error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "UNREGISTERED",
+                "Requested entity was not found.",
+            )
         })
     }
 }
@@ -249,16 +342,21 @@ pub struct Webhook {
 impl Emulated for Webhook {
     const NAME: &'static str = "webhook";
 
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Response> {
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         for h in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
             if headers.get(h).is_none() {
-                return Err((StatusCode::BAD_REQUEST, format!("missing {h}")).into_response());
+                return Err(Box::new(
+                    (StatusCode::BAD_REQUEST, format!("missing {h}")).into_response(),
+                ));
             }
         }
         let v: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|_| (StatusCode::BAD_REQUEST, "body is not JSON").into_response())?;
+            .map_err(|_| Box::new((StatusCode::BAD_REQUEST, "body is not JSON").into_response()))?;
         let data = &v["data"];
-        let text = data["subject"].as_str().or(data["text"].as_str()).unwrap_or_default();
+        let text = data["subject"]
+            .as_str()
+            .or(data["text"].as_str())
+            .unwrap_or_default();
         Ok(Parsed {
             recipient: self.path.clone(),
             summary: summary(text),
@@ -274,6 +372,9 @@ impl Emulated for Webhook {
     }
 
     fn reject(&self, parsed: &Parsed) -> Option<Response> {
-        parsed.recipient.ends_with("/gone").then(|| StatusCode::GONE.into_response())
+        parsed
+            .recipient
+            .ends_with("/gone")
+            .then(|| StatusCode::GONE.into_response())
     }
 }

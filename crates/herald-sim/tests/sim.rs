@@ -4,11 +4,19 @@ use herald_sim::{Fault, Sim};
 
 async fn start(seed: u64) -> (Sim, String) {
     let sim = Sim::new(Some(seed));
-    let (addr, _task) = sim.start("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+    let (addr, _task) = sim
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
     (sim, format!("http://{addr}"))
 }
 
-async fn twilio_send(client: &reqwest::Client, base: &str, key: &str, to: &str) -> reqwest::Response {
+async fn twilio_send(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    to: &str,
+) -> reqwest::Response {
     client
         .post(format!("{base}/2010-04-01/Accounts/AC1/Messages.json"))
         .basic_auth("AC1", Some("token"))
@@ -29,7 +37,10 @@ async fn a_repeated_key_is_a_duplicate_not_a_second_delivery() {
     let again = twilio_send(&c, &base, "k-1", "+14155550100").await;
     assert_eq!(again.status(), 201);
     let again_body: serde_json::Value = again.json().await.expect("json");
-    assert_eq!(first_body["sid"], again_body["sid"], "the original answer is replayed");
+    assert_eq!(
+        first_body["sid"], again_body["sid"],
+        "the original answer is replayed"
+    );
     twilio_send(&c, &base, "k-2", "+14155550100").await;
 
     let stats = sim.stats()["twilio"];
@@ -75,8 +86,19 @@ async fn injected_faults_and_their_removal() {
         .await
         .expect("set");
     assert_eq!(set.status(), 204);
-    assert_eq!(twilio_send(&c, &base, "k-1", "+14155550100").await.status(), 503);
-    sim.set_fault("twilio", Fault { rate_limit_rate: 1.0, retry_after_s: Some(4), ..Fault::default() }).expect("valid");
+    assert_eq!(
+        twilio_send(&c, &base, "k-1", "+14155550100").await.status(),
+        503
+    );
+    sim.set_fault(
+        "twilio",
+        Fault {
+            rate_limit_rate: 1.0,
+            retry_after_s: Some(4),
+            ..Fault::default()
+        },
+    )
+    .expect("valid");
     let limited = twilio_send(&c, &base, "k-1", "+14155550100").await;
     assert_eq!(limited.status(), 429);
     assert_eq!(limited.headers()["retry-after"], "4");
@@ -87,8 +109,14 @@ async fn injected_faults_and_their_removal() {
         .await
         .expect("set");
     assert_eq!(refused.status(), 422);
-    c.delete(format!("{base}/_sim/faults")).send().await.expect("clear");
-    assert_eq!(twilio_send(&c, &base, "k-1", "+14155550100").await.status(), 201);
+    c.delete(format!("{base}/_sim/faults"))
+        .send()
+        .await
+        .expect("clear");
+    assert_eq!(
+        twilio_send(&c, &base, "k-1", "+14155550100").await.status(),
+        201
+    );
     let s = sim.stats()["twilio"];
     assert_eq!((s.faulted, s.unique), (2, 1));
 }

@@ -71,12 +71,21 @@ async fn claims_by_channel_and_lane(store: &dyn Store) {
     let now = 1_000;
     let low = new_notification("t1", request(Priority::Low, &["email", "sms"]), now);
     let crit = new_notification("t1", request(Priority::Critical, &["sms"]), now);
-    let r = store.create(vec![low.clone(), crit.clone()]).await.expect("create");
+    let r = store
+        .create(vec![low.clone(), crit.clone()])
+        .await
+        .expect("create");
     assert_eq!(r, vec![CreateResult::Created, CreateResult::Created]);
 
-    let none = store.claim(Channel::Push, Priority::Low, 10, now, 30_000).await.expect("claim");
+    let none = store
+        .claim(Channel::Push, Priority::Low, 10, now, 30_000)
+        .await
+        .expect("claim");
     assert!(none.is_empty());
-    let c = store.claim(Channel::Sms, Priority::Critical, 10, now, 30_000).await.expect("claim");
+    let c = store
+        .claim(Channel::Sms, Priority::Critical, 10, now, 30_000)
+        .await
+        .expect("claim");
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].notification_id, crit.id);
     assert_eq!(c[0].attempt, 1);
@@ -85,11 +94,18 @@ async fn claims_by_channel_and_lane(store: &dyn Store) {
     assert_eq!(payload, crit.request);
 
     // Claimed once: not claimable again while the lease holds.
-    let again = store.claim(Channel::Sms, Priority::Critical, 10, now + 1, 30_000).await.expect("claim");
+    let again = store
+        .claim(Channel::Sms, Priority::Critical, 10, now + 1, 30_000)
+        .await
+        .expect("claim");
     assert!(again.is_empty());
 
     store.record(vec![sent(&c[0], now)]).await.expect("record");
-    let view = store.notification("t1", crit.id).await.expect("read").expect("exists");
+    let view = store
+        .notification("t1", crit.id)
+        .await
+        .expect("read")
+        .expect("exists");
     assert_eq!(view.deliveries.len(), 1);
     assert_eq!(view.deliveries[0].state, DeliveryState::Sent);
     assert_eq!(view.deliveries[0].attempts.len(), 1);
@@ -97,27 +113,51 @@ async fn claims_by_channel_and_lane(store: &dyn Store) {
     assert_eq!(view.deliveries[0].provider.as_deref(), Some("sim"));
 
     // Another tenant cannot see it.
-    assert!(store.notification("t2", crit.id).await.expect("read").is_none());
+    assert!(store
+        .notification("t2", crit.id)
+        .await
+        .expect("read")
+        .is_none());
 
     let depths = store.queue_depths().await.expect("depths");
     let pending: u64 = depths.iter().map(|d| d.pending).sum();
-    assert_eq!(pending, 2, "the low email and sms are still pending: {depths:?}");
+    assert_eq!(
+        pending, 2,
+        "the low email and sms are still pending: {depths:?}"
+    );
 }
 
 async fn future_work_waits(store: &dyn Store) {
     let mut n = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
     n.due_at_ms = 5_000;
     store.create(vec![n]).await.expect("create");
-    assert!(store.claim(Channel::Email, Priority::Normal, 10, 4_999, 1_000).await.expect("claim").is_empty());
-    assert_eq!(store.claim(Channel::Email, Priority::Normal, 10, 5_000, 1_000).await.expect("claim").len(), 1);
+    assert!(store
+        .claim(Channel::Email, Priority::Normal, 10, 4_999, 1_000)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        store
+            .claim(Channel::Email, Priority::Normal, 10, 5_000, 1_000)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
 }
 
 async fn expired_lease_is_claimed_again_and_old_holder_cannot_write(store: &dyn Store) {
     let n = new_notification("t1", request(Priority::High, &["email"]), 1_000);
     store.create(vec![n.clone()]).await.expect("create");
-    let first = store.claim(Channel::Email, Priority::High, 1, 1_000, 100).await.expect("claim");
+    let first = store
+        .claim(Channel::Email, Priority::High, 1, 1_000, 100)
+        .await
+        .expect("claim");
     assert_eq!(first.len(), 1);
-    let second = store.claim(Channel::Email, Priority::High, 1, 1_200, 100).await.expect("claim");
+    let second = store
+        .claim(Channel::Email, Priority::High, 1, 1_200, 100)
+        .await
+        .expect("claim");
     assert_eq!(second.len(), 1, "lease expired at 1100");
     assert_eq!(second[0].id, first[0].id, "same delivery, same vendor key");
     assert_eq!(second[0].attempt, 2);
@@ -126,21 +166,47 @@ async fn expired_lease_is_claimed_again_and_old_holder_cannot_write(store: &dyn 
     let mut late = sent(&first[0], 1_000);
     late.next = Next::Failed;
     store.record(vec![late]).await.expect("record");
-    let v = store.notification("t1", n.id).await.expect("read").expect("exists");
+    let v = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("exists");
     assert_eq!(v.deliveries[0].state, DeliveryState::Sending);
 
-    store.record(vec![sent(&second[0], 1_200)]).await.expect("record");
-    let v = store.notification("t1", n.id).await.expect("read").expect("exists");
+    store
+        .record(vec![sent(&second[0], 1_200)])
+        .await
+        .expect("record");
+    let v = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("exists");
     assert_eq!(v.deliveries[0].state, DeliveryState::Sent);
 }
 
 async fn released_work_is_claimable_at_once(store: &dyn Store) {
     let n = new_notification("t1", request(Priority::Normal, &["sms"]), 1_000);
     store.create(vec![n]).await.expect("create");
-    let c = store.claim(Channel::Sms, Priority::Normal, 5, 1_000, 60_000).await.expect("claim");
+    let c = store
+        .claim(Channel::Sms, Priority::Normal, 5, 1_000, 60_000)
+        .await
+        .expect("claim");
     assert_eq!(c.len(), 1);
-    store.release(vec![(c[0].id, c[0].lease_token)]).await.expect("release");
-    let again = store.claim(Channel::Sms, Priority::Normal, 5, herald_core::now_ms(), 60_000).await.expect("claim");
+    store
+        .release(vec![(c[0].id, c[0].lease_token)])
+        .await
+        .expect("release");
+    let again = store
+        .claim(
+            Channel::Sms,
+            Priority::Normal,
+            5,
+            herald_core::now_ms(),
+            60_000,
+        )
+        .await
+        .expect("claim");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 1, "a release is not an attempt");
 }
@@ -148,26 +214,64 @@ async fn released_work_is_claimable_at_once(store: &dyn Store) {
 async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
     let rec = IdempotencyRecord {
         request_hash: vec![1, 2, 3],
-        response: StoredResponse { status: 202, body: "{\"id\":\"x\"}".into() },
+        response: StoredResponse {
+            status: 202,
+            body: "{\"id\":\"x\"}".into(),
+        },
     };
     let mut a = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
     a.idempotency = Some(("k1".into(), rec.clone()));
     let mut b = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
-    b.idempotency = Some(("k1".into(), IdempotencyRecord { request_hash: vec![9], ..rec.clone() }));
+    b.idempotency = Some((
+        "k1".into(),
+        IdempotencyRecord {
+            request_hash: vec![9],
+            ..rec.clone()
+        },
+    ));
     let mut c = new_notification("t2", request(Priority::Normal, &["email"]), 1_000);
     c.idempotency = Some(("k1".into(), rec.clone()));
-    let r = store.create(vec![a.clone(), b.clone(), c]).await.expect("create");
-    assert_eq!(r, vec![CreateResult::Created, CreateResult::KeyTaken(rec.clone()), CreateResult::Created]);
-    assert!(store.notification("t1", b.id).await.expect("read").is_none(), "nothing written for a taken key");
-    assert_eq!(store.idempotency("t1", "k1").await.expect("read"), Some(rec));
+    let r = store
+        .create(vec![a.clone(), b.clone(), c])
+        .await
+        .expect("create");
+    assert_eq!(
+        r,
+        vec![
+            CreateResult::Created,
+            CreateResult::KeyTaken(rec.clone()),
+            CreateResult::Created
+        ]
+    );
+    assert!(
+        store
+            .notification("t1", b.id)
+            .await
+            .expect("read")
+            .is_none(),
+        "nothing written for a taken key"
+    );
+    assert_eq!(
+        store.idempotency("t1", "k1").await.expect("read"),
+        Some(rec)
+    );
     assert_eq!(store.idempotency("t3", "k1").await.expect("read"), None);
 }
 
 async fn api_keys(store: &dyn Store) {
-    let t = store.add_api_key("acme", b"hash-1", "ci").await.expect("add");
-    let t2 = store.add_api_key("acme", b"hash-2", "ci").await.expect("add");
+    let t = store
+        .add_api_key("acme", b"hash-1", "ci")
+        .await
+        .expect("add");
+    let t2 = store
+        .add_api_key("acme", b"hash-2", "ci")
+        .await
+        .expect("add");
     assert_eq!(t, t2, "same tenant by name");
-    assert_eq!(store.tenant_for_key(b"hash-2").await.expect("read"), Some(t));
+    assert_eq!(
+        store.tenant_for_key(b"hash-2").await.expect("read"),
+        Some(t)
+    );
     assert_eq!(store.tenant_for_key(b"nope").await.expect("read"), None);
 }
 
@@ -187,14 +291,18 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite_backend, super::sqlite, [
-    claims_by_channel_and_lane,
-    future_work_waits,
-    expired_lease_is_claimed_again_and_old_holder_cannot_write,
-    released_work_is_claimable_at_once,
-    idempotency_keys_are_per_tenant,
-    api_keys,
-]);
+suite!(
+    sqlite_backend,
+    super::sqlite,
+    [
+        claims_by_channel_and_lane,
+        future_work_waits,
+        expired_lease_is_claimed_again_and_old_holder_cannot_write,
+        released_work_is_claimable_at_once,
+        idempotency_keys_are_per_tenant,
+        api_keys,
+    ]
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_concurrent_writers_share_commits_and_lose_nothing() {
@@ -216,6 +324,9 @@ async fn sqlite_concurrent_writers_share_commits_and_lose_nothing() {
     let store = sqlite(&dir).await;
     let depths = store.queue_depths().await.expect("depths");
     assert_eq!(depths.iter().map(|d| d.pending).sum::<u64>(), 400);
-    let all = store.claim(Channel::Email, Priority::Normal, 1_000, 2_000, 1_000).await.expect("claim");
+    let all = store
+        .claim(Channel::Email, Priority::Normal, 1_000, 2_000, 1_000)
+        .await
+        .expect("claim");
     assert_eq!(all.len(), 400);
 }

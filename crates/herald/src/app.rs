@@ -50,14 +50,25 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// Adds an API key for a tenant (creating the tenant if needed).
-pub async fn add_key(store: &Arc<dyn Store>, tenant: &str, key: &str, label: &str) -> anyhow::Result<String> {
-    Ok(store.add_api_key(tenant, &api::hash_key(key), label).await?)
+pub async fn add_key(
+    store: &Arc<dyn Store>,
+    tenant: &str,
+    key: &str,
+    label: &str,
+) -> anyhow::Result<String> {
+    Ok(store
+        .add_api_key(tenant, &api::hash_key(key), label)
+        .await?)
 }
 
 impl Running {
     /// Starts everything on `listener`. `dev_key`, if given, is registered for
     /// the sandbox tenant.
-    pub async fn start(cfg: Config, listener: TcpListener, dev_key: Option<&str>) -> anyhow::Result<Running> {
+    pub async fn start(
+        cfg: Config,
+        listener: TcpListener,
+        dev_key: Option<&str>,
+    ) -> anyhow::Result<Running> {
         let store = open_store(&cfg).await?;
         if let Some(k) = dev_key {
             add_key(&store, SANDBOX_TENANT, k, "sandbox").await?;
@@ -76,7 +87,10 @@ impl Running {
             cfg.server.max_body_bytes,
             cfg.server.max_batch_items,
         ));
-        let app = api::router(state.clone(), Duration::from_millis(cfg.server.request_timeout_ms));
+        let app = api::router(
+            state.clone(),
+            Duration::from_millis(cfg.server.request_timeout_ms),
+        );
         let addr = listener.local_addr()?;
         let stop_http = CancellationToken::new();
         let stop = stop_http.clone();

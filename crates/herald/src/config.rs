@@ -161,8 +161,14 @@ impl Config {
             ("server.max_body_bytes", self.server.max_body_bytes as u64),
             ("server.max_batch_items", self.server.max_batch_items as u64),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
-            ("store.group_commit_max_batch", self.store.group_commit_max_batch as u64),
-            ("store.read_connections", u64::from(self.store.read_connections)),
+            (
+                "store.group_commit_max_batch",
+                self.store.group_commit_max_batch as u64,
+            ),
+            (
+                "store.read_connections",
+                u64::from(self.store.read_connections),
+            ),
             ("engine.lease_seconds", e.lease_seconds),
             ("engine.poll_interval_ms", e.poll_interval_ms),
             ("engine.claim_batch", e.claim_batch as u64),
@@ -211,7 +217,10 @@ impl Config {
     }
 
     pub fn lane_policy(&self, channel: Channel) -> Option<LanePolicy> {
-        let c = self.channels.get(&channel).filter(|c| !c.providers.is_empty())?;
+        let c = self
+            .channels
+            .get(&channel)
+            .filter(|c| !c.providers.is_empty())?;
         Some(LanePolicy {
             concurrency: c.concurrency,
             reserved_critical: c.reserved_critical,

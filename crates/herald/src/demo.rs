@@ -137,7 +137,10 @@ fn bar(mp: &MultiProgress, len: u64, label: &str, quiet: bool) -> ProgressBar {
 /// Runs the demo; `Ok(false)` when something was lost or duplicated.
 pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let tmp = tempfile::tempdir()?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
 
     let sim = Sim::new(Some(args.seed));
     let (sim_addr, _sim_task) = sim.start("127.0.0.1:0".parse()?).await?;
@@ -145,20 +148,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     // Vendors take 5-40 ms; Twilio fails 2% of requests with a 503 and
     // throttles 1% (retried); FCM fails 1% (retried).
     for v in herald_sim::VENDORS {
-        sim.set_fault(v, Fault { latency_min_ms: 5, latency_max_ms: 40, ..Fault::default() })
-            .map_err(anyhow::Error::msg)?;
-    }
-    sim.set_fault("twilio", Fault {
-        latency_min_ms: 10,
-        latency_max_ms: 60,
-        error_rate: 0.02,
-        rate_limit_rate: 0.01,
-        retry_after_s: Some(1),
-        ..Fault::default()
-    })
-    .map_err(anyhow::Error::msg)?;
-    sim.set_fault("fcm", Fault { latency_min_ms: 5, latency_max_ms: 40, error_rate: 0.01, ..Fault::default() })
+        sim.set_fault(
+            v,
+            Fault {
+                latency_min_ms: 5,
+                latency_max_ms: 40,
+                ..Fault::default()
+            },
+        )
         .map_err(anyhow::Error::msg)?;
+    }
+    sim.set_fault(
+        "twilio",
+        Fault {
+            latency_min_ms: 10,
+            latency_max_ms: 60,
+            error_rate: 0.02,
+            rate_limit_rate: 0.01,
+            retry_after_s: Some(1),
+            ..Fault::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    sim.set_fault(
+        "fcm",
+        Fault {
+            latency_min_ms: 5,
+            latency_max_ms: 40,
+            error_rate: 0.01,
+            ..Fault::default()
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
 
     let mut cfg = Config::load(None)?.into_sandbox(&sim_url);
     cfg.store.data_dir = data_dir.clone();
@@ -183,19 +204,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let delivered_bar = bar(&mp, expected as u64, "delivered", args.quiet);
     let started = Instant::now();
 
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENT_REQUESTS).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENT_REQUESTS)
+        .build()?;
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut expected_accepted = 0usize;
     let mut chunks: Vec<(Vec<serde_json::Value>, usize)> = Vec::new();
     for chunk in plan.chunks(BATCH) {
-        chunks.push((chunk.iter().map(|p| p.body.clone()).collect(), chunk.iter().map(|p| p.deliveries).sum()));
+        chunks.push((
+            chunk.iter().map(|p| p.body.clone()).collect(),
+            chunk.iter().map(|p| p.deliveries).sum(),
+        ));
     }
     let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS));
     let mut sends = tokio::task::JoinSet::new();
     for (items, deliveries) in chunks {
         let permit = sem.clone().acquire_owned().await?;
-        let (client, url, key) = (client.clone(), format!("{base}/v1/notifications/batch"), key.clone());
+        let (client, url, key) = (
+            client.clone(),
+            format!("{base}/v1/notifications/batch"),
+            key.clone(),
+        );
         let (accepted, refused, bar) = (accepted.clone(), refused.clone(), accepted_bar.clone());
         sends.spawn(async move {
             let _permit = permit;
@@ -240,15 +270,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let summaries = herald.store.delivery_summaries().await?;
     herald.shutdown().await;
 
-    let ok = report(&sim, &summaries, Totals {
-        notifications: plan.len(),
-        accepted: accepted.load(Ordering::Relaxed),
-        refused: refused.load(Ordering::Relaxed),
-        expected_deliveries: expected_accepted,
-        doomed,
-        accept_secs,
-        total_secs,
-    });
+    let ok = report(
+        &sim,
+        &summaries,
+        Totals {
+            notifications: plan.len(),
+            accepted: accepted.load(Ordering::Relaxed),
+            refused: refused.load(Ordering::Relaxed),
+            expected_deliveries: expected_accepted,
+            doomed,
+            accept_secs,
+            total_secs,
+        },
+    );
     Ok(ok)
 }
 
@@ -289,7 +323,10 @@ fn report(sim: &Sim, summaries: &[herald_core::store::DeliverySummary], t: Total
                 row.sent += 1;
                 if let Some(at) = s.sent_at_ms {
                     row.latencies.push(at - s.accepted_at_ms);
-                    lanes.entry(s.priority).or_default().push(at - s.accepted_at_ms);
+                    lanes
+                        .entry(s.priority)
+                        .or_default()
+                        .push(at - s.accepted_at_ms);
                 }
             }
             DeliveryState::Failed => row.failed += 1,
@@ -297,7 +334,10 @@ fn report(sim: &Sim, summaries: &[herald_core::store::DeliverySummary], t: Total
         }
     }
     println!("\nPer channel and provider (latency: accepted by the API → accepted by the vendor)");
-    println!("{:<9} {:<10} {:>8} {:>7} {:>9} {:>10} {:>10}", "channel", "provider", "sent", "failed", "unfinished", "p50", "p99");
+    println!(
+        "{:<9} {:<10} {:>8} {:>7} {:>9} {:>10} {:>10}",
+        "channel", "provider", "sent", "failed", "unfinished", "p50", "p99"
+    );
     for ((ch, provider), row) in &mut rows {
         row.latencies.sort_unstable();
         println!(
@@ -315,28 +355,55 @@ fn report(sim: &Sim, summaries: &[herald_core::store::DeliverySummary], t: Total
     println!("{:<9} {:>8} {:>10} {:>10}", "lane", "sent", "p50", "p99");
     for (lane, lat) in &mut lanes {
         lat.sort_unstable();
-        println!("{:<9} {:>8} {:>10} {:>10}", lane.as_str(), lat.len(), percentile(lat, 0.5), percentile(lat, 0.99));
+        println!(
+            "{:<9} {:>8} {:>10} {:>10}",
+            lane.as_str(),
+            lat.len(),
+            percentile(lat, 0.5),
+            percentile(lat, 0.99)
+        );
     }
 
     let stats = sim.stats();
     println!("\nAt the simulated vendors");
-    println!("{:<9} {:>9} {:>9} {:>11} {:>8} {:>9}", "vendor", "requests", "unique", "duplicates", "faults", "rejected");
+    println!(
+        "{:<9} {:>9} {:>9} {:>11} {:>8} {:>9}",
+        "vendor", "requests", "unique", "duplicates", "faults", "rejected"
+    );
     for (v, s) in &stats {
-        println!("{:<9} {:>9} {:>9} {:>11} {:>8} {:>9}", v, s.received, s.unique, s.duplicates, s.faulted, s.rejected);
+        println!(
+            "{:<9} {:>9} {:>9} {:>11} {:>8} {:>9}",
+            v, s.received, s.unique, s.duplicates, s.faulted, s.rejected
+        );
     }
     let unique: u64 = stats.values().map(|s| s.unique).sum();
     let duplicates: u64 = stats.values().map(|s| s.duplicates).sum();
-    let sent = summaries.iter().filter(|s| s.state == DeliveryState::Sent).count() as u64;
-    let failed = summaries.iter().filter(|s| s.state == DeliveryState::Failed).count() as u64;
+    let sent = summaries
+        .iter()
+        .filter(|s| s.state == DeliveryState::Sent)
+        .count() as u64;
+    let failed = summaries
+        .iter()
+        .filter(|s| s.state == DeliveryState::Failed)
+        .count() as u64;
     // Lost: accepted deliveries that neither reached a vendor nor failed for
     // a reason the vendor gave.
     let lost = (t.expected_deliveries as u64).saturating_sub(unique + failed);
     println!("\nSummary");
     println!("  notifications sent to the API   {}", t.notifications);
-    println!("  accepted (202)                  {} ({} refused)", t.accepted, t.refused);
-    println!("  deliveries expected             {}", t.expected_deliveries);
+    println!(
+        "  accepted (202)                  {} ({} refused)",
+        t.accepted, t.refused
+    );
+    println!(
+        "  deliveries expected             {}",
+        t.expected_deliveries
+    );
     println!("  delivered (unique at vendors)   {unique}  (store says sent: {sent})");
-    println!("  failed (known-bad recipients)   {failed}  (planned: {})", t.doomed);
+    println!(
+        "  failed (known-bad recipients)   {failed}  (planned: {})",
+        t.doomed
+    );
     println!("  duplicates seen by vendors      {duplicates}");
     println!("  lost                            {lost}");
     println!(
@@ -346,6 +413,13 @@ fn report(sim: &Sim, summaries: &[herald_core::store::DeliverySummary], t: Total
         t.total_secs
     );
     let ok = lost == 0 && duplicates == 0 && unique == sent && t.refused == 0;
-    println!("\n{}", if ok { "OK: nothing lost, nothing sent twice." } else { "FAILED: see the figures above." });
+    println!(
+        "\n{}",
+        if ok {
+            "OK: nothing lost, nothing sent twice."
+        } else {
+            "FAILED: see the figures above."
+        }
+    );
     ok
 }

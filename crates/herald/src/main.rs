@@ -9,7 +9,11 @@ use herald::app::{self, Running};
 use herald::config::Config;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Herald: a notification engine (email, SMS, push, webhooks)")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a notification engine (email, SMS, push, webhooks)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sim { listen, seed } => {
             let sim = herald_sim::Sim::new(seed);
-            let (addr, task) = sim.start(listen).await.with_context(|| format!("binding {listen}"))?;
+            let (addr, task) = sim
+                .start(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
             eprintln!("vendor simulator listening on http://{addr}");
             tokio::select! {
                 _ = task => {},

@@ -55,7 +55,10 @@ impl Templates {
     /// Renders subject, text and html: each from the most specific locale
     /// that defines it.
     pub fn render(&self, t: &TemplateRef) -> Result<Content, RenderError> {
-        let locales = self.locales.get(&t.id).ok_or_else(|| RenderError::Unknown(t.id.clone()))?;
+        let locales = self
+            .locales
+            .get(&t.id)
+            .ok_or_else(|| RenderError::Unknown(t.id.clone()))?;
         let mut chain: Vec<Option<&str>> = Vec::with_capacity(3);
         if let Some(l) = t.locale.as_deref() {
             if locales.iter().any(|x| x == l) {
@@ -88,11 +91,20 @@ impl Templates {
             out[i] = Some(rendered);
         }
         let [subject, text, html] = out;
-        Ok(Content { subject, text, html })
+        Ok(Content {
+            subject,
+            text,
+            html,
+        })
     }
 }
 
-fn add(env: &mut Environment<'static>, id: &str, locale: Option<&str>, t: &TemplateConfig) -> anyhow::Result<()> {
+fn add(
+    env: &mut Environment<'static>,
+    id: &str,
+    locale: Option<&str>,
+    t: &TemplateConfig,
+) -> anyhow::Result<()> {
     for (part, src) in PARTS.iter().zip([&t.subject, &t.text, &t.html]) {
         if let Some(src) = src {
             let n = name(id, locale, part);
@@ -124,20 +136,43 @@ mod tests {
     fn renders_with_locale_fallback() {
         let t = templates();
         let data = serde_json::json!({"name": "Zoë", "link": "https://x.example/r?a=1&b=2"});
-        let pt = t.render(&tref("password-reset", Some("pt-BR"), data.clone())).expect("renders");
+        let pt = t
+            .render(&tref("password-reset", Some("pt-BR"), data.clone()))
+            .expect("renders");
         assert_eq!(pt.subject.as_deref(), Some("Redefina sua senha"));
         assert!(pt.text.as_deref().is_some_and(|s| s.contains("Olá Zoë")));
-        let fr = t.render(&tref("password-reset", Some("fr"), data)).expect("falls back");
+        let fr = t
+            .render(&tref("password-reset", Some("fr"), data))
+            .expect("falls back");
         assert_eq!(fr.subject.as_deref(), Some("Reset your password"));
     }
 
     #[test]
     fn missing_data_and_unknown_ids_are_errors() {
         let t = templates();
-        let e = t.render(&tref("otp", None, serde_json::json!({}))).expect_err("code is missing");
-        assert!(matches!(e, RenderError::Failed { field: "template.text", .. }), "{e}");
-        assert!(matches!(t.render(&tref("nope", None, serde_json::json!({}))), Err(RenderError::Unknown(_))));
-        let ok = t.render(&tref("otp", None, serde_json::json!({"code": "123456"}))).expect("renders");
-        assert_eq!(ok.text.as_deref(), Some("Your code is 123456. It expires in 10 minutes."));
+        let e = t
+            .render(&tref("otp", None, serde_json::json!({})))
+            .expect_err("code is missing");
+        assert!(
+            matches!(
+                e,
+                RenderError::Failed {
+                    field: "template.text",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            t.render(&tref("nope", None, serde_json::json!({}))),
+            Err(RenderError::Unknown(_))
+        ));
+        let ok = t
+            .render(&tref("otp", None, serde_json::json!({"code": "123456"})))
+            .expect("renders");
+        assert_eq!(
+            ok.text.as_deref(),
+            Some("Your code is 123456. It expires in 10 minutes.")
+        );
     }
 }

@@ -21,7 +21,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn metrics() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+            let seconds = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+            ];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -40,7 +42,9 @@ pub fn metrics() -> PrometheusHandle {
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().try_init()
     } else {

@@ -75,7 +75,10 @@ impl Provider for Fcm {
         let urgent = matches!(msg.priority, Priority::Critical | Priority::High);
         let mut data = BTreeMap::new();
         data.insert("herald_delivery_key".to_owned(), msg.delivery_key.clone());
-        data.insert("herald_notification_id".to_owned(), msg.notification_id.clone());
+        data.insert(
+            "herald_notification_id".to_owned(),
+            msg.notification_id.clone(),
+        );
         if let Some(meta) = &msg.metadata {
             for (k, v) in meta {
                 let v = match v {
@@ -97,9 +100,12 @@ impl Provider for Fcm {
                 ttl: None,
             }),
             apns: (*platform == PushPlatform::Ios).then(|| wire::ApnsConfig {
-                headers: [("apns-priority".to_owned(), if urgent { "10" } else { "5" }.to_owned())]
-                    .into_iter()
-                    .collect(),
+                headers: [(
+                    "apns-priority".to_owned(),
+                    if urgent { "10" } else { "5" }.to_owned(),
+                )]
+                .into_iter()
+                .collect(),
             }),
         };
         crate::post(
@@ -132,9 +138,12 @@ impl Provider for Fcm {
             None => format!("fcm HTTP {}", resp.status.as_u16()),
         });
         match code.as_deref() {
-            Some("UNREGISTERED" | "INVALID_ARGUMENT" | "SENDER_ID_MISMATCH" | "THIRD_PARTY_AUTH_ERROR") => {
-                Outcome::Permanent { reason }
-            }
+            Some(
+                "UNREGISTERED"
+                | "INVALID_ARGUMENT"
+                | "SENDER_ID_MISMATCH"
+                | "THIRD_PARTY_AUTH_ERROR",
+            ) => Outcome::Permanent { reason },
             Some("QUOTA_EXCEEDED") => Outcome::RateLimited {
                 retry_after: herald_core::provider::retry_after(&resp.headers),
                 reason,
@@ -171,27 +180,51 @@ mod tests {
             platform: PushPlatform::Android,
             token: "dev-token".into(),
         };
-        let req = adapter().build(&message(Channel::Push, addr)).expect("builds");
-        assert_eq!(req.uri(), "http://127.0.0.1:9/v1/projects/demo-app/messages:send");
+        let req = adapter()
+            .build(&message(Channel::Push, addr))
+            .expect("builds");
+        assert_eq!(
+            req.uri(),
+            "http://127.0.0.1:9/v1/projects/demo-app/messages:send"
+        );
         assert_eq!(req.headers()["authorization"], "Bearer ya29.token");
         let body: serde_json::Value = serde_json::from_slice(req.body()).expect("json");
         assert_eq!(body["message"]["token"], "dev-token");
         assert_eq!(body["message"]["notification"]["title"], "Your code");
         assert_eq!(body["message"]["android"]["priority"], "HIGH");
-        assert_eq!(body["message"]["data"]["order"], "42", "data values are strings");
-        assert_eq!(body["message"]["data"]["herald_delivery_key"], "0190a5e2-7c3b-7000-8000-000000000001");
+        assert_eq!(
+            body["message"]["data"]["order"], "42",
+            "data values are strings"
+        );
+        assert_eq!(
+            body["message"]["data"]["herald_delivery_key"],
+            "0190a5e2-7c3b-7000-8000-000000000001"
+        );
         assert!(body["message"].get("apns").is_none());
     }
 
     #[test]
     fn classifies_by_fcm_error_code() {
         let a = adapter();
-        let ok = a.classify(&response(200, &[], r#"{"name":"projects/demo-app/messages/0:1"}"#));
-        assert_eq!(ok, Outcome::Accepted { vendor_id: Some("projects/demo-app/messages/0:1".into()) });
+        let ok = a.classify(&response(
+            200,
+            &[],
+            r#"{"name":"projects/demo-app/messages/0:1"}"#,
+        ));
+        assert_eq!(
+            ok,
+            Outcome::Accepted {
+                vendor_id: Some("projects/demo-app/messages/0:1".into())
+            }
+        );
         let gone = r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNREGISTERED"}]}}"#;
         assert_eq!(a.classify(&response(404, &[], gone)).label(), "permanent");
         let quota = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"QUOTA_EXCEEDED"}]}}"#;
-        assert_eq!(a.classify(&response(429, &[("retry-after", "10")], quota)).label(), "rate_limited");
+        assert_eq!(
+            a.classify(&response(429, &[("retry-after", "10")], quota))
+                .label(),
+            "rate_limited"
+        );
         let down = r#"{"error":{"code":503,"message":"unavailable","status":"UNAVAILABLE","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNAVAILABLE"}]}}"#;
         assert_eq!(a.classify(&response(503, &[], down)).label(), "transient");
     }

@@ -42,7 +42,10 @@ impl SendGrid {
             return Err("api_key is required".into());
         }
         if herald_core::validate::check_email(&cfg.from_email).is_err() {
-            return Err(format!("from_email {:?} is not an email address", cfg.from_email));
+            return Err(format!(
+                "from_email {:?} is not an email address",
+                cfg.from_email
+            ));
         }
         Ok(Self {
             name: name.to_owned(),
@@ -107,7 +110,10 @@ impl Provider for SendGrid {
             categories: msg.category.iter().cloned().collect(),
             custom_args: [
                 ("herald_delivery_key".to_owned(), msg.delivery_key.clone()),
-                ("herald_notification_id".to_owned(), msg.notification_id.clone()),
+                (
+                    "herald_notification_id".to_owned(),
+                    msg.notification_id.clone(),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -142,7 +148,10 @@ impl Provider for SendGrid {
                 .join("; "),
             _ => format!("HTTP {}", resp.status.as_u16()),
         };
-        classify_status(resp, crate::clip(&format!("sendgrid {}: {reason}", resp.status.as_u16())))
+        classify_status(
+            resp,
+            crate::clip(&format!("sendgrid {}: {reason}", resp.status.as_u16())),
+        )
     }
 }
 
@@ -167,24 +176,39 @@ mod tests {
     #[test]
     fn builds_a_v3_mail_send() {
         let req = adapter()
-            .build(&message(Channel::Email, Address::Email("ada@example.com".into())))
+            .build(&message(
+                Channel::Email,
+                Address::Email("ada@example.com".into()),
+            ))
             .expect("builds");
         assert_eq!(req.uri(), "http://127.0.0.1:9/v3/mail/send");
         assert_eq!(req.headers()["authorization"], "Bearer SG.key");
-        assert_eq!(req.headers()["idempotency-key"], "0190a5e2-7c3b-7000-8000-000000000001");
+        assert_eq!(
+            req.headers()["idempotency-key"],
+            "0190a5e2-7c3b-7000-8000-000000000001"
+        );
         let body: serde_json::Value = serde_json::from_slice(req.body()).expect("json");
-        assert_eq!(body["personalizations"][0]["to"][0]["email"], "ada@example.com");
+        assert_eq!(
+            body["personalizations"][0]["to"][0]["email"],
+            "ada@example.com"
+        );
         assert_eq!(body["from"]["email"], "noreply@example.com");
         assert_eq!(body["subject"], "Your code");
         assert_eq!(body["content"][0]["type"], "text/plain");
         assert_eq!(body["content"][1]["type"], "text/html");
         assert_eq!(body["categories"][0], "auth");
-        assert_eq!(body["custom_args"]["herald_delivery_key"], "0190a5e2-7c3b-7000-8000-000000000001");
+        assert_eq!(
+            body["custom_args"]["herald_delivery_key"],
+            "0190a5e2-7c3b-7000-8000-000000000001"
+        );
     }
 
     #[test]
     fn refuses_the_wrong_address() {
-        let e = adapter().build(&message(Channel::Sms, Address::Phone("+14155550100".into())));
+        let e = adapter().build(&message(
+            Channel::Sms,
+            Address::Phone("+14155550100".into()),
+        ));
         assert!(matches!(e, Err(BuildError::WrongAddress(_))));
     }
 
@@ -193,7 +217,9 @@ mod tests {
         let a = adapter();
         assert_eq!(
             a.classify(&response(202, &[("x-message-id", "abc")], "")),
-            Outcome::Accepted { vendor_id: Some("abc".into()) }
+            Outcome::Accepted {
+                vendor_id: Some("abc".into())
+            }
         );
         let bad = a.classify(&response(
             400,
@@ -201,8 +227,17 @@ mod tests {
             r#"{"errors":[{"message":"Does not contain a valid address.","field":"personalizations.0.to.0.email"}]}"#,
         ));
         assert_eq!(bad.label(), "permanent");
-        assert!(bad.reason().is_some_and(|r| r.contains("personalizations.0.to.0.email")));
-        assert_eq!(a.classify(&response(429, &[("retry-after", "3")], "")).label(), "rate_limited");
-        assert_eq!(a.classify(&response(503, &[], "<html>")).label(), "transient");
+        assert!(bad
+            .reason()
+            .is_some_and(|r| r.contains("personalizations.0.to.0.email")));
+        assert_eq!(
+            a.classify(&response(429, &[("retry-after", "3")], ""))
+                .label(),
+            "rate_limited"
+        );
+        assert_eq!(
+            a.classify(&response(503, &[], "<html>")).label(),
+            "transient"
+        );
     }
 }

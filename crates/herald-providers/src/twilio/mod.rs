@@ -71,7 +71,10 @@ impl Twilio {
                 crate::base_url(&cfg.base_url)?,
                 cfg.account_sid
             ),
-            auth: format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds)),
+            auth: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(creds)
+            ),
             cfg,
         })
     }
@@ -128,7 +131,12 @@ impl Provider for Twilio {
         let err = serde_json::from_slice::<wire::ErrorBody>(&resp.body).ok();
         let code = err.as_ref().and_then(|e| e.code);
         let reason = crate::clip(&match &err {
-            Some(e) => format!("twilio {} (code {}): {}", resp.status.as_u16(), code.unwrap_or(0), e.message),
+            Some(e) => format!(
+                "twilio {} (code {}): {}",
+                resp.status.as_u16(),
+                code.unwrap_or(0),
+                e.message
+            ),
             None => format!("twilio HTTP {}", resp.status.as_u16()),
         });
         match code {
@@ -165,11 +173,20 @@ mod tests {
     #[test]
     fn builds_a_form_encoded_message_with_basic_auth() {
         let req = adapter()
-            .build(&message(Channel::Sms, Address::Phone("+14155550100".into())))
+            .build(&message(
+                Channel::Sms,
+                Address::Phone("+14155550100".into()),
+            ))
             .expect("builds");
-        assert_eq!(req.uri(), "http://127.0.0.1:9/2010-04-01/Accounts/AC123/Messages.json");
+        assert_eq!(
+            req.uri(),
+            "http://127.0.0.1:9/2010-04-01/Accounts/AC123/Messages.json"
+        );
         assert_eq!(req.headers()["authorization"], "Basic QUMxMjM6dG9r");
-        assert_eq!(req.headers()["content-type"], "application/x-www-form-urlencoded");
+        assert_eq!(
+            req.headers()["content-type"],
+            "application/x-www-form-urlencoded"
+        );
         let form: wire::CreateMessage =
             serde_urlencoded::from_bytes(req.body()).expect("form decodes");
         assert_eq!(form.to, "+14155550100");
@@ -182,12 +199,21 @@ mod tests {
         let a = adapter();
         assert_eq!(
             a.classify(&response(201, &[], r#"{"sid":"SM1","status":"queued"}"#)),
-            Outcome::Accepted { vendor_id: Some("SM1".into()) }
+            Outcome::Accepted {
+                vendor_id: Some("SM1".into())
+            }
         );
         let invalid = r#"{"code":21211,"message":"The 'To' number is not a valid phone number.","status":400}"#;
-        assert_eq!(a.classify(&response(400, &[], invalid)).label(), "permanent");
+        assert_eq!(
+            a.classify(&response(400, &[], invalid)).label(),
+            "permanent"
+        );
         let throttled = r#"{"code":20429,"message":"Too Many Requests","status":429}"#;
-        assert_eq!(a.classify(&response(429, &[("retry-after", "1")], throttled)).label(), "rate_limited");
+        assert_eq!(
+            a.classify(&response(429, &[("retry-after", "1")], throttled))
+                .label(),
+            "rate_limited"
+        );
         assert_eq!(a.classify(&response(500, &[], "oops")).label(), "transient");
     }
 }

@@ -9,14 +9,26 @@ pub struct CreateMessage {
     pub to: String,
     #[serde(rename = "From", default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    #[serde(rename = "MessagingServiceSid", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "MessagingServiceSid",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub messaging_service_sid: Option<String>,
     #[serde(rename = "Body")]
     pub body: String,
     /// Seconds the message may wait in Twilio's queue (1 to 36000).
-    #[serde(rename = "ValidityPeriod", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ValidityPeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub validity_period: Option<u64>,
-    #[serde(rename = "StatusCallback", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "StatusCallback",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub status_callback: Option<String>,
 }
 

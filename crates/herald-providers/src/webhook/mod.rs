@@ -8,13 +8,13 @@
 pub mod wire;
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use herald_core::model::Channel;
 use herald_core::provider::{
     classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
     VendorResponse,
 };
 use herald_core::secret::Secret;
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -163,7 +163,10 @@ mod tests {
             },
         )
         .expect("valid secret");
-        let msg = message(Channel::Webhook, Address::Webhook("https://hooks.example.com/in".into()));
+        let msg = message(
+            Channel::Webhook,
+            Address::Webhook("https://hooks.example.com/in".into()),
+        );
         let req = hook.build(&msg).expect("builds");
         assert_eq!(req.uri(), "https://hooks.example.com/in");
         let h = req.headers();
@@ -179,11 +182,18 @@ mod tests {
 
     #[test]
     fn refuses_weak_secrets_and_classifies() {
-        let weak = Webhook::new("w", WebhookConfig { signing_secret: Secret::new("whsec_c2hvcnQ=") });
+        let weak = Webhook::new(
+            "w",
+            WebhookConfig {
+                signing_secret: Secret::new("whsec_c2hvcnQ="),
+            },
+        );
         assert!(weak.is_err());
         let hook = Webhook::new(
             "w",
-            WebhookConfig { signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") },
+            WebhookConfig {
+                signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            },
         )
         .expect("valid");
         assert_eq!(hook.classify(&response(204, &[], "")).label(), "accepted");

@@ -37,9 +37,9 @@ pub struct SqliteStore {
 
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
-            StoreError::Corrupt(e.to_string())
-        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
         _ => StoreError::Unavailable(e.to_string()),
     }
 }
@@ -48,8 +48,9 @@ impl SqliteStore {
     /// Opens (creating if needed) the database and brings its schema up to date.
     pub async fn open(opts: &SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let connect = SqliteConnectOptions::new()
             .filename(&opts.path)
@@ -74,13 +75,22 @@ impl SqliteStore {
         Ok(Self { reads, writer: tx })
     }
 
-    async fn write<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp) -> Result<T, StoreError> {
+    async fn write<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.send(op(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(op(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn deliveries_of(&self, notification: uuid::Uuid) -> Result<Vec<DeliveryView>, StoreError> {
+    async fn deliveries_of(
+        &self,
+        notification: uuid::Uuid,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, channel, target, state, provider, last_error, sent_at_ms, updated_at_ms \
              FROM deliveries WHERE notification_id = ? ORDER BY channel, target",
@@ -153,7 +163,11 @@ impl Store for SqliteStore {
         self.write(|tx| WriteOp::Create(batch, tx)).await
     }
 
-    async fn idempotency(&self, tenant_id: &str, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+    async fn idempotency(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT request_hash, response_status, response_body FROM idempotency_keys \
              WHERE tenant_id = ? AND key = ?",
@@ -166,7 +180,11 @@ impl Store for SqliteStore {
         row.as_ref().map(writer::idempotency_from_row).transpose()
     }
 
-    async fn notification(&self, tenant_id: &str, id: uuid::Uuid) -> Result<Option<NotificationView>, StoreError> {
+    async fn notification(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+    ) -> Result<Option<NotificationView>, StoreError> {
         let row = sqlx::query(
             "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications \
              WHERE id = ? AND tenant_id = ?",
@@ -198,7 +216,13 @@ impl Store for SqliteStore {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let args = ClaimArgs { channel, priority, limit, now_ms, lease_ms };
+        let args = ClaimArgs {
+            channel,
+            priority,
+            limit,
+            now_ms,
+            lease_ms,
+        };
         self.write(|tx| WriteOp::Claim(args, tx)).await
     }
 
@@ -260,7 +284,12 @@ impl Store for SqliteStore {
             .map_err(db_err)
     }
 
-    async fn add_api_key(&self, tenant_name: &str, key_hash: &[u8], label: &str) -> Result<String, StoreError> {
+    async fn add_api_key(
+        &self,
+        tenant_name: &str,
+        key_hash: &[u8],
+        label: &str,
+    ) -> Result<String, StoreError> {
         let args = AddKeyArgs {
             tenant_name: tenant_name.to_owned(),
             key_hash: key_hash.to_vec(),
@@ -270,7 +299,10 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reads).await.map_err(db_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.reads)
+            .await
+            .map_err(db_err)?;
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
         }

@@ -43,8 +43,14 @@ pub(super) struct AddKeyArgs {
 
 /// A finished operation, waiting for the commit before its caller hears of it.
 enum Done {
-    Create(Reply<Vec<CreateResult>>, Result<Vec<CreateResult>, StoreError>),
-    Claim(Reply<Vec<ClaimedDelivery>>, Result<Vec<ClaimedDelivery>, StoreError>),
+    Create(
+        Reply<Vec<CreateResult>>,
+        Result<Vec<CreateResult>, StoreError>,
+    ),
+    Claim(
+        Reply<Vec<ClaimedDelivery>>,
+        Result<Vec<ClaimedDelivery>, StoreError>,
+    ),
     Unit(Reply<()>, Result<(), StoreError>),
     Key(Reply<String>, Result<String, StoreError>),
 }
@@ -69,7 +75,11 @@ impl Done {
     }
 }
 
-pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteOp>, max_batch: usize) {
+pub(super) async fn run(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<WriteOp>,
+    max_batch: usize,
+) {
     let mut ops = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut ops, max_batch).await > 0 {
         let mut done = Vec::with_capacity(ops.len());
@@ -93,45 +103,56 @@ async fn apply_batch(
     for op in ops {
         // Each operation in its own savepoint: one failing does not undo the
         // others that share the commit.
-        sqlx::query("SAVEPOINT op").execute(&mut *tx).await.map_err(|e| e.to_string())?;
+        sqlx::query("SAVEPOINT op")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
         let (d, ok) = match op {
             WriteOp::Create(batch, reply) => {
-                let r = create(&mut *tx, batch).await;
+                let r = create(&mut tx, batch).await;
                 let ok = r.is_ok();
                 (Done::Create(reply, r), ok)
             }
             WriteOp::Claim(args, reply) => {
-                let r = claim(&mut *tx, args).await;
+                let r = claim(&mut tx, args).await;
                 let ok = r.is_ok();
                 (Done::Claim(reply, r), ok)
             }
             WriteOp::Record(records, reply) => {
-                let r = record(&mut *tx, records).await;
+                let r = record(&mut tx, records).await;
                 let ok = r.is_ok();
                 (Done::Unit(reply, r), ok)
             }
             WriteOp::Release(leases, reply) => {
-                let r = release(&mut *tx, leases).await;
+                let r = release(&mut tx, leases).await;
                 let ok = r.is_ok();
                 (Done::Unit(reply, r), ok)
             }
             WriteOp::AddKey(args, reply) => {
-                let r = add_key(&mut *tx, args).await;
+                let r = add_key(&mut tx, args).await;
                 let ok = r.is_ok();
                 (Done::Key(reply, r), ok)
             }
         };
         if !ok {
-            sqlx::query("ROLLBACK TO op").execute(&mut *tx).await.map_err(|e| e.to_string())?;
+            sqlx::query("ROLLBACK TO op")
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        sqlx::query("RELEASE op").execute(&mut *tx).await.map_err(|e| e.to_string())?;
+        sqlx::query("RELEASE op")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
         done.push(d);
     }
     tx.commit().await.map_err(|e| e.to_string())
 }
 
-
-async fn create(tx: &mut SqliteConnection, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError> {
+async fn create(
+    tx: &mut SqliteConnection,
+    batch: Vec<NewNotification>,
+) -> Result<Vec<CreateResult>, StoreError> {
     let mut results = Vec::with_capacity(batch.len());
     for n in batch {
         if let Some((key, rec)) = &n.idempotency {
@@ -199,18 +220,24 @@ async fn create(tx: &mut SqliteConnection, batch: Vec<NewNotification>) -> Resul
     Ok(results)
 }
 
-pub(super) fn idempotency_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IdempotencyRecord, StoreError> {
+pub(super) fn idempotency_from_row(
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<IdempotencyRecord, StoreError> {
     let status: i64 = row.try_get("response_status").map_err(db_err)?;
     Ok(IdempotencyRecord {
         request_hash: row.try_get("request_hash").map_err(db_err)?,
         response: StoredResponse {
-            status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("status {status}")))?,
+            status: u16::try_from(status)
+                .map_err(|_| StoreError::Corrupt(format!("status {status}")))?,
             body: row.try_get("response_body").map_err(db_err)?,
         },
     })
 }
 
-async fn claim(tx: &mut SqliteConnection, a: ClaimArgs) -> Result<Vec<ClaimedDelivery>, StoreError> {
+async fn claim(
+    tx: &mut SqliteConnection,
+    a: ClaimArgs,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let token: i64 = rand::random();
     let rows = sqlx::query(
         "UPDATE deliveries SET state = 'sending', due_at_ms = ?1 + ?2, lease_token = ?3, \
@@ -328,7 +355,10 @@ async fn record(tx: &mut SqliteConnection, records: Vec<AttemptRecord>) -> Resul
     Ok(())
 }
 
-async fn release(tx: &mut SqliteConnection, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError> {
+async fn release(
+    tx: &mut SqliteConnection,
+    leases: Vec<(uuid::Uuid, i64)>,
+) -> Result<(), StoreError> {
     let now = herald_core::now_ms();
     for (id, token) in leases {
         sqlx::query(

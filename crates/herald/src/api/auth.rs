@@ -21,7 +21,10 @@ pub struct Tenant(pub String);
 /// A fresh API key: `hrld_` + 32 random bytes, base64url.
 pub fn generate_key() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!("hrld_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "hrld_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 pub fn hash_key(key: &str) -> Vec<u8> {
@@ -34,7 +37,11 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    pub async fn tenant(&self, store: &Arc<dyn Store>, key: &str) -> Result<Option<String>, ApiError> {
+    pub async fn tenant(
+        &self,
+        store: &Arc<dyn Store>,
+        key: &str,
+    ) -> Result<Option<String>, ApiError> {
         let hash = hash_key(key);
         if let Some(t) = self.lock().get(&hash) {
             return Ok(Some(t.clone()));
@@ -58,7 +65,10 @@ impl KeyCache {
 impl FromRequestParts<Arc<AppState>> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         let key = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

@@ -79,7 +79,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(notifications::fallback)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
         .layer(CatchPanicLayer::custom(ops::panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -60,12 +60,19 @@ impl Drop for InFlightGuard<'_> {
 /// The outcome of one submitted notification.
 enum Accepted {
     /// Newly stored (or replayed from an earlier identical request).
-    Stored { response: StoredResponse, replayed: bool },
+    Stored {
+        response: StoredResponse,
+        replayed: bool,
+    },
     Refused(ApiError),
 }
 
 /// Reads the body, mapping the size limit to 413 and checking the media type.
-fn body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+fn body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -112,16 +119,26 @@ fn strip_position(s: &str) -> String {
     }
 }
 
-fn check(state: &AppState, req: &NotificationRequest, now: chrono::DateTime<chrono::Utc>) -> Result<(), ApiError> {
+fn check(
+    state: &AppState,
+    req: &NotificationRequest,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApiError> {
     let mut errs = validate(req, &state.limits, now);
     for (i, c) in req.channels.iter().enumerate() {
         if !state.channels.contains(c) {
-            errs.push(FieldError::new(format!("channels[{i}]"), format!("channel {c} is not configured on this server")));
+            errs.push(FieldError::new(
+                format!("channels[{i}]"),
+                format!("channel {c} is not configured on this server"),
+            ));
         }
     }
     if let Some(t) = &req.template {
         if !state.templates.exists(&t.id) {
-            errs.push(FieldError::new("template.id", format!("unknown template {:?}", t.id)));
+            errs.push(FieldError::new(
+                "template.id",
+                format!("unknown template {:?}", t.id),
+            ));
         } else if let Err(e) = state.templates.render(t) {
             errs.push(FieldError::new("template.data", e.to_string()));
         }
@@ -152,7 +169,11 @@ fn replay_or_conflict(existing: IdempotencyRecord, hash: &[u8]) -> Accepted {
 
 /// Accepts a list of requests (each with its idempotency key, if any): the
 /// ones that pass are stored together in one durable transaction.
-async fn accept(state: &AppState, tenant: &str, items: Vec<Result<(NotificationRequest, Option<String>), ApiError>>) -> Vec<Accepted> {
+async fn accept(
+    state: &AppState,
+    tenant: &str,
+    items: Vec<Result<(NotificationRequest, Option<String>), ApiError>>,
+) -> Vec<Accepted> {
     let now = chrono::Utc::now();
     let now_ms = now.timestamp_millis();
     let mut out: Vec<Option<Accepted>> = Vec::with_capacity(items.len());
@@ -195,7 +216,9 @@ async fn accept(state: &AppState, tenant: &str, items: Vec<Result<(NotificationR
             status: 202,
             body: json!({"id": id, "status": "accepted"}).to_string(),
         };
-        let starts = req.send_at.map_or(now_ms, |t| t.timestamp_millis().max(now_ms));
+        let starts = req
+            .send_at
+            .map_or(now_ms, |t| t.timestamp_millis().max(now_ms));
         let expires_at_ms = req
             .ttl_seconds
             .map(|ttl| starts.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX / 2000) * 1000));
@@ -219,11 +242,22 @@ async fn accept(state: &AppState, tenant: &str, items: Vec<Result<(NotificationR
             expires_at_ms,
             deliveries,
             idempotency: key.map(|k| {
-                (k, IdempotencyRecord { request_hash: hash.clone(), response: response.clone() })
+                (
+                    k,
+                    IdempotencyRecord {
+                        request_hash: hash.clone(),
+                        response: response.clone(),
+                    },
+                )
             }),
             request: req,
         });
-        pending.push((out.len(), hash, response, batch[batch.len() - 1].request.priority.as_str()));
+        pending.push((
+            out.len(),
+            hash,
+            response,
+            batch[batch.len() - 1].request.priority.as_str(),
+        ));
         out.push(None);
     }
 
@@ -234,7 +268,10 @@ async fn accept(state: &AppState, tenant: &str, items: Vec<Result<(NotificationR
                     out[idx] = Some(match result {
                         CreateResult::Created => {
                             metrics::counter!(m::ACCEPTED, "priority" => prio).increment(1);
-                            Accepted::Stored { response, replayed: false }
+                            Accepted::Stored {
+                                response,
+                                replayed: false,
+                            }
                         }
                         CreateResult::KeyTaken(existing) => replay_or_conflict(existing, &hash),
                     });
@@ -257,10 +294,12 @@ async fn accept(state: &AppState, tenant: &str, items: Vec<Result<(NotificationR
 }
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = v
-        .to_str()
-        .map_err(|_| ApiError::field("Idempotency-Key", "must be printable ASCII without spaces"))?;
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().map_err(|_| {
+        ApiError::field("Idempotency-Key", "must be printable ASCII without spaces")
+    })?;
     check_idempotency_key(key).map_err(|why| ApiError::field("Idempotency-Key", why))?;
     Ok(Some(key.to_owned()))
 }
@@ -275,7 +314,10 @@ pub async fn create(
     let key = idempotency_header(&headers)?;
     let req: NotificationRequest = parse(&bytes, "")?;
     if req.idempotency_key.is_some() {
-        return Err(ApiError::field("idempotency_key", "belongs to batch items; use the Idempotency-Key header here"));
+        return Err(ApiError::field(
+            "idempotency_key",
+            "belongs to batch items; use the Idempotency-Key header here",
+        ));
     }
     let mut results = accept(&state, &tenant, vec![Ok((req, key))]).await;
     match results.pop() {
@@ -292,7 +334,10 @@ fn stored_response(r: StoredResponse, replayed: bool) -> Response {
         .and_then(|v| v["id"].as_str().map(|id| format!("/v1/notifications/{id}")));
     let mut resp = (status, r.body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         h.insert(header::LOCATION, l);
     }
@@ -345,7 +390,8 @@ pub async fn batch(
         .into_iter()
         .map(|a| match a {
             Accepted::Stored { response, replayed } => {
-                let mut v: serde_json::Value = serde_json::from_str(&response.body).unwrap_or_default();
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&response.body).unwrap_or_default();
                 if replayed {
                     v["replayed"] = json!(true);
                 }
@@ -364,7 +410,11 @@ pub async fn get(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // An id that is not a UUID cannot exist: the same 404 as any other miss.
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let view = state.store.notification(&tenant, id).await?.ok_or(ApiError::NotFound)?;
+    let view = state
+        .store
+        .notification(&tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(Json(view_json(&view)))
 }
 

@@ -22,7 +22,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// The process can take traffic: the store answers and it is not draining.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response();
     }
     match state.store.ping().await {
         Ok(()) => Json(json!({"status": "ready", "store": "ok", "bus": "ok"})).into_response(),

@@ -52,10 +52,18 @@ impl ApiError {
         use ApiError::*;
         match self {
             MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
-            Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Invalid request"),
+            Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-request",
+                "Invalid request",
+            ),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -66,9 +74,21 @@ impl ApiError {
                 "idempotency-key-reused",
                 "Idempotency key reused",
             ),
-            KeyInFlight => (StatusCode::CONFLICT, "idempotency-key-in-flight", "Request in progress"),
-            Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "Service unavailable"),
-            ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "Service unavailable"),
+            KeyInFlight => (
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request in progress",
+            ),
+            Store(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "Service unavailable",
+            ),
+            ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                "Service unavailable",
+            ),
         }
     }
 
@@ -84,7 +104,10 @@ impl ApiError {
                 (detail, errs.clone())
             }
             // Store details are for the logs, not for clients.
-            ApiError::Store(_) => ("the store is unavailable; retry with the same Idempotency-Key".into(), vec![]),
+            ApiError::Store(_) => (
+                "the store is unavailable; retry with the same Idempotency-Key".into(),
+                vec![],
+            ),
             other => (other.to_string(), vec![]),
         };
         Problem {

@@ -61,7 +61,11 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
 
 async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     let started_at_ms = herald_core::now_ms();
-    let finish = |provider: Option<&str>, outcome: &Outcome, next: Next, status: Option<u16>, latency_ms: i64| {
+    let finish = |provider: Option<&str>,
+                  outcome: &Outcome,
+                  next: Next,
+                  status: Option<u16>,
+                  latency_ms: i64| {
         AttemptRecord {
             delivery_id: d.id,
             lease_token: d.lease_token,
@@ -89,7 +93,15 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
 
     let msg = match message(shared, d, started_at_ms) {
         Ok(m) => m,
-        Err(reason) => return finish(Some(provider.name()), &permanent(reason), Next::Failed, None, 0),
+        Err(reason) => {
+            return finish(
+                Some(provider.name()),
+                &permanent(reason),
+                Next::Failed,
+                None,
+                0,
+            )
+        }
     };
     let is_webhook = d.channel == Channel::Webhook;
     if let Address::Webhook(url) = &msg.address {
@@ -100,7 +112,15 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     }
     let req = match provider.build(&msg) {
         Ok(r) => r,
-        Err(e) => return finish(Some(provider.name()), &permanent(e.to_string()), Next::Failed, None, 0),
+        Err(e) => {
+            return finish(
+                Some(provider.name()),
+                &permanent(e.to_string()),
+                Next::Failed,
+                None,
+                0,
+            )
+        }
     };
     let (result, took) = shared.outbound.send(req, is_webhook).await;
     let (outcome, status) = match result {
@@ -113,15 +133,17 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
         .increment(1);
     let now = herald_core::now_ms();
     let jitter: f64 = rand::thread_rng().gen();
-    let next = shared.retry.next(&outcome, d.attempt, now, d.expires_at_ms, jitter);
+    let next = shared
+        .retry
+        .next(&outcome, d.attempt, now, d.expires_at_ms, jitter);
     let latency_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
     finish(Some(provider.name()), &outcome, next, status, latency_ms)
 }
 
 /// The vendor-neutral message for this delivery, or why there cannot be one.
 fn message(shared: &Shared, d: &ClaimedDelivery, now_ms: i64) -> Result<OutboundMessage, String> {
-    let req: NotificationRequest =
-        serde_json::from_str(&d.payload).map_err(|e| format!("stored notification is unreadable: {e}"))?;
+    let req: NotificationRequest = serde_json::from_str(&d.payload)
+        .map_err(|e| format!("stored notification is unreadable: {e}"))?;
     let content = match (&req.content, &req.template) {
         (Some(c), _) => c.clone(),
         (None, Some(t)) => shared.templates.render(t).map_err(|e| e.to_string())?,

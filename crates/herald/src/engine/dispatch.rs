@@ -56,7 +56,14 @@ impl Dispatcher {
                             in_flight[lane.index()] += 1;
                             let (delivery, lease) = (d.id, d.lease_token);
                             let handle = tasks.spawn(deliver(self.shared.clone(), d));
-                            held.insert(handle.id(), Held { lane, delivery, lease });
+                            held.insert(
+                                handle.id(),
+                                Held {
+                                    lane,
+                                    delivery,
+                                    lease,
+                                },
+                            );
                         }
                     }
                     Err(e) => {
@@ -66,7 +73,9 @@ impl Dispatcher {
                     }
                 }
             }
-            let full = Priority::ALL.iter().all(|&l| self.policy.room(l, &in_flight) == 0);
+            let full = Priority::ALL
+                .iter()
+                .all(|&l| self.policy.room(l, &in_flight) == 0);
             let wait = if failed {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 backoff

@@ -51,7 +51,9 @@ impl Engine {
         let shutdown = CancellationToken::new();
         let mut pools = JoinSet::new();
         for ch in cfg.enabled_channels() {
-            let Some(policy) = cfg.lane_policy(ch) else { continue };
+            let Some(policy) = cfg.lane_policy(ch) else {
+                continue;
+            };
             let d = Dispatcher {
                 channel: ch,
                 policy,

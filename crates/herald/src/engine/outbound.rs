@@ -79,7 +79,8 @@ impl Outbound {
                 .await
                 .map_err(|e| format!("cannot resolve {d}: {e}"))?;
             for a in addrs {
-                address_allowed(a.ip(), &self.limits).map_err(|why| format!("{d} resolves to {}: {why}", a.ip()))?;
+                address_allowed(a.ip(), &self.limits)
+                    .map_err(|why| format!("{d} resolves to {}: {why}", a.ip()))?;
             }
         }
         Ok(())
@@ -88,7 +89,11 @@ impl Outbound {
     /// Sends and returns the vendor's answer, or the transport failure as an
     /// outcome. A timeout after the request went out is ambiguous: the vendor
     /// may have accepted it.
-    pub async fn send(&self, req: VendorRequest, webhook: bool) -> (Result<VendorResponse, Outcome>, Duration) {
+    pub async fn send(
+        &self,
+        req: VendorRequest,
+        webhook: bool,
+    ) -> (Result<VendorResponse, Outcome>, Duration) {
         let started = Instant::now();
         let result = self.exchange(req, webhook).await;
         (result, started.elapsed())
@@ -98,7 +103,11 @@ impl Outbound {
         let req = reqwest::Request::try_from(req).map_err(|e| Outcome::Permanent {
             reason: format!("request cannot be sent: {e}"),
         })?;
-        let client = if webhook { &self.webhooks } else { &self.vendors };
+        let client = if webhook {
+            &self.webhooks
+        } else {
+            &self.vendors
+        };
         let mut resp = client.execute(req).await.map_err(transport_outcome)?;
         let status = resp.status();
         let headers = resp.headers().clone();

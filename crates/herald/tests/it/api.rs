@@ -5,7 +5,11 @@ use serde_json::{json, Value};
 
 use crate::utils::{decode, email, sms, TestServer};
 
-async fn post_raw(s: &TestServer, body: Vec<u8>, content_type: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn post_raw(
+    s: &TestServer,
+    body: Vec<u8>,
+    content_type: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let resp = s
         .http
         .post(format!("{}/v1/notifications", s.base))
@@ -28,12 +32,25 @@ fn assert_problem(h: &reqwest::header::HeaderMap, v: &Value, status: u16, kind: 
 #[tokio::test]
 async fn auth_is_required_and_checked() {
     let s = TestServer::start().await;
-    let no_auth = s.http.post(format!("{}/v1/notifications", s.base)).json(&email("x")).send().await.expect("sent");
+    let no_auth = s
+        .http
+        .post(format!("{}/v1/notifications", s.base))
+        .json(&email("x"))
+        .send()
+        .await
+        .expect("sent");
     let (st, h, v) = decode(no_auth).await;
     assert_eq!(st, 401);
     assert_problem(&h, &v, 401, "unauthorized");
     assert_eq!(h["www-authenticate"], "Bearer");
-    let (st, _, _) = s.post_as("hrld_not-a-real-key", "/v1/notifications", &email("x"), None).await;
+    let (st, _, _) = s
+        .post_as(
+            "hrld_not-a-real-key",
+            "/v1/notifications",
+            &email("x"),
+            None,
+        )
+        .await;
     assert_eq!(st, 401);
     let basic = s
         .http
@@ -49,32 +66,96 @@ async fn auth_is_required_and_checked() {
 async fn validation_names_the_field_and_the_reason() {
     let s = TestServer::start().await;
     let cases: Vec<(Value, &str)> = vec![
-        (json!({"channels": ["sms"], "recipient": {"phone": "4155550100"}, "content": {"text": "x"}}), "recipient.phone"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+1 (415) 555-0100"}, "content": {"text": "x"}}), "recipient.phone"),
-        (json!({"channels": ["email"], "recipient": {"email": "not-an-email"}, "content": {"subject": "s", "text": "x"}}), "recipient.email"),
-        (json!({"channels": ["email"], "recipient": {"phone": "+14155550100"}, "content": {"subject": "s", "text": "x"}}), "recipient.email"),
-        (json!({"channels": ["fax"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}}), "channels[0]"),
-        (json!({"channels": [], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}}), "channels"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}}), "content"),
-        (json!({"channels": ["email"], "recipient": {"email": "a@example.com"}, "content": {"text": "no subject"}}), "content.subject"),
-        (json!({"priority": "urgent", "channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}}), "priority"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "ttl_seconds": -5}), "ttl_seconds"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "ttl_seconds": 0}), "ttl_seconds"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "surprise": 1}), "surprise"),
-        (json!({"channels": ["webhook"], "recipient": {"webhook_url": "ftp://example.com/x"}, "content": {"text": "x"}}), "recipient.webhook_url"),
-        (json!({"channels": ["push"], "recipient": {"push_tokens": [{"platform": "symbian", "token": "t"}]}, "content": {"text": "x"}}), "recipient.push_tokens[0].platform"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "template": {"id": "nope"}}), "template.id"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "template": {"id": "otp", "data": {}}}), "template.data"),
-        (json!({"channels": ["email"], "recipient": {"email": "a@example.com"}, "content": {"subject": "🔥".repeat(999), "text": "x"}}), "content.subject"),
-        (json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "send_at": "tomorrow"}), "send_at"),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "4155550100"}, "content": {"text": "x"}}),
+            "recipient.phone",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+1 (415) 555-0100"}, "content": {"text": "x"}}),
+            "recipient.phone",
+        ),
+        (
+            json!({"channels": ["email"], "recipient": {"email": "not-an-email"}, "content": {"subject": "s", "text": "x"}}),
+            "recipient.email",
+        ),
+        (
+            json!({"channels": ["email"], "recipient": {"phone": "+14155550100"}, "content": {"subject": "s", "text": "x"}}),
+            "recipient.email",
+        ),
+        (
+            json!({"channels": ["fax"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}}),
+            "channels[0]",
+        ),
+        (
+            json!({"channels": [], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}}),
+            "channels",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}}),
+            "content",
+        ),
+        (
+            json!({"channels": ["email"], "recipient": {"email": "a@example.com"}, "content": {"text": "no subject"}}),
+            "content.subject",
+        ),
+        (
+            json!({"priority": "urgent", "channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}}),
+            "priority",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "ttl_seconds": -5}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "ttl_seconds": 0}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "surprise": 1}),
+            "surprise",
+        ),
+        (
+            json!({"channels": ["webhook"], "recipient": {"webhook_url": "ftp://example.com/x"}, "content": {"text": "x"}}),
+            "recipient.webhook_url",
+        ),
+        (
+            json!({"channels": ["push"], "recipient": {"push_tokens": [{"platform": "symbian", "token": "t"}]}, "content": {"text": "x"}}),
+            "recipient.push_tokens[0].platform",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "template": {"id": "nope"}}),
+            "template.id",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "template": {"id": "otp", "data": {}}}),
+            "template.data",
+        ),
+        (
+            json!({"channels": ["email"], "recipient": {"email": "a@example.com"}, "content": {"subject": "🔥".repeat(999), "text": "x"}}),
+            "content.subject",
+        ),
+        (
+            json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x"}, "send_at": "tomorrow"}),
+            "send_at",
+        ),
     ];
     for (body, field) in cases {
         let (st, h, v) = s.post("/v1/notifications", &body).await;
         assert_eq!(st, 422, "{body} → {v}");
         assert_problem(&h, &v, 422, "invalid-request");
-        let fields: Vec<&str> = v["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
-        assert!(fields.contains(&field), "expected {field} in {fields:?} for {body}");
-        assert!(v["errors"][0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        let fields: Vec<&str> = v["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert!(
+            fields.contains(&field),
+            "expected {field} in {fields:?} for {body}"
+        );
+        assert!(v["errors"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()));
     }
     assert_eq!(s.delivered(), 0);
 }
@@ -82,7 +163,14 @@ async fn validation_names_the_field_and_the_reason() {
 #[tokio::test]
 async fn malformed_oversized_and_hostile_bodies_get_clear_errors() {
     let s = TestServer::start_with(|c| c.server.max_body_bytes = 64 * 1024).await;
-    for bad in [&b"{"[..], b"", b"nul\0l", b"[1,2", b"{\"channels\": [\"sms\"],}", &[0xff, 0xfe, 0x00]] {
+    for bad in [
+        &b"{"[..],
+        b"",
+        b"nul\0l",
+        b"[1,2",
+        b"{\"channels\": [\"sms\"],}",
+        &[0xff, 0xfe, 0x00],
+    ] {
         let (st, h, v) = post_raw(&s, bad.to_vec(), "application/json").await;
         assert_eq!(st, 400, "{:?} → {v}", String::from_utf8_lossy(bad));
         assert_problem(&h, &v, 400, "malformed-json");
@@ -92,7 +180,12 @@ async fn malformed_oversized_and_hostile_bodies_get_clear_errors() {
     assert_eq!(st, 422);
 
     let big = json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "x".repeat(100 * 1024)}});
-    let (st, h, v) = post_raw(&s, serde_json::to_vec(&big).expect("json"), "application/json").await;
+    let (st, h, v) = post_raw(
+        &s,
+        serde_json::to_vec(&big).expect("json"),
+        "application/json",
+    )
+    .await;
     assert_eq!(st, 413, "{v}");
     assert_problem(&h, &v, 413, "payload-too-large");
 
@@ -112,7 +205,9 @@ async fn malformed_oversized_and_hostile_bodies_get_clear_errors() {
     assert_problem(&h, &v, 415, "unsupported-media-type");
 
     // The server is still healthy after all of it.
-    let (st, _, v) = s.post("/v1/notifications", &sms("still here", "normal")).await;
+    let (st, _, v) = s
+        .post("/v1/notifications", &sms("still here", "normal"))
+        .await;
     assert_eq!(st, 202, "{v}");
 }
 
@@ -127,8 +222,14 @@ async fn unicode_heavy_input_is_accepted_and_kept_intact() {
     let (st, _, v) = s.post("/v1/notifications", &body).await;
     assert_eq!(st, 202, "{v}");
     let id = v["id"].as_str().expect("id").to_owned();
-    s.wait_delivered(2, std::time::Duration::from_secs(10)).await;
-    let sms = s.sim.entries().into_iter().find(|e| e.vendor == "twilio").expect("sms");
+    s.wait_delivered(2, std::time::Duration::from_secs(10))
+        .await;
+    let sms = s
+        .sim
+        .entries()
+        .into_iter()
+        .find(|e| e.vendor == "twilio")
+        .expect("sms");
     assert!(text.starts_with(&sms.summary), "{} vs {text}", sms.summary);
     let (_, view) = s.get(&format!("/v1/notifications/{id}")).await;
     assert_eq!(view["metadata"]["ключ"], "значение");
@@ -147,7 +248,9 @@ async fn a_tenant_never_sees_another_tenants_notifications() {
     assert_eq!(theirs["type"], "urn:herald:problem:not-found");
     let (st, _) = s.get("/v1/notifications/not-a-uuid").await;
     assert_eq!(st, 404);
-    let (st, _) = s.get(&format!("/v1/notifications/{}", uuid::Uuid::now_v7())).await;
+    let (st, _) = s
+        .get(&format!("/v1/notifications/{}", uuid::Uuid::now_v7()))
+        .await;
     assert_eq!(st, 404);
 }
 
@@ -157,22 +260,36 @@ async fn batch_gives_one_result_per_item_in_order() {
     let bad = json!({"channels": ["sms"], "recipient": {"phone": "555"}, "content": {"text": "x"}});
     let wrong_shape = json!({"channels": "sms"});
     let (st, _, v) = s
-        .post("/v1/notifications/batch", &json!({"notifications": [sms("a", "low"), bad, wrong_shape, sms("b", "critical")]}))
+        .post(
+            "/v1/notifications/batch",
+            &json!({"notifications": [sms("a", "low"), bad, wrong_shape, sms("b", "critical")]}),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let r = v["results"].as_array().expect("results");
     assert_eq!(r.len(), 4);
     assert_eq!(r[0]["status"], "accepted");
     assert_eq!(r[1]["error"]["errors"][0]["field"], "recipient.phone");
-    assert_eq!(r[2]["error"]["errors"][0]["field"], "notifications[2].channels");
+    assert_eq!(
+        r[2]["error"]["errors"][0]["field"],
+        "notifications[2].channels"
+    );
     assert_eq!(r[3]["status"], "accepted");
-    s.wait_delivered(2, std::time::Duration::from_secs(10)).await;
+    s.wait_delivered(2, std::time::Duration::from_secs(10))
+        .await;
 
     let too_many: Vec<Value> = (0..1001).map(|i| sms(&i.to_string(), "low")).collect();
-    let (st, _, v) = s.post("/v1/notifications/batch", &json!({"notifications": too_many})).await;
+    let (st, _, v) = s
+        .post(
+            "/v1/notifications/batch",
+            &json!({"notifications": too_many}),
+        )
+        .await;
     assert_eq!(st, 422, "{v}");
     assert_eq!(v["errors"][0]["field"], "notifications");
-    let (st, _, _) = s.post("/v1/notifications/batch", &json!({"notifications": []})).await;
+    let (st, _, _) = s
+        .post("/v1/notifications/batch", &json!({"notifications": []}))
+        .await;
     assert_eq!(st, 422);
 }
 
@@ -192,13 +309,33 @@ async fn webhooks_to_loopback_are_refused_unless_allowed() {
 #[tokio::test]
 async fn ops_endpoints() {
     let s = TestServer::start().await;
-    let ok = s.http.get(format!("{}/healthz", s.base)).send().await.expect("sent");
+    let ok = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(ok.status(), 200);
-    let ready = s.http.get(format!("{}/readyz", s.base)).send().await.expect("sent");
+    let ready = s
+        .http
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(ready.status(), 200);
-    s.post("/v1/notifications", &sms("count me", "critical")).await;
-    s.wait_delivered(1, std::time::Duration::from_secs(10)).await;
-    let text = s.http.get(format!("{}/metrics", s.base)).send().await.expect("sent").text().await.expect("text");
+    s.post("/v1/notifications", &sms("count me", "critical"))
+        .await;
+    s.wait_delivered(1, std::time::Duration::from_secs(10))
+        .await;
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
     for needle in [
         "herald_notifications_accepted_total",
         "herald_attempts_total",

@@ -12,7 +12,14 @@ use crate::utils::TestServer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_receives_each_notification_exactly_once() {
     let s = TestServer::start().await;
-    s.fault("twilio", Fault { error_rate: 0.2, latency_max_ms: 5, ..Fault::default() });
+    s.fault(
+        "twilio",
+        Fault {
+            error_rate: 0.2,
+            latency_max_ms: 5,
+            ..Fault::default()
+        },
+    );
     let mut items = Vec::new();
     for i in 0..300 {
         let mut channels = vec!["email"];
@@ -33,9 +40,18 @@ async fn every_channel_receives_each_notification_exactly_once() {
             "content": {"subject": format!("n{i}"), "text": format!("text {i}")}}));
     }
     let expected: u64 = 300 + 150 + 2 * 100 + 60;
-    let (status, _, body) = s.post("/v1/notifications/batch", &json!({"notifications": items})).await;
+    let (status, _, body) = s
+        .post("/v1/notifications/batch", &json!({"notifications": items}))
+        .await;
     assert_eq!(status, 200, "{body}");
-    assert!(body["results"].as_array().expect("results").iter().all(|r| r["status"] == "accepted"), "{body}");
+    assert!(
+        body["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .all(|r| r["status"] == "accepted"),
+        "{body}"
+    );
 
     s.wait_delivered(expected, Duration::from_secs(30)).await;
     // Give any stray second send time to show up, then count.
@@ -68,14 +84,21 @@ async fn the_status_api_shows_states_and_attempts() {
     assert_eq!(status, 202, "{v}");
     assert_eq!(v["status"], "accepted");
     let id = v["id"].as_str().expect("id").to_owned();
-    assert_eq!(headers["location"], format!("/v1/notifications/{id}").as_str());
+    assert_eq!(
+        headers["location"],
+        format!("/v1/notifications/{id}").as_str()
+    );
 
     let view = s.wait_finished(&id).await;
     assert_eq!(view["status"], "completed", "{view}");
     assert_eq!(view["priority"], "high");
     assert_eq!(view["metadata"]["order"], 42);
     let channels = view["channels"].as_array().expect("channels");
-    assert_eq!(channels.len(), 4, "email, sms and one entry per push device: {view}");
+    assert_eq!(
+        channels.len(),
+        4,
+        "email, sms and one entry per push device: {view}"
+    );
     let find = |ch: &str, device: Option<u64>| {
         channels
             .iter()
@@ -95,19 +118,37 @@ async fn the_status_api_shows_states_and_attempts() {
     let sms = find("sms", None);
     assert_eq!(sms["state"], "failed", "{sms}");
     assert_eq!(sms["attempts"].as_array().map(Vec::len), Some(1));
-    assert!(sms["last_error"].as_str().is_some_and(|e| e.contains("21211")), "{sms}");
+    assert!(
+        sms["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("21211")),
+        "{sms}"
+    );
 
     assert_eq!(find("push", Some(0))["state"], "sent");
     let gone = find("push", Some(1));
-    assert_eq!(gone["state"], "failed", "an unregistered token fails alone: {gone}");
-    assert!(gone["last_error"].as_str().is_some_and(|e| e.contains("UNREGISTERED")));
+    assert_eq!(
+        gone["state"], "failed",
+        "an unregistered token fails alone: {gone}"
+    );
+    assert!(gone["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("UNREGISTERED")));
 }
 
 #[tokio::test]
 async fn transient_failures_are_retried_with_the_same_key_then_dead() {
     let s = TestServer::start_with(|c| c.engine.max_attempts = 3).await;
-    s.fault("sendgrid", Fault { outage: true, ..Fault::default() });
-    let (status, _, v) = s.post("/v1/notifications", &crate::utils::email("retry me")).await;
+    s.fault(
+        "sendgrid",
+        Fault {
+            outage: true,
+            ..Fault::default()
+        },
+    );
+    let (status, _, v) = s
+        .post("/v1/notifications", &crate::utils::email("retry me"))
+        .await;
     assert_eq!(status, 202);
     let id = v["id"].as_str().expect("id").to_owned();
     let view = s.wait_finished(&id).await;
@@ -115,7 +156,9 @@ async fn transient_failures_are_retried_with_the_same_key_then_dead() {
     assert_eq!(email["state"], "dead", "{view}");
     let attempts = email["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 3);
-    assert!(attempts.iter().all(|a| a["outcome"] == "transient" && a["status_code"] == 503));
+    assert!(attempts
+        .iter()
+        .all(|a| a["outcome"] == "transient" && a["status_code"] == 503));
     assert_eq!(s.sim.stats()["sendgrid"].faulted, 3);
 }
 
@@ -130,9 +173,15 @@ async fn templates_are_rendered_per_locale_with_unicode_intact() {
     assert_eq!(status, 202, "{v}");
     s.wait_delivered(2, Duration::from_secs(10)).await;
     let entries = s.sim.entries();
-    let email = entries.iter().find(|e| e.vendor == "sendgrid").expect("email sent");
+    let email = entries
+        .iter()
+        .find(|e| e.vendor == "sendgrid")
+        .expect("email sent");
     assert_eq!(email.summary, "Redefina sua senha");
     assert_eq!(email.recipient, "zoë@exämple.de");
-    let sms = entries.iter().find(|e| e.vendor == "twilio").expect("sms sent");
+    let sms = entries
+        .iter()
+        .find(|e| e.vendor == "twilio")
+        .expect("sms sent");
     assert!(sms.summary.contains("Olá Zoë 李 🚀"), "{}", sms.summary);
 }

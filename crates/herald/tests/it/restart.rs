@@ -19,7 +19,14 @@ async fn a_restart_delivers_the_backlog_exactly_once() {
     };
     let mut s = TestServer::start_with(shrink).await;
     for v in ["sendgrid", "twilio"] {
-        s.fault(v, Fault { latency_min_ms: 5, latency_max_ms: 30, ..Fault::default() });
+        s.fault(
+            v,
+            Fault {
+                latency_min_ms: 5,
+                latency_max_ms: 30,
+                ..Fault::default()
+            },
+        );
     }
     let total = 3000usize;
     for chunk in 0..(total / 500) {
@@ -32,9 +39,15 @@ async fn a_restart_delivers_the_backlog_exactly_once() {
                     "content": {"subject": format!("n{n}"), "text": format!("n{n}")}})
             })
             .collect();
-        let (st, _, v) = s.post("/v1/notifications/batch", &json!({"notifications": items})).await;
+        let (st, _, v) = s
+            .post("/v1/notifications/batch", &json!({"notifications": items}))
+            .await;
         assert_eq!(st, 200);
-        assert!(v["results"].as_array().expect("results").iter().all(|r| r["status"] == "accepted"));
+        assert!(v["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .all(|r| r["status"] == "accepted"));
     }
     s.wait_delivered(200, Duration::from_secs(30)).await;
     s.stop().await;
@@ -48,7 +61,8 @@ async fn a_restart_delivers_the_backlog_exactly_once() {
     let mut cfg = config(&s.sim_url, &s.data_dir);
     shrink(&mut cfg);
     s.boot(cfg).await;
-    s.wait_delivered(2 * total as u64, Duration::from_secs(60)).await;
+    s.wait_delivered(2 * total as u64, Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let stats = s.sim.stats();

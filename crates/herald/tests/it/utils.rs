@@ -22,7 +22,9 @@ pub struct TestServer {
 /// The sandbox config pointed at `sim_url`, storing under `data_dir`, with
 /// short retries so tests do not wait on back-off.
 pub fn config(sim_url: &str, data_dir: &Path) -> Config {
-    let mut cfg = Config::load(None).expect("defaults load").into_sandbox(sim_url);
+    let mut cfg = Config::load(None)
+        .expect("defaults load")
+        .into_sandbox(sim_url);
     cfg.store.data_dir = data_dir.to_path_buf();
     cfg.engine.retry_base_ms = 50;
     cfg.engine.retry_cap_ms = 200;
@@ -39,7 +41,10 @@ impl TestServer {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let sim = Sim::new(Some(42));
-        let (sim_addr, _) = sim.start("127.0.0.1:0".parse().expect("addr")).await.expect("sim binds");
+        let (sim_addr, _) = sim
+            .start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("sim binds");
         let sim_url = format!("http://{sim_addr}");
         let mut cfg = config(&sim_url, tmp.path());
         tweak(&mut cfg);
@@ -60,8 +65,12 @@ impl TestServer {
 
     /// Starts Herald (again) with `cfg`, on a new port, same data directory.
     pub async fn boot(&mut self, cfg: Config) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let running = Running::start(cfg, listener, Some(&self.key)).await.expect("herald starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let running = Running::start(cfg, listener, Some(&self.key))
+            .await
+            .expect("herald starts");
         self.base = format!("http://{}", running.addr);
         self.running = Some(running);
     }
@@ -76,7 +85,9 @@ impl TestServer {
     pub async fn key_for(&self, tenant: &str) -> String {
         let key = herald::api::generate_key();
         let store = &self.running.as_ref().expect("running").store;
-        herald::app::add_key(store, tenant, &key, "test").await.expect("key added");
+        herald::app::add_key(store, tenant, &key, "test")
+            .await
+            .expect("key added");
         key
     }
 
@@ -95,7 +106,11 @@ impl TestServer {
         body: &Value,
         idempotency_key: Option<&str>,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.base)).bearer_auth(key).json(body);
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .json(body);
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
@@ -127,7 +142,12 @@ impl TestServer {
     /// Waits until the simulator has accepted `n` unique deliveries.
     pub async fn wait_delivered(&self, n: u64, within: Duration) {
         let ok = wait_until(within, || self.delivered() >= n).await;
-        assert!(ok, "expected {n} deliveries at the simulator, saw {} ({:?})", self.delivered(), self.sim.stats());
+        assert!(
+            ok,
+            "expected {n} deliveries at the simulator, saw {} ({:?})",
+            self.delivered(),
+            self.sim.stats()
+        );
     }
 
     /// Waits until every channel of a notification is in a terminal state.
@@ -148,7 +168,8 @@ pub async fn decode(resp: reqwest::Response) -> (u16, reqwest::header::HeaderMap
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let bytes = resp.bytes().await.expect("body");
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
     (status, headers, v)
 }
 
