@@ -31,6 +31,19 @@ pub enum ProviderConfig {
     Webhook(WebhookConfig),
 }
 
+impl ProviderConfig {
+    /// The channel this kind of provider serves.
+    pub fn channel(&self) -> herald_core::model::Channel {
+        use herald_core::model::Channel;
+        match self {
+            ProviderConfig::Sendgrid(_) => Channel::Email,
+            ProviderConfig::Twilio(_) => Channel::Sms,
+            ProviderConfig::Fcm(_) => Channel::Push,
+            ProviderConfig::Webhook(_) => Channel::Webhook,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("providers.{name}: {reason}")]
 pub struct ConfigError {

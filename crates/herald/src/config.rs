@@ -205,9 +205,7 @@ impl Config {
                 let Some(p) = self.providers.get(name) else {
                     bail!("channels.{ch}.providers: no [providers.{name}] is configured");
                 };
-                let pc = herald_providers::from_config(name, p)
-                    .map(|p| p.channel())
-                    .unwrap_or(*ch);
+                let pc = p.channel();
                 if pc != *ch {
                     bail!("channels.{ch}.providers: {name} is a {pc} provider");
                 }
