@@ -348,3 +348,69 @@ async fn ops_endpoints() {
     assert_eq!(st, 404);
     assert_eq!(v["type"], "urn:herald:problem:not-found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_bodies_never_cause_a_server_error() {
+    use rand::{Rng, SeedableRng};
+    let s = TestServer::start().await;
+    let valid = serde_json::to_vec(&json!({"priority": "critical", "category": "2fa",
+        "channels": ["sms", "email", "push", "webhook"],
+        "recipient": {"id": "u1", "email": "a@example.com", "phone": "+14155550100",
+            "push_tokens": [{"platform": "ios", "token": "t1"}], "webhook_url": format!("{}/hooks/x", s.sim_url)},
+        "content": {"subject": "Код", "text": "🔐 123456"}, "ttl_seconds": 60, "metadata": {"k": [1, {"n": null}]}}))
+    .expect("json");
+    let nasty: [&[u8]; 8] = [
+        b"\"",
+        b"{",
+        b"}",
+        b"\\u0000",
+        "\u{202e}".as_bytes(),
+        "🔥".as_bytes(),
+        b"\xff",
+        b"1e999999",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..400 {
+        let mut body = valid.clone();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(0..body.len());
+            match rng.gen_range(0..4) {
+                0 => body.truncate(at),
+                1 => body[at] = rng.gen(),
+                2 => {
+                    let n = nasty[rng.gen_range(0..nasty.len())];
+                    body.splice(at..at, n.iter().copied());
+                }
+                _ => {
+                    body.remove(at);
+                }
+            }
+            if body.is_empty() {
+                break;
+            }
+        }
+        let (st, _, v) = post_raw(&s, body, "application/json").await;
+        assert!(st < 500, "a mutated body got {st}: {v}");
+        if st != 202 {
+            assert!(
+                v["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("urn:herald:problem:")),
+                "{v}"
+            );
+        }
+        *statuses.entry(st).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.len() >= 2,
+        "mutations hit more than one path: {statuses:?}"
+    );
+    let ready = s
+        .http
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200);
+}

@@ -1,0 +1,179 @@
+//! The real binary, as a user runs it: `herald serve` (the sandbox, configured
+//! by an environment override), SIGTERM, `herald keys create`, and a restart
+//! on the same data directory.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::utils::{decode, email};
+
+const DEV_KEY: &str = "hrld_cli-test-dev-key";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn serve(data_dir: &std::path::Path, port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .env("HERALD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_DEV_API_KEY", DEV_KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald starts");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    for _ in 0..200 {
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("herald serve did not become ready on port {port}");
+}
+
+async fn sigterm(mut child: Child) {
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within the grace period")
+        .expect("wait");
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+}
+
+#[tokio::test]
+async fn the_binary_serves_stops_cleanly_and_keeps_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+
+    let child = serve(dir.path(), port).await;
+    let resp = http
+        .post(format!("{base}/v1/notifications"))
+        .bearer_auth(DEV_KEY)
+        .json(&email("from the binary"))
+        .send()
+        .await
+        .expect("sent");
+    let (status, _, v) = decode(resp).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let view_url = format!("{base}/v1/notifications/{id}");
+    let mut done = false;
+    for _ in 0..200 {
+        let v: serde_json::Value = http
+            .get(&view_url)
+            .bearer_auth(DEV_KEY)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if v["status"] == "completed" {
+            assert_eq!(v["channels"][0]["state"], "sent", "{v}");
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done, "delivered through the sandbox's simulator");
+    sigterm(child).await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["keys", "create", "--tenant", "acme", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("keys create runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acme = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert!(acme.starts_with("hrld_") && acme.len() > 40, "{acme}");
+
+    let child = serve(dir.path(), port).await;
+    let (st, _, _) = decode(
+        http.get(&view_url)
+            .bearer_auth(DEV_KEY)
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(st, 200, "the notification survived the restart");
+    let (st, _, _) = decode(
+        http.get(&view_url)
+            .bearer_auth(&acme)
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(st, 404, "another tenant cannot see it");
+    let resp = http
+        .post(format!("{base}/v1/notifications"))
+        .bearer_auth(&acme)
+        .json(&json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"}, "content": {"text": "hi"}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 202, "the new key works");
+    sigterm(child).await;
+}
+
+#[tokio::test]
+async fn a_bad_config_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("herald.toml");
+    std::fs::write(&cfg, "[engine]\nlease_seconds = 1\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("engine.lease_seconds"), "{err}");
+
+    // Production config without vendor credentials: refused, naming them.
+    std::fs::write(&cfg, "[store]\ndata_dir = \"data\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("providers."), "{err}");
+}
