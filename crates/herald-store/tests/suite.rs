@@ -330,3 +330,28 @@ async fn sqlite_concurrent_writers_share_commits_and_lose_nothing() {
         .expect("claim");
     assert_eq!(all.len(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_write_fails_alone_in_its_group_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(sqlite(&dir).await);
+    let first = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
+    store.create(vec![first.clone()]).await.expect("create");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let s = store.clone();
+        let mut n = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
+        if i == 25 {
+            n.id = first.id; // primary key taken: this one must fail
+        }
+        tasks.spawn(async move { s.create(vec![n]).await.is_ok() });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        ok += usize::from(r.expect("task"));
+    }
+    assert_eq!(ok, 49, "only the conflicting create failed");
+    let pending: u64 = store.queue_depths().await.expect("depths").iter().map(|d| d.pending).sum();
+    assert_eq!(pending, 50, "the first and the 49 good ones, nothing of the failed one");
+}

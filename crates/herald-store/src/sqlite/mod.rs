@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use writer::{AddKeyArgs, ClaimArgs, WriteOp};
+use writer::{AddKeyArgs, ClaimArgs, Request, Response};
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -32,7 +32,7 @@ pub struct SqliteOptions {
 #[derive(Clone)]
 pub struct SqliteStore {
     reads: SqlitePool,
-    writer: mpsc::Sender<WriteOp>,
+    writer: mpsc::Sender<(Request, writer::Reply)>,
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
@@ -75,13 +75,10 @@ impl SqliteStore {
         Ok(Self { reads, writer: tx })
     }
 
-    async fn write<T>(
-        &self,
-        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
-    ) -> Result<T, StoreError> {
+    async fn write(&self, request: Request) -> Result<Response, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(op(tx))
+            .send((request, tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -152,6 +149,12 @@ fn parse<T: FromStr>(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<T, Stor
         .map_err(|_| StoreError::Corrupt(format!("column {col} holds {s:?}")))
 }
 
+/// The writer answers each request with its own kind of response; anything
+/// else is a bug in the writer, reported rather than panicking.
+fn mismatch() -> StoreError {
+    StoreError::Corrupt("the store writer answered with the wrong kind of response".into())
+}
+
 fn priority(row: &sqlx::sqlite::SqliteRow) -> Result<Priority, StoreError> {
     let p: i64 = row.try_get("priority").map_err(db_err)?;
     Priority::from_index(p).ok_or_else(|| StoreError::Corrupt(format!("priority {p}")))
@@ -160,7 +163,10 @@ fn priority(row: &sqlx::sqlite::SqliteRow) -> Result<Priority, StoreError> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError> {
-        self.write(|tx| WriteOp::Create(batch, tx)).await
+        match self.write(Request::Create(batch)).await? {
+            Response::Created(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn idempotency(
@@ -223,15 +229,18 @@ impl Store for SqliteStore {
             now_ms,
             lease_ms,
         };
-        self.write(|tx| WriteOp::Claim(args, tx)).await
+        match self.write(Request::Claim(args)).await? {
+            Response::Claimed(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError> {
-        self.write(|tx| WriteOp::Record(attempts, tx)).await
+        self.write(Request::Record(attempts)).await.map(drop)
     }
 
     async fn release(&self, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError> {
-        self.write(|tx| WriteOp::Release(leases, tx)).await
+        self.write(Request::Release(leases)).await.map(drop)
     }
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
@@ -295,7 +304,10 @@ impl Store for SqliteStore {
             key_hash: key_hash.to_vec(),
             label: label.to_owned(),
         };
-        self.write(|tx| WriteOp::AddKey(args, tx)).await
+        match self.write(Request::AddKey(args)).await? {
+            Response::Tenant(t) => Ok(t),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

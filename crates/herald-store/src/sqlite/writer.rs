@@ -6,6 +6,12 @@
 //! applies it in ONE transaction: one fsync serves every request in the batch,
 //! and no caller hears "done" before that fsync. No timer: under light load a
 //! lone request commits at once; under heavy load batches grow by themselves.
+//!
+//! Statements, not fsyncs, are what cost here (sqlx runs each on a worker
+//! thread), so a batch's attempt records become one multi-row INSERT and one
+//! UPDATE, and a create writes all its rows with multi-row INSERTs. If any
+//! operation fails, the batch is rolled back and each operation is replayed
+//! in its own transaction, so only the failing one fails.
 
 use herald_core::model::{Channel, Priority};
 use herald_core::store::{
@@ -17,15 +23,25 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::db_err;
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+/// SQLite's limit on bound parameters per statement is 32,766; stay well below.
+const MAX_ROWS_PER_INSERT: usize = 500;
 
-pub(super) enum WriteOp {
-    Create(Vec<NewNotification>, Reply<Vec<CreateResult>>),
-    Claim(ClaimArgs, Reply<Vec<ClaimedDelivery>>),
-    Record(Vec<AttemptRecord>, Reply<()>),
-    Release(Vec<(uuid::Uuid, i64)>, Reply<()>),
-    AddKey(AddKeyArgs, Reply<String>),
+pub(super) enum Request {
+    Create(Vec<NewNotification>),
+    Claim(ClaimArgs),
+    Record(Vec<AttemptRecord>),
+    Release(Vec<(uuid::Uuid, i64)>),
+    AddKey(AddKeyArgs),
 }
+
+pub(super) enum Response {
+    Created(Vec<CreateResult>),
+    Claimed(Vec<ClaimedDelivery>),
+    Done,
+    Tenant(String),
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Response, StoreError>>;
 
 pub(super) struct ClaimArgs {
     pub channel: Channel,
@@ -41,183 +57,178 @@ pub(super) struct AddKeyArgs {
     pub label: String,
 }
 
-/// A finished operation, waiting for the commit before its caller hears of it.
-enum Done {
-    Create(
-        Reply<Vec<CreateResult>>,
-        Result<Vec<CreateResult>, StoreError>,
-    ),
-    Claim(
-        Reply<Vec<ClaimedDelivery>>,
-        Result<Vec<ClaimedDelivery>, StoreError>,
-    ),
-    Unit(Reply<()>, Result<(), StoreError>),
-    Key(Reply<String>, Result<String, StoreError>),
-}
-
-impl Done {
-    /// Answers the caller: its own result if the batch committed, else the
-    /// commit's error (nothing of the batch was written).
-    fn answer(self, commit: &Result<(), String>) {
-        fn pick<T>(r: Result<T, StoreError>, commit: &Result<(), String>) -> Result<T, StoreError> {
-            match commit {
-                Ok(()) => r,
-                Err(e) => Err(StoreError::Unavailable(e.clone())),
-            }
-        }
-        // A caller that went away (request cancelled) no longer needs the answer.
-        let _ = match self {
-            Done::Create(tx, r) => tx.send(pick(r, commit)).is_ok(),
-            Done::Claim(tx, r) => tx.send(pick(r, commit)).is_ok(),
-            Done::Unit(tx, r) => tx.send(pick(r, commit)).is_ok(),
-            Done::Key(tx, r) => tx.send(pick(r, commit)).is_ok(),
-        };
-    }
-}
-
 pub(super) async fn run(
     mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<WriteOp>,
+    mut rx: mpsc::Receiver<(Request, Reply)>,
     max_batch: usize,
 ) {
-    let mut ops = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut ops, max_batch).await > 0 {
-        let mut done = Vec::with_capacity(ops.len());
-        let commit = apply_batch(&mut conn, std::mem::take(&mut ops), &mut done).await;
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, ops = done.len(), "group commit failed");
-        }
-        for d in done {
-            d.answer(&commit);
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let started = std::time::Instant::now();
+        let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
+        let results = match apply(&mut conn, &requests).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(e) if requests.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
+                let mut results = Vec::with_capacity(requests.len());
+                for r in &requests {
+                    let one = apply(&mut conn, std::slice::from_ref(r)).await;
+                    results.push(one.and_then(|mut v| v.pop().ok_or(StoreError::Closed)));
+                }
+                results
+            }
+        };
+        tracing::trace!(
+            ops = requests.len(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "group commit"
+        );
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller that went away (request cancelled) no longer needs it.
+            let _ = reply.send(result);
         }
     }
     tracing::debug!("store writer stopped");
 }
 
-async fn apply_batch(
+/// Applies every request in one transaction; all or nothing.
+async fn apply(
     conn: &mut SqliteConnection,
-    ops: Vec<WriteOp>,
-    done: &mut Vec<Done>,
-) -> Result<(), String> {
-    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
-    for op in ops {
-        // Each operation in its own savepoint: one failing does not undo the
-        // others that share the commit.
-        sqlx::query("SAVEPOINT op")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (d, ok) = match op {
-            WriteOp::Create(batch, reply) => {
-                let r = create(&mut tx, batch).await;
-                let ok = r.is_ok();
-                (Done::Create(reply, r), ok)
+    requests: &[Request],
+) -> Result<Vec<Response>, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    // Attempt records first, all together: a delivery finishing and being
+    // re-claimed in one batch then ends up re-claimed only if it did not finish.
+    let records: Vec<&AttemptRecord> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Record(v) => Some(v.iter()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    record(&mut tx, &records).await?;
+    let mut out = Vec::with_capacity(requests.len());
+    for r in requests {
+        out.push(match r {
+            Request::Create(batch) => Response::Created(create(&mut tx, batch).await?),
+            Request::Claim(args) => Response::Claimed(claim(&mut tx, args).await?),
+            Request::Record(_) => Response::Done,
+            Request::Release(leases) => {
+                release(&mut tx, leases).await?;
+                Response::Done
             }
-            WriteOp::Claim(args, reply) => {
-                let r = claim(&mut tx, args).await;
-                let ok = r.is_ok();
-                (Done::Claim(reply, r), ok)
-            }
-            WriteOp::Record(records, reply) => {
-                let r = record(&mut tx, records).await;
-                let ok = r.is_ok();
-                (Done::Unit(reply, r), ok)
-            }
-            WriteOp::Release(leases, reply) => {
-                let r = release(&mut tx, leases).await;
-                let ok = r.is_ok();
-                (Done::Unit(reply, r), ok)
-            }
-            WriteOp::AddKey(args, reply) => {
-                let r = add_key(&mut tx, args).await;
-                let ok = r.is_ok();
-                (Done::Key(reply, r), ok)
-            }
-        };
-        if !ok {
-            sqlx::query("ROLLBACK TO op")
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        sqlx::query("RELEASE op")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| e.to_string())?;
-        done.push(d);
+            Request::AddKey(args) => Response::Tenant(add_key(&mut tx, args).await?),
+        });
     }
-    tx.commit().await.map_err(|e| e.to_string())
+    tx.commit().await.map_err(db_err)?;
+    Ok(out)
 }
 
 async fn create(
     tx: &mut SqliteConnection,
-    batch: Vec<NewNotification>,
+    batch: &[NewNotification],
 ) -> Result<Vec<CreateResult>, StoreError> {
     let mut results = Vec::with_capacity(batch.len());
+    let mut fresh: Vec<&NewNotification> = Vec::with_capacity(batch.len());
     for n in batch {
-        if let Some((key, rec)) = &n.idempotency {
-            let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys \
-                 (tenant_id, key, request_hash, response_status, response_body, created_at_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(&n.tenant_id)
-            .bind(key)
-            .bind(&rec.request_hash)
-            .bind(i64::from(rec.response.status))
-            .bind(&rec.response.body)
-            .bind(n.accepted_at_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-            if inserted == 0 {
-                let row = sqlx::query(
-                    "SELECT request_hash, response_status, response_body FROM idempotency_keys \
-                     WHERE tenant_id = ? AND key = ?",
-                )
-                .bind(&n.tenant_id)
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                results.push(CreateResult::KeyTaken(idempotency_from_row(&row)?));
-                continue;
+        match &n.idempotency {
+            Some((key, rec)) => match claim_key(tx, n, key, rec).await? {
+                None => {
+                    fresh.push(n);
+                    results.push(CreateResult::Created);
+                }
+                Some(existing) => results.push(CreateResult::KeyTaken(existing)),
+            },
+            None => {
+                fresh.push(n);
+                results.push(CreateResult::Created);
             }
         }
-        let payload = serde_json::to_string(&n.request)
-            .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?;
-        let priority = n.request.priority.index() as i64;
-        sqlx::query(
-            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(n.id)
-        .bind(&n.tenant_id)
-        .bind(priority)
-        .bind(payload)
-        .bind(n.accepted_at_ms)
-        .bind(n.expires_at_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    }
+    let mut payloads = Vec::with_capacity(fresh.len());
+    for n in &fresh {
+        payloads.push(
+            serde_json::to_string(&n.request)
+                .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?,
+        );
+    }
+    for (chunk, payloads) in fresh
+        .chunks(MAX_ROWS_PER_INSERT)
+        .zip(payloads.chunks(MAX_ROWS_PER_INSERT))
+    {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms) ",
+        );
+        q.push_values(chunk.iter().zip(payloads), |mut b, (n, payload)| {
+            b.push_bind(n.id)
+                .push_bind(&n.tenant_id)
+                .push_bind(n.request.priority.index() as i64)
+                .push_bind(payload)
+                .push_bind(n.accepted_at_ms)
+                .push_bind(n.expires_at_ms);
+        });
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
+    }
+    let deliveries: Vec<_> = fresh
+        .iter()
+        .flat_map(|n| n.deliveries.iter().map(move |d| (*n, d)))
+        .collect();
+    for chunk in deliveries.chunks(MAX_ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms) ",
         );
-        q.push_values(&n.deliveries, |mut b, d| {
+        q.push_values(chunk, |mut b, (n, d)| {
             b.push_bind(d.id)
                 .push_bind(n.id)
                 .push_bind(d.channel.as_str())
                 .push_bind(i64::from(d.target))
-                .push_bind(priority)
+                .push_bind(n.request.priority.index() as i64)
                 .push_bind("queued")
                 .push_bind(n.due_at_ms)
                 .push_bind(n.accepted_at_ms);
         });
         q.build().execute(&mut *tx).await.map_err(db_err)?;
-        results.push(CreateResult::Created);
     }
     Ok(results)
+}
+
+/// Takes the idempotency key for `n`, or returns the record that holds it.
+async fn claim_key(
+    tx: &mut SqliteConnection,
+    n: &NewNotification,
+    key: &str,
+    rec: &IdempotencyRecord,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys \
+         (tenant_id, key, request_hash, response_status, response_body, created_at_ms) \
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(&n.tenant_id)
+    .bind(key)
+    .bind(&rec.request_hash)
+    .bind(i64::from(rec.response.status))
+    .bind(&rec.response.body)
+    .bind(n.accepted_at_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+         WHERE tenant_id = ? AND key = ?",
+    )
+    .bind(&n.tenant_id)
+    .bind(key)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    idempotency_from_row(&row).map(Some)
 }
 
 pub(super) fn idempotency_from_row(
@@ -236,7 +247,7 @@ pub(super) fn idempotency_from_row(
 
 async fn claim(
     tx: &mut SqliteConnection,
-    a: ClaimArgs,
+    a: &ClaimArgs,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let token: i64 = rand::random();
     let rows = sqlx::query(
@@ -309,55 +320,61 @@ async fn claim(
     Ok(claimed)
 }
 
-async fn record(tx: &mut SqliteConnection, records: Vec<AttemptRecord>) -> Result<(), StoreError> {
-    for r in records {
-        sqlx::query(
-            "INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(r.delivery_id)
-        .bind(i64::from(r.attempt))
-        .bind(&r.provider)
-        .bind(r.started_at_ms)
-        .bind(r.latency_ms)
-        .bind(&r.outcome)
-        .bind(r.status_code.map(i64::from))
-        .bind(&r.error)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let ended_at = r.started_at_ms + r.latency_ms;
-        let (due, sent_at) = match &r.next {
-            Next::RetryAt(at) => (*at, None),
-            Next::Sent { .. } => (ended_at, Some(ended_at)),
-            _ => (ended_at, None),
-        };
+/// Records attempts and moves their deliveries on: one INSERT and one UPDATE
+/// per chunk, however many workers reported.
+async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result<(), StoreError> {
+    for chunk in records.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.delivery_id)
+                .push_bind(i64::from(r.attempt))
+                .push_bind(&r.provider)
+                .push_bind(r.started_at_ms)
+                .push_bind(r.latency_ms)
+                .push_bind(&r.outcome)
+                .push_bind(r.status_code.map(i64::from))
+                .push_bind(&r.error);
+        });
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
+
         // Compare-and-set on the lease: a worker whose lease expired and was
         // taken over does not overwrite the newer holder's state.
-        sqlx::query(
-            "UPDATE deliveries SET state = ?, due_at_ms = ?, lease_token = NULL, \
-                 provider = COALESCE(?, provider), last_error = ?, sent_at_ms = COALESCE(?, sent_at_ms), \
-                 updated_at_ms = ? \
-             WHERE id = ? AND lease_token = ? AND state = 'sending'",
-        )
-        .bind(r.next.state().as_str())
-        .bind(due)
-        .bind(&r.provider)
-        .bind(&r.error)
-        .bind(sent_at)
-        .bind(ended_at)
-        .bind(r.delivery_id)
-        .bind(r.lease_token)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "WITH v(id, token, state, due, provider, error, sent_at, updated) AS (",
+        );
+        q.push_values(chunk, |mut b, r| {
+            let ended_at = r.started_at_ms + r.latency_ms;
+            let (due, sent_at) = match &r.next {
+                Next::RetryAt(at) => (*at, None),
+                Next::Sent { .. } => (ended_at, Some(ended_at)),
+                _ => (ended_at, None),
+            };
+            b.push_bind(r.delivery_id)
+                .push_bind(r.lease_token)
+                .push_bind(r.next.state().as_str())
+                .push_bind(due)
+                .push_bind(&r.provider)
+                .push_bind(&r.error)
+                .push_bind(sent_at)
+                .push_bind(ended_at);
+        });
+        q.push(
+            ") UPDATE deliveries SET state = v.state, due_at_ms = v.due, lease_token = NULL, \
+                 provider = COALESCE(v.provider, deliveries.provider), last_error = v.error, \
+                 sent_at_ms = COALESCE(v.sent_at, deliveries.sent_at_ms), updated_at_ms = v.updated \
+             FROM v WHERE deliveries.id = v.id AND deliveries.lease_token = v.token \
+                 AND deliveries.state = 'sending'",
+        );
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
 }
 
 async fn release(
     tx: &mut SqliteConnection,
-    leases: Vec<(uuid::Uuid, i64)>,
+    leases: &[(uuid::Uuid, i64)],
 ) -> Result<(), StoreError> {
     let now = herald_core::now_ms();
     for (id, token) in leases {
@@ -377,7 +394,7 @@ async fn release(
     Ok(())
 }
 
-async fn add_key(tx: &mut SqliteConnection, a: AddKeyArgs) -> Result<String, StoreError> {
+async fn add_key(tx: &mut SqliteConnection, a: &AddKeyArgs) -> Result<String, StoreError> {
     let now = herald_core::now_ms();
     sqlx::query("INSERT INTO tenants (id, name, created_at_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
         .bind(uuid::Uuid::now_v7().to_string())
