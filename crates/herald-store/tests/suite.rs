@@ -352,6 +352,15 @@ async fn sqlite_a_failing_write_fails_alone_in_its_group_commit() {
         ok += usize::from(r.expect("task"));
     }
     assert_eq!(ok, 49, "only the conflicting create failed");
-    let pending: u64 = store.queue_depths().await.expect("depths").iter().map(|d| d.pending).sum();
-    assert_eq!(pending, 50, "the first and the 49 good ones, nothing of the failed one");
+    let pending: u64 = store
+        .queue_depths()
+        .await
+        .expect("depths")
+        .iter()
+        .map(|d| d.pending)
+        .sum();
+    assert_eq!(
+        pending, 50,
+        "the first and the 49 good ones, nothing of the failed one"
+    );
 }

@@ -113,6 +113,14 @@ async fn the_status_api_shows_states_and_attempts() {
     assert_eq!(email["attempts"][0]["status_code"], 202);
     assert!(email["attempts"][0]["latency_ms"].is_i64());
     assert!(email["sent_at"].is_string());
+    let key = email["delivery_id"].as_str().expect("delivery id");
+    assert!(
+        s.sim
+            .entries()
+            .iter()
+            .any(|e| e.vendor == "sendgrid" && e.key == key),
+        "the vendor got the delivery id as its key"
+    );
 
     // Twilio's invalid-number test recipient: permanent, tried once.
     let sms = find("sms", None);
@@ -137,8 +145,8 @@ async fn the_status_api_shows_states_and_attempts() {
 }
 
 #[tokio::test]
-async fn transient_failures_are_retried_with_the_same_key_then_dead() {
-    let s = TestServer::start_with(|c| c.engine.max_attempts = 3).await;
+async fn a_transient_failure_is_retried_with_the_same_vendor_key() {
+    let s = TestServer::start_with(|c| c.engine.max_attempts = 20).await;
     s.fault(
         "sendgrid",
         Fault {
@@ -151,15 +159,96 @@ async fn transient_failures_are_retried_with_the_same_key_then_dead() {
         .await;
     assert_eq!(status, 202);
     let id = v["id"].as_str().expect("id").to_owned();
+    let failed_twice = || {
+        s.sim
+            .stats()
+            .get("sendgrid")
+            .is_some_and(|st| st.faulted >= 2)
+    };
+    assert!(crate::utils::wait_until(Duration::from_secs(10), failed_twice).await);
+    s.sim.clear_faults();
     let view = s.wait_finished(&id).await;
     let email = &view["channels"][0];
-    assert_eq!(email["state"], "dead", "{view}");
+    assert_eq!(email["state"], "sent", "{view}");
     let attempts = email["attempts"].as_array().expect("attempts");
-    assert_eq!(attempts.len(), 3);
-    assert!(attempts
+    assert!(attempts.len() >= 3, "{view}");
+    assert!(attempts[..attempts.len() - 1]
         .iter()
         .all(|a| a["outcome"] == "transient" && a["status_code"] == 503));
+    assert_eq!(attempts[attempts.len() - 1]["outcome"], "accepted");
+    let entries = s.sim.entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].key,
+        email["delivery_id"].as_str().expect("delivery id"),
+        "the delivery id is the vendor key"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_attempts_end_dead_with_the_last_error() {
+    let s = TestServer::start_with(|c| c.engine.max_attempts = 3).await;
+    s.fault(
+        "sendgrid",
+        Fault {
+            outage: true,
+            ..Fault::default()
+        },
+    );
+    let (status, _, v) = s
+        .post("/v1/notifications", &crate::utils::email("doomed"))
+        .await;
+    assert_eq!(status, 202);
+    let view = s.wait_finished(v["id"].as_str().expect("id")).await;
+    let email = &view["channels"][0];
+    assert_eq!(email["state"], "dead", "{view}");
+    assert_eq!(email["attempts"].as_array().map(Vec::len), Some(3));
+    assert!(
+        email["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503")),
+        "{view}"
+    );
     assert_eq!(s.sim.stats()["sendgrid"].faulted, 3);
+    assert_eq!(s.delivered(), 0);
+}
+
+#[tokio::test]
+async fn an_expired_notification_is_never_sent_late() {
+    let s = TestServer::start_with(|c| c.engine.max_attempts = 1000).await;
+    s.fault(
+        "twilio",
+        Fault {
+            outage: true,
+            ..Fault::default()
+        },
+    );
+    let mut body = crate::utils::sms("your code is 123456", "critical");
+    body["ttl_seconds"] = json!(1);
+    let (status, _, v) = s.post("/v1/notifications", &body).await;
+    assert_eq!(status, 202);
+    let view = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(view["channels"][0]["state"], "expired", "{view}");
+    s.sim.clear_faults();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.delivered(), 0, "a stale 2FA code is never sent");
+}
+
+#[tokio::test]
+async fn send_at_defers_the_first_attempt() {
+    let s = TestServer::start().await;
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let mut body = crate::utils::email("later");
+    body["send_at"] = json!(at.to_rfc3339());
+    let (status, _, v) = s.post("/v1/notifications", &body).await;
+    assert_eq!(status, 202, "{v}");
+    s.wait_delivered(1, Duration::from_secs(10)).await;
+    let received = s.sim.entries()[0].received_at_ms;
+    assert!(
+        received >= at.timestamp_millis(),
+        "sent {} ms before send_at",
+        at.timestamp_millis() - received
+    );
 }
 
 #[tokio::test]
