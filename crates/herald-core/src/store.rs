@@ -136,6 +136,7 @@ pub struct DeliveryView {
     pub target: u32,
     pub state: DeliveryState,
     pub provider: Option<String>,
+    pub vendor_message_id: Option<String>,
     pub last_error: Option<String>,
     pub sent_at_ms: Option<i64>,
     pub updated_at_ms: i64,

@@ -196,7 +196,7 @@ impl Sim {
                         }
                         let seq = ledger.next_seq();
                         let message_id = format!("sim{seq:012}");
-                        let (status, body, _) = vendor.accepted(&message_id);
+                        let (status, body) = vendor.accepted(&message_id);
                         let original = Original {
                             status: status.as_u16(),
                             body,
@@ -222,7 +222,6 @@ impl Sim {
         if let Some(h) = hang {
             tokio::time::sleep(Duration::from_millis(h)).await;
         }
-        let (_, _, id_header) = vendor.accepted(&original.message_id);
         let status = StatusCode::from_u16(original.status).unwrap_or(StatusCode::OK);
         let has_body = !original.body.is_empty();
         let mut resp = (status, original.body).into_response();
@@ -230,7 +229,7 @@ impl Sim {
             resp.headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/json"));
         }
-        if let Some(h) = id_header {
+        if let Some(h) = V::MESSAGE_ID_HEADER {
             if let Ok(v) = HeaderValue::from_str(&original.message_id) {
                 resp.headers_mut().insert(h, v);
             }

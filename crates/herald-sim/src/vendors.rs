@@ -24,9 +24,11 @@ pub type Rejection = Box<Response>;
 /// One emulated vendor: how it checks a request and how it answers.
 pub trait Emulated: Send + Sync {
     const NAME: &'static str;
+    /// The response header that carries the vendor's message id, if any.
+    const MESSAGE_ID_HEADER: Option<&'static str> = None;
     fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection>;
-    /// The vendor's answer for an accepted message: status, body, message id header.
-    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>);
+    /// The vendor's answer for an accepted message: status and body.
+    fn accepted(&self, message_id: &str) -> (StatusCode, String);
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response;
     /// The vendor's refusal of a recipient it knows to be bad.
     fn reject(&self, parsed: &Parsed) -> Option<Response>;
@@ -67,6 +69,7 @@ pub struct SendGrid;
 
 impl Emulated for SendGrid {
     const NAME: &'static str = "sendgrid";
+    const MESSAGE_ID_HEADER: Option<&'static str> = Some("x-message-id");
 
     fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         let err = |status: StatusCode, field: Option<&str>, msg: &str| {
@@ -121,9 +124,8 @@ impl Emulated for SendGrid {
         })
     }
 
-    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>) {
-        let _ = message_id;
-        (StatusCode::ACCEPTED, String::new(), Some("x-message-id"))
+    fn accepted(&self, _message_id: &str) -> (StatusCode, String) {
+        (StatusCode::ACCEPTED, String::new())
     }
 
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
@@ -214,9 +216,9 @@ impl Emulated for Twilio {
         })
     }
 
-    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>) {
+    fn accepted(&self, message_id: &str) -> (StatusCode, String) {
         let body = json!({"sid": message_id, "status": "queued", "api_version": "2010-04-01"});
-        (StatusCode::CREATED, body.to_string(), None)
+        (StatusCode::CREATED, body.to_string())
     }
 
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
@@ -291,9 +293,9 @@ impl Emulated for Fcm {
         })
     }
 
-    fn accepted(&self, message_id: &str) -> (StatusCode, String, Option<&'static str>) {
+    fn accepted(&self, message_id: &str) -> (StatusCode, String) {
         let body = json!({"name": format!("projects/herald-sim/messages/{message_id}")});
-        (StatusCode::OK, body.to_string(), None)
+        (StatusCode::OK, body.to_string())
     }
 
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
@@ -363,8 +365,8 @@ impl Emulated for Webhook {
         })
     }
 
-    fn accepted(&self, _message_id: &str) -> (StatusCode, String, Option<&'static str>) {
-        (StatusCode::NO_CONTENT, String::new(), None)
+    fn accepted(&self, _message_id: &str) -> (StatusCode, String) {
+        (StatusCode::NO_CONTENT, String::new())
     }
 
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {

@@ -63,7 +63,9 @@ fn sent(d: &herald_core::store::ClaimedDelivery, at: i64) -> AttemptRecord {
         outcome: "accepted".into(),
         status_code: Some(202),
         error: None,
-        next: Next::Sent { vendor_id: None },
+        next: Next::Sent {
+            vendor_id: Some("vendor-1".into()),
+        },
     }
 }
 
@@ -111,6 +113,10 @@ async fn claims_by_channel_and_lane(store: &dyn Store) {
     assert_eq!(view.deliveries[0].attempts.len(), 1);
     assert_eq!(view.deliveries[0].attempts[0].outcome, "accepted");
     assert_eq!(view.deliveries[0].provider.as_deref(), Some("sim"));
+    assert_eq!(
+        view.deliveries[0].vendor_message_id.as_deref(),
+        Some("vendor-1")
+    );
 
     // Another tenant cannot see it.
     assert!(store

@@ -39,6 +39,9 @@ CREATE TABLE deliveries (
     lease_token     INTEGER,
     attempts        INTEGER NOT NULL DEFAULT 0,
     provider        TEXT,
+    -- The vendor's id for the accepted message (SendGrid X-Message-Id,
+    -- Twilio sid, FCM name): how receipts find their delivery.
+    vendor_message_id TEXT,
     last_error      TEXT,
     sent_at_ms      INTEGER,
     updated_at_ms   INTEGER NOT NULL

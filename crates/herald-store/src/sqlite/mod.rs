@@ -89,7 +89,7 @@ impl SqliteStore {
         notification: uuid::Uuid,
     ) -> Result<Vec<DeliveryView>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, channel, target, state, provider, last_error, sent_at_ms, updated_at_ms \
+            "SELECT id, channel, target, state, provider, vendor_message_id, last_error, sent_at_ms, updated_at_ms \
              FROM deliveries WHERE notification_id = ? ORDER BY channel, target",
         )
         .bind(notification)
@@ -106,6 +106,7 @@ impl SqliteStore {
                 target: u32::try_from(target).unwrap_or(0),
                 state: parse(&row, "state")?,
                 provider: row.try_get("provider").map_err(db_err)?,
+                vendor_message_id: row.try_get("vendor_message_id").map_err(db_err)?,
                 last_error: row.try_get("last_error").map_err(db_err)?,
                 sent_at_ms: row.try_get("sent_at_ms").map_err(db_err)?,
                 updated_at_ms: row.try_get("updated_at_ms").map_err(db_err)?,

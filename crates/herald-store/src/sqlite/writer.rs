@@ -342,27 +342,29 @@ async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result
         // Compare-and-set on the lease: a worker whose lease expired and was
         // taken over does not overwrite the newer holder's state.
         let mut q = QueryBuilder::<Sqlite>::new(
-            "WITH v(id, token, state, due, provider, error, sent_at, updated) AS (",
+            "WITH v(id, token, state, due, provider, vendor_id, error, sent_at, updated) AS (",
         );
         q.push_values(chunk, |mut b, r| {
             let ended_at = r.started_at_ms + r.latency_ms;
-            let (due, sent_at) = match &r.next {
-                Next::RetryAt(at) => (*at, None),
-                Next::Sent { .. } => (ended_at, Some(ended_at)),
-                _ => (ended_at, None),
+            let (due, sent_at, vendor_id) = match &r.next {
+                Next::RetryAt(at) => (*at, None, None),
+                Next::Sent { vendor_id } => (ended_at, Some(ended_at), vendor_id.as_deref()),
+                _ => (ended_at, None, None),
             };
             b.push_bind(r.delivery_id)
                 .push_bind(r.lease_token)
                 .push_bind(r.next.state().as_str())
                 .push_bind(due)
                 .push_bind(&r.provider)
+                .push_bind(vendor_id)
                 .push_bind(&r.error)
                 .push_bind(sent_at)
                 .push_bind(ended_at);
         });
         q.push(
             ") UPDATE deliveries SET state = v.state, due_at_ms = v.due, lease_token = NULL, \
-                 provider = COALESCE(v.provider, deliveries.provider), last_error = v.error, \
+                 provider = COALESCE(v.provider, deliveries.provider), \
+                 vendor_message_id = COALESCE(v.vendor_id, deliveries.vendor_message_id), last_error = v.error, \
                  sent_at_ms = COALESCE(v.sent_at, deliveries.sent_at_ms), updated_at_ms = v.updated \
              FROM v WHERE deliveries.id = v.id AND deliveries.lease_token = v.token \
                  AND deliveries.state = 'sending'",

@@ -450,6 +450,7 @@ fn view_json(v: &NotificationView) -> serde_json::Value {
                 "channel": d.channel,
                 "state": d.state,
                 "provider": d.provider,
+                "vendor_message_id": d.vendor_message_id,
                 "attempts": attempts,
                 "last_error": d.last_error,
                 "sent_at": d.sent_at_ms.map(rfc3339),

@@ -37,7 +37,7 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
     async move {
         let record = attempt(&shared, &d).await;
         let state = record.next.state();
-        if record.next.state().is_terminal() {
+        if state.is_terminal() {
             let provider = record.provider.clone().unwrap_or_else(|| "none".into());
             metrics::counter!(m::DELIVERIES, "channel" => d.channel.as_str(), "provider" => provider, "outcome" => state.as_str())
                 .increment(1);

@@ -101,8 +101,8 @@ impl Dispatcher {
                         self.reap(done, &mut held, &mut in_flight);
                     }
                 }
+                // When the pool is full only a finishing task makes room.
                 _ = self.bus.wait(self.channel, wait), if !full => {}
-                _ = tokio::time::sleep(wait), if full && tasks.is_empty() => {}
                 _ = shutdown.cancelled() => {}
             }
         }

@@ -109,6 +109,12 @@ async fn the_status_api_shows_states_and_attempts() {
     let email = find("email", None);
     assert_eq!(email["state"], "sent");
     assert_eq!(email["provider"], "sendgrid");
+    assert!(
+        email["vendor_message_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("sim")),
+        "X-Message-Id kept: {email}"
+    );
     assert_eq!(email["attempts"][0]["outcome"], "accepted");
     assert_eq!(email["attempts"][0]["status_code"], 202);
     assert!(email["attempts"][0]["latency_ms"].is_i64());
