@@ -397,7 +397,10 @@ pub async fn batch(
                 }
                 v
             }
-            Accepted::Refused(e) => json!({"error": e.problem()}),
+            Accepted::Refused(e) => {
+                e.count();
+                json!({"error": e.problem()})
+            }
         })
         .collect();
     Ok((StatusCode::OK, Json(json!({ "results": results }))).into_response())

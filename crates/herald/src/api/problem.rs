@@ -92,6 +92,12 @@ impl ApiError {
         }
     }
 
+    /// Counts the refusal by its problem type (`herald_requests_rejected_total`).
+    pub fn count(&self) {
+        let (_, slug, _) = self.parts();
+        metrics::counter!(crate::telemetry::REJECTED, "type" => slug).increment(1);
+    }
+
     pub fn problem(&self) -> Problem {
         let (status, slug, title) = self.parts();
         let (detail, errors) = match self {
@@ -125,6 +131,7 @@ impl IntoResponse for ApiError {
         if let ApiError::Store(e) = &self {
             tracing::error!(error = %e, "store error");
         }
+        self.count();
         let p = self.problem();
         let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         problem_response(status, &p)

@@ -325,6 +325,10 @@ async fn ops_endpoints() {
     assert_eq!(ready.status(), 200);
     s.post("/v1/notifications", &sms("count me", "critical"))
         .await;
+    let (st, _) = s
+        .get(&format!("/v1/notifications/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(st, 404);
     s.wait_delivered(1, std::time::Duration::from_secs(10))
         .await;
     let text = s
@@ -341,6 +345,7 @@ async fn ops_endpoints() {
         "herald_attempts_total",
         "herald_attempt_duration_seconds_bucket",
         "herald_queue_depth{channel=\"sms\",lane=\"critical\"}",
+        "herald_requests_rejected_total{type=\"not-found\"}",
     ] {
         assert!(text.contains(needle), "{needle} missing from /metrics");
     }

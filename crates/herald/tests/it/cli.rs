@@ -6,45 +6,41 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::utils::{decode, email};
 
 const DEV_KEY: &str = "hrld_cli-test-dev-key";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn serve(data_dir: &std::path::Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+/// Starts `herald serve` on a port the OS picks and returns it with its base URL.
+async fn serve(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--data-dir"])
         .arg(data_dir)
-        .env("HERALD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD__SERVER__LISTEN", "127.0.0.1:0")
         .env("HERALD_DEV_API_KEY", DEV_KEY)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("herald starts");
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    for _ in 0..200 {
-        if client
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return child;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("stderr reads") {
+            if let Some(url) = line.strip_prefix("herald listening on ") {
+                return url.trim().to_owned();
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("herald serve did not become ready on port {port}");
+        panic!("herald serve exited before listening");
+    })
+    .await
+    .expect("herald serve starts listening");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
 }
 
 async fn sigterm(mut child: Child) {
@@ -64,11 +60,9 @@ async fn sigterm(mut child: Child) {
 #[tokio::test]
 async fn the_binary_serves_stops_cleanly_and_keeps_its_data() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
-    let child = serve(dir.path(), port).await;
+    let (child, base) = serve(dir.path()).await;
     let resp = http
         .post(format!("{base}/v1/notifications"))
         .bearer_auth(DEV_KEY)
@@ -118,7 +112,8 @@ async fn the_binary_serves_stops_cleanly_and_keeps_its_data() {
         .to_owned();
     assert!(acme.starts_with("hrld_") && acme.len() > 40, "{acme}");
 
-    let child = serve(dir.path(), port).await;
+    let (child, base) = serve(dir.path()).await;
+    let view_url = format!("{base}/v1/notifications/{id}");
     let (st, _, _) = decode(
         http.get(&view_url)
             .bearer_auth(DEV_KEY)

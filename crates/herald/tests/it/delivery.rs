@@ -11,7 +11,8 @@ use crate::utils::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_receives_each_notification_exactly_once() {
-    let s = TestServer::start().await;
+    // 20% of Twilio calls fail: with 20 attempts, a delivery dying is 0.2^20.
+    let s = TestServer::start_with(|c| c.engine.max_attempts = 20).await;
     s.fault(
         "twilio",
         Fault {
