@@ -11,15 +11,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
 use axum::routing::{get, post};
 use axum::Router;
 use herald_core::bus::Bus;
 use herald_core::model::Channel;
 use herald_core::store::Store;
 use herald_core::validate::Limits;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 pub use auth::{generate_key, hash_key};
@@ -70,6 +73,7 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     let limit = state.max_body_bytes;
+    let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/v1/notifications", post(notifications::create))
         .route("/v1/notifications/batch", post(notifications::batch))
@@ -78,12 +82,26 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(notifications::fallback)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
-        .layer(CatchPanicLayer::custom(ops::panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            ServiceBuilder::new()
+                // Outermost first: a correlation id for every request (the
+                // client's `x-request-id` if it sent one), in the trace span
+                // and echoed on the response.
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(ops::panic_response))
+                .layer(HandleErrorLayer::new(ops::timed_out))
+                .timeout(request_timeout),
+        )
         .with_state(state)
 }

@@ -75,3 +75,31 @@ pub fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
         },
     )
 }
+
+/// A request that ran past `server.request_timeout_ms`: 503 as a problem.
+pub async fn timed_out(_: tower::BoxError) -> Response {
+    problem_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &Problem {
+            kind: "urn:herald:problem:timeout".into(),
+            title: "Service unavailable".into(),
+            status: 503,
+            detail: "the request took too long; retry it with the same Idempotency-Key".into(),
+            errors: vec![],
+        },
+    )
+}
+
+/// A known path with the wrong method: 405 as a problem.
+pub async fn method_not_allowed() -> Response {
+    problem_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &Problem {
+            kind: "urn:herald:problem:method-not-allowed".into(),
+            title: "Method not allowed".into(),
+            status: 405,
+            detail: "this path does not accept that method".into(),
+            errors: vec![],
+        },
+    )
+}

@@ -419,3 +419,56 @@ async fn mutated_bodies_never_cause_a_server_error() {
         .expect("sent");
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn every_response_carries_a_correlation_id_and_errors_stay_problems() {
+    let s = TestServer::start().await;
+    let resp = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        resp.headers()["x-request-id"],
+        "trace-me-123",
+        "the client's id is echoed"
+    );
+    let resp = s
+        .http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .expect("sent");
+    let generated = resp.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        uuid::Uuid::parse_str(&generated).is_ok(),
+        "one is made when absent: {generated}"
+    );
+
+    let resp = s
+        .http
+        .delete(format!("{}/v1/notifications", s.base))
+        .bearer_auth(&s.key)
+        .send()
+        .await
+        .expect("sent");
+    let (st, h, v) = decode(resp).await;
+    assert_eq!(st, 405);
+    assert_problem(&h, &v, 405, "method-not-allowed");
+}
+
+#[tokio::test]
+async fn a_request_past_the_timeout_gets_a_problem() {
+    let s = TestServer::start_with(|c| c.server.request_timeout_ms = 1).await;
+    let items: Vec<Value> = (0..1000).map(|i| sms(&format!("n{i}"), "low")).collect();
+    let (st, h, v) = s
+        .post("/v1/notifications/batch", &json!({"notifications": items}))
+        .await;
+    assert_eq!(st, 503, "{v}");
+    assert_problem(&h, &v, 503, "timeout");
+}
