@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_sim::{Fault, Sim};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -126,8 +127,11 @@ fn bar(mp: &MultiProgress, len: u64, label: &str, quiet: bool) -> ProgressBar {
     }
     let b = mp.add(ProgressBar::new(len));
     b.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {rate} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", s.per_sec());
+            })
             .progress_chars("=> "),
     );
     b.set_prefix(label.to_owned());
@@ -266,7 +270,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let total_secs = started.elapsed().as_secs_f64();
-    delivered_bar.finish_with_message(format!("in {total_secs:.1}s"));
+    // Not `finish`: that would fill the bar, and deliveries that failed for
+    // good (or were lost) must not look delivered.
+    delivered_bar.set_position(sim.stats().values().map(|s| s.unique).sum());
+    delivered_bar.abandon_with_message(format!("in {total_secs:.1}s"));
     let summaries = herald.store.delivery_summaries().await?;
     herald.shutdown().await;
 
