@@ -1,7 +1,9 @@
 //! The HTTP API (axum). Handlers are thin: they parse, call the store and
 //! the bus, and turn errors into problem documents in one place.
 
+mod accept;
 mod auth;
+mod json;
 mod notifications;
 mod ops;
 pub mod problem;
@@ -38,7 +40,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub max_batch_items: usize,
     pub keys: auth::KeyCache,
-    pub in_flight: notifications::InFlight,
+    pub in_flight: accept::InFlight,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set when shutdown begins: /readyz turns 503 so load balancers drain.
     pub draining: AtomicBool,
@@ -64,7 +66,7 @@ impl AppState {
             max_body_bytes,
             max_batch_items,
             keys: auth::KeyCache::default(),
-            in_flight: notifications::InFlight::default(),
+            in_flight: accept::InFlight::default(),
             metrics: crate::telemetry::metrics(),
             draining: AtomicBool::new(false),
         }

@@ -1,0 +1,235 @@
+//! Accepting notifications: validation beyond the request's own rules,
+//! idempotency (in flight here, or stored), and one durable store
+//! transaction for everything that passed. Both POST endpoints use it.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use herald_core::model::{Channel, NotificationRequest};
+use herald_core::store::{
+    CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoredResponse,
+};
+use herald_core::validate::{validate, FieldError};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::telemetry as m;
+
+/// Idempotency keys whose first request is still being processed here.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashSet<(String, String)>>);
+
+struct InFlightGuard<'a> {
+    set: &'a InFlight,
+    entry: (String, String),
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self, tenant: &str, key: &str) -> Option<InFlightGuard<'_>> {
+        let entry = (tenant.to_owned(), key.to_owned());
+        let inserted = self.lock().insert(entry.clone());
+        // Only the request that inserted the key may hold the guard: its drop
+        // removes the key.
+        if inserted {
+            Some(InFlightGuard { set: self, entry })
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.entry);
+    }
+}
+
+/// The outcome of one submitted notification.
+pub enum Accepted {
+    /// Newly stored (or replayed from an earlier identical request).
+    Stored {
+        response: StoredResponse,
+        replayed: bool,
+    },
+    Refused(ApiError),
+}
+
+fn check(
+    state: &AppState,
+    req: &NotificationRequest,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApiError> {
+    let mut errs = validate(req, &state.limits, now);
+    for (i, c) in req.channels.iter().enumerate() {
+        if !state.channels.contains(c) {
+            errs.push(FieldError::new(
+                format!("channels[{i}]"),
+                format!("channel {c} is not configured on this server"),
+            ));
+        }
+    }
+    if let Some(t) = &req.template {
+        if !state.templates.exists(&t.id) {
+            errs.push(FieldError::new(
+                "template.id",
+                format!("unknown template {:?}", t.id),
+            ));
+        } else if let Err(e) = state.templates.render(t) {
+            errs.push(FieldError::new("template.data", e.to_string()));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(errs))
+    }
+}
+
+fn request_hash(req: &NotificationRequest) -> Vec<u8> {
+    // The parsed request re-serialized: field order and whitespace in the
+    // client's JSON do not make an identical request look different.
+    Sha256::digest(serde_json::to_vec(req).unwrap_or_default()).to_vec()
+}
+
+fn replay_or_conflict(existing: IdempotencyRecord, hash: &[u8]) -> Accepted {
+    if existing.request_hash == hash {
+        Accepted::Stored {
+            response: existing.response,
+            replayed: true,
+        }
+    } else {
+        Accepted::Refused(ApiError::KeyReused)
+    }
+}
+
+/// Accepts a list of requests (each with its idempotency key, if any): the
+/// ones that pass are stored together in one durable transaction.
+pub async fn accept(
+    state: &AppState,
+    tenant: &str,
+    items: Vec<Result<(NotificationRequest, Option<String>), ApiError>>,
+) -> Vec<Accepted> {
+    let now = chrono::Utc::now();
+    let now_ms = now.timestamp_millis();
+    let mut out: Vec<Option<Accepted>> = Vec::with_capacity(items.len());
+    let mut guards = Vec::new();
+    // For each notification sent to the store: its index in `out`, request
+    // hash, response and lane.
+    let mut pending: Vec<(usize, Vec<u8>, StoredResponse, &'static str)> = Vec::new();
+    let mut batch = Vec::new();
+    let mut channels: HashSet<Channel> = HashSet::new();
+
+    for item in items {
+        let (req, key) = match item.and_then(|(r, k)| check(state, &r, now).map(|()| (r, k))) {
+            Ok(x) => x,
+            Err(e) => {
+                out.push(Some(Accepted::Refused(e)));
+                continue;
+            }
+        };
+        let hash = request_hash(&req);
+        if let Some(k) = &key {
+            let Some(g) = state.in_flight.enter(tenant, k) else {
+                out.push(Some(Accepted::Refused(ApiError::KeyInFlight)));
+                continue;
+            };
+            guards.push(g);
+            match state.store.idempotency(tenant, k).await {
+                Ok(Some(existing)) => {
+                    out.push(Some(replay_or_conflict(existing, &hash)));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    out.push(Some(Accepted::Refused(e.into())));
+                    continue;
+                }
+            }
+        }
+        let id = uuid::Uuid::now_v7();
+        let response = StoredResponse {
+            status: 202,
+            body: json!({"id": id, "status": "accepted"}).to_string(),
+        };
+        let starts = req
+            .send_at
+            .map_or(now_ms, |t| t.timestamp_millis().max(now_ms));
+        let expires_at_ms = req
+            .ttl_seconds
+            .map(|ttl| starts.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX / 2000) * 1000));
+        let deliveries = req
+            .destinations()
+            .into_iter()
+            .map(|d| {
+                channels.insert(d.channel);
+                NewDelivery {
+                    id: uuid::Uuid::now_v7(),
+                    channel: d.channel,
+                    target: d.target,
+                }
+            })
+            .collect();
+        batch.push(NewNotification {
+            id,
+            tenant_id: tenant.to_owned(),
+            accepted_at_ms: now_ms,
+            due_at_ms: starts,
+            expires_at_ms,
+            deliveries,
+            idempotency: key.map(|k| {
+                (
+                    k,
+                    IdempotencyRecord {
+                        request_hash: hash.clone(),
+                        response: response.clone(),
+                    },
+                )
+            }),
+            request: req,
+        });
+        pending.push((
+            out.len(),
+            hash,
+            response,
+            batch[batch.len() - 1].request.priority.as_str(),
+        ));
+        out.push(None);
+    }
+
+    if !batch.is_empty() {
+        match state.store.create(batch).await {
+            Ok(results) => {
+                for ((idx, hash, response, prio), result) in pending.into_iter().zip(results) {
+                    out[idx] = Some(match result {
+                        CreateResult::Created => {
+                            metrics::counter!(m::ACCEPTED, "priority" => prio).increment(1);
+                            Accepted::Stored {
+                                response,
+                                replayed: false,
+                            }
+                        }
+                        CreateResult::KeyTaken(existing) => replay_or_conflict(existing, &hash),
+                    });
+                }
+                let chans: Vec<Channel> = channels.into_iter().collect();
+                state.bus.announce(&chans);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store notifications");
+                for (idx, ..) in pending {
+                    out[idx] = Some(Accepted::Refused(ApiError::Store(e.clone())));
+                }
+            }
+        }
+    }
+    drop(guards);
+    out.into_iter()
+        .map(|a| a.unwrap_or(Accepted::Refused(ApiError::ShuttingDown)))
+        .collect()
+}
