@@ -10,6 +10,10 @@ pub struct Fault {
     /// Uniform extra latency per request, in milliseconds.
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
+    /// A long tail: this share of requests waits `latency_tail_ms` more
+    /// (e.g. 0.01 and 2000 for a vendor whose p99 is seconds).
+    pub latency_tail_rate: f64,
+    pub latency_tail_ms: u64,
     /// Share of requests answered with `error_status` (before accepting).
     pub error_rate: f64,
     pub error_status: Option<u16>,
@@ -30,6 +34,7 @@ impl Fault {
             ("error_rate", self.error_rate),
             ("rate_limit_rate", self.rate_limit_rate),
             ("timeout_after_accept_rate", self.timeout_after_accept_rate),
+            ("latency_tail_rate", self.latency_tail_rate),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("{name} must be between 0 and 1"));
@@ -62,6 +67,18 @@ pub enum Verdict {
 }
 
 impl Fault {
+    /// The latency for one request, from two uniform samples in [0, 1).
+    pub fn latency_ms(&self, spread: f64, tail: f64) -> u64 {
+        let span = self.latency_max_ms.saturating_sub(self.latency_min_ms);
+        // Float to whole milliseconds: the sample is in [0, 1).
+        let base = self.latency_min_ms + (span as f64 * spread).round() as u64;
+        if tail < self.latency_tail_rate {
+            base + self.latency_tail_ms
+        } else {
+            base
+        }
+    }
+
     /// Decides with three uniform samples in [0, 1).
     pub fn decide(&self, a: f64, b: f64, c: f64) -> Verdict {
         if self.outage {
@@ -115,5 +132,20 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn latency_has_a_range_and_a_tail() {
+        let f = Fault {
+            latency_min_ms: 20,
+            latency_max_ms: 80,
+            latency_tail_rate: 0.01,
+            latency_tail_ms: 2000,
+            ..Fault::default()
+        };
+        assert_eq!(f.latency_ms(0.0, 0.5), 20);
+        assert_eq!(f.latency_ms(0.5, 0.5), 50);
+        assert_eq!(f.latency_ms(0.5, 0.005), 2050, "in the tail");
+        assert_eq!(Fault::default().latency_ms(0.7, 0.0), 0);
     }
 }

@@ -146,11 +146,7 @@ impl Sim {
             .unwrap_or_default();
         let (latency, a, b, c) = {
             let mut rng = lock(&self.inner.rng);
-            let latency = if fault.latency_max_ms > 0 {
-                rng.gen_range(fault.latency_min_ms..=fault.latency_max_ms)
-            } else {
-                0
-            };
+            let latency = fault.latency_ms(rng.gen(), rng.gen());
             (
                 latency,
                 rng.gen::<f64>(),

@@ -13,7 +13,7 @@
 //! operation fails, the batch is rolled back and each operation is replayed
 //! in its own transaction, so only the failing one fails.
 
-use herald_core::model::{Channel, Priority};
+use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
     AttemptRecord, ClaimedDelivery, CreateResult, IdempotencyRecord, NewNotification, Next,
     StoreError, StoredResponse,
@@ -323,6 +323,17 @@ async fn claim(
 /// Records attempts and moves their deliveries on: one INSERT and one UPDATE
 /// per chunk, however many workers reported.
 async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result<(), StoreError> {
+    // Only the state machine's moves out of `sending` may be recorded.
+    if let Some(bad) = records
+        .iter()
+        .find(|r| !DeliveryState::Sending.can_move_to(r.next.state()))
+    {
+        return Err(StoreError::Corrupt(format!(
+            "delivery {}: sending → {} is not a transition of the state machine",
+            bad.delivery_id,
+            bad.next.state()
+        )));
+    }
     for chunk in records.chunks(MAX_ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) ",
