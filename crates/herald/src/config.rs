@@ -207,7 +207,7 @@ impl Config {
                 };
                 let pc = p.channel();
                 if pc != *ch {
-                    bail!("channels.{ch}.providers: {name} is a {pc} provider");
+                    bail!("channels.{ch}.providers: {name} serves {pc}, not {ch}");
                 }
             }
         }

@@ -85,19 +85,34 @@ enum KeysCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     herald::telemetry::init_logging();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { store, listen } => serve(store, listen).await,
-        Command::Demo(args) => {
-            let ok = herald::demo::run(args).await?;
-            if !ok {
-                std::process::exit(1);
-            }
-            Ok(())
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
         }
+    };
+    // Errors end the process with their chain on one line, not a backtrace:
+    // "invalid configuration: ...", "binding 127.0.0.1:8080: Address in use".
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Demo(args) => Ok(if herald::demo::run(args).await? {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        }),
         Command::Sim { listen, seed } => {
             let sim = herald_sim::Sim::new(seed);
             let (addr, task) = sim
@@ -109,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
                 _ = task => {},
                 _ = app::shutdown_signal() => {},
             }
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Keys {
             command: KeysCommand::Create { tenant, store },
@@ -124,7 +139,11 @@ async fn main() -> anyhow::Result<()> {
             let id = app::add_key(&s, name, &key, "cli").await?;
             eprintln!("created a key for tenant {name} ({id}); it is shown once:");
             println!("{key}");
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Serve { store, listen } => {
+            serve(store, listen).await?;
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }
