@@ -86,6 +86,10 @@ impl Running {
             channels,
             cfg.server.max_body_bytes,
             cfg.server.max_batch_items,
+            (
+                cfg.server.rate_limit_per_second,
+                cfg.server.rate_limit_burst,
+            ),
         ));
         let app = api::router(
             state.clone(),

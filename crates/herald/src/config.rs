@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_batch_items: usize,
     pub request_timeout_ms: u64,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +183,10 @@ impl Config {
             if v == 0 {
                 bail!("{key}: must be greater than 0");
             }
+        }
+        let s = &self.server;
+        if s.rate_limit_per_second > 0 && (s.rate_limit_burst as usize) < s.max_batch_items {
+            bail!("server.rate_limit_burst: must be at least server.max_batch_items, or a full batch could never be accepted");
         }
         if e.retry_cap_ms < e.retry_base_ms {
             bail!("engine.retry_cap_ms: must be at least engine.retry_base_ms");

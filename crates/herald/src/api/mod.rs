@@ -4,6 +4,7 @@
 mod accept;
 mod auth;
 mod json;
+mod limits;
 mod notifications;
 mod ops;
 pub mod problem;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub max_batch_items: usize,
     pub keys: auth::KeyCache,
     pub in_flight: accept::InFlight,
+    pub limiter: limits::TenantLimiter,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set when shutdown begins: /readyz turns 503 so load balancers drain.
     pub draining: AtomicBool,
@@ -56,6 +58,7 @@ impl AppState {
         channels: HashSet<Channel>,
         max_body_bytes: usize,
         max_batch_items: usize,
+        rate_limit: (u32, u32),
     ) -> Self {
         Self {
             store,
@@ -67,6 +70,7 @@ impl AppState {
             max_batch_items,
             keys: auth::KeyCache::default(),
             in_flight: accept::InFlight::default(),
+            limiter: limits::TenantLimiter::new(rate_limit.0, rate_limit.1),
             metrics: crate::telemetry::metrics(),
             draining: AtomicBool::new(false),
         }

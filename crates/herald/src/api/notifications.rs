@@ -40,6 +40,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let bytes = body(&headers, raw, state.max_body_bytes)?;
     let key = idempotency_header(&headers)?;
+    state.limiter.check(&tenant, 1)?;
     let req: NotificationRequest = parse(&bytes, "")?;
     if req.idempotency_key.is_some() {
         return Err(ApiError::field(
@@ -101,6 +102,7 @@ pub async fn batch(
             format!("must hold 1 to {} items", state.max_batch_items),
         ));
     }
+    state.limiter.check(&tenant, b.notifications.len())?;
     let items = b
         .notifications
         .iter()

@@ -25,6 +25,8 @@ pub enum ApiError {
     KeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]
     KeyInFlight,
+    #[error("too many notifications from this tenant; retry after {} s", retry_after_secs(.0))]
+    RateLimited(std::time::Duration),
     #[error("the store is unavailable")]
     Store(#[from] StoreError),
     #[error("the server is shutting down")]
@@ -73,6 +75,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "Idempotency key reused",
+            ),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
             ),
             KeyInFlight => (
                 StatusCode::CONFLICT,
@@ -134,8 +141,20 @@ impl IntoResponse for ApiError {
         self.count();
         let p = self.problem();
         let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        problem_response(status, &p)
+        let mut r = problem_response(status, &p);
+        if let ApiError::RateLimited(wait) = self {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(&wait)),
+            );
+        }
+        r
     }
+}
+
+/// Whole seconds to wait, rounded up (Retry-After has no fractions).
+fn retry_after_secs(wait: &std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 pub fn problem_response(status: StatusCode, p: &Problem) -> Response {

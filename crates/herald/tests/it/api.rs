@@ -472,3 +472,34 @@ async fn a_request_past_the_timeout_gets_a_problem() {
     assert_eq!(st, 503, "{v}");
     assert_problem(&h, &v, 503, "timeout");
 }
+
+#[tokio::test]
+async fn each_tenant_is_rate_limited_on_its_own() {
+    let s = TestServer::start_with(|c| {
+        c.server.rate_limit_per_second = 5;
+        c.server.rate_limit_burst = 10;
+        c.server.max_batch_items = 10;
+    })
+    .await;
+    let other = s.key_for("acme").await;
+    let batch: Vec<Value> = (0..10).map(|i| sms(&i.to_string(), "low")).collect();
+    let (st, _, _) = s
+        .post("/v1/notifications/batch", &json!({"notifications": batch}))
+        .await;
+    assert_eq!(st, 200, "a full burst is allowed");
+    let (st, h, v) = s
+        .post("/v1/notifications", &sms("one more", "critical"))
+        .await;
+    assert_eq!(st, 429, "{v}");
+    assert_problem(&h, &v, 429, "rate-limited");
+    let wait: u64 = h["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    let (st, _, _) = s
+        .post_as(&other, "/v1/notifications", &sms("mine", "critical"), None)
+        .await;
+    assert_eq!(st, 202, "another tenant has its own bucket");
+}
