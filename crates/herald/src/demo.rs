@@ -214,13 +214,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut expected_accepted = 0usize;
-    let mut chunks: Vec<(Vec<serde_json::Value>, usize)> = Vec::new();
-    for chunk in plan.chunks(BATCH) {
-        chunks.push((
-            chunk.iter().map(|p| p.body.clone()).collect(),
-            chunk.iter().map(|p| p.deliveries).sum(),
-        ));
-    }
+    // Each batch with the number of deliveries each of its items makes.
+    let chunks: Vec<(Vec<serde_json::Value>, Vec<usize>)> = plan
+        .chunks(BATCH)
+        .map(|c| {
+            (
+                c.iter().map(|p| p.body.clone()).collect(),
+                c.iter().map(|p| p.deliveries).collect(),
+            )
+        })
+        .collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS));
     let mut sends = tokio::task::JoinSet::new();
     for (items, deliveries) in chunks {
@@ -244,11 +247,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             let body: serde_json::Value = resp.json().await.context("batch response")?;
             anyhow::ensure!(status.is_success(), "batch refused: {status} {body}");
             let results = body["results"].as_array().cloned().unwrap_or_default();
-            let ok = results.iter().filter(|r| r["status"] == "accepted").count();
-            accepted.fetch_add(ok as u64, Ordering::Relaxed);
-            refused.fetch_add((results.len() - ok) as u64, Ordering::Relaxed);
+            anyhow::ensure!(
+                results.len() == deliveries.len(),
+                "one result per item: {body}"
+            );
+            let mut expected = 0;
+            for (r, d) in results.iter().zip(&deliveries) {
+                if r["status"] == "accepted" {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    expected += d;
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             bar.inc(results.len() as u64);
-            anyhow::Ok(if ok == results.len() { deliveries } else { 0 })
+            anyhow::Ok(expected)
         });
     }
     while let Some(r) = sends.join_next().await {
@@ -262,9 +275,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     loop {
         let unique: u64 = sim.stats().values().map(|s| s.unique).sum();
         delivered_bar.set_position(unique);
-        let summaries = herald.store.delivery_summaries().await?;
-        let open = summaries.iter().filter(|s| !s.state.is_terminal()).count();
-        if open == 0 || Instant::now() > deadline {
+        let pending: u64 = herald
+            .store
+            .queue_depths()
+            .await?
+            .iter()
+            .map(|d| d.pending)
+            .sum();
+        if pending == 0 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
