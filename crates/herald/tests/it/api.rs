@@ -309,19 +309,9 @@ async fn webhooks_to_loopback_are_refused_unless_allowed() {
 #[tokio::test]
 async fn ops_endpoints() {
     let s = TestServer::start().await;
-    let ok = s
-        .http
-        .get(format!("{}/healthz", s.base))
-        .send()
-        .await
-        .expect("sent");
+    let ok = s.get_raw("/healthz").await;
     assert_eq!(ok.status(), 200);
-    let ready = s
-        .http
-        .get(format!("{}/readyz", s.base))
-        .send()
-        .await
-        .expect("sent");
+    let ready = s.get_raw("/readyz").await;
     assert_eq!(ready.status(), 200);
     s.post("/v1/notifications", &sms("count me", "critical"))
         .await;
@@ -331,15 +321,7 @@ async fn ops_endpoints() {
     assert_eq!(st, 404);
     s.wait_delivered(1, std::time::Duration::from_secs(10))
         .await;
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let text = s.get_raw("/metrics").await.text().await.expect("text");
     for needle in [
         "herald_notifications_accepted_total",
         "herald_attempts_total",
@@ -411,12 +393,7 @@ async fn mutated_bodies_never_cause_a_server_error() {
         statuses.len() >= 2,
         "mutations hit more than one path: {statuses:?}"
     );
-    let ready = s
-        .http
-        .get(format!("{}/readyz", s.base))
-        .send()
-        .await
-        .expect("sent");
+    let ready = s.get_raw("/readyz").await;
     assert_eq!(ready.status(), 200);
 }
 
@@ -435,12 +412,7 @@ async fn every_response_carries_a_correlation_id_and_errors_stay_problems() {
         "trace-me-123",
         "the client's id is echoed"
     );
-    let resp = s
-        .http
-        .get(format!("{}/healthz", s.base))
-        .send()
-        .await
-        .expect("sent");
+    let resp = s.get_raw("/healthz").await;
     let generated = resp.headers()["x-request-id"]
         .to_str()
         .expect("ascii")

@@ -130,6 +130,15 @@ impl TestServer {
         (s, v)
     }
 
+    /// A GET with no API key, for the ops endpoints.
+    pub async fn get_raw(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.get_as(&self.key, path).await
     }
