@@ -109,7 +109,6 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
     /// The vendor's name (`sendgrid`, `twilio`, ...).
     fn vendor(&self) -> &'static str;
-    fn channel(&self) -> Channel;
     fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError>;
     fn classify(&self, resp: &VendorResponse) -> Outcome;
 }

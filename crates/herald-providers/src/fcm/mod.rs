@@ -8,7 +8,7 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 
-use herald_core::model::{Channel, Priority, PushPlatform};
+use herald_core::model::{Priority, PushPlatform};
 use herald_core::provider::{
     classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
     VendorResponse,
@@ -59,10 +59,6 @@ impl Provider for Fcm {
 
     fn vendor(&self) -> &'static str {
         "fcm"
-    }
-
-    fn channel(&self) -> Channel {
-        Channel::Push
     }
 
     fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
@@ -159,6 +155,8 @@ impl Provider for Fcm {
 
 #[cfg(test)]
 mod tests {
+    use herald_core::model::Channel;
+
     use super::*;
     use crate::testing::{message, response};
 

@@ -6,7 +6,6 @@
 
 pub mod wire;
 
-use herald_core::model::Channel;
 use herald_core::provider::{
     classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
     VendorResponse,
@@ -63,10 +62,6 @@ impl Provider for SendGrid {
 
     fn vendor(&self) -> &'static str {
         "sendgrid"
-    }
-
-    fn channel(&self) -> Channel {
-        Channel::Email
     }
 
     fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
@@ -157,6 +152,8 @@ impl Provider for SendGrid {
 
 #[cfg(test)]
 mod tests {
+    use herald_core::model::Channel;
+
     use super::*;
     use crate::testing::{message, response};
 

@@ -6,7 +6,6 @@
 pub mod wire;
 
 use base64::Engine as _;
-use herald_core::model::Channel;
 use herald_core::provider::{
     classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
     VendorResponse,
@@ -89,10 +88,6 @@ impl Provider for Twilio {
         "twilio"
     }
 
-    fn channel(&self) -> Channel {
-        Channel::Sms
-    }
-
     fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
         let Address::Phone(to) = &msg.address else {
             return Err(BuildError::WrongAddress("a non-phone address"));
@@ -152,6 +147,8 @@ impl Provider for Twilio {
 
 #[cfg(test)]
 mod tests {
+    use herald_core::model::Channel;
+
     use super::*;
     use crate::testing::{message, response};
 

@@ -8,7 +8,6 @@
 pub mod wire;
 
 use base64::Engine as _;
-use herald_core::model::Channel;
 use herald_core::provider::{
     classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
     VendorResponse,
@@ -78,10 +77,6 @@ impl Provider for Webhook {
         "webhook"
     }
 
-    fn channel(&self) -> Channel {
-        Channel::Webhook
-    }
-
     fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
         let Address::Webhook(url) = &msg.address else {
             return Err(BuildError::WrongAddress("a non-webhook address"));
@@ -134,6 +129,8 @@ impl Provider for Webhook {
 
 #[cfg(test)]
 mod tests {
+    use herald_core::model::Channel;
+
     use super::*;
     use crate::testing::{message, response};
 
