@@ -1,12 +1,14 @@
 //! Herald's domain: types, the delivery state machine, validation, policies
-//! (lanes, retries) and the `Store`, `Bus` and `Provider` extension points.
+//! (lanes, retries, circuit breaker, routing) and the `Store`, `Bus` and `Provider` extension points.
 //! No I/O lives here.
 
+pub mod breaker;
 pub mod bus;
 pub mod lanes;
 pub mod model;
 pub mod provider;
 pub mod retry;
+pub mod routing;
 pub mod secret;
 pub mod store;
 pub mod validate;

@@ -1,0 +1,121 @@
+//! Routing and failover per priority lane: when a delivery may leave its
+//! primary provider for the next one on the channel's route. A plain value
+//! with decision functions.
+
+use serde::{Deserialize, Serialize};
+
+use crate::provider::Outcome;
+use crate::retry::RetryPolicy;
+
+/// When a lane moves on to the next provider in the route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failover {
+    /// At once, when the circuit is open or an attempt fails (transient
+    /// error or throttling): a 2FA code must arrive.
+    OnFailure,
+    /// Only past a provider whose circuit is open.
+    WhenOpen,
+    /// Never: wait for the primary.
+    Never,
+}
+
+/// How one lane routes and retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneRules {
+    pub failover: Failover,
+    /// Whether an ambiguous outcome (the vendor may have accepted: a timeout
+    /// after sending) may fail over. Yes risks a second copy through another
+    /// vendor; no keeps the delivery on that provider, where the same key
+    /// lets a vendor that honours it drop the repeat.
+    pub failover_ambiguous: bool,
+    pub retry: RetryPolicy,
+}
+
+impl LaneRules {
+    /// May a delivery skip a provider whose circuit is open?
+    pub fn skips_open_circuits(&self) -> bool {
+        self.failover != Failover::Never
+    }
+
+    /// After `outcome` from one provider, should the same attempt go on to
+    /// the next provider?
+    pub fn fails_over_after(&self, outcome: &Outcome) -> bool {
+        if self.failover != Failover::OnFailure {
+            return false;
+        }
+        match outcome {
+            Outcome::Transient { ambiguous, .. } => !ambiguous || self.failover_ambiguous,
+            Outcome::RateLimited { .. } => true,
+            Outcome::Accepted { .. } | Outcome::Permanent { .. } => false,
+        }
+    }
+
+    /// Whether later attempts must stay with the provider that gave this
+    /// outcome (it may hold the message already; only the same provider can
+    /// drop a repeat of the key).
+    pub fn pins_after(&self, outcome: &Outcome) -> bool {
+        matches!(outcome, Outcome::Transient { ambiguous: true, .. }) && !self.failover_ambiguous
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn rules(failover: Failover, failover_ambiguous: bool) -> LaneRules {
+        LaneRules {
+            failover,
+            failover_ambiguous,
+            retry: RetryPolicy {
+                max_attempts: 5,
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(60),
+            },
+        }
+    }
+
+    fn transient(ambiguous: bool) -> Outcome {
+        Outcome::Transient {
+            reason: "x".into(),
+            ambiguous,
+        }
+    }
+
+    #[test]
+    fn on_failure_moves_on_after_transient_and_throttling() {
+        let critical = rules(Failover::OnFailure, true);
+        assert!(critical.skips_open_circuits());
+        assert!(critical.fails_over_after(&transient(false)));
+        assert!(critical.fails_over_after(&transient(true)));
+        assert!(critical.fails_over_after(&Outcome::RateLimited {
+            retry_after: None,
+            reason: "429".into()
+        }));
+        assert!(!critical.fails_over_after(&Outcome::Permanent {
+            reason: "bad number".into()
+        }));
+        assert!(!critical.pins_after(&transient(true)));
+    }
+
+    #[test]
+    fn ambiguous_outcomes_stay_put_unless_allowed() {
+        let high = rules(Failover::OnFailure, false);
+        assert!(high.fails_over_after(&transient(false)));
+        assert!(!high.fails_over_after(&transient(true)));
+        assert!(high.pins_after(&transient(true)));
+        assert!(!high.pins_after(&transient(false)));
+    }
+
+    #[test]
+    fn normal_skips_only_open_circuits_and_low_never_moves() {
+        let normal = rules(Failover::WhenOpen, false);
+        assert!(normal.skips_open_circuits());
+        assert!(!normal.fails_over_after(&transient(false)));
+        let low = rules(Failover::Never, false);
+        assert!(!low.skips_open_circuits());
+        assert!(!low.fails_over_after(&transient(false)));
+    }
+}
