@@ -208,7 +208,9 @@ impl Breaker {
                 (self.failures >= self.settings.failure_threshold)
                     .then(|| self.move_to(CircuitState::Open, now_ms))
             }
-            (CircuitState::HalfOpen, Health::Up) => Some(self.move_to(CircuitState::Closed, now_ms)),
+            (CircuitState::HalfOpen, Health::Up) => {
+                Some(self.move_to(CircuitState::Closed, now_ms))
+            }
             (CircuitState::HalfOpen, Health::Failing) => {
                 self.failures += 1;
                 Some(self.move_to(CircuitState::Open, now_ms))

@@ -166,6 +166,8 @@ impl DeliveryState {
             (Sending, Sent | RetryScheduled | Failed | Dead | Expired | Suppressed) => true,
             (Queued | RetryScheduled, Expired | Cancelled | Suppressed) => true,
             (Sent, Delivered | Failed) => true,
+            // Replayed from the dead letters.
+            (Dead, Queued) => true,
             _ => false,
         }
     }
@@ -317,7 +319,8 @@ mod tests {
         assert!(Sent.can_move_to(Delivered));
         assert!(!Sent.can_move_to(Sending));
         assert!(!Failed.can_move_to(Sending));
-        assert!(!Dead.can_move_to(Queued));
+        assert!(Dead.can_move_to(Queued), "a dead letter is replayed");
+        assert!(!Failed.can_move_to(Queued));
         assert!(!Queued.can_move_to(Sent), "must go through sending");
     }
 

@@ -55,7 +55,13 @@ impl LaneRules {
     /// outcome (it may hold the message already; only the same provider can
     /// drop a repeat of the key).
     pub fn pins_after(&self, outcome: &Outcome) -> bool {
-        matches!(outcome, Outcome::Transient { ambiguous: true, .. }) && !self.failover_ambiguous
+        matches!(
+            outcome,
+            Outcome::Transient {
+                ambiguous: true,
+                ..
+            }
+        ) && !self.failover_ambiguous
     }
 }
 

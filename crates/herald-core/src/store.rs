@@ -78,13 +78,21 @@ pub struct ClaimedDelivery {
     pub expires_at_ms: Option<i64>,
     /// The notification request as JSON.
     pub payload: String,
+    /// Set when an earlier attempt's outcome was ambiguous and the lane may
+    /// not fail over from it: every attempt goes to this provider.
+    pub pinned_provider: Option<String>,
 }
 
 /// Where a delivery goes after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    Sent { vendor_id: Option<String> },
+    Sent {
+        vendor_id: Option<String>,
+    },
     RetryAt(i64),
+    /// Not tried at all (every usable circuit open, or the vendor's send
+    /// rate used up): due again at this time, and the attempt does not count.
+    Deferred(i64),
     Failed,
     Dead,
     Expired,
@@ -94,7 +102,7 @@ impl Next {
     pub fn state(&self) -> DeliveryState {
         match self {
             Next::Sent { .. } => DeliveryState::Sent,
-            Next::RetryAt(_) => DeliveryState::RetryScheduled,
+            Next::RetryAt(_) | Next::Deferred(_) => DeliveryState::RetryScheduled,
             Next::Failed => DeliveryState::Failed,
             Next::Dead => DeliveryState::Dead,
             Next::Expired => DeliveryState::Expired,
@@ -102,20 +110,42 @@ impl Next {
     }
 }
 
-/// One attempt's result, recorded together with the delivery's next state.
+/// One request to one vendor within an attempt (failover makes several).
 #[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    pub delivery_id: uuid::Uuid,
-    pub lease_token: i64,
-    pub attempt: u32,
-    /// `None` when no provider was tried (expired before sending).
-    pub provider: Option<String>,
+pub struct CallRecord {
+    pub provider: String,
     pub started_at_ms: i64,
     pub latency_ms: i64,
     pub outcome: String,
     pub status_code: Option<u16>,
     pub error: Option<String>,
+}
+
+/// One attempt's result (a claim, and the vendor calls made under it),
+/// recorded together with the delivery's next state.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: uuid::Uuid,
+    pub lease_token: i64,
+    pub attempt: u32,
+    /// In order; empty when no vendor was called (expired, deferred, or the
+    /// message could not be built).
+    pub calls: Vec<CallRecord>,
+    /// Why the delivery is not sent yet or ended as it did.
+    pub error: Option<String>,
+    /// The provider later attempts must stay with (an ambiguous outcome the
+    /// lane may not fail over from); kept once set.
+    pub pin: Option<String>,
+    /// When the attempt ended.
+    pub ended_at_ms: i64,
     pub next: Next,
+}
+
+impl AttemptRecord {
+    /// The provider the delivery last went to.
+    pub fn provider(&self) -> Option<&str> {
+        self.calls.last().map(|c| c.provider.as_str())
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -160,6 +190,52 @@ pub struct QueueDepth {
     pub pending: u64,
 }
 
+/// Which dead letters to list or replay. Every field narrows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    pub tenant_id: Option<String>,
+    pub channel: Option<Channel>,
+    /// The provider of the last attempt.
+    pub provider: Option<String>,
+    /// Died at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Died before this time (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+/// Where a page of dead letters ends; the next page starts after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterCursor {
+    pub dead_at_ms: i64,
+    pub id: uuid::Uuid,
+}
+
+/// A delivery that used up its attempts, with why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The delivery id (also its vendor idempotency key).
+    pub id: uuid::Uuid,
+    pub notification_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub channel: Channel,
+    pub target: u32,
+    pub priority: Priority,
+    pub provider: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub dead_at_ms: i64,
+    pub accepted_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// Back to `queued` with its attempts reset; same id, same vendor key.
+    Replayed,
+    NotFound,
+    /// It is not dead (already replayed, or never died).
+    NotDead(DeliveryState),
+}
+
 /// One finished or pending delivery, for reports (the demo, benchmarks).
 #[derive(Debug, Clone)]
 pub struct DeliverySummary {
@@ -202,6 +278,28 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError>;
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
     async fn delivery_summaries(&self) -> Result<Vec<DeliverySummary>, StoreError>;
+    /// Dead letters matching `filter`, oldest death first, after `after`.
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Puts one dead delivery back in the queue (`tenant_id` scopes it).
+    async fn replay_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: uuid::Uuid,
+    ) -> Result<ReplayOutcome, StoreError>;
+    /// Puts up to `limit` dead deliveries matching `filter` back in the
+    /// queue, oldest first; returns how many.
+    async fn replay_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+    /// A tenant's id by its name.
+    async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// The tenant that owns an API key (by its SHA-256).
     async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError>;
     /// Creates the tenant if needed and adds a key to it; returns the tenant id.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptRecord, CreateResult, IdempotencyRecord, NewDelivery, NewNotification, Next, Store,
-    StoredResponse,
+    AttemptRecord, CallRecord, ClaimedDelivery, CreateResult, DeadLetterCursor, DeadLetterFilter,
+    IdempotencyRecord, NewDelivery, NewNotification, Next, ReplayOutcome, Store, StoredResponse,
 };
 use herald_store::{SqliteOptions, SqliteStore};
 
@@ -52,21 +52,36 @@ fn new_notification(tenant: &str, req: NotificationRequest, now: i64) -> NewNoti
     }
 }
 
-fn sent(d: &herald_core::store::ClaimedDelivery, at: i64) -> AttemptRecord {
+/// An attempt that made one call to `provider` and moves on to `next`.
+fn attempt(d: &ClaimedDelivery, provider: &str, at: i64, next: Next) -> AttemptRecord {
+    let (outcome, status, error) = match next {
+        Next::Sent { .. } => ("accepted", 202, None),
+        _ => ("transient", 503, Some("503 from the vendor".to_owned())),
+    };
     AttemptRecord {
         delivery_id: d.id,
         lease_token: d.lease_token,
         attempt: d.attempt,
-        provider: Some("sim".into()),
-        started_at_ms: at,
-        latency_ms: 5,
-        outcome: "accepted".into(),
-        status_code: Some(202),
-        error: None,
-        next: Next::Sent {
-            vendor_id: Some("vendor-1".into()),
-        },
+        calls: vec![CallRecord {
+            provider: provider.into(),
+            started_at_ms: at,
+            latency_ms: 5,
+            outcome: outcome.into(),
+            status_code: Some(status),
+            error: error.clone(),
+        }],
+        error,
+        pin: None,
+        ended_at_ms: at + 5,
+        next,
     }
+}
+
+fn sent(d: &ClaimedDelivery, at: i64) -> AttemptRecord {
+    let next = Next::Sent {
+        vendor_id: Some("vendor-1".into()),
+    };
+    attempt(d, "sim", at, next)
 }
 
 async fn claims_by_channel_and_lane(store: &dyn Store) {
@@ -281,6 +296,215 @@ async fn api_keys(store: &dyn Store) {
     assert_eq!(store.tenant_for_key(b"nope").await.expect("read"), None);
 }
 
+async fn failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt(store: &dyn Store) {
+    let n = new_notification("t1", request(Priority::Critical, &["sms"]), 1_000);
+    store.create(vec![n.clone()]).await.expect("create");
+    let c = store
+        .claim(Channel::Sms, Priority::Critical, 1, 1_000, 60_000)
+        .await
+        .expect("claim");
+    // Every circuit open: deferred, no call made.
+    let deferred = AttemptRecord {
+        calls: Vec::new(),
+        error: Some("twilio: circuit open".into()),
+        next: Next::Deferred(2_000),
+        ..sent(&c[0], 1_000)
+    };
+    store.record(vec![deferred]).await.expect("record");
+    let early = store
+        .claim(Channel::Sms, Priority::Critical, 1, 1_999, 60_000)
+        .await
+        .expect("claim");
+    assert!(early.is_empty(), "deferred until 2000");
+    let c = store
+        .claim(Channel::Sms, Priority::Critical, 1, 2_000, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(c[0].attempt, 1, "the deferral gave its attempt back");
+
+    // Primary fails, backup takes it, in one attempt.
+    let mut rec = attempt(
+        &c[0],
+        "twilio",
+        2_000,
+        Next::Sent {
+            vendor_id: Some("SM1".into()),
+        },
+    );
+    let mut failed = rec.calls[0].clone();
+    failed.outcome = "transient".into();
+    rec.calls[0].provider = "sns".into();
+    rec.calls.insert(0, failed);
+    store.record(vec![rec]).await.expect("record");
+    let v = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    let d = &v.deliveries[0];
+    assert_eq!(d.state, DeliveryState::Sent);
+    assert_eq!(
+        d.provider.as_deref(),
+        Some("sns"),
+        "the provider that sent it"
+    );
+    let calls: Vec<_> = d
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.provider.as_deref(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            (1, Some("twilio"), "transient"),
+            (1, Some("sns"), "accepted")
+        ]
+    );
+}
+
+async fn a_pin_holds_for_later_attempts(store: &dyn Store) {
+    let n = new_notification("t1", request(Priority::High, &["sms"]), 1_000);
+    store.create(vec![n]).await.expect("create");
+    let c = store
+        .claim(Channel::Sms, Priority::High, 1, 1_000, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(c[0].pinned_provider, None);
+    let mut rec = attempt(&c[0], "twilio", 1_000, Next::RetryAt(1_100));
+    rec.pin = Some("twilio".into());
+    store.record(vec![rec]).await.expect("record");
+    let c = store
+        .claim(Channel::Sms, Priority::High, 1, 1_100, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(c[0].pinned_provider.as_deref(), Some("twilio"));
+    assert_eq!(c[0].attempt, 2);
+}
+
+/// Kills one delivery per (tenant, channel) and returns them.
+async fn kill(store: &dyn Store, tenant: &str, channel: &str, at: i64) -> ClaimedDelivery {
+    let n = new_notification(tenant, request(Priority::Normal, &[channel]), at);
+    store.create(vec![n]).await.expect("create");
+    let ch: Channel = channel.parse().expect("channel");
+    let c = store
+        .claim(ch, Priority::Normal, 1, at, 60_000)
+        .await
+        .expect("claim");
+    let provider = if ch == Channel::Sms {
+        "twilio"
+    } else {
+        "sendgrid"
+    };
+    store
+        .record(vec![attempt(&c[0], provider, at, Next::Dead)])
+        .await
+        .expect("record");
+    c[0].clone()
+}
+
+async fn dead_letters_are_listed_paged_filtered_and_replayed(store: &dyn Store) {
+    let a = kill(store, "t1", "sms", 1_000).await;
+    let b = kill(store, "t1", "email", 2_000).await;
+    let c = kill(store, "t1", "sms", 3_000).await;
+    let other = kill(store, "t2", "sms", 4_000).await;
+
+    let t1 = DeadLetterFilter {
+        tenant_id: Some("t1".into()),
+        ..DeadLetterFilter::default()
+    };
+    let all = store.dead_letters(&t1, None, 10).await.expect("list");
+    let ids: Vec<_> = all.iter().map(|d| d.id).collect();
+    assert_eq!(
+        ids,
+        vec![a.id, b.id, c.id],
+        "oldest death first, own tenant only"
+    );
+    assert_eq!(all[0].provider.as_deref(), Some("twilio"));
+    assert_eq!(all[0].last_error.as_deref(), Some("503 from the vendor"));
+    assert_eq!(all[0].attempts, 1);
+    assert_eq!(all[0].dead_at_ms, 1_005);
+
+    // Paging with the cursor.
+    let first = store.dead_letters(&t1, None, 2).await.expect("list");
+    let cursor = DeadLetterCursor {
+        dead_at_ms: first[1].dead_at_ms,
+        id: first[1].id,
+    };
+    let rest = store
+        .dead_letters(&t1, Some(cursor), 2)
+        .await
+        .expect("list");
+    assert_eq!(rest.iter().map(|d| d.id).collect::<Vec<_>>(), vec![c.id]);
+
+    // Filters.
+    let sms = DeadLetterFilter {
+        channel: Some(Channel::Sms),
+        since_ms: Some(2_000),
+        ..t1.clone()
+    };
+    let got = store.dead_letters(&sms, None, 10).await.expect("list");
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![c.id]);
+    let by_provider = DeadLetterFilter {
+        provider: Some("sendgrid".into()),
+        until_ms: Some(5_000),
+        ..DeadLetterFilter::default()
+    };
+    let got = store
+        .dead_letters(&by_provider, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), vec![b.id]);
+
+    // Replay one: another tenant cannot; then it is queued with attempts reset.
+    assert_eq!(
+        store
+            .replay_dead_letter(Some("t2"), a.id)
+            .await
+            .expect("replay"),
+        ReplayOutcome::NotFound
+    );
+    assert_eq!(
+        store
+            .replay_dead_letter(Some("t1"), a.id)
+            .await
+            .expect("replay"),
+        ReplayOutcome::Replayed
+    );
+    assert_eq!(
+        store
+            .replay_dead_letter(Some("t1"), a.id)
+            .await
+            .expect("replay"),
+        ReplayOutcome::NotDead(DeliveryState::Queued)
+    );
+    let again = store
+        .claim(
+            Channel::Sms,
+            Priority::Normal,
+            10,
+            herald_core::now_ms(),
+            60_000,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, a.id, "same delivery id: same vendor key");
+    assert_eq!(again[0].attempt, 1, "attempts start over");
+
+    // Bulk replay by filter: only what matches, at most `limit`.
+    let n = store.replay_dead_letters(&t1, 10).await.expect("bulk");
+    assert_eq!(n, 2, "b and c; a was replayed already");
+    let left = store
+        .dead_letters(&DeadLetterFilter::default(), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        left.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![other.id]
+    );
+    assert_eq!(store.tenant_id("nobody").await.expect("read"), None);
+}
+
 /// Runs every check of the suite against one backend, each on a fresh store.
 macro_rules! suite {
     ($backend:ident, $open:expr, [$($check:ident),* $(,)?]) => {
@@ -307,6 +531,9 @@ suite!(
         released_work_is_claimable_at_once,
         idempotency_keys_are_per_tenant,
         api_keys,
+        failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt,
+        a_pin_holds_for_later_attempts,
+        dead_letters_are_listed_paged_filtered_and_replayed,
     ]
 );
 

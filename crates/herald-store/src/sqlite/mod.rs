@@ -11,11 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptRecord, AttemptView, ClaimedDelivery, CreateResult, DeliverySummary, DeliveryView,
-    IdempotencyRecord, NewNotification, NotificationView, QueueDepth, Store, StoreError,
+    AttemptRecord, AttemptView, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
+    DeadLetterFilter, DeliverySummary, DeliveryView, IdempotencyRecord, NewNotification,
+    NotificationView, QueueDepth, ReplayOutcome, Store, StoreError,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Row, SqlitePool};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use writer::{AddKeyArgs, ClaimArgs, Request, Response};
@@ -148,6 +149,26 @@ fn parse<T: FromStr>(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<T, Stor
     let s: String = row.try_get(col).map_err(db_err)?;
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("column {col} holds {s:?}")))
+}
+
+/// Adds `filter`'s conditions to a query over `deliveries d JOIN
+/// notifications n` that already has a WHERE clause.
+pub(crate) fn push_dead_letter_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &DeadLetterFilter) {
+    if let Some(t) = &f.tenant_id {
+        q.push(" AND n.tenant_id = ").push_bind(t.clone());
+    }
+    if let Some(c) = f.channel {
+        q.push(" AND d.channel = ").push_bind(c.as_str());
+    }
+    if let Some(p) = &f.provider {
+        q.push(" AND d.provider = ").push_bind(p.clone());
+    }
+    if let Some(since) = f.since_ms {
+        q.push(" AND d.updated_at_ms >= ").push_bind(since);
+    }
+    if let Some(until) = f.until_ms {
+        q.push(" AND d.updated_at_ms < ").push_bind(until);
+    }
 }
 
 /// The writer answers each request with its own kind of response; anything
@@ -284,6 +305,88 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT d.id, d.notification_id, n.tenant_id, d.channel, d.target, d.priority, d.provider, \
+                 d.attempts, d.last_error, d.updated_at_ms, n.accepted_at_ms \
+             FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+             WHERE d.state = 'dead'",
+        );
+        push_dead_letter_filter(&mut q, filter);
+        if let Some(c) = after {
+            q.push(" AND (d.updated_at_ms, d.id) > (")
+                .push_bind(c.dead_at_ms)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        q.push(" ORDER BY d.updated_at_ms, d.id LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = q.build().fetch_all(&self.reads).await.map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let target: i64 = row.try_get("target").map_err(db_err)?;
+                let attempts: i64 = row.try_get("attempts").map_err(db_err)?;
+                Ok(DeadLetter {
+                    id: row.try_get("id").map_err(db_err)?,
+                    notification_id: row.try_get("notification_id").map_err(db_err)?,
+                    tenant_id: row.try_get("tenant_id").map_err(db_err)?,
+                    channel: parse(row, "channel")?,
+                    target: u32::try_from(target).unwrap_or(0),
+                    priority: priority(row)?,
+                    provider: row.try_get("provider").map_err(db_err)?,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    last_error: row.try_get("last_error").map_err(db_err)?,
+                    dead_at_ms: row.try_get("updated_at_ms").map_err(db_err)?,
+                    accepted_at_ms: row.try_get("accepted_at_ms").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: uuid::Uuid,
+    ) -> Result<ReplayOutcome, StoreError> {
+        let req = Request::ReplayOne {
+            tenant_id: tenant_id.map(str::to_owned),
+            id,
+        };
+        match self.write(req).await? {
+            Response::Replay(r) => Ok(r),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let req = Request::ReplayMany {
+            filter: filter.clone(),
+            limit,
+        };
+        match self.write(req).await? {
+            Response::Count(n) => Ok(n),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT id FROM tenants WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db_err)
     }
 
     async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {

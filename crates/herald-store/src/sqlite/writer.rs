@@ -15,13 +15,13 @@
 
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
-    AttemptRecord, ClaimedDelivery, CreateResult, IdempotencyRecord, NewNotification, Next,
-    StoreError, StoredResponse,
+    AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
+    NewNotification, Next, ReplayOutcome, StoreError, StoredResponse,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::db_err;
+use super::{db_err, push_dead_letter_filter};
 
 /// SQLite's limit on bound parameters per statement is 32,766; stay well below.
 const MAX_ROWS_PER_INSERT: usize = 500;
@@ -32,6 +32,14 @@ pub(super) enum Request {
     Record(Vec<AttemptRecord>),
     Release(Vec<(uuid::Uuid, i64)>),
     AddKey(AddKeyArgs),
+    ReplayOne {
+        tenant_id: Option<String>,
+        id: uuid::Uuid,
+    },
+    ReplayMany {
+        filter: DeadLetterFilter,
+        limit: usize,
+    },
 }
 
 pub(super) enum Response {
@@ -39,6 +47,8 @@ pub(super) enum Response {
     Claimed(Vec<ClaimedDelivery>),
     Done,
     Tenant(String),
+    Replay(ReplayOutcome),
+    Count(u64),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Response, StoreError>>;
@@ -120,6 +130,12 @@ async fn apply(
                 Response::Done
             }
             Request::AddKey(args) => Response::Tenant(add_key(&mut tx, args).await?),
+            Request::ReplayOne { tenant_id, id } => {
+                Response::Replay(replay_one(&mut tx, tenant_id.as_deref(), *id).await?)
+            }
+            Request::ReplayMany { filter, limit } => {
+                Response::Count(replay_many(&mut tx, filter, *limit).await?)
+            }
         });
     }
     tx.commit().await.map_err(db_err)?;
@@ -257,7 +273,7 @@ async fn claim(
              WHERE channel = ?4 AND priority = ?5 \
                AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
              ORDER BY due_at_ms LIMIT ?6) \
-         RETURNING id, notification_id, target, attempts",
+         RETURNING id, notification_id, target, attempts, pinned_provider",
     )
     .bind(a.now_ms)
     .bind(a.lease_ms)
@@ -290,6 +306,7 @@ async fn claim(
             accepted_at_ms: 0,
             expires_at_ms: None,
             payload: String::new(),
+            pinned_provider: row.try_get("pinned_provider").map_err(db_err)?,
         });
     }
     ids.sort_unstable();
@@ -320,8 +337,8 @@ async fn claim(
     Ok(claimed)
 }
 
-/// Records attempts and moves their deliveries on: one INSERT and one UPDATE
-/// per chunk, however many workers reported.
+/// Records attempts and moves their deliveries on: one INSERT for every
+/// vendor call and one UPDATE per chunk, however many workers reported.
 async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result<(), StoreError> {
     // Only the state machine's moves out of `sending` may be recorded.
     if let Some(bad) = records
@@ -334,31 +351,37 @@ async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result
             bad.next.state()
         )));
     }
-    for chunk in records.chunks(MAX_ROWS_PER_INSERT) {
+    let calls: Vec<_> = records
+        .iter()
+        .flat_map(|r| r.calls.iter().map(move |c| (r, c)))
+        .collect();
+    for chunk in calls.chunks(MAX_ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) ",
         );
-        q.push_values(chunk, |mut b, r| {
+        q.push_values(chunk, |mut b, (r, c)| {
             b.push_bind(r.delivery_id)
                 .push_bind(i64::from(r.attempt))
-                .push_bind(&r.provider)
-                .push_bind(r.started_at_ms)
-                .push_bind(r.latency_ms)
-                .push_bind(&r.outcome)
-                .push_bind(r.status_code.map(i64::from))
-                .push_bind(&r.error);
+                .push_bind(&c.provider)
+                .push_bind(c.started_at_ms)
+                .push_bind(c.latency_ms)
+                .push_bind(&c.outcome)
+                .push_bind(c.status_code.map(i64::from))
+                .push_bind(&c.error);
         });
         q.build().execute(&mut *tx).await.map_err(db_err)?;
-
+    }
+    for chunk in records.chunks(MAX_ROWS_PER_INSERT) {
         // Compare-and-set on the lease: a worker whose lease expired and was
-        // taken over does not overwrite the newer holder's state.
+        // taken over does not overwrite the newer holder's state. A deferred
+        // attempt made no call, so it gives its attempt back.
         let mut q = QueryBuilder::<Sqlite>::new(
-            "WITH v(id, token, state, due, provider, vendor_id, error, sent_at, updated) AS (",
+            "WITH v(id, token, state, due, provider, vendor_id, error, sent_at, updated, uncount, pin) AS (",
         );
         q.push_values(chunk, |mut b, r| {
-            let ended_at = r.started_at_ms + r.latency_ms;
+            let ended_at = r.ended_at_ms;
             let (due, sent_at, vendor_id) = match &r.next {
-                Next::RetryAt(at) => (*at, None, None),
+                Next::RetryAt(at) | Next::Deferred(at) => (*at, None, None),
                 Next::Sent { vendor_id } => (ended_at, Some(ended_at), vendor_id.as_deref()),
                 _ => (ended_at, None, None),
             };
@@ -366,23 +389,88 @@ async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result
                 .push_bind(r.lease_token)
                 .push_bind(r.next.state().as_str())
                 .push_bind(due)
-                .push_bind(&r.provider)
+                .push_bind(r.provider())
                 .push_bind(vendor_id)
                 .push_bind(&r.error)
                 .push_bind(sent_at)
-                .push_bind(ended_at);
+                .push_bind(ended_at)
+                .push_bind(i64::from(matches!(r.next, Next::Deferred(_))))
+                .push_bind(&r.pin);
         });
         q.push(
             ") UPDATE deliveries SET state = v.state, due_at_ms = v.due, lease_token = NULL, \
+                 attempts = MAX(deliveries.attempts - v.uncount, 0), \
                  provider = COALESCE(v.provider, deliveries.provider), \
                  vendor_message_id = COALESCE(v.vendor_id, deliveries.vendor_message_id), last_error = v.error, \
-                 sent_at_ms = COALESCE(v.sent_at, deliveries.sent_at_ms), updated_at_ms = v.updated \
+                 sent_at_ms = COALESCE(v.sent_at, deliveries.sent_at_ms), updated_at_ms = v.updated, \
+                 pinned_provider = COALESCE(deliveries.pinned_provider, v.pin) \
              FROM v WHERE deliveries.id = v.id AND deliveries.lease_token = v.token \
                  AND deliveries.state = 'sending'",
         );
         q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
+}
+
+/// Starts the UPDATE that puts dead deliveries back in the queue: due now,
+/// attempts reset, the same id (so the same vendor key). The caller adds
+/// which rows.
+fn replay_update() -> QueryBuilder<'static, Sqlite> {
+    let now = herald_core::now_ms();
+    let mut q = QueryBuilder::new("UPDATE deliveries SET state = 'queued', due_at_ms = ");
+    q.push_bind(now)
+        .push(", attempts = 0, lease_token = NULL, updated_at_ms = ")
+        .push_bind(now)
+        .push(" WHERE ");
+    q
+}
+
+async fn replay_one(
+    tx: &mut SqliteConnection,
+    tenant_id: Option<&str>,
+    id: uuid::Uuid,
+) -> Result<ReplayOutcome, StoreError> {
+    let row = sqlx::query(
+        "SELECT d.state FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+         WHERE d.id = ?1 AND (?2 IS NULL OR n.tenant_id = ?2)",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else {
+        return Ok(ReplayOutcome::NotFound);
+    };
+    let state: String = row.try_get("state").map_err(db_err)?;
+    let state: DeliveryState = state
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("delivery {id} has state {state:?}")))?;
+    if state != DeliveryState::Dead {
+        return Ok(ReplayOutcome::NotDead(state));
+    }
+    let mut q = replay_update();
+    q.push("id = ").push_bind(id).push(" AND state = 'dead'");
+    q.build().execute(&mut *tx).await.map_err(db_err)?;
+    Ok(ReplayOutcome::Replayed)
+}
+
+async fn replay_many(
+    tx: &mut SqliteConnection,
+    filter: &DeadLetterFilter,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    let mut q = replay_update();
+    q.push(
+        "rowid IN (SELECT d.rowid FROM deliveries d \
+         JOIN notifications n ON n.id = d.notification_id WHERE d.state = 'dead'",
+    );
+    push_dead_letter_filter(&mut q, filter);
+    q.push(" ORDER BY d.updated_at_ms, d.id LIMIT ")
+        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .push(")");
+    let done = q.build().execute(&mut *tx).await.map_err(db_err)?;
+    Ok(done.rows_affected())
 }
 
 async fn release(
