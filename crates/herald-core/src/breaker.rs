@@ -153,6 +153,12 @@ impl Breaker {
         }
     }
 
+    /// While open: when it lets probes through. Changes nothing, so a caller
+    /// can skip an open provider before spending anything on it.
+    pub fn open_until(&self, now_ms: i64) -> Option<i64> {
+        (self.state == CircuitState::Open && now_ms < self.reopens_at()).then(|| self.reopens_at())
+    }
+
     fn reopens_at(&self) -> i64 {
         self.opened_at_ms.saturating_add(self.settings.open_ms)
     }
@@ -290,6 +296,8 @@ mod tests {
                 retry_at_ms: 60_010
             }
         );
+        assert_eq!(b.open_until(59_000), Some(60_010));
+        assert_eq!(b.open_until(60_010), None, "time is up: probes may go");
         let v = b.view(20);
         assert_eq!(v.state, CircuitState::Open);
         assert_eq!(v.reopens_at_ms, Some(60_010));

@@ -298,6 +298,9 @@ pub trait Store: Send + Sync + 'static {
         filter: &DeadLetterFilter,
         limit: usize,
     ) -> Result<u64, StoreError>;
+    /// Moves waiting deliveries (queued, retry scheduled) whose notification
+    /// expired by `now_ms` to `expired`; returns how many.
+    async fn expire_overdue(&self, now_ms: i64) -> Result<u64, StoreError>;
     /// A tenant's id by its name.
     async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// The tenant that owns an API key (by its SHA-256).

@@ -7,6 +7,7 @@
 
 pub mod fcm;
 pub mod sendgrid;
+pub mod sns;
 pub mod twilio;
 pub mod webhook;
 
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 pub use fcm::{Fcm, FcmConfig};
 pub use sendgrid::{SendGrid, SendGridConfig};
+pub use sns::{Sns, SnsConfig};
 pub use twilio::{Twilio, TwilioConfig};
 pub use webhook::{Webhook, WebhookConfig};
 
@@ -27,6 +29,7 @@ pub use webhook::{Webhook, WebhookConfig};
 pub enum ProviderConfig {
     Sendgrid(SendGridConfig),
     Twilio(TwilioConfig),
+    Sns(SnsConfig),
     Fcm(FcmConfig),
     Webhook(WebhookConfig),
 }
@@ -37,7 +40,7 @@ impl ProviderConfig {
         use herald_core::model::Channel;
         match self {
             ProviderConfig::Sendgrid(_) => Channel::Email,
-            ProviderConfig::Twilio(_) => Channel::Sms,
+            ProviderConfig::Twilio(_) | ProviderConfig::Sns(_) => Channel::Sms,
             ProviderConfig::Fcm(_) => Channel::Push,
             ProviderConfig::Webhook(_) => Channel::Webhook,
         }
@@ -60,6 +63,7 @@ pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Arc<dyn Provider>
     Ok(match cfg {
         ProviderConfig::Sendgrid(c) => Arc::new(SendGrid::new(name, c.clone()).map_err(err)?),
         ProviderConfig::Twilio(c) => Arc::new(Twilio::new(name, c.clone()).map_err(err)?),
+        ProviderConfig::Sns(c) => Arc::new(Sns::new(name, c.clone()).map_err(err)?),
         ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone()).map_err(err)?),
         ProviderConfig::Webhook(c) => Arc::new(Webhook::new(name, c.clone()).map_err(err)?),
     })

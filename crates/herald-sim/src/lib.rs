@@ -1,5 +1,5 @@
 //! The vendor simulator: stands in for the vendors' servers (SendGrid v3,
-//! Twilio Messages, FCM v1 and webhook receivers) in the sandbox, the demo,
+//! Twilio Messages, Amazon SNS Publish, FCM v1 and webhook receivers) in the sandbox, the demo,
 //! tests and benchmarks. It honours `Idempotency-Key` — a repeated key gets
 //! the original answer and is counted as a duplicate, not delivered twice —
 //! keeps a ledger of what it accepted, and injects faults per vendor.
@@ -33,7 +33,7 @@ use ledger::{Ledger, Original};
 use vendors::Emulated;
 
 /// The vendors the simulator emulates, by name.
-pub const VENDORS: [&str; 4] = ["sendgrid", "twilio", "fcm", "webhook"];
+pub const VENDORS: [&str; 5] = ["sendgrid", "twilio", "sns", "fcm", "webhook"];
 
 /// A running simulator's shared state. Cheap to clone.
 #[derive(Clone)]
@@ -73,6 +73,7 @@ impl Sim {
         Router::new()
             .route("/v3/mail/send", post(sendgrid))
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+            .route("/", post(sns))
             .route("/v1/projects/{project}/messages:send", post(fcm))
             .route("/hooks/{*path}", post(webhook))
             .route("/_sim/ledger", get(ledger))
@@ -223,7 +224,7 @@ impl Sim {
         let mut resp = (status, original.body).into_response();
         if has_body {
             resp.headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
+                .insert("content-type", HeaderValue::from_static(V::CONTENT_TYPE));
         }
         if let Some(h) = V::MESSAGE_ID_HEADER {
             if let Ok(v) = HeaderValue::from_str(&original.message_id) {
@@ -252,6 +253,10 @@ async fn twilio(
     body: Bytes,
 ) -> Response {
     sim.handle(vendors::Twilio, &headers, &body).await
+}
+
+async fn sns(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    sim.handle(vendors::Sns, &headers, &body).await
 }
 
 async fn fcm(

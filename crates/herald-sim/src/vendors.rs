@@ -3,6 +3,7 @@
 //! documented test recipients as the vendor would (docs/providers.md):
 //! - SendGrid: any address at `invalid.example` → 400;
 //! - Twilio: `+15005550001` → 400 code 21211 (Twilio's own test number);
+//! - SNS: the same number → 400 `InvalidParameter`;
 //! - FCM: a token starting `invalid-` → 404 `UNREGISTERED`;
 //! - webhook: a path ending `/gone` → 410.
 
@@ -26,6 +27,8 @@ pub trait Emulated: Send + Sync {
     const NAME: &'static str;
     /// The response header that carries the vendor's message id, if any.
     const MESSAGE_ID_HEADER: Option<&'static str> = None;
+    /// The content type of the vendor's answers.
+    const CONTENT_TYPE: &'static str = "application/json";
     fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection>;
     /// The vendor's answer for an accepted message: status and body.
     fn accepted(&self, message_id: &str) -> (StatusCode, String);
@@ -239,6 +242,124 @@ impl Emulated for Twilio {
                     "The 'To' number {} is not a valid phone number.",
                     parsed.recipient
                 ),
+            )
+        })
+    }
+}
+
+/// Amazon SNS `Action=Publish` to a phone number. Checks the SigV4
+/// `Authorization` header's shape (credential scope for `sns`, signed
+/// headers, a hex signature) and `X-Amz-Date`; answers in SNS's XML.
+pub struct Sns;
+
+fn sns_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
+    let body = format!(
+        "<ErrorResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\"><Error><Type>{kind}</Type>\
+         <Code>{code}</Code><Message>{message}</Message></Error><RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>"
+    );
+    (status, [("content-type", "text/xml")], body).into_response()
+}
+
+/// `AWS4-HMAC-SHA256 Credential=AKID/20231114/us-east-1/sns/aws4_request,
+/// SignedHeaders=a;b, Signature=<64 hex>`.
+fn sigv4_shape_ok(headers: &HeaderMap) -> bool {
+    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
+        return false;
+    };
+    let mut credential_ok = false;
+    let mut signed_ok = false;
+    let mut signature_ok = false;
+    for part in rest.split(", ") {
+        if let Some(c) = part.strip_prefix("Credential=") {
+            let scope: Vec<&str> = c.split('/').collect();
+            credential_ok = scope.len() == 5
+                && !scope[0].is_empty()
+                && scope[3] == "sns"
+                && scope[4] == "aws4_request";
+        } else if let Some(h) = part.strip_prefix("SignedHeaders=") {
+            signed_ok =
+                h.split(';').any(|n| n == "host") && h.split(';').any(|n| n == "x-amz-date");
+        } else if let Some(sig) = part.strip_prefix("Signature=") {
+            signature_ok = sig.len() == 64 && sig.bytes().all(|b| b.is_ascii_hexdigit());
+        }
+    }
+    credential_ok && signed_ok && signature_ok && headers.contains_key("x-amz-date")
+}
+
+impl Emulated for Sns {
+    const NAME: &'static str = "sns";
+    const CONTENT_TYPE: &'static str = "text/xml";
+
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
+        if !sigv4_shape_ok(headers) {
+            return Err(Box::new(sns_error(
+                StatusCode::FORBIDDEN,
+                "Sender",
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.",
+            )));
+        }
+        let invalid = |m: &str| {
+            Box::new(sns_error(
+                StatusCode::BAD_REQUEST,
+                "Sender",
+                "InvalidParameter",
+                m,
+            ))
+        };
+        let form: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|_| invalid("Malformed form body"))?;
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("Action") != Some("Publish") {
+            return Err(invalid("Action must be Publish"));
+        }
+        let to = get("PhoneNumber")
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| invalid("Invalid parameter: PhoneNumber Reason: no value"))?;
+        let text = get("Message")
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| invalid("Invalid parameter: Message Reason: empty"))?;
+        Ok(Parsed {
+            recipient: to.to_owned(),
+            summary: summary(text),
+        })
+    }
+
+    fn accepted(&self, message_id: &str) -> (StatusCode, String) {
+        let body = format!(
+            "<PublishResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult>\
+             <MessageId>{message_id}</MessageId></PublishResult><ResponseMetadata>\
+             <RequestId>00000000-0000-0000-0000-000000000000</RequestId></ResponseMetadata></PublishResponse>"
+        );
+        (StatusCode::OK, body)
+    }
+
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
+        let r = if status == StatusCode::TOO_MANY_REQUESTS {
+            sns_error(status, "Sender", "Throttled", "Rate exceeded")
+        } else if status.is_server_error() {
+            sns_error(
+                status,
+                "Receiver",
+                "InternalError",
+                "Internal service error",
+            )
+        } else {
+            sns_error(status, "Sender", "InvalidParameter", "Invalid request")
+        };
+        with_retry_after(r, retry_after_s)
+    }
+
+    fn reject(&self, parsed: &Parsed) -> Option<Response> {
+        (parsed.recipient == "+15005550001").then(|| {
+            sns_error(
+                StatusCode::BAD_REQUEST,
+                "Sender",
+                "InvalidParameter",
+                "Invalid parameter: PhoneNumber Reason: not a valid phone number",
             )
         })
     }

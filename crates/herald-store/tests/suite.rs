@@ -505,6 +505,33 @@ async fn dead_letters_are_listed_paged_filtered_and_replayed(store: &dyn Store) 
     assert_eq!(store.tenant_id("nobody").await.expect("read"), None);
 }
 
+async fn waiting_deliveries_expire_without_a_claim(store: &dyn Store) {
+    let mut soon = new_notification("t1", request(Priority::Critical, &["sms", "email"]), 1_000);
+    soon.expires_at_ms = Some(5_000);
+    let never = new_notification("t1", request(Priority::Critical, &["sms"]), 1_000);
+    store
+        .create(vec![soon.clone(), never.clone()])
+        .await
+        .expect("create");
+    assert_eq!(store.expire_overdue(4_999).await.expect("sweep"), 0);
+    assert_eq!(store.expire_overdue(5_000).await.expect("sweep"), 2);
+    let v = store
+        .notification("t1", soon.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert!(v
+        .deliveries
+        .iter()
+        .all(|d| d.state == DeliveryState::Expired));
+    let left = store
+        .claim(Channel::Sms, Priority::Critical, 10, 6_000, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].notification_id, never.id, "no expiry: waits on");
+}
+
 /// Runs every check of the suite against one backend, each on a fresh store.
 macro_rules! suite {
     ($backend:ident, $open:expr, [$($check:ident),* $(,)?]) => {
@@ -534,6 +561,7 @@ suite!(
         failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt,
         a_pin_holds_for_later_attempts,
         dead_letters_are_listed_paged_filtered_and_replayed,
+        waiting_deliveries_expire_without_a_claim,
     ]
 );
 

@@ -1,6 +1,5 @@
 //! Wiring: store, bus, engine and HTTP server, started and stopped together.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, StoreKind};
+use crate::engine::accounts::Accounts;
+use crate::engine::outbound::Outbound;
 use crate::engine::Engine;
 use crate::render::Templates;
 
@@ -76,21 +77,17 @@ impl Running {
         let lease = Duration::from_secs(cfg.engine.lease_seconds);
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(store.clone(), lease));
         let templates = Arc::new(Templates::new(&cfg.templates)?);
-        let engine = Engine::start(&cfg, store.clone(), bus.clone(), templates.clone())?;
-        let channels: HashSet<_> = cfg.enabled_channels().into_iter().collect();
-        let state = Arc::new(AppState::new(
+        let outbound = Outbound::new(&cfg.http, cfg.limits());
+        let accounts = Arc::new(Accounts::from_config(&cfg, &outbound)?);
+        let engine = Engine::start(
+            &cfg,
             store.clone(),
-            bus,
-            cfg.limits(),
-            templates,
-            channels,
-            cfg.server.max_body_bytes,
-            cfg.server.max_batch_items,
-            (
-                cfg.server.rate_limit_per_second,
-                cfg.server.rate_limit_burst,
-            ),
-        ));
+            bus.clone(),
+            accounts.clone(),
+            outbound,
+            templates.clone(),
+        )?;
+        let state = Arc::new(AppState::new(&cfg, store.clone(), bus, accounts, templates));
         let app = api::router(
             state.clone(),
             Duration::from_millis(cfg.server.request_timeout_ms),

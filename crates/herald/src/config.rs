@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::bail;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use herald_core::breaker::BreakerSettings;
 use herald_core::lanes::LanePolicy;
-use herald_core::model::Channel;
+use herald_core::model::{Channel, Priority};
 use herald_core::retry::RetryPolicy;
+use herald_core::routing::{Failover, LaneRules};
 use herald_core::secret::Secret;
 use herald_core::validate::Limits;
 use herald_providers::ProviderConfig;
@@ -29,8 +31,10 @@ pub struct Config {
     pub engine: EngineConfig,
     pub http: HttpConfig,
     pub webhooks: WebhookPolicy,
+    pub lanes: LanesConfig,
+    pub circuit_breaker: CircuitBreakerConfig,
     pub channels: BTreeMap<Channel, ChannelConfig>,
-    pub providers: BTreeMap<String, ProviderConfig>,
+    pub providers: BTreeMap<String, ProviderSettings>,
     #[serde(default)]
     pub templates: BTreeMap<String, TemplateConfig>,
 }
@@ -68,9 +72,87 @@ pub struct EngineConfig {
     pub poll_interval_ms: u64,
     pub claim_batch: usize,
     pub shutdown_grace_seconds: u64,
+}
+
+/// `[lanes.*]`: routing and retries per priority lane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanesConfig {
+    pub critical: LaneConfig,
+    pub high: LaneConfig,
+    pub normal: LaneConfig,
+    pub low: LaneConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    pub failover: Failover,
+    pub failover_ambiguous: bool,
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_cap_ms: u64,
+}
+
+impl LanesConfig {
+    pub fn get(&self, lane: Priority) -> &LaneConfig {
+        match lane {
+            Priority::Critical => &self.critical,
+            Priority::High => &self.high,
+            Priority::Normal => &self.normal,
+            Priority::Low => &self.low,
+        }
+    }
+
+    /// Every lane, to change them all at once.
+    pub fn all_mut(&mut self) -> [&mut LaneConfig; 4] {
+        [
+            &mut self.critical,
+            &mut self.high,
+            &mut self.normal,
+            &mut self.low,
+        ]
+    }
+}
+
+/// `[circuit_breaker]`: the defaults for every provider's breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    pub failure_threshold: u32,
+    pub open_ms: u64,
+    pub half_open_probes: u32,
+}
+
+/// `[providers.NAME]`: the vendor account (`kind` and its own keys) and the
+/// guards around its calls. Unset guards take the `[http]` and
+/// `[circuit_breaker]` defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderSettings {
+    #[serde(flatten)]
+    pub account: ProviderConfig,
+    pub connect_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    /// Requests per second this account may make (a token bucket); unset or
+    /// 0 for no limit.
+    pub rate_limit_per_second: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
+    /// Requests in flight at once; unset or 0 for no limit.
+    pub max_concurrency: Option<usize>,
+    pub circuit_failure_threshold: Option<u32>,
+    pub circuit_open_ms: Option<u64>,
+    pub circuit_half_open_probes: Option<u32>,
+}
+
+/// A provider's guards, with the defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderGuards {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Requests per second and burst.
+    pub rate_limit: Option<(u32, u32)>,
+    pub max_concurrency: Option<usize>,
+    pub breaker: BreakerSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,7 +213,7 @@ impl Config {
     /// credentials, and webhooks allowed to reach loopback.
     pub fn into_sandbox(mut self, sim_base_url: &str) -> Config {
         for p in self.providers.values_mut() {
-            match p {
+            match &mut p.account {
                 ProviderConfig::Sendgrid(c) => {
                     c.base_url = sim_base_url.into();
                     c.api_key = Secret::new("SG.sandbox");
@@ -140,6 +222,11 @@ impl Config {
                     c.base_url = sim_base_url.into();
                     c.account_sid = "ACsandbox".into();
                     c.auth_token = Secret::new("sandbox");
+                }
+                ProviderConfig::Sns(c) => {
+                    c.base_url = Some(sim_base_url.into());
+                    c.access_key_id = "AKIASANDBOX".into();
+                    c.secret_access_key = Secret::new("sandbox");
                 }
                 ProviderConfig::Fcm(c) => {
                     c.base_url = sim_base_url.into();
@@ -174,10 +261,17 @@ impl Config {
             ("engine.lease_seconds", e.lease_seconds),
             ("engine.poll_interval_ms", e.poll_interval_ms),
             ("engine.claim_batch", e.claim_batch as u64),
-            ("engine.max_attempts", u64::from(e.max_attempts)),
-            ("engine.retry_base_ms", e.retry_base_ms),
             ("http.connect_timeout_ms", self.http.connect_timeout_ms),
             ("http.request_timeout_ms", self.http.request_timeout_ms),
+            (
+                "circuit_breaker.failure_threshold",
+                u64::from(self.circuit_breaker.failure_threshold),
+            ),
+            ("circuit_breaker.open_ms", self.circuit_breaker.open_ms),
+            (
+                "circuit_breaker.half_open_probes",
+                u64::from(self.circuit_breaker.half_open_probes),
+            ),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -188,11 +282,55 @@ impl Config {
         if s.rate_limit_per_second > 0 && (s.rate_limit_burst as usize) < s.max_batch_items {
             bail!("server.rate_limit_burst: must be at least server.max_batch_items, or a full batch could never be accepted");
         }
-        if e.retry_cap_ms < e.retry_base_ms {
-            bail!("engine.retry_cap_ms: must be at least engine.retry_base_ms");
+        for lane in Priority::ALL {
+            let l = self.lanes.get(lane);
+            if l.max_attempts == 0 {
+                bail!("lanes.{lane}.max_attempts: must be greater than 0");
+            }
+            if l.retry_base_ms == 0 {
+                bail!("lanes.{lane}.retry_base_ms: must be greater than 0");
+            }
+            if l.retry_cap_ms < l.retry_base_ms {
+                bail!("lanes.{lane}.retry_cap_ms: must be at least lanes.{lane}.retry_base_ms");
+            }
         }
-        if e.lease_seconds * 1000 <= self.http.request_timeout_ms {
-            bail!("engine.lease_seconds: must outlast http.request_timeout_ms, or a slow vendor call's lease expires while it runs");
+        for (name, p) in &self.providers {
+            let optional = [
+                ("connect_timeout_ms", p.connect_timeout_ms),
+                ("request_timeout_ms", p.request_timeout_ms),
+                (
+                    "circuit_failure_threshold",
+                    p.circuit_failure_threshold.map(u64::from),
+                ),
+                ("circuit_open_ms", p.circuit_open_ms),
+                (
+                    "circuit_half_open_probes",
+                    p.circuit_half_open_probes.map(u64::from),
+                ),
+            ];
+            for (key, v) in optional {
+                if v == Some(0) {
+                    bail!("providers.{name}.{key}: must be greater than 0");
+                }
+            }
+            if p.rate_limit_burst == Some(0) {
+                bail!("providers.{name}.rate_limit_burst: must be greater than 0");
+            }
+        }
+        // Across every route: a vendor call must end before its lease does,
+        // or the delivery is taken over while the call still runs.
+        let slowest = self
+            .providers
+            .keys()
+            .map(|n| self.provider_guards(n).request_timeout)
+            .max()
+            .unwrap_or_default();
+        if Duration::from_secs(e.lease_seconds) <= slowest * 2 {
+            bail!(
+                "engine.lease_seconds: must be more than twice the longest provider request timeout ({} ms), \
+                 or a slow call (with one failover) can outlive its lease",
+                slowest.as_millis()
+            );
         }
         for (ch, c) in &self.channels {
             if c.providers.is_empty() {
@@ -211,7 +349,7 @@ impl Config {
                 let Some(p) = self.providers.get(name) else {
                     bail!("channels.{ch}.providers: no [providers.{name}] is configured");
                 };
-                let pc = p.channel();
+                let pc = p.account.channel();
                 if pc != *ch {
                     bail!("channels.{ch}.providers: {name} serves {pc}, not {ch}");
                 }
@@ -241,11 +379,50 @@ impl Config {
             .collect()
     }
 
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: self.engine.max_attempts,
-            base: Duration::from_millis(self.engine.retry_base_ms),
-            cap: Duration::from_millis(self.engine.retry_cap_ms),
+    /// Routing and retry rules, indexed by `Priority::index()`.
+    pub fn lane_rules(&self) -> [LaneRules; 4] {
+        Priority::ALL.map(|lane| {
+            let l = self.lanes.get(lane);
+            LaneRules {
+                failover: l.failover,
+                failover_ambiguous: l.failover_ambiguous,
+                retry: RetryPolicy {
+                    max_attempts: l.max_attempts,
+                    base: Duration::from_millis(l.retry_base_ms),
+                    cap: Duration::from_millis(l.retry_cap_ms),
+                },
+            }
+        })
+    }
+
+    /// A provider's guards, its own settings over the defaults. An unknown
+    /// name gets the defaults.
+    pub fn provider_guards(&self, name: &str) -> ProviderGuards {
+        let p = self.providers.get(name);
+        let get = |f: fn(&ProviderSettings) -> Option<u64>| p.and_then(f);
+        let cb = &self.circuit_breaker;
+        ProviderGuards {
+            connect_timeout: Duration::from_millis(
+                get(|p| p.connect_timeout_ms).unwrap_or(self.http.connect_timeout_ms),
+            ),
+            request_timeout: Duration::from_millis(
+                get(|p| p.request_timeout_ms).unwrap_or(self.http.request_timeout_ms),
+            ),
+            rate_limit: p
+                .and_then(|p| p.rate_limit_per_second)
+                .filter(|r| *r > 0)
+                .map(|r| (r, p.and_then(|p| p.rate_limit_burst).unwrap_or(r))),
+            max_concurrency: p.and_then(|p| p.max_concurrency).filter(|c| *c > 0),
+            breaker: BreakerSettings {
+                failure_threshold: p
+                    .and_then(|p| p.circuit_failure_threshold)
+                    .unwrap_or(cb.failure_threshold),
+                open_ms: i64::try_from(get(|p| p.circuit_open_ms).unwrap_or(cb.open_ms))
+                    .unwrap_or(i64::MAX),
+                half_open_probes: p
+                    .and_then(|p| p.circuit_half_open_probes)
+                    .unwrap_or(cb.half_open_probes),
+            },
         }
     }
 
@@ -275,18 +452,72 @@ mod tests {
         assert_eq!(cfg.enabled_channels().len(), 4);
         let sandbox = cfg.into_sandbox("http://127.0.0.1:1");
         for (name, p) in &sandbox.providers {
-            herald_providers::from_config(name, p).expect("sandbox providers build");
+            herald_providers::from_config(name, &p.account).expect("sandbox providers build");
         }
+        assert_eq!(
+            sandbox.channels[&Channel::Sms].providers,
+            vec!["twilio", "sns"],
+            "SMS fails over from Twilio to SNS"
+        );
         assert!(sandbox.webhooks.allow_loopback);
+    }
+
+    #[test]
+    fn provider_guards_fall_back_to_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[providers.twilio]\nrequest_timeout_ms = 4000\nrate_limit_per_second = 100\nmax_concurrency = 8\ncircuit_open_ms = 5000\n",
+        )
+        .expect("write");
+        let cfg = Config::load(Some(&f)).expect("loads");
+        let t = cfg.provider_guards("twilio");
+        assert_eq!(t.request_timeout, Duration::from_millis(4000));
+        assert_eq!(
+            t.connect_timeout,
+            Duration::from_millis(cfg.http.connect_timeout_ms)
+        );
+        assert_eq!(t.rate_limit, Some((100, 100)));
+        assert_eq!(t.max_concurrency, Some(8));
+        assert_eq!(t.breaker.open_ms, 5000);
+        assert_eq!(t.breaker.failure_threshold, 5);
+        let s = cfg.provider_guards("sendgrid");
+        assert_eq!(s.rate_limit, None);
+        assert_eq!(s.max_concurrency, None);
+        assert_eq!(s.breaker.open_ms, 60_000);
+        let rules = cfg.lane_rules();
+        assert_eq!(
+            rules[Priority::Critical.index()].failover,
+            Failover::OnFailure
+        );
+        assert!(rules[Priority::Critical.index()].failover_ambiguous);
+        assert_eq!(rules[Priority::Low.index()].failover, Failover::Never);
     }
 
     #[test]
     fn a_bad_value_names_its_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("bad.toml");
-        std::fs::write(&f, "[engine]\nmax_attempts = 0\n").expect("write");
+        std::fs::write(&f, "[lanes.low]\nmax_attempts = 0\n").expect("write");
         let e = Config::load(Some(&f)).expect_err("must fail");
-        assert!(e.to_string().contains("engine.max_attempts"), "{e}");
+        assert!(e.to_string().contains("lanes.low.max_attempts"), "{e}");
+
+        std::fs::write(&f, "[lanes.high]\nfailover = \"sometimes\"\n").expect("write");
+        let e = Config::load(Some(&f)).expect_err("must fail");
+        assert!(e.to_string().contains("failover"), "{e}");
+
+        std::fs::write(&f, "[providers.twilio]\nrequest_timeout_ms = 0\n").expect("write");
+        let e = Config::load(Some(&f)).expect_err("must fail");
+        assert!(
+            e.to_string()
+                .contains("providers.twilio.request_timeout_ms"),
+            "{e}"
+        );
+
+        std::fs::write(&f, "[providers.twilio]\naccount_sidd = \"AC1\"\n").expect("write");
+        let e = Config::load(Some(&f)).expect_err("a misspelt vendor key is refused");
+        assert!(e.to_string().contains("account_sidd"), "{e}");
 
         std::fs::write(&f, "[server]\nlisten = \"not an address\"\n").expect("write");
         let e = Config::load(Some(&f)).expect_err("must fail");

@@ -187,8 +187,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     let mut cfg = Config::load(None)?.into_sandbox(&sim_url);
     cfg.store.data_dir = data_dir.clone();
-    cfg.engine.retry_base_ms = 200;
-    cfg.engine.retry_cap_ms = 2_000;
+    for lane in cfg.lanes.all_mut() {
+        lane.retry_base_ms = 200;
+        lane.retry_cap_ms = 2_000;
+    }
     let key = crate::api::generate_key();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let herald = Running::start(cfg, listener, Some(&key)).await?;

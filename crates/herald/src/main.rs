@@ -71,6 +71,44 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Dead letters: deliveries that used up their attempts.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest death first.
+    List {
+        #[command(flatten)]
+        filter: herald::dlq::FilterArgs,
+        /// Most to list.
+        #[arg(long, default_value_t = herald::dlq::DEFAULT_PAGE)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Put dead letters back in the queue (attempts reset, same delivery id
+    /// and so the same vendor idempotency key): one by id, or with --all
+    /// every one matching the filters, oldest first, up to --limit.
+    Replay {
+        /// The dead letter's id (its delivery id).
+        id: Option<uuid::Uuid>,
+        /// Replay every dead letter matching the filters.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        filter: herald::dlq::FilterArgs,
+        #[arg(long, default_value_t = herald::dlq::MAX_PAGE)]
+        limit: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,9 +179,50 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("{key}");
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Dlq { command } => dlq(command).await,
         Command::Serve { store, listen } => {
             serve(store, listen).await?;
             Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<std::process::ExitCode> {
+    use herald::dlq;
+    match command {
+        DlqCommand::List {
+            filter,
+            limit,
+            json,
+            store,
+        } => {
+            let s = app::open_store(&store.load()?).await?;
+            let filter = filter.resolve(s.as_ref()).await?;
+            let page = s.dead_letters(&filter, None, limit).await?;
+            dlq::print(&page, json);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay {
+            id,
+            all,
+            filter,
+            limit,
+            store,
+        } => {
+            let s = app::open_store(&store.load()?).await?;
+            match (id, all) {
+                (Some(id), _) => {
+                    let tenant = filter.resolve(s.as_ref()).await?.tenant_id;
+                    dlq::replay_one(s.as_ref(), tenant.as_deref(), id).await
+                }
+                (None, true) => {
+                    let filter = filter.resolve(s.as_ref()).await?;
+                    let n = s.replay_dead_letters(&filter, limit).await?;
+                    println!("replayed {n} dead letters");
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                (None, false) => anyhow::bail!("give a dead letter's id, or --all with filters"),
+            }
         }
     }
 }

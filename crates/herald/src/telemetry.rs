@@ -14,6 +14,16 @@ pub const DELIVERIES: &str = "herald_deliveries_total";
 pub const ACCEPT_TO_VENDOR_SECONDS: &str = "herald_accept_to_vendor_seconds";
 pub const QUEUE_DEPTH: &str = "herald_queue_depth";
 pub const STORE_ERRORS: &str = "herald_store_errors_total";
+/// 0 closed, 1 open, 2 half-open; label `provider`.
+pub const CIRCUIT_STATE: &str = "herald_provider_circuit_state";
+pub const CIRCUIT_TRANSITIONS: &str = "herald_provider_circuit_transitions_total";
+/// Attempts that went past their first provider; label `to` is the last one tried.
+pub const FAILOVERS: &str = "herald_failovers_total";
+/// Attempts that called no one (every usable circuit open, or the send rate
+/// used up) and were put back for later.
+pub const DEFERRED: &str = "herald_deliveries_deferred_total";
+/// Calls held back by a provider's own send-rate limit.
+pub const THROTTLED_LOCALLY: &str = "herald_provider_throttled_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

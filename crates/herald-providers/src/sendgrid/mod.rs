@@ -14,6 +14,7 @@ use herald_core::secret::Secret;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SendGridConfig {
     #[serde(default = "default_base_url")]
     pub base_url: String,

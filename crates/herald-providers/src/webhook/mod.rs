@@ -20,6 +20,7 @@ use sha2::Sha256;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `whsec_` followed by base64 of at least 24 random bytes.
     pub signing_secret: Secret,

@@ -1,7 +1,14 @@
 -- Resilience: a delivery can be pinned to one provider (an ambiguous outcome
--- the lane may not fail over from), and dead letters are listed by when
--- they died.
+-- the lane may not fail over from), waiting deliveries expire on time even
+-- when nothing claims them (every circuit open), and dead letters are listed
+-- by when they died.
 
 ALTER TABLE deliveries ADD COLUMN pinned_provider TEXT;
+ALTER TABLE deliveries ADD COLUMN expires_at_ms INTEGER;
+UPDATE deliveries SET expires_at_ms =
+    (SELECT n.expires_at_ms FROM notifications n WHERE n.id = deliveries.notification_id);
+
+CREATE INDEX deliveries_expiring ON deliveries (expires_at_ms)
+    WHERE state IN ('queued', 'retry_scheduled') AND expires_at_ms IS NOT NULL;
 
 CREATE INDEX deliveries_dead ON deliveries (updated_at_ms, id) WHERE state = 'dead';

@@ -381,6 +381,13 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn expire_overdue(&self, now_ms: i64) -> Result<u64, StoreError> {
+        match self.write(Request::Expire { now_ms }).await? {
+            Response::Count(n) => Ok(n),
+            _ => Err(mismatch()),
+        }
+    }
+
     async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar("SELECT id FROM tenants WHERE name = ?")
             .bind(name)

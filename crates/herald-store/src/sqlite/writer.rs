@@ -40,6 +40,9 @@ pub(super) enum Request {
         filter: DeadLetterFilter,
         limit: usize,
     },
+    Expire {
+        now_ms: i64,
+    },
 }
 
 pub(super) enum Response {
@@ -136,6 +139,7 @@ async fn apply(
             Request::ReplayMany { filter, limit } => {
                 Response::Count(replay_many(&mut tx, filter, *limit).await?)
             }
+            Request::Expire { now_ms } => Response::Count(expire(&mut tx, *now_ms).await?),
         });
     }
     tx.commit().await.map_err(db_err)?;
@@ -193,7 +197,7 @@ async fn create(
         .collect();
     for chunk in deliveries.chunks(MAX_ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms) ",
+            "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms) ",
         );
         q.push_values(chunk, |mut b, (n, d)| {
             b.push_bind(d.id)
@@ -203,7 +207,8 @@ async fn create(
                 .push_bind(n.request.priority.index() as i64)
                 .push_bind("queued")
                 .push_bind(n.due_at_ms)
-                .push_bind(n.accepted_at_ms);
+                .push_bind(n.accepted_at_ms)
+                .push_bind(n.expires_at_ms);
         });
         q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
@@ -410,6 +415,21 @@ async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result
         q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
+}
+
+/// Waiting deliveries past their notification's expiry become `expired`
+/// (a claim would find the same; this does not wait for one).
+async fn expire(tx: &mut SqliteConnection, now_ms: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET state = 'expired', last_error = 'expired before it could be sent', \
+             updated_at_ms = ?1 \
+         WHERE state IN ('queued', 'retry_scheduled') AND expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
+    )
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected())
 }
 
 /// Starts the UPDATE that puts dead deliveries back in the queue: due now,

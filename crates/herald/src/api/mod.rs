@@ -8,6 +8,7 @@ mod limits;
 mod notifications;
 mod ops;
 pub mod problem;
+mod resilience;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -30,11 +31,14 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{generate_key, hash_key};
 
+use crate::config::Config;
+use crate::engine::accounts::Accounts;
 use crate::render::Templates;
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
+    pub accounts: Arc<Accounts>,
     pub limits: Limits,
     pub templates: Arc<Templates>,
     pub channels: HashSet<Channel>,
@@ -49,28 +53,29 @@ pub struct AppState {
 }
 
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        cfg: &Config,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
-        limits: Limits,
+        accounts: Arc<Accounts>,
         templates: Arc<Templates>,
-        channels: HashSet<Channel>,
-        max_body_bytes: usize,
-        max_batch_items: usize,
-        rate_limit: (u32, u32),
     ) -> Self {
+        let server = &cfg.server;
         Self {
             store,
             bus,
-            limits,
+            accounts,
+            limits: cfg.limits(),
             templates,
-            channels,
-            max_body_bytes,
-            max_batch_items,
+            channels: cfg.enabled_channels().into_iter().collect(),
+            max_body_bytes: server.max_body_bytes,
+            max_batch_items: server.max_batch_items,
             keys: auth::KeyCache::default(),
             in_flight: accept::InFlight::default(),
-            limiter: limits::TenantLimiter::new(rate_limit.0, rate_limit.1),
+            limiter: limits::TenantLimiter::new(
+                server.rate_limit_per_second,
+                server.rate_limit_burst,
+            ),
             metrics: crate::telemetry::metrics(),
             draining: AtomicBool::new(false),
         }
@@ -84,6 +89,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/v1/notifications", post(notifications::create))
         .route("/v1/notifications/batch", post(notifications::batch))
         .route("/v1/notifications/{id}", get(notifications::get))
+        .route("/v1/providers", get(resilience::providers))
+        .route("/v1/dead-letters", get(resilience::list))
+        .route("/v1/dead-letters/replay", post(resilience::replay_many))
+        .route("/v1/dead-letters/{id}/replay", post(resilience::replay_one))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -20,6 +20,7 @@ use super::auth::Tenant;
 use super::json::{body, parse};
 use super::problem::{problem_response, ApiError};
 use super::AppState;
+use crate::dlq::rfc3339;
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
@@ -149,12 +150,6 @@ pub async fn get(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(view_json(&view)))
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn view_json(v: &NotificationView) -> serde_json::Value {

@@ -38,8 +38,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Prometheus text format. Queue depths are read from the store per scrape.
+/// Prometheus text format. Queue depths are read from the store per scrape,
+/// circuit states from the breakers.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.accounts.publish_gauges(herald_core::now_ms());
     match state.store.queue_depths().await {
         Ok(depths) => {
             for ch in &state.channels {

@@ -31,6 +31,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("delivery {0} is {1}, not dead: only dead letters are replayed")]
+    NotDead(uuid::Uuid, herald_core::DeliveryState),
 }
 
 /// The problem document.
@@ -96,6 +98,7 @@ impl ApiError {
                 "shutting-down",
                 "Service unavailable",
             ),
+            NotDead(..) => (StatusCode::CONFLICT, "not-dead", "Not a dead letter"),
         }
     }
 

@@ -1,15 +1,16 @@
-//! One delivery attempt: check expiry, render, build the vendor request,
-//! send, classify, decide what comes next, record it.
+//! One delivery attempt: check expiry, render, walk the channel's route
+//! (failing over as the lane allows), decide what comes next, record it.
 
 use std::sync::Arc;
 
 use herald_core::model::{Channel, Content, NotificationRequest};
-use herald_core::provider::{Address, OutboundMessage, Outcome, Provider};
-use herald_core::retry::RetryPolicy;
+use herald_core::provider::{Address, OutboundMessage, Outcome};
+use herald_core::routing::LaneRules;
 use herald_core::store::{AttemptRecord, ClaimedDelivery, Next, Store};
 use rand::Rng;
 use tracing::Instrument;
 
+use super::accounts::{Account, Accounts, Try};
 use super::outbound::Outbound;
 use crate::render::Templates;
 use crate::telemetry as m;
@@ -17,12 +18,16 @@ use crate::telemetry as m;
 /// What every delivery task shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
-    /// Per channel, the ordered providers (the first is the primary).
-    pub routes: std::collections::BTreeMap<Channel, Vec<Arc<dyn Provider>>>,
+    pub accounts: Arc<Accounts>,
     pub outbound: Outbound,
-    pub retry: RetryPolicy,
+    /// Routing and retry rules, by `Priority::index()`.
+    pub lanes: [LaneRules; 4],
     pub templates: Arc<Templates>,
 }
+
+/// The longest a deferred delivery (every usable circuit open) waits past
+/// the reopening time, spread so the probes are not met by a stampede.
+const DEFER_SPREAD_MS: f64 = 1_000.0;
 
 pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
     let span = tracing::info_span!(
@@ -37,20 +42,35 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
     async move {
         let record = attempt(&shared, &d).await;
         let state = record.next.state();
+        let provider = record.provider().unwrap_or("none").to_owned();
         if state.is_terminal() {
-            let provider = record.provider.clone().unwrap_or_else(|| "none".into());
-            metrics::counter!(m::DELIVERIES, "channel" => d.channel.as_str(), "provider" => provider, "outcome" => state.as_str())
+            metrics::counter!(m::DELIVERIES, "channel" => d.channel.as_str(), "provider" => provider.clone(), "outcome" => state.as_str())
                 .increment(1);
         }
-        if let Next::Sent { .. } = record.next {
-            let waited = (record.started_at_ms + record.latency_ms - d.accepted_at_ms).max(0);
-            metrics::histogram!(m::ACCEPT_TO_VENDOR_SECONDS, "channel" => d.channel.as_str(), "lane" => d.priority.as_str())
-                .record(waited as f64 / 1000.0);
+        match &record.next {
+            Next::Sent { .. } => {
+                let waited = record
+                    .calls
+                    .last()
+                    .map_or(0, |c| c.started_at_ms + c.latency_ms - d.accepted_at_ms)
+                    .max(0);
+                metrics::histogram!(m::ACCEPT_TO_VENDOR_SECONDS, "channel" => d.channel.as_str(), "lane" => d.priority.as_str())
+                    .record(waited as f64 / 1000.0);
+            }
+            Next::Deferred(_) => {
+                metrics::counter!(m::DEFERRED, "channel" => d.channel.as_str(), "lane" => d.priority.as_str())
+                    .increment(1);
+            }
+            _ => {}
         }
-        tracing::debug!(state = %state, outcome = %record.outcome, "attempt recorded");
+        if record.calls.len() > 1 {
+            metrics::counter!(m::FAILOVERS, "channel" => d.channel.as_str(), "to" => provider)
+                .increment(1);
+        }
+        tracing::debug!(state = %state, calls = record.calls.len(), error = record.error.as_deref().unwrap_or(""), "attempt recorded");
         if let Err(e) = shared.store.record(vec![record]).await {
             // The lease will expire and the delivery will be tried again with
-            // the same key, which the vendor (or simulator) deduplicates.
+            // the same key, which a vendor that honours it deduplicates.
             metrics::counter!(m::STORE_ERRORS).increment(1);
             tracing::error!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
         }
@@ -61,83 +81,104 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
 
 async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     let started_at_ms = herald_core::now_ms();
-    let finish = |provider: Option<&str>,
-                  outcome: &Outcome,
-                  next: Next,
-                  status: Option<u16>,
-                  latency_ms: i64| {
-        AttemptRecord {
-            delivery_id: d.id,
-            lease_token: d.lease_token,
-            attempt: d.attempt,
-            provider: provider.map(str::to_owned),
-            started_at_ms,
-            latency_ms,
-            outcome: outcome.label().to_owned(),
-            status_code: status,
-            error: outcome.reason().map(str::to_owned),
-            next,
-        }
+    let mut rec = AttemptRecord {
+        delivery_id: d.id,
+        lease_token: d.lease_token,
+        attempt: d.attempt,
+        calls: Vec::new(),
+        error: None,
+        pin: None,
+        ended_at_ms: started_at_ms,
+        next: Next::Failed,
     };
-    let permanent = |reason: String| Outcome::Permanent { reason };
-
+    let end = |mut rec: AttemptRecord, next: Next, why: String| {
+        rec.next = next;
+        rec.error = Some(why);
+        rec.ended_at_ms = herald_core::now_ms();
+        rec
+    };
     if d.expires_at_ms.is_some_and(|e| started_at_ms >= e) {
-        let o = permanent("expired before it could be sent".into());
-        return finish(None, &o, Next::Expired, None, 0);
+        return end(rec, Next::Expired, "expired before it could be sent".into());
     }
-    let Some(provider) = shared.routes.get(&d.channel).and_then(|r| r.first()) else {
-        let o = permanent(format!("no provider is configured for {}", d.channel));
-        return finish(None, &o, Next::Failed, None, 0);
-    };
-    tracing::Span::current().record("provider", provider.name());
-
+    let route = route_for(&shared.accounts, d);
+    if route.is_empty() {
+        let why = format!("no provider is configured for {}", d.channel);
+        return end(rec, Next::Failed, why);
+    }
     let msg = match message(shared, d, started_at_ms) {
         Ok(m) => m,
-        Err(reason) => {
-            return finish(
-                Some(provider.name()),
-                &permanent(reason),
-                Next::Failed,
-                None,
-                0,
-            )
-        }
+        Err(why) => return end(rec, Next::Failed, why),
     };
-    let is_webhook = d.channel == Channel::Webhook;
     if let Address::Webhook(url) = &msg.address {
         if let Err(why) = shared.outbound.check_webhook_target(url).await {
-            let o = permanent(format!("webhook target refused: {why}"));
-            return finish(Some(provider.name()), &o, Next::Failed, None, 0);
+            return end(rec, Next::Failed, format!("webhook target refused: {why}"));
         }
     }
-    let req = match provider.build(&msg) {
-        Ok(r) => r,
-        Err(e) => {
-            return finish(
-                Some(provider.name()),
-                &permanent(e.to_string()),
-                Next::Failed,
-                None,
-                0,
-            )
+
+    let lane = &shared.lanes[d.priority.index()];
+    let mut last: Option<Outcome> = None;
+    let mut usable_again_at: Option<i64> = None;
+    let mut skipped = Vec::new();
+    for (i, account) in route.iter().enumerate() {
+        tracing::Span::current().record("provider", account.name());
+        match account.call(&msg).await {
+            Try::Skipped { retry_at_ms, why } => {
+                usable_again_at = Some(usable_again_at.map_or(retry_at_ms, |t| t.min(retry_at_ms)));
+                skipped.push(why);
+                if !lane.skips_open_circuits() {
+                    break;
+                }
+            }
+            Try::Called { outcome, call } => {
+                rec.calls.push(call);
+                if lane.pins_after(&outcome) {
+                    rec.pin = Some(account.name().to_owned());
+                }
+                let more = i + 1 < route.len();
+                let go_on = more && lane.fails_over_after(&outcome);
+                last = Some(outcome);
+                if !go_on {
+                    break;
+                }
+            }
         }
-    };
-    let (result, took) = shared.outbound.send(req, is_webhook).await;
-    let (outcome, status) = match result {
-        Ok(resp) => (provider.classify(&resp), Some(resp.status.as_u16())),
-        Err(transport) => (transport, None),
-    };
-    metrics::histogram!(m::ATTEMPT_SECONDS, "channel" => d.channel.as_str(), "provider" => provider.name().to_owned())
-        .record(took.as_secs_f64());
-    metrics::counter!(m::ATTEMPTS, "channel" => d.channel.as_str(), "provider" => provider.name().to_owned(), "outcome" => outcome.label())
-        .increment(1);
+    }
+
     let now = herald_core::now_ms();
     let jitter: f64 = rand::thread_rng().gen();
-    let next = shared
-        .retry
-        .next(&outcome, d.attempt, now, d.expires_at_ms, jitter);
-    let latency_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
-    finish(Some(provider.name()), &outcome, next, status, latency_ms)
+    rec.ended_at_ms = now;
+    match last {
+        Some(outcome) => {
+            rec.error = outcome.reason().map(str::to_owned);
+            rec.next = lane
+                .retry
+                .next(&outcome, d.attempt, now, d.expires_at_ms, jitter);
+        }
+        None => {
+            // No provider was called: wait for the first to be usable again.
+            // Not an attempt, so it does not use up the delivery's tries.
+            let at = usable_again_at.unwrap_or(now) + (jitter * DEFER_SPREAD_MS) as i64;
+            rec.error = Some(skipped.join("; "));
+            rec.next = match d.expires_at_ms {
+                Some(exp) if at >= exp => Next::Expired,
+                _ => Next::Deferred(at),
+            };
+        }
+    }
+    rec
+}
+
+/// The route for this delivery: the channel's, or only the provider it is
+/// pinned to (an earlier ambiguous outcome it may not fail over from).
+fn route_for(accounts: &Accounts, d: &ClaimedDelivery) -> Vec<Arc<Account>> {
+    let route = accounts.route(d.channel);
+    if let Some(pin) = &d.pinned_provider {
+        if let Some(a) = route.iter().find(|a| a.name() == pin) {
+            return vec![a.clone()];
+        }
+        tracing::warn!(pinned = %pin, "the pinned provider is no longer on the route; using the whole route");
+    }
+    route.to_vec()
 }
 
 /// The vendor-neutral message for this delivery, or why there cannot be one.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::breaker::CircuitState;
 use herald_core::bus::Bus;
 use herald_core::lanes::LanePolicy;
 use herald_core::model::{Channel, Priority};
@@ -46,7 +47,7 @@ impl Dispatcher {
             let mut failed = false;
             for lane in Priority::ALL {
                 let room = self.policy.room(lane, &in_flight).min(self.claim_batch);
-                if room == 0 {
+                if room == 0 || self.waits_for_its_route(lane) {
                     continue;
                 }
                 match self.bus.take(self.channel, lane, room).await {
@@ -107,6 +108,25 @@ impl Dispatcher {
             }
         }
         self.drain(tasks, held).await;
+    }
+
+    /// Whether this lane's work could only be deferred now: its primary's
+    /// circuit is open and the lane may not fail over, or every provider's
+    /// circuit is open. Such work is left in the queue, not claimed.
+    fn waits_for_its_route(&self, lane: Priority) -> bool {
+        let now = herald_core::now_ms();
+        let route = self.shared.accounts.route(self.channel);
+        let open =
+            |a: &std::sync::Arc<super::accounts::Account>| a.circuit(now) == CircuitState::Open;
+        let Some(primary) = route.first() else {
+            return false;
+        };
+        let rules = &self.shared.lanes[lane.index()];
+        if rules.skips_open_circuits() {
+            route.iter().all(open)
+        } else {
+            open(primary)
+        }
     }
 
     fn reap(

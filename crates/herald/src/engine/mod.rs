@@ -1,10 +1,10 @@
 //! The delivery engine: one worker pool per channel, fed by the bus.
 
+pub mod accounts;
 mod deliver;
 mod dispatch;
 pub mod outbound;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::render::Templates;
+use accounts::Accounts;
 pub use deliver::Shared;
 use dispatch::Dispatcher;
 use outbound::Outbound;
@@ -25,27 +26,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the providers from config and starts a pool per enabled channel.
+    /// Starts a pool per enabled channel over the configured accounts.
     pub fn start(
         cfg: &Config,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+        accounts: Arc<Accounts>,
+        outbound: Outbound,
         templates: Arc<Templates>,
     ) -> anyhow::Result<Engine> {
-        let mut routes = BTreeMap::new();
-        for ch in cfg.enabled_channels() {
-            let mut providers = Vec::new();
-            for name in &cfg.channels[&ch].providers {
-                let pc = &cfg.providers[name];
-                providers.push(herald_providers::from_config(name, pc)?);
-            }
-            routes.insert(ch, providers);
-        }
         let shared = Arc::new(Shared {
             store,
-            routes,
-            outbound: Outbound::new(&cfg.http, cfg.limits())?,
-            retry: cfg.retry_policy(),
+            accounts,
+            outbound,
+            lanes: cfg.lane_rules(),
             templates,
         });
         let shutdown = CancellationToken::new();
@@ -65,6 +59,11 @@ impl Engine {
             };
             pools.spawn(d.run(shutdown.child_token()));
         }
+        pools.spawn(sweep_expired(
+            shared.store.clone(),
+            Duration::from_millis(cfg.engine.poll_interval_ms),
+            shutdown.child_token(),
+        ));
         Ok(Engine { pools, shutdown })
     }
 
@@ -72,5 +71,26 @@ impl Engine {
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         while self.pools.join_next().await.is_some() {}
+    }
+}
+
+/// Expires waiting deliveries on time even when nothing claims them (a lane
+/// held back while every circuit on its route is open).
+async fn sweep_expired(store: Arc<dyn Store>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match store.expire_overdue(herald_core::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                count = n,
+                "waiting deliveries expired before they could be sent"
+            ),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed; the next one retries"),
+        }
     }
 }

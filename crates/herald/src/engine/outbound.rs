@@ -1,7 +1,8 @@
-//! Outbound HTTP to vendors: one keep-alive client for vendor APIs, and one
-//! for customer webhooks whose resolver refuses loopback and private
-//! addresses (unless the config allows them), so a webhook URL can never be
-//! used to reach the inside of the network. Neither follows redirects.
+//! Outbound HTTP to vendors: one keep-alive client per provider account
+//! (each with its own timeouts), and for customer webhooks a client whose
+//! resolver refuses loopback and private addresses (unless the config allows
+//! them), so a webhook URL can never be used to reach the inside of the
+//! network. None follows redirects.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,15 +13,15 @@ use herald_core::provider::{Outcome, VendorRequest, VendorResponse};
 use herald_core::validate::{address_allowed, Limits};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::config::HttpConfig;
+use crate::config::{HttpConfig, ProviderGuards};
 
 /// The most of a vendor's answer we read; the rest is not needed to classify.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// Builds the clients and checks webhook targets.
 #[derive(Clone)]
 pub struct Outbound {
-    vendors: reqwest::Client,
-    webhooks: reqwest::Client,
+    pool_max_idle_per_host: usize,
     limits: Arc<Limits>,
 }
 
@@ -47,25 +48,32 @@ impl Resolve for GuardedResolver {
 }
 
 impl Outbound {
-    pub fn new(cfg: &HttpConfig, limits: Limits) -> anyhow::Result<Self> {
-        let limits = Arc::new(limits);
-        let base = || {
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-                .timeout(Duration::from_millis(cfg.request_timeout_ms))
-                .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-        };
-        Ok(Self {
-            vendors: base().build()?,
-            webhooks: base()
-                .dns_resolver(Arc::new(GuardedResolver {
-                    limits: limits.clone(),
-                }))
-                .build()?,
-            limits,
-        })
+    pub fn new(cfg: &HttpConfig, limits: Limits) -> Self {
+        Self {
+            pool_max_idle_per_host: cfg.pool_max_idle_per_host,
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// A keep-alive client with one provider's timeouts; for webhooks, with
+    /// the guarded resolver.
+    pub fn client(
+        &self,
+        guards: &ProviderGuards,
+        webhook: bool,
+    ) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(guards.connect_timeout)
+            .timeout(guards.request_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")));
+        if webhook {
+            b = b.dns_resolver(Arc::new(GuardedResolver {
+                limits: self.limits.clone(),
+            }));
+        }
+        Ok(b.build()?)
     }
 
     /// Checks a webhook target before sending: literal addresses and what the
@@ -85,53 +93,53 @@ impl Outbound {
         }
         Ok(())
     }
+}
 
-    /// Sends and returns the vendor's answer, or the transport failure as an
-    /// outcome. A timeout after the request went out is ambiguous: the vendor
-    /// may have accepted it.
-    pub async fn send(
-        &self,
-        req: VendorRequest,
-        webhook: bool,
-    ) -> (Result<VendorResponse, Outcome>, Duration) {
-        let started = Instant::now();
-        let result = self.exchange(req, webhook).await;
-        (result, started.elapsed())
-    }
+/// Sends and returns the vendor's answer, or the transport failure as an
+/// outcome, and how long it took. A timeout after the request went out is
+/// ambiguous: the vendor may have accepted it.
+pub async fn send(
+    client: &reqwest::Client,
+    req: VendorRequest,
+    timeout: Duration,
+) -> (Result<VendorResponse, Outcome>, Duration) {
+    let started = Instant::now();
+    let result = exchange(client, req, timeout).await;
+    (result, started.elapsed())
+}
 
-    async fn exchange(&self, req: VendorRequest, webhook: bool) -> Result<VendorResponse, Outcome> {
-        let req = reqwest::Request::try_from(req).map_err(|e| Outcome::Permanent {
-            reason: format!("request cannot be sent: {e}"),
-        })?;
-        let client = if webhook {
-            &self.webhooks
-        } else {
-            &self.vendors
-        };
-        let mut resp = client.execute(req).await.map_err(transport_outcome)?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if body.len() >= MAX_RESPONSE_BYTES {
-                        break;
-                    }
+async fn exchange(
+    client: &reqwest::Client,
+    req: VendorRequest,
+    timeout: Duration,
+) -> Result<VendorResponse, Outcome> {
+    let mut req = reqwest::Request::try_from(req).map_err(|e| Outcome::Permanent {
+        reason: format!("request cannot be sent: {e}"),
+    })?;
+    *req.timeout_mut() = Some(timeout);
+    let mut resp = client.execute(req).await.map_err(transport_outcome)?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_RESPONSE_BYTES {
+                    break;
                 }
-                Ok(None) => break,
-                // The status line arrived: classify on it even if the body broke off.
-                Err(_) => break,
             }
+            Ok(None) => break,
+            // The status line arrived: classify on it even if the body broke off.
+            Err(_) => break,
         }
-        Ok(VendorResponse {
-            status,
-            headers,
-            body: Bytes::from(body),
-        })
     }
+    Ok(VendorResponse {
+        status,
+        headers,
+        body: Bytes::from(body),
+    })
 }
 
 fn transport_outcome(e: reqwest::Error) -> Outcome {

@@ -7,12 +7,12 @@ use std::time::Duration;
 use herald_sim::Fault;
 use serde_json::json;
 
-use crate::utils::TestServer;
+use crate::utils::{max_attempts, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_receives_each_notification_exactly_once() {
     // 20% of Twilio calls fail: with 20 attempts, a delivery dying is 0.2^20.
-    let s = TestServer::start_with(|c| c.engine.max_attempts = 20).await;
+    let s = TestServer::start_with(|c| max_attempts(c, 20)).await;
     s.fault(
         "twilio",
         Fault {
@@ -153,7 +153,7 @@ async fn the_status_api_shows_states_and_attempts() {
 
 #[tokio::test]
 async fn a_transient_failure_is_retried_with_the_same_vendor_key() {
-    let s = TestServer::start_with(|c| c.engine.max_attempts = 20).await;
+    let s = TestServer::start_with(|c| max_attempts(c, 20)).await;
     s.fault(
         "sendgrid",
         Fault {
@@ -194,7 +194,7 @@ async fn a_transient_failure_is_retried_with_the_same_vendor_key() {
 
 #[tokio::test]
 async fn exhausted_attempts_end_dead_with_the_last_error() {
-    let s = TestServer::start_with(|c| c.engine.max_attempts = 3).await;
+    let s = TestServer::start_with(|c| max_attempts(c, 3)).await;
     s.fault(
         "sendgrid",
         Fault {
@@ -222,14 +222,17 @@ async fn exhausted_attempts_end_dead_with_the_last_error() {
 
 #[tokio::test]
 async fn an_expired_notification_is_never_sent_late() {
-    let s = TestServer::start_with(|c| c.engine.max_attempts = 1000).await;
-    s.fault(
-        "twilio",
-        Fault {
-            outage: true,
-            ..Fault::default()
-        },
-    );
+    let s = TestServer::start_with(|c| max_attempts(c, 1000)).await;
+    // Both SMS vendors down: failover cannot help either.
+    for vendor in ["twilio", "sns"] {
+        s.fault(
+            vendor,
+            Fault {
+                outage: true,
+                ..Fault::default()
+            },
+        );
+    }
     let mut body = crate::utils::sms("your code is 123456", "critical");
     body["ttl_seconds"] = json!(1);
     let (status, _, v) = s.post("/v1/notifications", &body).await;

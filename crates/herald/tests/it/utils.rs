@@ -26,11 +26,20 @@ pub fn config(sim_url: &str, data_dir: &Path) -> Config {
         .expect("defaults load")
         .into_sandbox(sim_url);
     cfg.store.data_dir = data_dir.to_path_buf();
-    cfg.engine.retry_base_ms = 50;
-    cfg.engine.retry_cap_ms = 200;
+    for lane in cfg.lanes.all_mut() {
+        lane.retry_base_ms = 50;
+        lane.retry_cap_ms = 200;
+    }
     cfg.engine.poll_interval_ms = 50;
     cfg.engine.shutdown_grace_seconds = 5;
     cfg
+}
+
+/// Sets every lane's attempts before a delivery is dead.
+pub fn max_attempts(cfg: &mut Config, n: u32) {
+    for lane in cfg.lanes.all_mut() {
+        lane.max_attempts = n;
+    }
 }
 
 impl TestServer {

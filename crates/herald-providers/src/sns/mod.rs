@@ -1,0 +1,391 @@
+//! Amazon SNS, publishing SMS straight to a phone number (Query API
+//! `Action=Publish`, version 2010-03-31). Auth: AWS Signature Version 4,
+//! signed with the `aws-sigv4` crate (AWS's own signer). Success is `200`
+//! with `<PublishResponse><PublishResult><MessageId>`; errors are
+//! `<ErrorResponse><Error><Code>`.
+//!
+//! SNS has no idempotency key for SMS (`MessageDeduplicationId` exists only
+//! for FIFO topics): the delivery key goes in `Idempotency-Key`, which SNS
+//! ignores (docs/providers.md).
+
+pub mod wire;
+
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use herald_core::model::Priority;
+use herald_core::provider::{
+    classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
+    VendorResponse,
+};
+use herald_core::secret::Secret;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnsConfig {
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Defaults to `https://sns.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// For temporary credentials (STS).
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    /// `AWS.SNS.SMS.SenderID`, where the destination country supports it.
+    #[serde(default)]
+    pub sender_id: Option<String>,
+    /// `AWS.MM.SMS.OriginationNumber`: the number to send from (E.164).
+    #[serde(default)]
+    pub origination_number: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+#[derive(Debug)]
+pub struct Sns {
+    name: String,
+    url: String,
+    credentials: Credentials,
+    cfg: SnsConfig,
+}
+
+/// Error codes that mean "slow down" (429 `Throttled`, and the Query API's
+/// common `Throttling` error, which comes with a 400).
+const RATE_LIMITED_CODES: &[&str] = &[
+    "Throttled",
+    "Throttling",
+    "ThrottlingException",
+    "KMSThrottling",
+];
+/// Error codes that no retry of the same message will fix.
+/// <https://docs.aws.amazon.com/sns/latest/api/API_Publish.html#API_Publish_Errors>
+const PERMANENT_CODES: &[&str] = &[
+    "InvalidParameter",
+    "ParameterValueInvalid",
+    "ValidationException",
+    "AuthorizationError",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "OptedOut",
+    "EndpointDisabled",
+    "NotFound",
+];
+
+impl Sns {
+    pub fn new(name: &str, cfg: SnsConfig) -> Result<Self, String> {
+        if cfg.access_key_id.is_empty() || cfg.secret_access_key.is_empty() {
+            return Err("access_key_id and secret_access_key are required".into());
+        }
+        if cfg.region.is_empty()
+            || !cfg
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(format!("region {:?} is not an AWS region name", cfg.region));
+        }
+        let base = match &cfg.base_url {
+            Some(u) => crate::base_url(u)?,
+            None => format!("https://sns.{}.amazonaws.com", cfg.region),
+        };
+        let credentials = Credentials::new(
+            cfg.access_key_id.clone(),
+            cfg.secret_access_key.expose().to_owned(),
+            cfg.session_token.as_ref().map(|t| t.expose().to_owned()),
+            None,
+            "herald-config",
+        );
+        Ok(Self {
+            name: name.to_owned(),
+            url: format!("{base}/"),
+            credentials,
+            cfg,
+        })
+    }
+
+    /// The Publish form: `PhoneNumber`, `Message` and the SMS attributes.
+    fn form(&self, to: &str, text: &str, priority: Priority) -> Result<String, BuildError> {
+        // Transactional SMS get the more reliable route; the rest are
+        // promotional (cheaper, and where the law says so, quiet hours apply).
+        let sms_type = match priority {
+            Priority::Critical | Priority::High => "Transactional",
+            Priority::Normal | Priority::Low => "Promotional",
+        };
+        let mut attributes = vec![("AWS.SNS.SMS.SMSType", sms_type)];
+        if let Some(s) = &self.cfg.sender_id {
+            attributes.push(("AWS.SNS.SMS.SenderID", s));
+        }
+        if let Some(n) = &self.cfg.origination_number {
+            attributes.push(("AWS.MM.SMS.OriginationNumber", n));
+        }
+        let mut fields: Vec<(String, &str)> = vec![
+            ("Action".into(), "Publish"),
+            ("Version".into(), "2010-03-31"),
+            ("PhoneNumber".into(), to),
+            ("Message".into(), text),
+        ];
+        for (i, (name, value)) in attributes.into_iter().enumerate() {
+            let entry = format!("MessageAttributes.entry.{}", i + 1);
+            fields.push((format!("{entry}.Name"), name));
+            fields.push((format!("{entry}.Value.DataType"), "String"));
+            fields.push((format!("{entry}.Value.StringValue"), value));
+        }
+        serde_urlencoded::to_string(&fields)
+            .map_err(|e| BuildError::Invalid(format!("cannot encode form: {e}")))
+    }
+
+    /// Signs `req` in place (adds `authorization` and `x-amz-date`, and
+    /// `x-amz-security-token` with temporary credentials) as of `at`.
+    fn sign(&self, req: &mut VendorRequest, at: SystemTime) -> Result<(), BuildError> {
+        let identity = self.credentials.clone().into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.cfg.region)
+            .name("sns")
+            .time(at)
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| BuildError::Invalid(format!("cannot sign: {e}")))?
+            .into();
+        let headers: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .collect();
+        let signable = SignableRequest::new(
+            req.method().as_str(),
+            req.uri().to_string(),
+            headers.into_iter(),
+            SignableBody::Bytes(req.body()),
+        )
+        .map_err(|e| BuildError::Invalid(format!("cannot sign: {e}")))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| BuildError::Invalid(format!("cannot sign: {e}")))?
+            .into_parts();
+        instructions.apply_to_request_http1x(req);
+        Ok(())
+    }
+}
+
+impl Provider for Sns {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn vendor(&self) -> &'static str {
+        "sns"
+    }
+
+    fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError> {
+        let Address::Phone(to) = &msg.address else {
+            return Err(BuildError::WrongAddress("a non-phone address"));
+        };
+        let text = msg
+            .content
+            .text
+            .as_deref()
+            .ok_or(BuildError::MissingContent("text"))?;
+        let form = self.form(to, text, msg.priority)?;
+        let mut req = crate::post(
+            &self.url,
+            "application/x-www-form-urlencoded; charset=utf-8",
+            &msg.delivery_key,
+            &[],
+            form.into_bytes(),
+        )?;
+        let at =
+            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(msg.now_ms).unwrap_or(0));
+        self.sign(&mut req, at)?;
+        Ok(req)
+    }
+
+    fn classify(&self, resp: &VendorResponse) -> Outcome {
+        let text = std::str::from_utf8(&resp.body).unwrap_or_default();
+        if resp.status.is_success() {
+            let vendor_id = quick_xml::de::from_str::<wire::PublishResponse>(text)
+                .ok()
+                .map(|r| r.result.message_id);
+            return Outcome::Accepted { vendor_id };
+        }
+        let err = quick_xml::de::from_str::<wire::ErrorResponse>(text)
+            .ok()
+            .map(|r| r.error);
+        let code = err.as_ref().map(|e| e.code.as_str());
+        let reason = crate::clip(&match &err {
+            Some(e) => format!(
+                "sns {} {}{}: {}",
+                resp.status.as_u16(),
+                e.code,
+                e.kind
+                    .as_deref()
+                    .map(|k| format!(" ({k})"))
+                    .unwrap_or_default(),
+                e.message.as_deref().unwrap_or("")
+            ),
+            None => format!("sns HTTP {}", resp.status.as_u16()),
+        });
+        match code {
+            Some(c) if RATE_LIMITED_CODES.contains(&c) => Outcome::RateLimited {
+                retry_after: herald_core::provider::retry_after(&resp.headers),
+                reason,
+            },
+            Some(c) if PERMANENT_CODES.contains(&c) => Outcome::Permanent { reason },
+            _ => classify_status(resp, reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::model::Channel;
+
+    use super::*;
+    use crate::testing::{message, response};
+
+    fn adapter() -> Sns {
+        Sns::new(
+            "sns",
+            SnsConfig {
+                region: "us-east-1".into(),
+                base_url: None,
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+                session_token: None,
+                sender_id: Some("Herald".into()),
+                origination_number: None,
+            },
+        )
+        .expect("valid config")
+    }
+
+    #[test]
+    fn publish_is_a_signed_form() {
+        let msg = message(Channel::Sms, Address::Phone("+14155550100".into()));
+        let req = adapter().build(&msg).expect("builds");
+        assert_eq!(req.uri(), "https://sns.us-east-1.amazonaws.com/");
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(req.body()).expect("a form");
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("Action"), Some("Publish"));
+        assert_eq!(get("Version"), Some("2010-03-31"));
+        assert_eq!(get("PhoneNumber"), Some("+14155550100"));
+        assert_eq!(
+            get("Message"),
+            msg.content.text.as_deref(),
+            "unicode intact"
+        );
+        assert_eq!(
+            get("MessageAttributes.entry.1.Name"),
+            Some("AWS.SNS.SMS.SMSType")
+        );
+        assert_eq!(
+            get("MessageAttributes.entry.1.Value.StringValue"),
+            Some("Transactional"),
+            "a critical message"
+        );
+        assert_eq!(
+            get("MessageAttributes.entry.2.Value.StringValue"),
+            Some("Herald")
+        );
+
+        let h = req.headers();
+        // 2023-11-14T22:13:20.5Z, from the fixture's now_ms.
+        assert_eq!(h["x-amz-date"], "20231114T221320Z");
+        let auth = h["authorization"].to_str().expect("ascii");
+        assert!(
+            auth.starts_with(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-east-1/sns/aws4_request, SignedHeaders="
+            ),
+            "{auth}"
+        );
+        assert!(
+            auth.contains("idempotency-key"),
+            "the key is signed: {auth}"
+        );
+        let signature = auth.rsplit("Signature=").next().expect("signature");
+        assert_eq!(signature.len(), 64);
+        assert!(signature.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(h["idempotency-key"], msg.delivery_key.as_str());
+
+        // Deterministic for the same input and time; different for another body.
+        let again = adapter().build(&msg).expect("builds");
+        assert_eq!(again.headers()["authorization"], h["authorization"]);
+        let mut other = msg.clone();
+        other.content.text = Some("another".into());
+        let other = adapter().build(&other).expect("builds");
+        assert_ne!(other.headers()["authorization"], h["authorization"]);
+    }
+
+    #[test]
+    fn needs_a_phone_and_text() {
+        let msg = message(Channel::Email, Address::Email("a@example.com".into()));
+        assert!(matches!(
+            adapter().build(&msg),
+            Err(BuildError::WrongAddress(_))
+        ));
+        let mut msg = message(Channel::Sms, Address::Phone("+14155550100".into()));
+        msg.content.text = None;
+        assert!(matches!(
+            adapter().build(&msg),
+            Err(BuildError::MissingContent(_))
+        ));
+    }
+
+    #[test]
+    fn responses_classify_by_code() {
+        let ok = response(
+            200,
+            &[],
+            r#"<PublishResponse xmlns="https://sns.amazonaws.com/doc/2010-03-31/"><PublishResult><MessageId>567910cd-659e-55d4-8ccb-5aaf14679dc0</MessageId></PublishResult><ResponseMetadata><RequestId>d74b8436-ae13-5ab4-a9ff-ce54dfea72a0</RequestId></ResponseMetadata></PublishResponse>"#,
+        );
+        assert_eq!(
+            adapter().classify(&ok),
+            Outcome::Accepted {
+                vendor_id: Some("567910cd-659e-55d4-8ccb-5aaf14679dc0".into())
+            }
+        );
+        let err = |status: u16, code: &str| {
+            response(
+                status,
+                &[],
+                &format!(
+                    r#"<ErrorResponse xmlns="https://sns.amazonaws.com/doc/2010-03-31/"><Error><Type>Sender</Type><Code>{code}</Code><Message>Invalid parameter: PhoneNumber Reason: +1 is not valid to publish to</Message></Error><RequestId>x</RequestId></ErrorResponse>"#
+                ),
+            )
+        };
+        let a = adapter();
+        assert_eq!(
+            a.classify(&err(400, "InvalidParameter")).label(),
+            "permanent"
+        );
+        assert_eq!(
+            a.classify(&err(403, "AuthorizationError")).label(),
+            "permanent"
+        );
+        assert_eq!(a.classify(&err(429, "Throttled")).label(), "rate_limited");
+        assert_eq!(
+            a.classify(&err(400, "Throttling")).label(),
+            "rate_limited",
+            "the common throttling error comes with a 400"
+        );
+        assert_eq!(a.classify(&err(500, "InternalError")).label(), "transient");
+        assert_eq!(
+            a.classify(&response(503, &[], "<html>unavailable</html>"))
+                .label(),
+            "transient"
+        );
+        let reason = a.classify(&err(400, "InvalidParameter"));
+        assert!(
+            reason
+                .reason()
+                .is_some_and(|r| r.contains("InvalidParameter (Sender)")),
+            "{reason:?}"
+        );
+    }
+}
