@@ -81,6 +81,13 @@ pub struct ClaimedDelivery {
     /// Set when an earlier attempt's outcome was ambiguous and the lane may
     /// not fail over from it: every attempt goes to this provider.
     pub pinned_provider: Option<String>,
+    /// This claim takes over from a holder that may have been mid-call (its
+    /// lease expired, or it was released at shutdown): the provider it was
+    /// calling may hold the message already.
+    pub in_doubt: bool,
+    /// The backup provider the last holder noted it was calling, if any (a
+    /// call to the primary is not noted: it is the one tried first anyway).
+    pub calling: Option<String>,
 }
 
 /// Where a delivery goes after an attempt.
@@ -298,6 +305,15 @@ pub trait Store: Send + Sync + 'static {
         filter: &DeadLetterFilter,
         limit: usize,
     ) -> Result<u64, StoreError>;
+    /// Notes, before the call, that a leased delivery is about to go to a
+    /// backup provider: if the holder dies mid-call, the next knows where
+    /// the message may already be.
+    async fn note_call(
+        &self,
+        id: uuid::Uuid,
+        lease_token: i64,
+        provider: &str,
+    ) -> Result<(), StoreError>;
     /// Moves waiting deliveries (queued, retry scheduled) whose notification
     /// expired by `now_ms` to `expired`; returns how many.
     async fn expire_overdue(&self, now_ms: i64) -> Result<u64, StoreError>;

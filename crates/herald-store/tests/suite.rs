@@ -381,6 +381,52 @@ async fn a_pin_holds_for_later_attempts(store: &dyn Store) {
     assert_eq!(c[0].attempt, 2);
 }
 
+async fn a_takeover_is_in_doubt_and_knows_the_backup_being_called(store: &dyn Store) {
+    let n = new_notification("t1", request(Priority::High, &["sms"]), 1_000);
+    store.create(vec![n]).await.expect("create");
+    let first = store
+        .claim(Channel::Sms, Priority::High, 1, 1_000, 100)
+        .await
+        .expect("claim");
+    assert!(!first[0].in_doubt, "a fresh claim");
+    store
+        .note_call(first[0].id, first[0].lease_token, "sns")
+        .await
+        .expect("note");
+    // The holder dies; the lease expires; another takes over.
+    let second = store
+        .claim(Channel::Sms, Priority::High, 1, 1_200, 100)
+        .await
+        .expect("claim");
+    assert!(second[0].in_doubt);
+    assert_eq!(second[0].calling.as_deref(), Some("sns"));
+    store
+        .record(vec![attempt(
+            &second[0],
+            "sns",
+            1_200,
+            Next::RetryAt(1_300),
+        )])
+        .await
+        .expect("record");
+    let third = store
+        .claim(Channel::Sms, Priority::High, 1, 1_300, 100)
+        .await
+        .expect("claim");
+    assert!(!third[0].in_doubt, "a recorded attempt settles the doubt");
+    assert_eq!(third[0].calling, None);
+    // A release at shutdown may have cut a call short: in doubt too.
+    store
+        .release(vec![(third[0].id, third[0].lease_token)])
+        .await
+        .expect("release");
+    let fourth = store
+        .claim(Channel::Sms, Priority::High, 1, herald_core::now_ms(), 100)
+        .await
+        .expect("claim");
+    assert!(fourth[0].in_doubt);
+}
+
 /// Kills one delivery per (tenant, channel) and returns them.
 async fn kill(store: &dyn Store, tenant: &str, channel: &str, at: i64) -> ClaimedDelivery {
     let n = new_notification(tenant, request(Priority::Normal, &[channel]), at);
@@ -562,6 +608,7 @@ suite!(
         a_pin_holds_for_later_attempts,
         dead_letters_are_listed_paged_filtered_and_replayed,
         waiting_deliveries_expire_without_a_claim,
+        a_takeover_is_in_doubt_and_knows_the_backup_being_called,
     ]
 );
 

@@ -381,6 +381,20 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn note_call(
+        &self,
+        id: uuid::Uuid,
+        lease_token: i64,
+        provider: &str,
+    ) -> Result<(), StoreError> {
+        let req = Request::NoteCall {
+            id,
+            lease_token,
+            provider: provider.to_owned(),
+        };
+        self.write(req).await.map(drop)
+    }
+
     async fn expire_overdue(&self, now_ms: i64) -> Result<u64, StoreError> {
         match self.write(Request::Expire { now_ms }).await? {
             Response::Count(n) => Ok(n),

@@ -43,6 +43,11 @@ pub(super) enum Request {
     Expire {
         now_ms: i64,
     },
+    NoteCall {
+        id: uuid::Uuid,
+        lease_token: i64,
+        provider: String,
+    },
 }
 
 pub(super) enum Response {
@@ -140,6 +145,22 @@ async fn apply(
                 Response::Count(replay_many(&mut tx, filter, *limit).await?)
             }
             Request::Expire { now_ms } => Response::Count(expire(&mut tx, *now_ms).await?),
+            Request::NoteCall {
+                id,
+                lease_token,
+                provider,
+            } => {
+                sqlx::query(
+                    "UPDATE deliveries SET calling = ? WHERE id = ? AND lease_token = ? AND state = 'sending'",
+                )
+                .bind(provider)
+                .bind(id)
+                .bind(lease_token)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                Response::Done
+            }
         });
     }
     tx.commit().await.map_err(db_err)?;
@@ -273,12 +294,13 @@ async fn claim(
     let token: i64 = rand::random();
     let rows = sqlx::query(
         "UPDATE deliveries SET state = 'sending', due_at_ms = ?1 + ?2, lease_token = ?3, \
-             attempts = attempts + 1, updated_at_ms = ?1 \
+             attempts = attempts + 1, updated_at_ms = ?1, \
+             in_doubt = CASE WHEN state = 'sending' THEN 1 ELSE in_doubt END \
          WHERE rowid IN (SELECT rowid FROM deliveries \
              WHERE channel = ?4 AND priority = ?5 \
                AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
              ORDER BY due_at_ms LIMIT ?6) \
-         RETURNING id, notification_id, target, attempts, pinned_provider",
+         RETURNING id, notification_id, target, attempts, pinned_provider, calling, in_doubt",
     )
     .bind(a.now_ms)
     .bind(a.lease_ms)
@@ -312,6 +334,8 @@ async fn claim(
             expires_at_ms: None,
             payload: String::new(),
             pinned_provider: row.try_get("pinned_provider").map_err(db_err)?,
+            calling: row.try_get("calling").map_err(db_err)?,
+            in_doubt: row.try_get::<i64, _>("in_doubt").map_err(db_err)? != 0,
         });
     }
     ids.sort_unstable();
@@ -408,7 +432,8 @@ async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result
                  provider = COALESCE(v.provider, deliveries.provider), \
                  vendor_message_id = COALESCE(v.vendor_id, deliveries.vendor_message_id), last_error = v.error, \
                  sent_at_ms = COALESCE(v.sent_at, deliveries.sent_at_ms), updated_at_ms = v.updated, \
-                 pinned_provider = COALESCE(deliveries.pinned_provider, v.pin) \
+                 pinned_provider = COALESCE(deliveries.pinned_provider, v.pin), \
+                 calling = NULL, in_doubt = 0 \
              FROM v WHERE deliveries.id = v.id AND deliveries.lease_token = v.token \
                  AND deliveries.state = 'sending'",
         );
@@ -501,7 +526,7 @@ async fn release(
     for (id, token) in leases {
         sqlx::query(
             "UPDATE deliveries SET state = 'queued', due_at_ms = ?, lease_token = NULL, \
-                 attempts = MAX(attempts - 1, 0), updated_at_ms = ? \
+                 attempts = MAX(attempts - 1, 0), updated_at_ms = ?, in_doubt = 1 \
              WHERE id = ? AND lease_token = ? AND state = 'sending'",
         )
         .bind(now)

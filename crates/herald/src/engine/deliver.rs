@@ -100,7 +100,9 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     if d.expires_at_ms.is_some_and(|e| started_at_ms >= e) {
         return end(rec, Next::Expired, "expired before it could be sent".into());
     }
-    let route = route_for(&shared.accounts, d);
+    let lane = &shared.lanes[d.priority.index()];
+    let (route, pin) = route_for(&shared.accounts, lane, d);
+    rec.pin = pin;
     if route.is_empty() {
         let why = format!("no provider is configured for {}", d.channel);
         return end(rec, Next::Failed, why);
@@ -115,12 +117,24 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
         }
     }
 
-    let lane = &shared.lanes[d.priority.index()];
     let mut last: Option<Outcome> = None;
     let mut usable_again_at: Option<i64> = None;
     let mut skipped = Vec::new();
+    let primary = shared.accounts.route(d.channel).first().map(|a| a.name());
     for (i, account) in route.iter().enumerate() {
         tracing::Span::current().record("provider", account.name());
+        if Some(account.name()) != primary {
+            // A backup may take it: say so first, so a holder that dies
+            // mid-call leaves the next one knowing where it may already be.
+            if let Err(e) = shared
+                .store
+                .note_call(d.id, d.lease_token, account.name())
+                .await
+            {
+                tracing::warn!(error = %e, provider = account.name(), "cannot note the failover; retrying later instead");
+                break;
+            }
+        }
         match account.call(&msg).await {
             Try::Skipped { retry_at_ms, why } => {
                 usable_again_at = Some(usable_again_at.map_or(retry_at_ms, |t| t.min(retry_at_ms)));
@@ -168,17 +182,35 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     rec
 }
 
-/// The route for this delivery: the channel's, or only the provider it is
-/// pinned to (an earlier ambiguous outcome it may not fail over from).
-fn route_for(accounts: &Accounts, d: &ClaimedDelivery) -> Vec<Arc<Account>> {
+/// The route for this delivery, and the provider to pin it to (if this
+/// attempt starts a pin): the channel's route; or only the provider it is
+/// pinned to (an earlier ambiguous outcome it may not fail over from); or,
+/// when it is taken over in doubt (its last holder may have been mid-call)
+/// and the lane may not fail over from an ambiguous outcome, only the
+/// provider that was being called — the primary unless a backup was noted.
+fn route_for(
+    accounts: &Accounts,
+    lane: &LaneRules,
+    d: &ClaimedDelivery,
+) -> (Vec<Arc<Account>>, Option<String>) {
     let route = accounts.route(d.channel);
+    let only = |name: &str| route.iter().find(|a| a.name() == name).cloned();
     if let Some(pin) = &d.pinned_provider {
-        if let Some(a) = route.iter().find(|a| a.name() == pin) {
-            return vec![a.clone()];
+        if let Some(a) = only(pin) {
+            return (vec![a], None);
         }
         tracing::warn!(pinned = %pin, "the pinned provider is no longer on the route; using the whole route");
+    } else if d.in_doubt && !lane.failover_ambiguous {
+        let held = d
+            .calling
+            .as_deref()
+            .or_else(|| route.first().map(|a| a.name()));
+        if let Some(a) = held.and_then(only) {
+            let name = a.name().to_owned();
+            return (vec![a], Some(name));
+        }
     }
-    route.to_vec()
+    (route.to_vec(), None)
 }
 
 /// The vendor-neutral message for this delivery, or why there cannot be one.

@@ -6,5 +6,6 @@ mod cli;
 mod delivery;
 mod idempotency;
 mod priority;
+mod resilience;
 mod restart;
 mod utils;
