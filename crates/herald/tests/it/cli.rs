@@ -2,45 +2,23 @@
 //! by an environment override), SIGTERM, `herald keys create`, and a restart
 //! on the same data directory.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::utils::{decode, email};
+use crate::utils::{decode, email, spawn_serve};
 
 const DEV_KEY: &str = "hrld_cli-test-dev-key";
 
-/// Starts `herald serve` on a port the OS picks and returns it with its base URL.
+/// Starts the sandbox `herald serve` on a port the OS picks.
 async fn serve(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--data-dir"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["serve", "--data-dir"])
         .arg(data_dir)
         .env("HERALD__SERVER__LISTEN", "127.0.0.1:0")
-        .env("HERALD_DEV_API_KEY", DEV_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald starts");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("stderr reads") {
-            if let Some(url) = line.strip_prefix("herald listening on ") {
-                return url.trim().to_owned();
-            }
-        }
-        panic!("herald serve exited before listening");
-    })
-    .await
-    .expect("herald serve starts listening");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
+        .env("HERALD_DEV_API_KEY", DEV_KEY);
+    spawn_serve(cmd).await
 }
 
 async fn sigterm(mut child: Child) {
