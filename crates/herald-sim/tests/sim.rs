@@ -120,3 +120,53 @@ async fn injected_faults_and_their_removal() {
     let s = sim.stats()["twilio"];
     assert_eq!((s.faulted, s.unique), (2, 1));
 }
+
+#[tokio::test]
+async fn sns_wants_a_sigv4_signature_and_answers_in_xml() {
+    let (sim, base) = start(7).await;
+    let c = reqwest::Client::new();
+    let form = "Action=Publish&Version=2010-03-31&PhoneNumber=%2B14155550100&Message=hi";
+    let unsigned = c
+        .post(format!("{base}/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unsigned.status(), 403);
+    assert!(unsigned
+        .text()
+        .await
+        .expect("body")
+        .contains("<Code>InvalidClientTokenId</Code>"));
+
+    let signed = |phone: &str| {
+        c.post(format!("{base}/"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-amz-date", "20261121T100000Z")
+            .header(
+                "authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261121/us-east-1/sns/aws4_request, \
+                     SignedHeaders=content-type;host;x-amz-date, Signature={}",
+                    "a".repeat(64)
+                ),
+            )
+            .header("idempotency-key", format!("key-{phone}"))
+            .body(form.replace("%2B14155550100", &phone.replace('+', "%2B")))
+    };
+    let ok = signed("+14155550100").send().await.expect("sent");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["content-type"], "text/xml");
+    let body = ok.text().await.expect("body");
+    assert!(body.contains("<PublishResult><MessageId>sim"), "{body}");
+    let bad = signed("+15005550001").send().await.expect("sent");
+    assert_eq!(bad.status(), 400);
+    assert!(bad
+        .text()
+        .await
+        .expect("body")
+        .contains("<Code>InvalidParameter</Code>"));
+    let stats = sim.stats()["sns"];
+    assert_eq!((stats.received, stats.unique, stats.rejected), (3, 1, 2));
+}

@@ -150,3 +150,118 @@ async fn a_bad_config_stops_start_up_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("providers."), "{err}");
 }
+
+/// Runs `herald dlq ARGS --data-dir DIR` and returns (success, stdout, stderr).
+async fn dlq(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("dlq")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .await
+        .expect("herald dlq runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn dlq_lists_and_replays_from_the_command_line() {
+    use herald_core::store::{AttemptRecord, NewDelivery, NewNotification, Next};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two dead deliveries (an email and an SMS) of tenant "acme", written
+    // through the store the way the engine would.
+    let cfg = {
+        let mut c = herald::config::Config::load(None).expect("defaults");
+        c.store.data_dir = dir.path().to_path_buf();
+        c
+    };
+    let store = herald::app::open_store(&cfg).await.expect("store");
+    let acme = store
+        .add_api_key("acme", b"k", "test")
+        .await
+        .expect("tenant");
+    let mut dead = Vec::new();
+    for channel in ["email", "sms"] {
+        let req: herald_core::NotificationRequest = serde_json::from_value(json!({
+            "channels": [channel],
+            "recipient": {"email": "ada@example.com", "phone": "+14155550100"},
+            "content": {"subject": "s", "text": "t"}
+        }))
+        .expect("request");
+        let ch: herald_core::Channel = channel.parse().expect("channel");
+        let delivery = uuid::Uuid::now_v7();
+        let now = herald_core::now_ms();
+        store
+            .create(vec![NewNotification {
+                id: uuid::Uuid::now_v7(),
+                tenant_id: acme.clone(),
+                request: req,
+                accepted_at_ms: now,
+                due_at_ms: now,
+                expires_at_ms: None,
+                deliveries: vec![NewDelivery {
+                    id: delivery,
+                    channel: ch,
+                    target: 0,
+                }],
+                idempotency: None,
+            }])
+            .await
+            .expect("create");
+        let c = store
+            .claim(ch, herald_core::Priority::Normal, 1, now, 60_000)
+            .await
+            .expect("claim");
+        store
+            .record(vec![AttemptRecord {
+                delivery_id: c[0].id,
+                lease_token: c[0].lease_token,
+                attempt: 1,
+                calls: vec![],
+                error: Some(format!("{channel} vendor kept failing")),
+                pin: None,
+                ended_at_ms: now,
+                next: Next::Dead,
+            }])
+            .await
+            .expect("record");
+        dead.push(delivery.to_string());
+    }
+    drop(store);
+
+    let (ok, out, err) = dlq(dir.path(), &["list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&dead[0]) && out.contains(&dead[1]), "{out}");
+    assert!(out.contains("sms vendor kept failing"), "{out}");
+    let (ok, out, _) = dlq(dir.path(), &["list", "--channel", "sms", "--json"]).await;
+    assert!(ok);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["id"], dead[1].as_str());
+    let (ok, _, err) = dlq(dir.path(), &["list", "--tenant", "nobody"]).await;
+    assert!(!ok);
+    assert!(err.contains("--tenant"), "{err}");
+    let (ok, _, err) = dlq(dir.path(), &["list", "--since", "last tuesday"]).await;
+    assert!(!ok);
+    assert!(err.contains("--since"), "{err}");
+
+    let (ok, out, err) = dlq(dir.path(), &["replay", &dead[0]]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("replayed"), "{out}");
+    let (ok, _, err) = dlq(dir.path(), &["replay", &dead[0]]).await;
+    assert!(!ok, "a replayed letter is no longer dead");
+    assert!(err.contains("not dead"), "{err}");
+    let (ok, out, err) = dlq(dir.path(), &["replay", "--all", "--tenant", "acme"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("replayed 1 dead letters"), "{out}");
+    let (ok, out, _) = dlq(dir.path(), &["list", "--json"]).await;
+    assert!(ok);
+    assert!(out.trim().is_empty(), "none left: {out}");
+}
