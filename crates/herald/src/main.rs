@@ -57,7 +57,7 @@ enum Command {
     /// HTTP, real SQLite, simulated vendors) and print a report. Exits
     /// non-zero if any notification was lost or delivered twice.
     Demo(herald::demo::DemoArgs),
-    /// Run the vendor simulator alone (SendGrid, Twilio, FCM and webhook
+    /// Run the vendor simulator alone (SendGrid, Twilio, SNS, FCM and webhook
     /// endpoints, with a ledger at /_sim/ledger and faults at /_sim/faults).
     Sim {
         #[arg(long, default_value = "127.0.0.1:9090")]
