@@ -105,6 +105,26 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, BuildError> {
     serde_json::to_vec(v).map_err(|e| BuildError::Invalid(format!("cannot encode body: {e}")))
 }
 
+/// Classifies an error answer by the vendor's own error code when its tables
+/// know the code, and by the HTTP status otherwise.
+pub(crate) fn classify_code<C: PartialEq>(
+    resp: &herald_core::provider::VendorResponse,
+    code: Option<C>,
+    rate_limited: &[C],
+    permanent: &[C],
+    reason: String,
+) -> herald_core::provider::Outcome {
+    use herald_core::provider::{classify_status, retry_after, Outcome};
+    match code {
+        Some(c) if rate_limited.contains(&c) => Outcome::RateLimited {
+            retry_after: retry_after(&resp.headers),
+            reason,
+        },
+        Some(c) if permanent.contains(&c) => Outcome::Permanent { reason },
+        _ => classify_status(resp, reason),
+    }
+}
+
 /// Shortens a vendor's error text for the attempt log.
 pub(crate) fn clip(s: &str) -> String {
     const MAX: usize = 300;

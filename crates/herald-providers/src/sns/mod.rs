@@ -17,8 +17,7 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use herald_core::model::Priority;
 use herald_core::provider::{
-    classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
-    VendorResponse,
+    Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
 };
 use herald_core::secret::Secret;
 use serde::Deserialize;
@@ -231,14 +230,7 @@ impl Provider for Sns {
             ),
             None => format!("sns HTTP {}", resp.status.as_u16()),
         });
-        match code {
-            Some(c) if RATE_LIMITED_CODES.contains(&c) => Outcome::RateLimited {
-                retry_after: herald_core::provider::retry_after(&resp.headers),
-                reason,
-            },
-            Some(c) if PERMANENT_CODES.contains(&c) => Outcome::Permanent { reason },
-            _ => classify_status(resp, reason),
-        }
+        crate::classify_code(resp, code, RATE_LIMITED_CODES, PERMANENT_CODES, reason)
     }
 }
 

@@ -211,9 +211,9 @@ async fn normal_fails_over_only_past_an_open_circuit() {
     assert!(s.sim.stats().get("sns").is_none_or(|t| t.received == 0));
 }
 
-#[tokio::test]
-async fn a_429_retry_after_is_honoured() {
-    let s = TestServer::start().await;
+/// Sends an email that SendGrid answers with 429 and `Retry-After: 2`;
+/// returns its id once the 429 has happened (the fault is still on).
+async fn throttled_email(s: &TestServer) -> String {
     s.fault(
         "sendgrid",
         Fault {
@@ -226,15 +226,20 @@ async fn a_429_retry_after_is_honoured() {
         .post("/v1/notifications", &crate::utils::email("throttled"))
         .await;
     assert_eq!(status, 202, "{v}");
-    let id = v["id"].as_str().expect("id").to_owned();
-    assert!(
-        wait_until(Duration::from_secs(5), || s
-            .sim
+    let throttled = || {
+        s.sim
             .stats()
             .get("sendgrid")
-            .is_some_and(|t| t.faulted >= 1))
-        .await
-    );
+            .is_some_and(|t| t.faulted >= 1)
+    };
+    assert!(wait_until(Duration::from_secs(5), throttled).await);
+    v["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn a_429_retry_after_is_honoured() {
+    let s = TestServer::start().await;
+    let id = throttled_email(&s).await;
     s.sim.clear_faults();
     let v = s.wait_finished(&id).await;
     let attempts = v["channels"][0]["attempts"]
@@ -287,27 +292,7 @@ async fn a_permanent_error_is_tried_once_and_never_failed_over() {
 #[tokio::test]
 async fn a_retry_scheduled_before_a_restart_happens_after_it() {
     let mut s = TestServer::start().await;
-    s.fault(
-        "sendgrid",
-        Fault {
-            rate_limit_rate: 1.0,
-            retry_after_s: Some(2),
-            ..Fault::default()
-        },
-    );
-    let (status, _, v) = s
-        .post("/v1/notifications", &crate::utils::email("durable"))
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["id"].as_str().expect("id").to_owned();
-    assert!(
-        wait_until(Duration::from_secs(5), || s
-            .sim
-            .stats()
-            .get("sendgrid")
-            .is_some_and(|t| t.faulted >= 1))
-        .await
-    );
+    let id = throttled_email(&s).await;
     s.stop().await;
     s.sim.clear_faults();
     let cfg = crate::utils::config(&s.sim_url, &s.data_dir);
