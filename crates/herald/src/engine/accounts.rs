@@ -33,7 +33,6 @@ pub struct Account {
     pub channel: Channel,
     guards: ProviderGuards,
     client: reqwest::Client,
-    webhook: bool,
     limiter: Option<DefaultDirectRateLimiter>,
     slots: Option<Semaphore>,
     breaker: Mutex<Breaker>,
@@ -67,11 +66,7 @@ fn lock(m: &Mutex<Breaker>) -> MutexGuard<'_, Breaker> {
 }
 
 impl Account {
-    fn new(
-        name: &str,
-        cfg: &Config,
-        outbound: &Outbound,
-    ) -> anyhow::Result<(Channel, Arc<Account>)> {
+    fn new(name: &str, cfg: &Config, outbound: &Outbound) -> anyhow::Result<Arc<Account>> {
         let settings = cfg
             .providers
             .get(name)
@@ -79,8 +74,7 @@ impl Account {
         let provider = herald_providers::from_config(name, &settings.account)?;
         let guards = cfg.provider_guards(name);
         let channel = settings.account.channel();
-        let webhook = channel == Channel::Webhook;
-        let client = outbound.client(&guards, webhook)?;
+        let client = outbound.client(&guards, channel == Channel::Webhook)?;
         let limiter = guards.rate_limit.and_then(|(rate, burst)| {
             let rate = NonZeroU32::new(rate)?;
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
@@ -97,11 +91,10 @@ impl Account {
             breaker: Mutex::new(Breaker::new(guards.breaker)),
             guards,
             client,
-            webhook,
             limiter,
             slots,
         };
-        Ok((channel, Arc::new(account)))
+        Ok(Arc::new(account))
     }
 
     pub fn name(&self) -> &str {
@@ -252,10 +245,6 @@ impl Account {
             request_timeout_ms: self.guards.request_timeout.as_millis(),
         }
     }
-
-    pub fn is_webhook(&self) -> bool {
-        self.webhook
-    }
 }
 
 /// An admitted call's ticket. Dropped unreported (the task was cancelled
@@ -297,7 +286,7 @@ impl Accounts {
                 let account = match by_name.get(name.as_str()) {
                     Some(a) => a.clone(),
                     None => {
-                        let (_, a) = Account::new(name, cfg, outbound)?;
+                        let a = Account::new(name, cfg, outbound)?;
                         by_name.insert(name, a.clone());
                         a
                     }

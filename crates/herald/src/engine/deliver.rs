@@ -132,6 +132,10 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
                 .await
             {
                 tracing::warn!(error = %e, provider = account.name(), "cannot note the failover; retrying later instead");
+                skipped.push(format!(
+                    "{}: the failover could not be noted",
+                    account.name()
+                ));
                 break;
             }
         }
