@@ -64,11 +64,11 @@ failover_ambiguous = false
 
 # Small pools, so a backlog builds up for the kill to cut through.
 [channels.email]
-concurrency = 32
-reserved_critical = 4
+concurrency = 16
+reserved_critical = 2
 [channels.sms]
-concurrency = 32
-reserved_critical = 4
+concurrency = 16
+reserved_critical = 2
 [channels.push]
 providers = []
 [channels.webhook]
