@@ -40,6 +40,17 @@ pub struct OutboundMessage {
     pub accepted_at_ms: i64,
     /// When this attempt is made (Unix ms); signed into webhooks.
     pub now_ms: i64,
+    /// When the notification stops being worth sending (Unix ms), if ever.
+    /// Vendors that queue messages are told, so they drop a stale one too.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl OutboundMessage {
+    /// Whole seconds of life left (at least 1), if the message expires.
+    pub fn seconds_left(&self) -> Option<u64> {
+        let ms = self.expires_at_ms?.saturating_sub(self.now_ms).max(1);
+        Some(u64::try_from(ms).unwrap_or(1).div_ceil(1000))
+    }
 }
 
 /// A vendor request, ready for the engine's HTTP client.

@@ -160,6 +160,7 @@ pub(crate) mod testing {
             metadata: Some(serde_json::from_value(serde_json::json!({"order": 42})).expect("map")),
             accepted_at_ms: 1_700_000_000_000,
             now_ms: 1_700_000_000_500,
+            expires_at_ms: None,
         }
     }
 

@@ -92,17 +92,21 @@ impl Provider for Fcm {
                 body: msg.content.text.clone(),
             }),
             data,
+            // Both platforms are told when the message goes stale, so a
+            // phone that was offline does not show an expired code.
             android: (*platform == PushPlatform::Android).then(|| wire::AndroidConfig {
                 priority: if urgent { "HIGH" } else { "NORMAL" }.into(),
-                ttl: None,
+                ttl: msg.seconds_left().map(|s| format!("{s}s")),
             }),
-            apns: (*platform == PushPlatform::Ios).then(|| wire::ApnsConfig {
-                headers: [(
+            apns: (*platform == PushPlatform::Ios).then(|| {
+                let mut headers = BTreeMap::from([(
                     "apns-priority".to_owned(),
                     if urgent { "10" } else { "5" }.to_owned(),
-                )]
-                .into_iter()
-                .collect(),
+                )]);
+                if let Some(exp) = msg.expires_at_ms {
+                    headers.insert("apns-expiration".to_owned(), (exp / 1000).to_string());
+                }
+                wire::ApnsConfig { headers }
             }),
         };
         crate::post(
@@ -200,6 +204,34 @@ mod tests {
             "0190a5e2-7c3b-7000-8000-000000000001"
         );
         assert!(body["message"].get("apns").is_none());
+        assert!(
+            body["message"]["android"].get("ttl").is_none(),
+            "no expiry, no ttl"
+        );
+    }
+
+    #[test]
+    fn an_expiring_message_carries_its_ttl_to_both_platforms() {
+        let mut msg = message(
+            Channel::Push,
+            Address::Push {
+                platform: PushPlatform::Android,
+                token: "dev-token".into(),
+            },
+        );
+        msg.expires_at_ms = Some(msg.now_ms + 299_001);
+        let body: serde_json::Value =
+            serde_json::from_slice(adapter().build(&msg).expect("builds").body()).expect("json");
+        assert_eq!(body["message"]["android"]["ttl"], "300s", "rounded up");
+        msg.address = Address::Push {
+            platform: PushPlatform::Ios,
+            token: "dev-token".into(),
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(adapter().build(&msg).expect("builds").body()).expect("json");
+        let headers = &body["message"]["apns"]["headers"];
+        assert_eq!(headers["apns-expiration"], "1700000299");
+        assert_eq!(headers["apns-priority"], "10");
     }
 
     #[test]

@@ -102,7 +102,8 @@ impl Provider for Twilio {
             from: self.cfg.from.clone(),
             messaging_service_sid: self.cfg.messaging_service_sid.clone(),
             body,
-            validity_period: None,
+            // Twilio drops it from its queue once it is stale (1 to 36,000 s).
+            validity_period: msg.seconds_left().map(|s| s.clamp(1, 36_000)),
             status_callback: self.cfg.status_callback.clone(),
         };
         let encoded = serde_urlencoded::to_string(&form)
@@ -182,6 +183,28 @@ mod tests {
         assert_eq!(form.to, "+14155550100");
         assert_eq!(form.from.as_deref(), Some("+15005550006"));
         assert!(form.body.contains("🔐"), "unicode survives form encoding");
+    }
+
+    #[test]
+    fn an_expiring_message_gets_a_validity_period() {
+        let mut msg = message(Channel::Sms, Address::Phone("+14155550100".into()));
+        let form = |m: &OutboundMessage| -> Vec<(String, String)> {
+            serde_urlencoded::from_bytes(adapter().build(m).expect("builds").body()).expect("form")
+        };
+        let validity = |f: &[(String, String)]| {
+            f.iter()
+                .find(|(k, _)| k == "ValidityPeriod")
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(validity(&form(&msg)), None);
+        msg.expires_at_ms = Some(msg.now_ms + 120_000);
+        assert_eq!(validity(&form(&msg)).as_deref(), Some("120"));
+        msg.expires_at_ms = Some(msg.now_ms + 86_400_000);
+        assert_eq!(
+            validity(&form(&msg)).as_deref(),
+            Some("36000"),
+            "Twilio's maximum"
+        );
     }
 
     #[test]

@@ -252,5 +252,6 @@ fn message(shared: &Shared, d: &ClaimedDelivery, now_ms: i64) -> Result<Outbound
         metadata: req.metadata.clone(),
         accepted_at_ms: d.accepted_at_ms,
         now_ms,
+        expires_at_ms: d.expires_at_ms,
     })
 }
