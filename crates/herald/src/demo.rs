@@ -39,6 +39,8 @@ pub struct DemoArgs {
 }
 
 const BATCH: usize = 100;
+/// How long Twilio is down at the start of the run.
+const TWILIO_OUTAGE: Duration = Duration::from_millis(1_000);
 const CONCURRENT_REQUESTS: usize = 8;
 
 /// One generated notification and how many deliveries it should make.
@@ -162,15 +164,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         )
         .map_err(anyhow::Error::msg)?;
     }
+    let twilio = Fault {
+        latency_min_ms: 10,
+        latency_max_ms: 60,
+        error_rate: 0.02,
+        rate_limit_rate: 0.01,
+        retry_after_s: Some(1),
+        ..Fault::default()
+    };
+    // Twilio starts with an outage: its circuit opens, critical SMS fail
+    // over to SNS at once, and once Twilio is back a probe closes it.
     sim.set_fault(
         "twilio",
         Fault {
-            latency_min_ms: 10,
-            latency_max_ms: 60,
-            error_rate: 0.02,
-            rate_limit_rate: 0.01,
-            retry_after_s: Some(1),
-            ..Fault::default()
+            outage: true,
+            ..twilio.clone()
         },
     )
     .map_err(anyhow::Error::msg)?;
@@ -191,6 +199,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         lane.retry_base_ms = 200;
         lane.retry_cap_ms = 2_000;
     }
+    if let Some(t) = cfg.providers.get_mut("twilio") {
+        t.circuit_open_ms = Some(TWILIO_OUTAGE.as_millis() as u64 / 2);
+    }
     let key = crate::api::generate_key();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let herald = Running::start(cfg, listener, Some(&key)).await?;
@@ -209,6 +220,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let accepted_bar = bar(&mp, plan.len() as u64, "accepted", args.quiet);
     let delivered_bar = bar(&mp, expected as u64, "delivered", args.quiet);
     let started = Instant::now();
+    let recovery = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TWILIO_OUTAGE).await;
+            sim.set_fault("twilio", twilio)
+        })
+    };
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENT_REQUESTS)
@@ -294,6 +312,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     // good (or were lost) must not look delivered.
     delivered_bar.set_position(sim.stats().values().map(|s| s.unique).sum());
     delivered_bar.abandon_with_message(format!("in {total_secs:.1}s"));
+    recovery.await?.map_err(anyhow::Error::msg)?;
+    let twilio_circuit = client
+        .get(format!("{base}/v1/providers"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await?["providers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "twilio"))
+        .map(|p| p["circuit"]["state"].as_str().unwrap_or("?").to_owned())
+        .unwrap_or_else(|| "?".into());
     let summaries = herald.store.delivery_summaries().await?;
     herald.shutdown().await;
 
@@ -308,6 +338,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             doomed,
             accept_secs,
             total_secs,
+            twilio_circuit,
         },
     );
     Ok(ok)
@@ -321,6 +352,8 @@ struct Totals {
     doomed: usize,
     accept_secs: f64,
     total_secs: f64,
+    /// Twilio's circuit at the end (after its outage at the start).
+    twilio_circuit: String,
 }
 
 fn percentile(sorted: &[i64], p: f64) -> String {
@@ -430,6 +463,15 @@ fn report(sim: &Sim, summaries: &[herald_core::store::DeliverySummary], t: Total
     println!(
         "  failed (known-bad recipients)   {failed}  (planned: {})",
         t.doomed
+    );
+    let via_sns = summaries
+        .iter()
+        .filter(|d| d.state == DeliveryState::Sent && d.provider.as_deref() == Some("sns"))
+        .count();
+    println!(
+        "  Twilio outage (first {:.1}s)     {via_sns} SMS failed over to SNS; Twilio's circuit now {}",
+        TWILIO_OUTAGE.as_secs_f64(),
+        t.twilio_circuit
     );
     println!("  duplicates seen by vendors      {duplicates}");
     println!("  lost                            {lost}");
