@@ -460,3 +460,61 @@ async fn a_send_rate_limit_paces_calls_to_the_vendor() {
         "never sent early and retried"
     );
 }
+
+#[tokio::test]
+async fn dead_letter_requests_refuse_hostile_input_cleanly() {
+    let s = TestServer::start().await;
+    // Odd but harmless filters are just filters: nothing matches.
+    for q in [
+        "provider=%F0%9F%92%A5%E2%80%AE%00",
+        "provider=' OR 1=1 --",
+        "since=2026-11-21T10:00:00%2B05:30&until=2026-11-21T10:00:00Z",
+    ] {
+        let (status, v) = s.get(&format!("/v1/dead-letters?{q}")).await;
+        assert_eq!(status, 200, "{q}: {v}");
+        assert_eq!(v["dead_letters"].as_array().map(Vec::len), Some(0), "{q}");
+    }
+    let long = "x".repeat(10_000);
+    for (q, field) in [
+        (format!("cursor={long}"), "cursor"),
+        ("limit=1001".to_owned(), "limit"),
+        ("limit=-1".to_owned(), "limit"),
+        ("limit=1&limit=2".to_owned(), "limit"),
+        ("channel=%E2%9C%89".to_owned(), "channel"),
+    ] {
+        let (status, v) = s.get(&format!("/v1/dead-letters?{q}")).await;
+        assert_eq!(status, 422, "{field}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{v}");
+    }
+    // Bulk replay bodies: malformed JSON, wrong shapes, unknown fields.
+    let raw = |body: &'static str| {
+        s.http
+            .post(format!("{}/v1/dead-letters/replay", s.base))
+            .bearer_auth(&s.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (body, status) in [
+        ("{", 400),
+        ("[]", 422),
+        (r#"{"channel": 5}"#, 422),
+        (r#"{"everything": true}"#, 422),
+        (r#"{"cursor": "abc"}"#, 422),
+        (r#"{"limit": 0}"#, 422),
+    ] {
+        let resp = raw(body).await.expect("sent");
+        assert_eq!(resp.status().as_u16(), status, "{body}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "{body}"
+        );
+    }
+    let resp = raw("{}").await.expect("sent");
+    assert_eq!(resp.status(), 200, "an empty filter replays what there is");
+    let (status, _, _) = s
+        .post("/v1/dead-letters/not-a-uuid/replay", &json!({}))
+        .await;
+    assert_eq!(status, 404);
+}
