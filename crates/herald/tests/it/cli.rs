@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::utils::{decode, email, spawn_serve};
+use crate::utils::{create_key, decode, email, spawn_serve};
 
 const DEV_KEY: &str = "hrld_cli-test-dev-key";
 
@@ -73,21 +73,7 @@ async fn the_binary_serves_stops_cleanly_and_keeps_its_data() {
     assert!(done, "delivered through the sandbox's simulator");
     sigterm(child).await;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["keys", "create", "--tenant", "acme", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .await
-        .expect("keys create runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let acme = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned();
+    let acme = create_key("acme", &["--data-dir".as_ref(), dir.path().as_os_str()]).await;
     assert!(acme.starts_with("hrld_") && acme.len() > 40, "{acme}");
 
     let (child, base) = serve(dir.path()).await;

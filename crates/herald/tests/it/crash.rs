@@ -19,7 +19,7 @@ use herald_sim::{Fault, Sim};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
-use crate::utils::{decode, spawn_serve};
+use crate::utils::{create_key, decode, spawn_serve};
 
 /// Fixed, so a failure can be replayed with the same fault decisions.
 const SEED: u64 = 20_261_121;
@@ -198,18 +198,7 @@ async fn sigkill_mid_flight_loses_nothing_and_delivers_nothing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("herald.toml");
     std::fs::write(&cfg, config(&format!("http://{sim_addr}"), dir.path())).expect("config");
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["keys", "create", "--tenant", "crash", "--config"])
-        .arg(&cfg)
-        .output()
-        .await
-        .expect("keys create runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let key = create_key("crash", &["--config".as_ref(), cfg.as_os_str()]).await;
 
     let (mut herald, base) = serve(&cfg).await;
     // Submit in the background; the kill cuts it off.

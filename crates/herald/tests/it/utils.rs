@@ -239,3 +239,23 @@ pub async fn spawn_serve(mut cmd: tokio::process::Command) -> (tokio::process::C
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, base)
 }
+
+/// `herald keys create --tenant TENANT <store args>` with the real binary;
+/// returns the printed key.
+pub async fn create_key(tenant: &str, store_args: &[&std::ffi::OsStr]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["keys", "create", "--tenant", tenant])
+        .args(store_args)
+        .output()
+        .await
+        .expect("keys create runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
