@@ -88,23 +88,72 @@ impl FilterArgs {
             ),
             None => None,
         };
-        let channel = match &self.channel {
-            Some(c) => Some(c.parse::<Channel>().map_err(|_| {
-                anyhow::anyhow!("--channel: {c:?} is not one of email, sms, push, webhook")
-            })?),
-            None => None,
+        let raw = RawFilter {
+            channel: self.channel.as_deref(),
+            provider: self.provider.as_deref(),
+            since: self.since.as_deref(),
+            until: self.until.as_deref(),
         };
-        let time = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<i64>> {
-            v.as_deref()
-                .map(|s| parse_time(s).map_err(|why| anyhow::anyhow!("--{flag}: {why}")))
-                .transpose()
+        raw.parse(tenant_id, |_| true).map_err(|errors| {
+            let all: Vec<String> = errors
+                .iter()
+                .map(|(f, why)| format!("--{f}: {why}"))
+                .collect();
+            anyhow::anyhow!("{}", all.join("; "))
+        })
+    }
+}
+
+/// A dead-letter filter as text, from a query string, a JSON body or flags.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawFilter<'a> {
+    pub channel: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub since: Option<&'a str>,
+    pub until: Option<&'a str>,
+}
+
+impl RawFilter<'_> {
+    /// The store filter, or every field that is wrong and why. `usable`
+    /// says which channels may be named (the API: the enabled ones).
+    pub fn parse(
+        &self,
+        tenant_id: Option<String>,
+        usable: impl Fn(Channel) -> bool,
+    ) -> Result<DeadLetterFilter, Vec<(&'static str, String)>> {
+        let mut errors = Vec::new();
+        let channel = self.channel.and_then(|c| match c.parse::<Channel>() {
+            Ok(ch) if usable(ch) => Some(ch),
+            Ok(_) => {
+                errors.push(("channel", format!("{c:?} is not an enabled channel")));
+                None
+            }
+            Err(_) => {
+                let why = format!("{c:?} is not one of email, sms, push, webhook");
+                errors.push(("channel", why));
+                None
+            }
+        });
+        let mut time = |field: &'static str, v: Option<&str>| {
+            v.and_then(|s| match parse_time(s) {
+                Ok(ms) => Some(ms),
+                Err(why) => {
+                    errors.push((field, why));
+                    None
+                }
+            })
         };
+        let since_ms = time("since", self.since);
+        let until_ms = time("until", self.until);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(DeadLetterFilter {
             tenant_id,
             channel,
-            provider: self.provider.clone(),
-            since_ms: time("since", &self.since)?,
-            until_ms: time("until", &self.until)?,
+            provider: self.provider.map(str::to_owned),
+            since_ms,
+            until_ms,
         })
     }
 }

@@ -65,48 +65,30 @@ struct FilterArgs {
 
 impl FilterArgs {
     fn filter(&self, tenant: &str, state: &AppState) -> Result<DeadLetterFilter, ApiError> {
-        let mut errors = Vec::new();
-        let channel = match &self.channel {
-            Some(c) => match c.parse::<Channel>() {
-                Ok(ch) if state.channels.contains(&ch) => Some(ch),
-                _ => {
-                    errors.push(("channel", format!("{c:?} is not an enabled channel")));
-                    None
-                }
-            },
-            None => None,
+        let raw = dlq::RawFilter {
+            channel: self.channel.as_deref(),
+            provider: self.provider.as_deref(),
+            since: self.since.as_deref(),
+            until: self.until.as_deref(),
         };
-        let mut time = |field: &'static str, v: &Option<String>| {
-            v.as_deref().and_then(|s| match dlq::parse_time(s) {
-                Ok(ms) => Some(ms),
-                Err(why) => {
-                    errors.push((field, why));
-                    None
-                }
-            })
-        };
-        let since_ms = time("since", &self.since);
-        let until_ms = time("until", &self.until);
-        if let Some(l) = self.limit {
-            if l == 0 || l > dlq::MAX_PAGE {
-                errors.push(("limit", format!("must be 1 to {}", dlq::MAX_PAGE)));
+        let limit = self
+            .limit
+            .filter(|l| *l == 0 || *l > dlq::MAX_PAGE)
+            .map(|_| ("limit", format!("must be 1 to {}", dlq::MAX_PAGE)));
+        match (
+            raw.parse(Some(tenant.to_owned()), |ch| state.channels.contains(&ch)),
+            limit,
+        ) {
+            (Ok(filter), None) => Ok(filter),
+            (parsed, limit) => {
+                let errors = parsed.err().unwrap_or_default().into_iter().chain(limit);
+                Err(ApiError::Invalid(
+                    errors
+                        .map(|(f, why)| herald_core::validate::FieldError::new(f, why))
+                        .collect(),
+                ))
             }
         }
-        if !errors.is_empty() {
-            return Err(ApiError::Invalid(
-                errors
-                    .into_iter()
-                    .map(|(f, why)| herald_core::validate::FieldError::new(f, why))
-                    .collect(),
-            ));
-        }
-        Ok(DeadLetterFilter {
-            tenant_id: Some(tenant.to_owned()),
-            channel,
-            provider: self.provider.clone(),
-            since_ms,
-            until_ms,
-        })
     }
 }
 
