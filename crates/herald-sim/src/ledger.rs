@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One accepted message.
 #[derive(Debug, Clone, Serialize)]
@@ -15,12 +15,13 @@ pub struct Entry {
     pub recipient: String,
     /// Subject or the start of the text, to tell messages apart in tests.
     pub summary: String,
+    /// When the accepted request arrived (before any injected latency).
     pub received_at_ms: i64,
     /// How many requests carried this key (1 = no duplicate).
     pub requests: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VendorStats {
     /// Every request that reached the endpoint.
     pub received: u64,

@@ -133,6 +133,9 @@ impl Sim {
     }
 
     async fn handle<V: Emulated>(&self, vendor: V, headers: &HeaderMap, body: &[u8]) -> Response {
+        // When the request arrived, before the injected latency: the moment
+        // the vendor had the message, which accept-to-vendor latency ends at.
+        let arrived_at_ms = now_ms();
         lock(&self.inner.ledger).stats_mut(V::NAME).received += 1;
         let parsed = match vendor.parse(headers, body) {
             Ok(p) => p,
@@ -206,7 +209,7 @@ impl Sim {
                                 key: key.clone().unwrap_or_else(|| format!("unkeyed-{seq}")),
                                 recipient: parsed.recipient,
                                 summary: parsed.summary,
-                                received_at_ms: now_ms(),
+                                received_at_ms: arrived_at_ms,
                                 requests: 1,
                             },
                             original.clone(),

@@ -11,13 +11,14 @@ use anyhow::Context;
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_sim::{Fault, Sim};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
+use indicatif::MultiProgress;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::app::Running;
 use crate::config::Config;
+use crate::progress::bar;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -121,23 +122,6 @@ fn workload(n: usize, seed: u64, hook_base: &str) -> Vec<Planned> {
             }
         })
         .collect()
-}
-
-fn bar(mp: &MultiProgress, len: u64, label: &str, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let b = mp.add(ProgressBar::new(len));
-    b.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {rate} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.0}/s", s.per_sec());
-            })
-            .progress_chars("=> "),
-    );
-    b.set_prefix(label.to_owned());
-    b
 }
 
 /// Runs the demo; `Ok(false)` when something was lost or duplicated.

@@ -52,11 +52,21 @@ enum Command {
         /// Address to listen on (overrides server.listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Sandbox only: send to the vendor simulator already running at
+        /// this URL (`herald sim`) instead of starting one.
+        #[arg(long, conflicts_with = "config")]
+        sim_url: Option<String>,
     },
     /// Run a showcase workload through a sandbox started in-process (real
     /// HTTP, real SQLite, simulated vendors) and print a report. Exits
     /// non-zero if any notification was lost or delivered twice.
     Demo(herald::demo::DemoArgs),
+    /// Load Herald and measure it: accepted and delivered per second,
+    /// accept-to-vendor latency per lane, lost and duplicated, CPU, peak RSS
+    /// and bytes stored. Starts its own sandbox Herald (a child process) and
+    /// simulator unless given --target. Prints a table and writes JSON; exits
+    /// non-zero if anything was lost, duplicated or refused.
+    Bench(herald::bench::BenchArgs),
     /// Run the vendor simulator alone (SendGrid, Twilio, SNS, FCM and webhook
     /// endpoints, with a ledger at /_sim/ledger and faults at /_sim/faults).
     Sim {
@@ -151,6 +161,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } else {
             std::process::ExitCode::FAILURE
         }),
+        Command::Bench(args) => Ok(if herald::bench::run(args).await? {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        }),
         Command::Sim { listen, seed } => {
             let sim = herald_sim::Sim::new(seed);
             let (addr, task) = sim
@@ -180,8 +195,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq(command).await,
-        Command::Serve { store, listen } => {
-            serve(store, listen).await?;
+        Command::Serve {
+            store,
+            listen,
+            sim_url,
+        } => {
+            serve(store, listen, sim_url).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
@@ -227,7 +246,11 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
-async fn serve(args: StoreArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn serve(
+    args: StoreArgs,
+    listen: Option<SocketAddr>,
+    sim_url: Option<String>,
+) -> anyhow::Result<()> {
     let mut cfg = args.load()?;
     if let Some(l) = listen {
         cfg.server.listen = l;
@@ -235,9 +258,15 @@ async fn serve(args: StoreArgs, listen: Option<SocketAddr>) -> anyhow::Result<()
     let sandbox = args.config.is_none();
     let mut dev_key = None;
     let _sim = if sandbox {
-        let sim = herald_sim::Sim::new(None);
-        let (sim_addr, task) = sim.start("127.0.0.1:0".parse()?).await?;
-        cfg = cfg.into_sandbox(&format!("http://{sim_addr}"));
+        let (sim_url, task) = match sim_url {
+            Some(url) => (url.trim_end_matches('/').to_owned(), None),
+            None => {
+                let sim = herald_sim::Sim::new(None);
+                let (addr, task) = sim.start("127.0.0.1:0".parse()?).await?;
+                (format!("http://{addr}"), Some(task))
+            }
+        };
+        cfg = cfg.into_sandbox(&sim_url);
         let key = match std::env::var("HERALD_DEV_API_KEY") {
             Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),
             _ => {
@@ -248,10 +277,10 @@ async fn serve(args: StoreArgs, listen: Option<SocketAddr>) -> anyhow::Result<()
         };
         dev_key = Some(key);
         eprintln!(
-            "sandbox: data in {}, simulated vendors at http://{sim_addr} (ledger: /_sim/ledger)",
+            "sandbox: data in {}, simulated vendors at {sim_url} (ledger: /_sim/ledger)",
             cfg.store.data_dir.display()
         );
-        Some(task)
+        task
     } else {
         None
     };

@@ -1,0 +1,266 @@
+//! The load generator: streams of notifications posted to Herald's API at a
+//! set rate (or as fast as it takes them) by a few concurrent connections,
+//! as a well-behaved client would: an item without an answer (a dropped
+//! connection, a 503 while Herald restarts) is sent again with the same
+//! idempotency key until it is acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use indicatif::ProgressBar;
+use serde_json::{json, Value};
+
+use super::workload::{body, Kind};
+
+/// Which endpoint carries the notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// `POST /v1/notifications/batch`, `--batch-size` items per request.
+    Batch,
+    /// `POST /v1/notifications`, one per request.
+    Single,
+}
+
+/// Where and how to post.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: String,
+    /// Base URL of webhook targets (the simulator).
+    pub hooks: String,
+}
+
+/// One stream of notifications: numbers `first..` of the kinds `kind_of`
+/// gives, until `until` or `count` of them were sent.
+pub struct Stream {
+    pub name: &'static str,
+    pub kind_of: fn(u64, u64) -> Kind,
+    pub seed: u64,
+    pub first: u64,
+    /// Notifications per second; 0 for as fast as Herald takes them.
+    pub rate: u64,
+    pub until: Instant,
+    pub count: Option<u64>,
+    pub endpoint: Endpoint,
+    pub batch_size: usize,
+    pub connections: usize,
+}
+
+/// A notification Herald acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub n: u64,
+    pub kind: Kind,
+    /// Wall-clock milliseconds when its 2xx arrived.
+    pub at_ms: i64,
+}
+
+/// What one stream did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub accepted: Vec<Accepted>,
+    /// Items Herald refused for good (a 4xx other than a conflict or throttle).
+    pub refused: Vec<(u64, String)>,
+    /// Request round trips, milliseconds.
+    pub api_ms: Vec<u32>,
+    /// Requests sent again after no answer or a retryable error.
+    pub resent: u64,
+    pub started: Option<Instant>,
+    pub finished: Option<Instant>,
+}
+
+/// How long an item may go unanswered before the bench gives up on Herald.
+const GIVE_UP: Duration = Duration::from_secs(90);
+
+impl Stream {
+    /// Runs the stream to its end; `bar` counts acknowledged notifications.
+    pub async fn run(self, client: Client, bar: ProgressBar) -> anyhow::Result<Outcome> {
+        let per_request = match self.endpoint {
+            Endpoint::Batch => self.batch_size.max(1) as u64,
+            Endpoint::Single => 1,
+        };
+        let next = Arc::new(AtomicU64::new(0));
+        let stream = Arc::new(self);
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..stream.connections.max(1) {
+            let (stream, next, client, bar) =
+                (stream.clone(), next.clone(), client.clone(), bar.clone());
+            tasks.spawn(async move {
+                let mut out = Outcome::default();
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let offset = k * per_request;
+                    let size = match stream.count {
+                        Some(c) if offset >= c => break,
+                        Some(c) => per_request.min(c - offset),
+                        None => per_request,
+                    };
+                    if stream.rate > 0 {
+                        let at =
+                            started + Duration::from_secs_f64(offset as f64 / stream.rate as f64);
+                        if at >= stream.until {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                    } else if Instant::now() >= stream.until {
+                        break;
+                    }
+                    let numbers: Vec<u64> = (0..size).map(|i| stream.first + offset + i).collect();
+                    stream.send(&client, numbers, &mut out).await?;
+                    bar.set_position(bar.position() + size);
+                }
+                anyhow::Ok(out)
+            });
+        }
+        let mut all = Outcome {
+            started: Some(started),
+            ..Outcome::default()
+        };
+        while let Some(done) = tasks.join_next().await {
+            let out = done??;
+            all.accepted.extend(out.accepted);
+            all.refused.extend(out.refused);
+            all.api_ms.extend(out.api_ms);
+            all.resent += out.resent;
+        }
+        all.finished = Some(Instant::now());
+        Ok(all)
+    }
+
+    /// Posts `numbers` until each is acknowledged or refused for good.
+    async fn send(
+        &self,
+        client: &Client,
+        mut numbers: Vec<u64>,
+        out: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        let since = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let kinds: Vec<Kind> = numbers
+                .iter()
+                .map(|&n| (self.kind_of)(n, self.seed))
+                .collect();
+            let sent = Instant::now();
+            let answers = match self.endpoint {
+                Endpoint::Batch => client.batch(&numbers, &kinds).await,
+                Endpoint::Single => client.single(numbers[0], kinds[0]).await.map(|a| vec![a]),
+            };
+            out.api_ms
+                .push(sent.elapsed().as_millis().min(u128::from(u32::MAX)) as u32);
+            let mut again = Vec::new();
+            match answers {
+                Ok(answers) => {
+                    let at_ms = herald_core::now_ms();
+                    for ((n, kind), answer) in numbers.iter().zip(kinds).zip(answers) {
+                        match answer {
+                            Answer::Accepted => out.accepted.push(Accepted { n: *n, kind, at_ms }),
+                            Answer::Retry => again.push(*n),
+                            Answer::Refused(why) => out.refused.push((*n, why)),
+                        }
+                    }
+                }
+                Err(_) => again = numbers.clone(),
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            if since.elapsed() > GIVE_UP {
+                bail!(
+                    "{}: Herald left {} notifications unanswered for {GIVE_UP:?}",
+                    self.name,
+                    again.len()
+                );
+            }
+            out.resent += 1;
+            numbers = again;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Herald's answer for one item.
+enum Answer {
+    Accepted,
+    /// No decision: throttled, a key in flight, shutting down, store busy.
+    Retry,
+    Refused(String),
+}
+
+impl Answer {
+    /// From a problem's status: 409 (the key is in flight), 429 and 5xx are
+    /// worth another try; any other refusal is final.
+    fn from_problem(status: u64, problem: &Value) -> Answer {
+        if status == 409 || status == 429 || status >= 500 {
+            Answer::Retry
+        } else {
+            Answer::Refused(problem.to_string())
+        }
+    }
+}
+
+impl Client {
+    async fn batch(&self, numbers: &[u64], kinds: &[Kind]) -> anyhow::Result<Vec<Answer>> {
+        let items: Vec<Value> = numbers
+            .iter()
+            .zip(kinds)
+            .map(|(&n, &k)| body(n, k, &self.hooks))
+            .collect();
+        let resp = self
+            .http
+            .post(format!("{}/v1/notifications/batch", self.base))
+            .bearer_auth(&self.key)
+            .json(&json!({ "notifications": items }))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or_default();
+        if status != 200 {
+            let answer = || Answer::from_problem(u64::from(status), &v);
+            return Ok(numbers.iter().map(|_| answer()).collect());
+        }
+        let results = v["results"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        anyhow::ensure!(results.len() == numbers.len(), "one result per item: {v}");
+        Ok(results
+            .iter()
+            .map(|r| match &r["error"] {
+                Value::Null if r["status"] == "accepted" => Answer::Accepted,
+                Value::Null => Answer::Refused(r.to_string()),
+                problem => Answer::from_problem(problem["status"].as_u64().unwrap_or(500), problem),
+            })
+            .collect())
+    }
+
+    async fn single(&self, n: u64, kind: Kind) -> anyhow::Result<Answer> {
+        let mut item = body(n, kind, &self.hooks);
+        let key = item
+            .as_object_mut()
+            .and_then(|o| o.remove("idempotency_key"))
+            .and_then(|k| k.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let resp = self
+            .http
+            .post(format!("{}/v1/notifications", self.base))
+            .bearer_auth(&self.key)
+            .header("Idempotency-Key", key)
+            .json(&item)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or_default();
+        Ok(if (200..300).contains(&status) {
+            Answer::Accepted
+        } else {
+            Answer::from_problem(u64::from(status), &v)
+        })
+    }
+}
