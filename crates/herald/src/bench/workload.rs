@@ -68,7 +68,7 @@ pub fn body(n: u64, kind: Kind, hooks: &str) -> Value {
         (Channel::Email, Priority::Critical | Priority::High) => json!({
             "idempotency_key": key, "priority": lane, "category": "password-reset", "channels": ["email"],
             "recipient": {"id": format!("u{}", n % 100_000), "email": email(n)},
-            "template": {"id": "password-reset", "locale": if n % 4 == 0 { "pt-BR" } else { "en" },
+            "template": {"id": "password-reset", "locale": if n.is_multiple_of(4) { "pt-BR" } else { "en" },
                 "data": {"name": "Zoë", "link": format!("https://app.example.com/reset/{n}")}}}),
         (Channel::Email, _) => json!({
             "idempotency_key": key, "priority": lane, "category": "newsletter", "channels": ["email"],
@@ -78,7 +78,7 @@ pub fn body(n: u64, kind: Kind, hooks: &str) -> Value {
                 "html": "<h1>This week</h1><p>Our favourite things this week.</p>"}}),
         (Channel::Push, _) => json!({
             "idempotency_key": key, "priority": lane, "category": "order-update", "channels": ["push"],
-            "recipient": {"push_tokens": [{"platform": if n % 3 == 0 { "ios" } else { "android" }, "token": token(n)}]},
+            "recipient": {"push_tokens": [{"platform": if n.is_multiple_of(3) { "ios" } else { "android" }, "token": token(n)}]},
             "template": {"id": "order-update", "data": {"order_id": format!("A-{n}"), "status": "shipped"}},
             "metadata": {"order_id": format!("A-{n}")}}),
         (Channel::Webhook, _) => json!({
