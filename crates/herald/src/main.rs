@@ -8,6 +8,13 @@ use clap::{Parser, Subcommand};
 use herald::app::{self, Running};
 use herald::config::Config;
 
+/// mimalloc instead of glibc's malloc: under load Herald allocates and frees
+/// many small objects across threads (requests, rows, HTTP bodies), where
+/// glibc's arenas spent a tenth of all CPU in the profile
+/// (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "herald",

@@ -24,6 +24,8 @@ pub const FAILOVERS: &str = "herald_failovers_total";
 pub const DEFERRED: &str = "herald_deliveries_deferred_total";
 /// Calls held back by a provider's own send-rate limit.
 pub const THROTTLED_LOCALLY: &str = "herald_provider_throttled_total";
+/// The store's own (recorded in herald-store, named here with the rest).
+pub use herald_store::sqlite::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -32,10 +34,14 @@ pub fn metrics() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let seconds = [
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
             ];
+            let operations = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_operations".into()), &operations)
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(h) => h,

@@ -4,6 +4,14 @@
 
 mod writer;
 
+/// Seconds each group commit took (its statements and the fsync).
+pub const COMMIT_SECONDS: &str = "herald_store_commit_seconds";
+/// Operations each group commit carried.
+pub const COMMIT_OPERATIONS: &str = "herald_store_commit_operations";
+/// Seconds a write took as its caller saw it (queueing for the writer, then
+/// the commit); label `op`.
+pub const WRITE_SECONDS: &str = "herald_store_write_seconds";
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -77,12 +85,16 @@ impl SqliteStore {
     }
 
     async fn write(&self, request: Request) -> Result<Response, StoreError> {
+        let started = std::time::Instant::now();
+        let op = request.name();
         let (tx, rx) = oneshot::channel();
         self.writer
             .send((request, tx))
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let done = rx.await.map_err(|_| StoreError::Closed)?;
+        metrics::histogram!(WRITE_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+        done
     }
 
     async fn deliveries_of(

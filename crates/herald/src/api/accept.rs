@@ -1,6 +1,7 @@
 //! Accepting notifications: validation beyond the request's own rules,
-//! idempotency (in flight here, or stored), and one durable store
-//! transaction for everything that passed. Both POST endpoints use it.
+//! idempotency (in flight here, or stored: the store decides as it
+//! creates), and one durable store transaction for everything that passed.
+//! Both POST endpoints use it.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -139,18 +140,9 @@ pub async fn accept(
                 out.push(Some(Accepted::Refused(ApiError::KeyInFlight)));
                 continue;
             };
+            // A key already stored is found by the create itself
+            // (`KeyTaken`), in the same transaction: no lookup per item here.
             guards.push(g);
-            match state.store.idempotency(tenant, k).await {
-                Ok(Some(existing)) => {
-                    out.push(Some(replay_or_conflict(existing, &hash)));
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    out.push(Some(Accepted::Refused(e.into())));
-                    continue;
-                }
-            }
         }
         let id = uuid::Uuid::now_v7();
         let response = StoredResponse {
