@@ -2,6 +2,7 @@
 //! real HTTP, and the vendor simulator standing in for the vendors.
 
 mod api;
+mod bench;
 mod cli;
 mod crash;
 mod delivery;

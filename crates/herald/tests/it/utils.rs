@@ -213,31 +213,12 @@ pub fn email(subject: &str) -> Value {
 }
 
 /// Runs a `herald serve` command and returns once it listens, with its base
-/// URL (read from its "herald listening on" line). Killed when dropped.
+/// URL. Killed when dropped.
 pub async fn spawn_serve(mut cmd: tokio::process::Command) -> (tokio::process::Child, String) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald starts");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("stderr reads") {
-            if let Some(url) = line.strip_prefix("herald listening on ") {
-                return url.trim().to_owned();
-            }
-        }
-        panic!("herald serve exited before listening");
-    })
-    .await
-    .expect("herald serve starts listening");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
+    cmd.env("RUST_LOG", "warn");
+    herald::bench::process::spawn_serve(cmd)
+        .await
+        .expect("herald serve starts listening")
 }
 
 /// `herald keys create --tenant TENANT <store args>` with the real binary;
