@@ -341,11 +341,7 @@ struct Totals {
 }
 
 fn percentile(sorted: &[i64], p: f64) -> String {
-    if sorted.is_empty() {
-        return "-".into();
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    format!("{} ms", sorted[idx.min(sorted.len() - 1)])
+    crate::bench::report::nearest_rank(sorted, p).map_or_else(|| "-".into(), |v| format!("{v} ms"))
 }
 
 fn report(sim: &Sim, summaries: &[herald_core::store::DeliverySummary], t: Totals) -> bool {

@@ -26,14 +26,7 @@ pub struct Latency {
 impl Latency {
     pub fn of(mut ms: Vec<i64>) -> Latency {
         ms.sort_unstable();
-        let at = |p: f64| {
-            if ms.is_empty() {
-                return 0;
-            }
-            // Nearest rank.
-            let rank = (p * ms.len() as f64).ceil() as usize;
-            ms[rank.clamp(1, ms.len()) - 1]
-        };
+        let at = |p: f64| nearest_rank(&ms, p).unwrap_or(0);
         Latency {
             count: ms.len(),
             p50: at(0.50),
@@ -43,6 +36,15 @@ impl Latency {
             max: ms.last().copied().unwrap_or(0),
         }
     }
+}
+
+/// The `p` quantile (0 to 1) of `sorted` by nearest rank; `None` when empty.
+pub fn nearest_rank(sorted: &[i64], p: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
