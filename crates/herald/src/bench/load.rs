@@ -73,6 +73,16 @@ pub struct Outcome {
     pub finished: Option<Instant>,
 }
 
+impl Outcome {
+    /// Adds another connection's or stream's results to these.
+    pub fn absorb(&mut self, other: Outcome) {
+        self.accepted.extend(other.accepted);
+        self.refused.extend(other.refused);
+        self.api_ms.extend(other.api_ms);
+        self.resent += other.resent;
+    }
+}
+
 /// How long an item may go unanswered before the bench gives up on Herald.
 const GIVE_UP: Duration = Duration::from_secs(90);
 
@@ -122,11 +132,7 @@ impl Stream {
             ..Outcome::default()
         };
         while let Some(done) = tasks.join_next().await {
-            let out = done??;
-            all.accepted.extend(out.accepted);
-            all.refused.extend(out.refused);
-            all.api_ms.extend(out.api_ms);
-            all.resent += out.resent;
+            all.absorb(done??);
         }
         all.finished = Some(Instant::now());
         Ok(all)

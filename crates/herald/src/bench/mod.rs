@@ -296,7 +296,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 flood.run(rig.client.clone(), accepted_bar.clone()),
                 trickle.run(rig.client.clone(), ProgressBar::hidden())
             );
-            merge(a?, b?)
+            let mut both = a?;
+            both.absorb(b?);
+            both
         }
         Scenario::Outage => {
             let vendors = &rig.vendors;
@@ -500,14 +502,6 @@ const TRICKLE_BASE: u64 = 9_000_000_000;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1024.0 / 1024.0
-}
-
-fn merge(mut a: Outcome, b: Outcome) -> Outcome {
-    a.accepted.extend(b.accepted);
-    a.refused.extend(b.refused);
-    a.api_ms.extend(b.api_ms);
-    a.resent += b.resent;
-    a
 }
 
 fn figures_between(
