@@ -256,13 +256,11 @@ pub struct DeliverySummary {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores each notification with its deliveries, durably, before returning.
+    /// Stores each notification with its deliveries, durably, before
+    /// returning. A notification whose idempotency key its tenant already
+    /// used (earlier, or earlier in this batch) is not stored: its result is
+    /// the record that holds the key.
     async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError>;
-    async fn idempotency(
-        &self,
-        tenant_id: &str,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, StoreError>;
     /// `None` when absent or owned by another tenant.
     async fn notification(
         &self,

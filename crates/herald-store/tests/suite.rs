@@ -272,11 +272,16 @@ async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
             .is_none(),
         "nothing written for a taken key"
     );
+    // Later: t1's key is still taken (its record comes back); a third
+    // tenant's k1 is its own.
+    let mut again = new_notification("t1", request(Priority::Normal, &["email"]), 2_000);
+    again.idempotency = Some(("k1".into(), rec.clone()));
+    let mut d = new_notification("t3", request(Priority::Normal, &["email"]), 2_000);
+    d.idempotency = Some(("k1".into(), rec.clone()));
     assert_eq!(
-        store.idempotency("t1", "k1").await.expect("read"),
-        Some(rec)
+        store.create(vec![again, d]).await.expect("create"),
+        vec![CreateResult::KeyTaken(rec), CreateResult::Created]
     );
-    assert_eq!(store.idempotency("t3", "k1").await.expect("read"), None);
 }
 
 async fn api_keys(store: &dyn Store) {

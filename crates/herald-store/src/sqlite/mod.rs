@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
     AttemptRecord, AttemptView, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
-    DeadLetterFilter, DeliverySummary, DeliveryView, IdempotencyRecord, NewNotification,
-    NotificationView, QueueDepth, ReplayOutcome, Store, StoreError,
+    DeadLetterFilter, DeliverySummary, DeliveryView, NewNotification, NotificationView, QueueDepth,
+    ReplayOutcome, Store, StoreError,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
@@ -201,23 +201,6 @@ impl Store for SqliteStore {
             Response::Created(r) => Ok(r),
             _ => Err(mismatch()),
         }
-    }
-
-    async fn idempotency(
-        &self,
-        tenant_id: &str,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT request_hash, response_status, response_body FROM idempotency_keys \
-             WHERE tenant_id = ? AND key = ?",
-        )
-        .bind(tenant_id)
-        .bind(key)
-        .fetch_optional(&self.reads)
-        .await
-        .map_err(db_err)?;
-        row.as_ref().map(writer::idempotency_from_row).transpose()
     }
 
     async fn notification(

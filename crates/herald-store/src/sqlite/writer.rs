@@ -316,9 +316,7 @@ async fn claim_keys(
     Ok(out)
 }
 
-pub(super) fn idempotency_from_row(
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<IdempotencyRecord, StoreError> {
+fn idempotency_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IdempotencyRecord, StoreError> {
     let status: i64 = row.try_get("response_status").map_err(db_err)?;
     Ok(IdempotencyRecord {
         request_hash: row.try_get("request_hash").map_err(db_err)?,
