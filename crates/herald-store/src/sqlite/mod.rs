@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
 //! so a commit is on disk before anyone is told it happened. Writes go
-//! through the group-commit writer (`writer.rs`); reads use a small pool.
+//! through the group-commit writer (`writer.rs`, one thread with rusqlite);
+//! reads use a small sqlx pool.
 
 mod writer;
 
@@ -24,7 +25,7 @@ use herald_core::store::{
     ReplayOutcome, Store, StoreError,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use writer::{AddKeyArgs, ClaimArgs, Request, Response};
@@ -79,8 +80,10 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await
             .map_err(db_err)?;
+        // The writer opens its own connection (rusqlite, on its own thread).
+        write_conn.close().await.map_err(db_err)?;
         let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
-        tokio::spawn(writer::run(write_conn, rx, opts.max_batch.max(1)));
+        writer::start(&opts.path, rx, opts.max_batch.max(1)).await?;
         Ok(Self { reads, writer: tx })
     }
 
@@ -165,7 +168,7 @@ fn parse<T: FromStr>(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<T, Stor
 
 /// Adds `filter`'s conditions to a query over `deliveries d JOIN
 /// notifications n` that already has a WHERE clause.
-pub(crate) fn push_dead_letter_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &DeadLetterFilter) {
+fn push_dead_letter_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &DeadLetterFilter) {
     if let Some(t) = &f.tenant_id {
         q.push(" AND n.tenant_id = ").push_bind(t.clone());
     }

@@ -1,30 +1,34 @@
 //! The single SQLite writer with group commit.
 //!
-//! SQLite allows one writer at a time, so every write goes through one task
-//! that owns the only write connection. The task takes whatever has queued up
-//! while the previous commit was syncing (up to `max_batch` operations) and
-//! applies it in ONE transaction: one fsync serves every request in the batch,
-//! and no caller hears "done" before that fsync. No timer: under light load a
-//! lone request commits at once; under heavy load batches grow by themselves.
+//! SQLite allows one writer at a time, so every write goes through one
+//! thread that owns the only write connection. It takes whatever has queued
+//! up while the previous commit was syncing (up to `max_batch` operations)
+//! and applies it in ONE transaction: one fsync serves every request in the
+//! batch, and no caller hears "done" before that fsync. No timer: under light
+//! load a lone request commits at once; under heavy load batches grow by
+//! themselves.
 //!
-//! Statements, not fsyncs, are what cost here (sqlx runs each on a worker
-//! thread), so a batch's attempt records become one multi-row INSERT and one
-//! UPDATE, and a create writes all its rows with multi-row INSERTs. If any
-//! operation fails, the batch is rolled back and each operation is replayed
-//! in its own transaction, so only the failing one fails.
+//! The writer is a plain thread running rusqlite, not an async task running
+//! sqlx: sqlx hands every statement and every returned row to a worker
+//! thread and back, and at tens of thousands of rows a second those hand-offs
+//! (context switches, wake-ups, allocations) cost more than SQLite itself.
+//! Here each row is one step of a prepared, cached statement on this thread.
+//! Reads stay on sqlx's pool. Both link the same libsqlite3.
+//!
+//! If any operation fails, the batch is rolled back and each operation is
+//! replayed in its own transaction, so only the failing one fails.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
 
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
     AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
     NewNotification, Next, ReplayOutcome, StoreError, StoredResponse,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
-
-use super::{db_err, push_dead_letter_filter};
-
-/// SQLite's limit on bound parameters per statement is 32,766; stay well below.
-const MAX_ROWS_PER_INSERT: usize = 500;
 
 pub(super) enum Request {
     Create(Vec<NewNotification>),
@@ -91,26 +95,70 @@ pub(super) struct AddKeyArgs {
     pub label: String,
 }
 
-pub(super) async fn run(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<(Request, Reply)>,
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Opens the write connection on its own thread and starts the writer there.
+/// Returns once the connection is open (or could not be).
+pub(super) async fn start(
+    path: &Path,
+    rx: mpsc::Receiver<(Request, Reply)>,
     max_batch: usize,
-) {
+) -> Result<(), StoreError> {
+    let path = path.to_owned();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("herald-store-writer".into())
+        .spawn(move || match open(&path) {
+            Ok(conn) => {
+                let _ = ready_tx.send(Ok(()));
+                run(conn, rx, max_batch);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(sql_err(e)));
+            }
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+    ready_rx.await.map_err(|_| StoreError::Closed)?
+}
+
+/// The same settings as the read pool's (see `SqliteStore::open`): WAL,
+/// fsync on every commit, foreign keys enforced.
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "wal")?;
+    conn.pragma_update(None, "synchronous", "full")?;
+    conn.pragma_update(None, "foreign_keys", "on")?;
+    conn.pragma_update(None, "temp_store", "memory")?;
+    conn.pragma_update(None, "cache_size", "-65536")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<(Request, Reply)>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    while rx.blocking_recv_many(&mut batch, max_batch) > 0 {
         let started = std::time::Instant::now();
         let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-        let results = match apply(&mut conn, &requests).await {
+        let results = match apply(&mut conn, &requests) {
             Ok(results) => results.into_iter().map(Ok).collect(),
             Err(e) if requests.len() == 1 => vec![Err(e)],
             Err(e) => {
                 tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
-                let mut results = Vec::with_capacity(requests.len());
-                for r in &requests {
-                    let one = apply(&mut conn, std::slice::from_ref(r)).await;
-                    results.push(one.and_then(|mut v| v.pop().ok_or(StoreError::Closed)));
-                }
-                results
+                requests
+                    .iter()
+                    .map(|r| {
+                        apply(&mut conn, std::slice::from_ref(r))
+                            .and_then(|mut v| v.pop().ok_or(StoreError::Closed))
+                    })
+                    .collect()
             }
         };
         metrics::histogram!(super::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
@@ -124,247 +172,192 @@ pub(super) async fn run(
 }
 
 /// Applies every request in one transaction; all or nothing.
-async fn apply(
-    conn: &mut SqliteConnection,
-    requests: &[Request],
-) -> Result<Vec<Response>, StoreError> {
-    let mut tx = conn.begin().await.map_err(db_err)?;
+fn apply(conn: &mut Connection, requests: &[Request]) -> Result<Vec<Response>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
     // Attempt records first, all together: a delivery finishing and being
     // re-claimed in one batch then ends up re-claimed only if it did not finish.
-    let records: Vec<&AttemptRecord> = requests
+    let records = requests
         .iter()
         .filter_map(|r| match r {
             Request::Record(v) => Some(v.iter()),
             _ => None,
         })
-        .flatten()
-        .collect();
-    record(&mut tx, &records).await?;
+        .flatten();
+    record(&tx, records)?;
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         out.push(match r {
-            Request::Create(batch) => Response::Created(create(&mut tx, batch).await?),
-            Request::Claim(args) => Response::Claimed(claim(&mut tx, args).await?),
+            Request::Create(batch) => Response::Created(create(&tx, batch)?),
+            Request::Claim(args) => Response::Claimed(claim(&tx, args)?),
             Request::Record(_) => Response::Done,
             Request::Release(leases) => {
-                release(&mut tx, leases).await?;
+                release(&tx, leases)?;
                 Response::Done
             }
-            Request::AddKey(args) => Response::Tenant(add_key(&mut tx, args).await?),
+            Request::AddKey(args) => Response::Tenant(add_key(&tx, args)?),
             Request::ReplayOne { tenant_id, id } => {
-                Response::Replay(replay_one(&mut tx, tenant_id.as_deref(), *id).await?)
+                Response::Replay(replay_one(&tx, tenant_id.as_deref(), *id)?)
             }
             Request::ReplayMany { filter, limit } => {
-                Response::Count(replay_many(&mut tx, filter, *limit).await?)
+                Response::Count(replay_many(&tx, filter, *limit)?)
             }
-            Request::Expire { now_ms } => Response::Count(expire(&mut tx, *now_ms).await?),
+            Request::Expire { now_ms } => Response::Count(expire(&tx, *now_ms)?),
             Request::NoteCall {
                 id,
                 lease_token,
                 provider,
             } => {
-                sqlx::query(
-                    "UPDATE deliveries SET calling = ? WHERE id = ? AND lease_token = ? AND state = 'sending'",
+                tx.prepare_cached(
+                    "UPDATE deliveries SET calling = ?1 \
+                     WHERE id = ?2 AND lease_token = ?3 AND state = 'sending'",
                 )
-                .bind(provider)
-                .bind(id)
-                .bind(lease_token)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+                .and_then(|mut s| s.execute(params![provider, id, lease_token]))
+                .map_err(sql_err)?;
                 Response::Done
             }
         });
     }
-    tx.commit().await.map_err(db_err)?;
+    tx.commit().map_err(sql_err)?;
     Ok(out)
 }
 
-async fn create(
-    tx: &mut SqliteConnection,
+fn create(
+    tx: &Transaction<'_>,
     batch: &[NewNotification],
 ) -> Result<Vec<CreateResult>, StoreError> {
-    let taken = claim_keys(tx, batch).await?;
+    let mut take_key = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys \
+             (tenant_id, key, request_hash, response_status, response_body, created_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .map_err(sql_err)?;
+    let mut insert_notification = tx
+        .prepare_cached(
+            "INSERT INTO notifications \
+             (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(sql_err)?;
+    let mut insert_delivery = tx
+        .prepare_cached(
+            "INSERT INTO deliveries \
+             (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
+        )
+        .map_err(sql_err)?;
     let mut results = Vec::with_capacity(batch.len());
-    let mut fresh: Vec<&NewNotification> = Vec::with_capacity(batch.len());
-    for (n, taken) in batch.iter().zip(taken) {
-        match taken {
-            None => {
-                fresh.push(n);
-                results.push(CreateResult::Created);
+    for n in batch {
+        if let Some((key, rec)) = &n.idempotency {
+            // A key held already (stored earlier, or earlier in this batch):
+            // the request that holds it answers instead.
+            let took = take_key
+                .execute(params![
+                    n.tenant_id,
+                    key,
+                    rec.request_hash,
+                    rec.response.status,
+                    rec.response.body,
+                    n.accepted_at_ms
+                ])
+                .map_err(sql_err)?;
+            if took == 0 {
+                results.push(CreateResult::KeyTaken(key_holder(tx, &n.tenant_id, key)?));
+                continue;
             }
-            Some(existing) => results.push(CreateResult::KeyTaken(existing)),
         }
-    }
-    let mut payloads = Vec::with_capacity(fresh.len());
-    for n in &fresh {
-        payloads.push(
-            serde_json::to_string(&n.request)
-                .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?,
-        );
-    }
-    for (chunk, payloads) in fresh
-        .chunks(MAX_ROWS_PER_INSERT)
-        .zip(payloads.chunks(MAX_ROWS_PER_INSERT))
-    {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms) ",
-        );
-        q.push_values(chunk.iter().zip(payloads), |mut b, (n, payload)| {
-            b.push_bind(n.id)
-                .push_bind(&n.tenant_id)
-                .push_bind(n.request.priority.index() as i64)
-                .push_bind(payload)
-                .push_bind(n.accepted_at_ms)
-                .push_bind(n.expires_at_ms);
-        });
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
-    }
-    let deliveries: Vec<_> = fresh
-        .iter()
-        .flat_map(|n| n.deliveries.iter().map(move |d| (*n, d)))
-        .collect();
-    for chunk in deliveries.chunks(MAX_ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms) ",
-        );
-        q.push_values(chunk, |mut b, (n, d)| {
-            b.push_bind(d.id)
-                .push_bind(n.id)
-                .push_bind(d.channel.as_str())
-                .push_bind(i64::from(d.target))
-                .push_bind(n.request.priority.index() as i64)
-                .push_bind("queued")
-                .push_bind(n.due_at_ms)
-                .push_bind(n.accepted_at_ms)
-                .push_bind(n.expires_at_ms);
-        });
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
+        let payload = serde_json::to_string(&n.request)
+            .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?;
+        let priority = n.request.priority.index() as i64;
+        insert_notification
+            .execute(params![
+                n.id,
+                n.tenant_id,
+                priority,
+                payload,
+                n.accepted_at_ms,
+                n.expires_at_ms
+            ])
+            .map_err(sql_err)?;
+        for d in &n.deliveries {
+            insert_delivery
+                .execute(params![
+                    d.id,
+                    n.id,
+                    d.channel.as_str(),
+                    d.target,
+                    priority,
+                    n.due_at_ms,
+                    n.accepted_at_ms,
+                    n.expires_at_ms
+                ])
+                .map_err(sql_err)?;
+        }
+        results.push(CreateResult::Created);
     }
     Ok(results)
 }
 
-/// Takes the idempotency keys of `batch` with one multi-row INSERT (a
-/// statement per key was most of the writer's work at high rates). For each
-/// notification: `None` if it took its key (or has none), or the record of
-/// the request that holds it already (stored earlier, or earlier in this
-/// batch).
-async fn claim_keys(
-    tx: &mut SqliteConnection,
-    batch: &[NewNotification],
-) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
-    let mut out: Vec<Option<IdempotencyRecord>> = vec![None; batch.len()];
-    // A key twice in one batch: the first takes it, the rest find it taken.
-    let mut seen = std::collections::HashSet::new();
-    let mut to_insert = Vec::new();
-    let mut to_find = Vec::new();
-    for (i, n) in batch.iter().enumerate() {
-        if let Some((key, rec)) = &n.idempotency {
-            if seen.insert((n.tenant_id.as_str(), key.as_str())) {
-                to_insert.push((i, n, key, rec));
-            } else {
-                to_find.push(i);
-            }
-        }
-    }
-    for chunk in to_insert.chunks(MAX_ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO idempotency_keys \
-             (tenant_id, key, request_hash, response_status, response_body, created_at_ms) ",
-        );
-        q.push_values(chunk, |mut b, (_, n, key, rec)| {
-            b.push_bind(&n.tenant_id)
-                .push_bind(key.as_str())
-                .push_bind(&rec.request_hash)
-                .push_bind(i64::from(rec.response.status))
-                .push_bind(&rec.response.body)
-                .push_bind(n.accepted_at_ms);
-        });
-        q.push(" ON CONFLICT DO NOTHING RETURNING tenant_id, key");
-        let inserted: std::collections::HashSet<(String, String)> = q
-            .build()
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|r| Ok((r.try_get("tenant_id")?, r.try_get("key")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err)?;
-        for (i, n, key, _) in chunk {
-            if !inserted.contains(&(n.tenant_id.clone(), (*key).clone())) {
-                to_find.push(*i);
-            }
-        }
-    }
-    // Rare: replays and conflicts. One lookup each.
-    for i in to_find {
-        let n = &batch[i];
-        let Some((key, _)) = &n.idempotency else {
-            continue;
-        };
-        let row = sqlx::query(
+fn key_holder(
+    tx: &Transaction<'_>,
+    tenant_id: &str,
+    key: &str,
+) -> Result<IdempotencyRecord, StoreError> {
+    let (request_hash, status, body): (Vec<u8>, i64, String) = tx
+        .prepare_cached(
             "SELECT request_hash, response_status, response_body FROM idempotency_keys \
-             WHERE tenant_id = ? AND key = ?",
+             WHERE tenant_id = ?1 AND key = ?2",
         )
-        .bind(&n.tenant_id)
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        out[i] = Some(idempotency_from_row(&row)?);
-    }
-    Ok(out)
-}
-
-fn idempotency_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<IdempotencyRecord, StoreError> {
-    let status: i64 = row.try_get("response_status").map_err(db_err)?;
+        .and_then(|mut s| {
+            s.query_row(params![tenant_id, key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+        })
+        .map_err(sql_err)?;
     Ok(IdempotencyRecord {
-        request_hash: row.try_get("request_hash").map_err(db_err)?,
+        request_hash,
         response: StoredResponse {
             status: u16::try_from(status)
                 .map_err(|_| StoreError::Corrupt(format!("status {status}")))?,
-            body: row.try_get("response_body").map_err(db_err)?,
+            body,
         },
     })
 }
 
-async fn claim(
-    tx: &mut SqliteConnection,
-    a: &ClaimArgs,
-) -> Result<Vec<ClaimedDelivery>, StoreError> {
+fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let token: i64 = rand::random();
-    let rows = sqlx::query(
-        "UPDATE deliveries SET state = 'sending', due_at_ms = ?1 + ?2, lease_token = ?3, \
-             attempts = attempts + 1, updated_at_ms = ?1, \
-             in_doubt = CASE WHEN state = 'sending' THEN 1 ELSE in_doubt END \
-         WHERE rowid IN (SELECT rowid FROM deliveries \
-             WHERE channel = ?4 AND priority = ?5 \
-               AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
-             ORDER BY due_at_ms LIMIT ?6) \
-         RETURNING id, notification_id, target, attempts, pinned_provider, calling, in_doubt",
-    )
-    .bind(a.now_ms)
-    .bind(a.lease_ms)
-    .bind(token)
-    .bind(a.channel.as_str())
-    .bind(a.priority.index() as i64)
-    .bind(i64::try_from(a.limit).unwrap_or(i64::MAX))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut claimed = Vec::with_capacity(rows.len());
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let notification_id: uuid::Uuid = row.try_get("notification_id").map_err(db_err)?;
-        let target: i64 = row.try_get("target").map_err(db_err)?;
-        let attempts: i64 = row.try_get("attempts").map_err(db_err)?;
-        ids.push(notification_id);
+    let mut take = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'sending', due_at_ms = ?1 + ?2, lease_token = ?3, \
+                 attempts = attempts + 1, updated_at_ms = ?1, \
+                 in_doubt = CASE WHEN state = 'sending' THEN 1 ELSE in_doubt END \
+             WHERE rowid IN (SELECT rowid FROM deliveries \
+                 WHERE channel = ?4 AND priority = ?5 \
+                   AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
+                 ORDER BY due_at_ms LIMIT ?6) \
+             RETURNING id, notification_id, target, attempts, pinned_provider, calling, in_doubt",
+        )
+        .map_err(sql_err)?;
+    let limit = i64::try_from(a.limit).unwrap_or(i64::MAX);
+    let mut rows = take
+        .query(params![
+            a.now_ms,
+            a.lease_ms,
+            token,
+            a.channel.as_str(),
+            a.priority.index() as i64,
+            limit
+        ])
+        .map_err(sql_err)?;
+    let mut claimed = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_err)? {
+        let target: i64 = row.get(2).map_err(sql_err)?;
+        let attempts: i64 = row.get(3).map_err(sql_err)?;
         claimed.push(ClaimedDelivery {
-            id: row.try_get("id").map_err(db_err)?,
-            notification_id,
+            id: row.get(0).map_err(sql_err)?,
+            notification_id: row.get(1).map_err(sql_err)?,
             tenant_id: String::new(),
             channel: a.channel,
             target: u32::try_from(target).unwrap_or(0),
@@ -374,237 +367,232 @@ async fn claim(
             accepted_at_ms: 0,
             expires_at_ms: None,
             payload: String::new(),
-            pinned_provider: row.try_get("pinned_provider").map_err(db_err)?,
-            calling: row.try_get("calling").map_err(db_err)?,
-            in_doubt: row.try_get::<i64, _>("in_doubt").map_err(db_err)? != 0,
+            pinned_provider: row.get(4).map_err(sql_err)?,
+            calling: row.get(5).map_err(sql_err)?,
+            in_doubt: row.get::<_, i64>(6).map_err(sql_err)? != 0,
         });
     }
-    ids.sort_unstable();
-    ids.dedup();
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "SELECT id, tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications WHERE id IN (",
-    );
-    let mut sep = q.separated(", ");
-    for id in &ids {
-        sep.push_bind(*id);
-    }
-    q.push(")");
-    let notes = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
-    let mut by_id = std::collections::HashMap::with_capacity(notes.len());
-    for row in notes {
-        let id: uuid::Uuid = row.try_get("id").map_err(db_err)?;
-        by_id.insert(id, row);
-    }
-    for c in &mut claimed {
-        let row = by_id
-            .get(&c.notification_id)
+    drop(rows);
+    // Each notification once, however many of its deliveries (push devices)
+    // were claimed together.
+    let mut notification = tx
+        .prepare_cached(
+            "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications WHERE id = ?1",
+        )
+        .map_err(sql_err)?;
+    let mut seen: HashMap<uuid::Uuid, usize> = HashMap::with_capacity(claimed.len());
+    for i in 0..claimed.len() {
+        let id = claimed[i].notification_id;
+        if let Some(&first) = seen.get(&id) {
+            let (tenant_id, payload) = (
+                claimed[first].tenant_id.clone(),
+                claimed[first].payload.clone(),
+            );
+            let (accepted, expires) = (claimed[first].accepted_at_ms, claimed[first].expires_at_ms);
+            let c = &mut claimed[i];
+            (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms) =
+                (tenant_id, payload, accepted, expires);
+            continue;
+        }
+        let c = &mut claimed[i];
+        (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms) = notification
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()
+            .map_err(sql_err)?
             .ok_or_else(|| StoreError::Corrupt(format!("delivery {} has no notification", c.id)))?;
-        c.tenant_id = row.try_get("tenant_id").map_err(db_err)?;
-        c.payload = row.try_get("payload").map_err(db_err)?;
-        c.accepted_at_ms = row.try_get("accepted_at_ms").map_err(db_err)?;
-        c.expires_at_ms = row.try_get("expires_at_ms").map_err(db_err)?;
+        seen.insert(id, i);
     }
     Ok(claimed)
 }
 
-/// Records attempts and moves their deliveries on: one INSERT for every
-/// vendor call and one UPDATE per chunk, however many workers reported.
-async fn record(tx: &mut SqliteConnection, records: &[&AttemptRecord]) -> Result<(), StoreError> {
-    // Only the state machine's moves out of `sending` may be recorded.
-    if let Some(bad) = records
-        .iter()
-        .find(|r| !DeliveryState::Sending.can_move_to(r.next.state()))
-    {
-        return Err(StoreError::Corrupt(format!(
-            "delivery {}: sending → {} is not a transition of the state machine",
-            bad.delivery_id,
-            bad.next.state()
-        )));
-    }
-    let calls: Vec<_> = records
-        .iter()
-        .flat_map(|r| r.calls.iter().map(move |c| (r, c)))
-        .collect();
-    for chunk in calls.chunks(MAX_ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) ",
-        );
-        q.push_values(chunk, |mut b, (r, c)| {
-            b.push_bind(r.delivery_id)
-                .push_bind(i64::from(r.attempt))
-                .push_bind(&c.provider)
-                .push_bind(c.started_at_ms)
-                .push_bind(c.latency_ms)
-                .push_bind(&c.outcome)
-                .push_bind(c.status_code.map(i64::from))
-                .push_bind(&c.error);
-        });
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
-    }
-    for chunk in records.chunks(MAX_ROWS_PER_INSERT) {
-        // Compare-and-set on the lease: a worker whose lease expired and was
-        // taken over does not overwrite the newer holder's state. A deferred
-        // attempt made no call, so it gives its attempt back.
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "WITH v(id, token, state, due, provider, vendor_id, error, sent_at, updated, uncount, pin) AS (",
-        );
-        q.push_values(chunk, |mut b, r| {
-            let ended_at = r.ended_at_ms;
-            let (due, sent_at, vendor_id) = match &r.next {
-                Next::RetryAt(at) | Next::Deferred(at) => (*at, None, None),
-                Next::Sent { vendor_id } => (ended_at, Some(ended_at), vendor_id.as_deref()),
-                _ => (ended_at, None, None),
-            };
-            b.push_bind(r.delivery_id)
-                .push_bind(r.lease_token)
-                .push_bind(r.next.state().as_str())
-                .push_bind(due)
-                .push_bind(r.provider())
-                .push_bind(vendor_id)
-                .push_bind(&r.error)
-                .push_bind(sent_at)
-                .push_bind(ended_at)
-                .push_bind(i64::from(matches!(r.next, Next::Deferred(_))))
-                .push_bind(&r.pin);
-        });
-        q.push(
-            ") UPDATE deliveries SET state = v.state, due_at_ms = v.due, lease_token = NULL, \
-                 attempts = MAX(deliveries.attempts - v.uncount, 0), \
-                 provider = COALESCE(v.provider, deliveries.provider), \
-                 vendor_message_id = COALESCE(v.vendor_id, deliveries.vendor_message_id), last_error = v.error, \
-                 sent_at_ms = COALESCE(v.sent_at, deliveries.sent_at_ms), updated_at_ms = v.updated, \
-                 pinned_provider = COALESCE(deliveries.pinned_provider, v.pin), \
+/// Records attempts and moves their deliveries on: a row in the attempt log
+/// for every vendor call, and the delivery's next state.
+fn record<'a>(
+    tx: &Transaction<'_>,
+    records: impl Iterator<Item = &'a AttemptRecord>,
+) -> Result<(), StoreError> {
+    let mut log = tx
+        .prepare_cached(
+            "INSERT INTO attempts \
+             (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(sql_err)?;
+    // Compare-and-set on the lease: a worker whose lease expired and was
+    // taken over does not overwrite the newer holder's state. A deferred
+    // attempt made no call, so it gives its attempt back.
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?3, due_at_ms = ?4, lease_token = NULL, \
+                 attempts = MAX(attempts - ?5, 0), \
+                 provider = COALESCE(?6, provider), \
+                 vendor_message_id = COALESCE(?7, vendor_message_id), last_error = ?8, \
+                 sent_at_ms = COALESCE(?9, sent_at_ms), updated_at_ms = ?10, \
+                 pinned_provider = COALESCE(pinned_provider, ?11), \
                  calling = NULL, in_doubt = 0 \
-             FROM v WHERE deliveries.id = v.id AND deliveries.lease_token = v.token \
-                 AND deliveries.state = 'sending'",
-        );
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'sending'",
+        )
+        .map_err(sql_err)?;
+    for r in records {
+        // Only the state machine's moves out of `sending` may be recorded.
+        let state = r.next.state();
+        if !DeliveryState::Sending.can_move_to(state) {
+            return Err(StoreError::Corrupt(format!(
+                "delivery {}: sending → {state} is not a transition of the state machine",
+                r.delivery_id
+            )));
+        }
+        for c in &r.calls {
+            log.execute(params![
+                r.delivery_id,
+                r.attempt,
+                c.provider,
+                c.started_at_ms,
+                c.latency_ms,
+                c.outcome,
+                c.status_code,
+                c.error
+            ])
+            .map_err(sql_err)?;
+        }
+        let ended_at = r.ended_at_ms;
+        let (due, sent_at, vendor_id) = match &r.next {
+            Next::RetryAt(at) | Next::Deferred(at) => (*at, None, None),
+            Next::Sent { vendor_id } => (ended_at, Some(ended_at), vendor_id.as_deref()),
+            _ => (ended_at, None, None),
+        };
+        update
+            .execute(params![
+                r.delivery_id,
+                r.lease_token,
+                state.as_str(),
+                due,
+                i64::from(matches!(r.next, Next::Deferred(_))),
+                r.provider(),
+                vendor_id,
+                r.error,
+                sent_at,
+                ended_at,
+                r.pin
+            ])
+            .map_err(sql_err)?;
     }
     Ok(())
 }
 
 /// Waiting deliveries past their notification's expiry become `expired`
 /// (a claim would find the same; this does not wait for one).
-async fn expire(tx: &mut SqliteConnection, now_ms: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "UPDATE deliveries SET state = 'expired', last_error = 'expired before it could be sent', \
-             updated_at_ms = ?1 \
-         WHERE state IN ('queued', 'retry_scheduled') AND expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
-    )
-    .bind(now_ms)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    Ok(done.rows_affected())
+fn expire(tx: &Transaction<'_>, now_ms: i64) -> Result<u64, StoreError> {
+    let done = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'expired', last_error = 'expired before it could be sent', \
+                 updated_at_ms = ?1 \
+             WHERE state IN ('queued', 'retry_scheduled') AND expires_at_ms IS NOT NULL \
+               AND expires_at_ms <= ?1",
+        )
+        .and_then(|mut s| s.execute([now_ms]))
+        .map_err(sql_err)?;
+    Ok(done as u64)
 }
 
-/// Starts the UPDATE that puts dead deliveries back in the queue: due now,
-/// attempts reset, the same id (so the same vendor key). The caller adds
-/// which rows.
-fn replay_update() -> QueryBuilder<'static, Sqlite> {
-    let now = herald_core::now_ms();
-    let mut q = QueryBuilder::new("UPDATE deliveries SET state = 'queued', due_at_ms = ");
-    q.push_bind(now)
-        .push(", attempts = 0, lease_token = NULL, updated_at_ms = ")
-        .push_bind(now)
-        .push(" WHERE ");
-    q
-}
+/// What puts dead deliveries back in the queue: due now, attempts reset, the
+/// same id (so the same vendor key). `?1` is now; the caller adds which rows.
+const REPLAY: &str = "UPDATE deliveries SET state = 'queued', due_at_ms = ?1, attempts = 0, \
+                      lease_token = NULL, updated_at_ms = ?1 WHERE state = 'dead' AND ";
 
-async fn replay_one(
-    tx: &mut SqliteConnection,
+fn replay_one(
+    tx: &Transaction<'_>,
     tenant_id: Option<&str>,
     id: uuid::Uuid,
 ) -> Result<ReplayOutcome, StoreError> {
-    let row = sqlx::query(
-        "SELECT d.state FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
-         WHERE d.id = ?1 AND (?2 IS NULL OR n.tenant_id = ?2)",
-    )
-    .bind(id)
-    .bind(tenant_id)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let Some(row) = row else {
+    let state: Option<String> = tx
+        .prepare_cached(
+            "SELECT d.state FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+             WHERE d.id = ?1 AND (?2 IS NULL OR n.tenant_id = ?2)",
+        )
+        .and_then(|mut s| s.query_row(params![id, tenant_id], |r| r.get(0)).optional())
+        .map_err(sql_err)?;
+    let Some(state) = state else {
         return Ok(ReplayOutcome::NotFound);
     };
-    let state: String = row.try_get("state").map_err(db_err)?;
     let state: DeliveryState = state
         .parse()
         .map_err(|_| StoreError::Corrupt(format!("delivery {id} has state {state:?}")))?;
     if state != DeliveryState::Dead {
         return Ok(ReplayOutcome::NotDead(state));
     }
-    let mut q = replay_update();
-    q.push("id = ").push_bind(id).push(" AND state = 'dead'");
-    q.build().execute(&mut *tx).await.map_err(db_err)?;
+    tx.prepare_cached(&format!("{REPLAY} id = ?2"))
+        .and_then(|mut s| s.execute(params![herald_core::now_ms(), id]))
+        .map_err(sql_err)?;
     Ok(ReplayOutcome::Replayed)
 }
 
-async fn replay_many(
-    tx: &mut SqliteConnection,
-    filter: &DeadLetterFilter,
+fn replay_many(
+    tx: &Transaction<'_>,
+    f: &DeadLetterFilter,
     limit: usize,
 ) -> Result<u64, StoreError> {
-    let mut q = replay_update();
-    q.push(
-        "rowid IN (SELECT d.rowid FROM deliveries d \
-         JOIN notifications n ON n.id = d.notification_id WHERE d.state = 'dead'",
-    );
-    push_dead_letter_filter(&mut q, filter);
-    q.push(" ORDER BY d.updated_at_ms, d.id LIMIT ")
-        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .push(")");
-    let done = q.build().execute(&mut *tx).await.map_err(db_err)?;
-    Ok(done.rows_affected())
+    // An absent filter field is NULL and matches everything.
+    let done = tx
+        .prepare_cached(&format!(
+            "{REPLAY} rowid IN (SELECT d.rowid FROM deliveries d \
+                 JOIN notifications n ON n.id = d.notification_id WHERE d.state = 'dead' \
+                 AND (?2 IS NULL OR n.tenant_id = ?2) AND (?3 IS NULL OR d.channel = ?3) \
+                 AND (?4 IS NULL OR d.provider = ?4) AND (?5 IS NULL OR d.updated_at_ms >= ?5) \
+                 AND (?6 IS NULL OR d.updated_at_ms < ?6) \
+                 ORDER BY d.updated_at_ms, d.id LIMIT ?7)"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                herald_core::now_ms(),
+                f.tenant_id,
+                f.channel.map(|c| c.as_str()),
+                f.provider,
+                f.since_ms,
+                f.until_ms,
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ])
+        })
+        .map_err(sql_err)?;
+    Ok(done as u64)
 }
 
-async fn release(
-    tx: &mut SqliteConnection,
-    leases: &[(uuid::Uuid, i64)],
-) -> Result<(), StoreError> {
+fn release(tx: &Transaction<'_>, leases: &[(uuid::Uuid, i64)]) -> Result<(), StoreError> {
     let now = herald_core::now_ms();
-    for (id, token) in leases {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'queued', due_at_ms = ?, lease_token = NULL, \
-                 attempts = MAX(attempts - 1, 0), updated_at_ms = ?, in_doubt = 1 \
-             WHERE id = ? AND lease_token = ? AND state = 'sending'",
+    let mut give_back = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'queued', due_at_ms = ?1, lease_token = NULL, \
+                 attempts = MAX(attempts - 1, 0), updated_at_ms = ?1, in_doubt = 1 \
+             WHERE id = ?2 AND lease_token = ?3 AND state = 'sending'",
         )
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .bind(token)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        .map_err(sql_err)?;
+    for (id, token) in leases {
+        give_back
+            .execute(params![now, id, token])
+            .map_err(sql_err)?;
     }
     Ok(())
 }
 
-async fn add_key(tx: &mut SqliteConnection, a: &AddKeyArgs) -> Result<String, StoreError> {
+fn add_key(tx: &Transaction<'_>, a: &AddKeyArgs) -> Result<String, StoreError> {
     let now = herald_core::now_ms();
-    sqlx::query("INSERT INTO tenants (id, name, created_at_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(&a.tenant_name)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    let tenant_id: String = sqlx::query_scalar("SELECT id FROM tenants WHERE name = ?")
-        .bind(&a.tenant_name)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    sqlx::query(
-        "INSERT INTO api_keys (key_hash, tenant_id, label, created_at_ms) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (key_hash) DO NOTHING",
+    tx.execute(
+        "INSERT INTO tenants (id, name, created_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+        params![uuid::Uuid::now_v7().to_string(), a.tenant_name, now],
     )
-    .bind(&a.key_hash)
-    .bind(&tenant_id)
-    .bind(&a.label)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
+    .map_err(sql_err)?;
+    let tenant_id: String = tx
+        .query_row(
+            "SELECT id FROM tenants WHERE name = ?1",
+            [&a.tenant_name],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    tx.execute(
+        "INSERT INTO api_keys (key_hash, tenant_id, label, created_at_ms) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (key_hash) DO NOTHING",
+        params![a.key_hash, tenant_id, a.label, now],
+    )
+    .map_err(sql_err)?;
     Ok(tenant_id)
 }
