@@ -214,6 +214,15 @@ impl Rig {
 /// Runs the scenario and reports; `Ok(false)` when anything was lost,
 /// duplicated or refused.
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    // Ctrl-C ends the run by returning, so the rig is dropped and its child
+    // Herald killed (`kill_on_drop`), rather than left running.
+    tokio::select! {
+        finished = run_scenario(args) => finished,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the Herald under test was stopped"),
+    }
+}
+
+async fn run_scenario(args: BenchArgs) -> anyhow::Result<bool> {
     let mut rig = Rig::start(&args).await?;
     let mp = if args.quiet {
         MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
