@@ -1,5 +1,7 @@
 //! The store's behavioural suite. Each check takes `&dyn Store`, so every
-//! backend runs the same assertions (SQLite here; PostgreSQL joins later).
+//! backend runs the same assertions: SQLite always, PostgreSQL when
+//! `HERALD_TEST_POSTGRES_URL` names a database to use (each check gets a
+//! schema of its own in it, made afresh).
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use herald_core::store::{
     AttemptRecord, CallRecord, ClaimedDelivery, CreateResult, DeadLetterCursor, DeadLetterFilter,
     IdempotencyRecord, NewDelivery, NewNotification, Next, ReplayOutcome, Store, StoredResponse,
 };
-use herald_store::{SqliteOptions, SqliteStore};
+use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 async fn sqlite(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&SqliteOptions {
@@ -18,6 +20,64 @@ async fn sqlite(dir: &tempfile::TempDir) -> SqliteStore {
     })
     .await
     .expect("open sqlite")
+}
+
+/// The database PostgreSQL checks use, or `None` (and a notice that shows
+/// in `cargo test`'s output) to skip them.
+fn postgres_url() -> Option<String> {
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    let url = std::env::var("HERALD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        NOTICE.call_once(|| {
+            // Straight to stderr: the test harness captures `eprintln!`.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: the PostgreSQL store suite (set HERALD_TEST_POSTGRES_URL, e.g. postgres://postgres@127.0.0.1:5432/test)"
+            );
+        });
+    }
+    url
+}
+
+/// A check's schema: its name, cut to fit PostgreSQL's 63-byte identifiers.
+fn schema(check: &str) -> String {
+    format!("hs_{}", &check[..check.len().min(56)])
+}
+
+/// A PostgreSQL store in a fresh schema named for the check.
+async fn postgres(check: &str) -> Option<PostgresStore> {
+    let url = postgres_url()?;
+    let schema = schema(check);
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .expect("drop schema");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .expect("create schema");
+    admin.close().await;
+    Some(postgres_reopen(check).await)
+}
+
+/// Another store on a check's schema, as a second node would open it.
+async fn postgres_reopen(check: &str) -> PostgresStore {
+    let url = postgres_url().expect("HERALD_TEST_POSTGRES_URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    PostgresStore::open(&PostgresOptions {
+        url: format!("{url}{sep}options=-c%20search_path%3D{}", schema(check)),
+        max_connections: 6,
+        writers: 3,
+        max_batch: 256,
+    })
+    .await
+    .expect("open postgres")
 }
 
 fn request(priority: Priority, channels: &[&str]) -> NotificationRequest {
@@ -583,16 +643,26 @@ async fn waiting_deliveries_expire_without_a_claim(store: &dyn Store) {
     assert_eq!(left[0].notification_id, never.id, "no expiry: waits on");
 }
 
-/// Runs every check of the suite against one backend, each on a fresh store.
+/// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
-    ($backend:ident, $open:expr, [$($check:ident),* $(,)?]) => {
-        mod $backend {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite_backend {
             $(
                 #[tokio::test]
                 async fn $check() {
                     let dir = tempfile::tempdir().expect("tempdir");
-                    let store = $open(&dir).await;
+                    let store = super::sqlite(&dir).await;
                     super::$check(&store).await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    if let Some(store) = super::postgres(stringify!($check)).await {
+                        super::$check(&store).await;
+                    }
                 }
             )*
         }
@@ -600,27 +670,22 @@ macro_rules! suite {
 }
 
 suite!(
-    sqlite_backend,
-    super::sqlite,
-    [
-        claims_by_channel_and_lane,
-        future_work_waits,
-        expired_lease_is_claimed_again_and_old_holder_cannot_write,
-        released_work_is_claimable_at_once,
-        idempotency_keys_are_per_tenant,
-        api_keys,
-        failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt,
-        a_pin_holds_for_later_attempts,
-        dead_letters_are_listed_paged_filtered_and_replayed,
-        waiting_deliveries_expire_without_a_claim,
-        a_takeover_is_in_doubt_and_knows_the_backup_being_called,
-    ]
+    claims_by_channel_and_lane,
+    future_work_waits,
+    expired_lease_is_claimed_again_and_old_holder_cannot_write,
+    released_work_is_claimable_at_once,
+    idempotency_keys_are_per_tenant,
+    api_keys,
+    failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt,
+    a_pin_holds_for_later_attempts,
+    dead_letters_are_listed_paged_filtered_and_replayed,
+    waiting_deliveries_expire_without_a_claim,
+    a_takeover_is_in_doubt_and_knows_the_backup_being_called,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_concurrent_writers_share_commits_and_lose_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(sqlite(&dir).await);
+/// 400 creates at once, each its own request: all land (group commit
+/// shares transactions among them).
+async fn concurrent_creates(store: Arc<dyn Store>) {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..400 {
         let s = store.clone();
@@ -632,22 +697,24 @@ async fn sqlite_concurrent_writers_share_commits_and_lose_nothing() {
     while let Some(r) = tasks.join_next().await {
         assert_eq!(r.expect("task"), vec![CreateResult::Created]);
     }
-    drop(store);
-    // Reopen: everything acknowledged is on disk.
-    let store = sqlite(&dir).await;
+}
+
+async fn all_claimable(store: &dyn Store, expected: usize) {
     let depths = store.queue_depths().await.expect("depths");
-    assert_eq!(depths.iter().map(|d| d.pending).sum::<u64>(), 400);
+    assert_eq!(
+        depths.iter().map(|d| d.pending).sum::<u64>(),
+        expected as u64
+    );
     let all = store
         .claim(Channel::Email, Priority::Normal, 1_000, 2_000, 1_000)
         .await
         .expect("claim");
-    assert_eq!(all.len(), 400);
+    assert_eq!(all.len(), expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_failing_write_fails_alone_in_its_group_commit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(sqlite(&dir).await);
+/// One create among 50 concurrent ones reuses a notification id: it alone
+/// fails, whatever group commit it shared.
+async fn a_failing_write_fails_alone(store: Arc<dyn Store>) {
     let first = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
     store.create(vec![first.clone()]).await.expect("create");
 
@@ -676,4 +743,36 @@ async fn sqlite_a_failing_write_fails_alone_in_its_group_commit() {
         pending, 50,
         "the first and the 49 good ones, nothing of the failed one"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_writers_share_commits_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    concurrent_creates(Arc::new(sqlite(&dir).await)).await;
+    // Reopen: everything acknowledged is on disk.
+    all_claimable(&sqlite(&dir).await, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_write_fails_alone_in_its_group_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    a_failing_write_fails_alone(Arc::new(sqlite(&dir).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_writers_share_commits_and_lose_nothing() {
+    let Some(store) = postgres("concurrent_writers").await else {
+        return;
+    };
+    concurrent_creates(Arc::new(store)).await;
+    // A second store on the same schema (another node) sees all of it.
+    let other = postgres_reopen("concurrent_writers").await;
+    all_claimable(&other, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failing_write_fails_alone_in_its_group_commit() {
+    if let Some(store) = postgres("failing_write").await {
+        a_failing_write_fails_alone(Arc::new(store)).await;
+    }
 }

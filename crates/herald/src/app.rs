@@ -9,7 +9,7 @@ use anyhow::Context;
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
 use herald_core::store::Store;
-use herald_store::{SqliteOptions, SqliteStore};
+use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,17 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
             })
             .await
             .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Postgres => {
+            let store = PostgresStore::open(&PostgresOptions {
+                url: cfg.store.url.expose().to_owned(),
+                max_connections: cfg.store.max_connections,
+                writers: cfg.store.writers,
+                max_batch: cfg.store.group_commit_max_batch,
+            })
+            .await
+            .context("opening the PostgreSQL store (store.url)")?;
             Ok(Arc::new(store))
         }
     }

@@ -57,12 +57,17 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub group_commit_max_batch: usize,
     pub read_connections: u32,
+    /// PostgreSQL: `postgres://user:password@host:port/database`.
+    pub url: Secret,
+    pub writers: usize,
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Sqlite,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +336,20 @@ impl Config {
                  or a slow call (with one failover) can outlive its lease",
                 slowest.as_millis()
             );
+        }
+        if self.store.kind == StoreKind::Postgres {
+            if self.store.url.is_empty() {
+                bail!("store.url: required when store.kind is \"postgres\" (HERALD__STORE__URL=postgres://user:password@host:5432/herald)");
+            }
+            if self.store.writers == 0 {
+                bail!("store.writers: must be greater than 0");
+            }
+            let needed = self.store.writers as u64 + u64::from(self.store.read_connections);
+            if u64::from(self.store.max_connections) < needed {
+                bail!(
+                    "store.max_connections: must be at least store.writers + store.read_connections ({needed})"
+                );
+            }
         }
         for (ch, c) in &self.channels {
             if c.providers.is_empty() {

@@ -25,7 +25,7 @@ pub const DEFERRED: &str = "herald_deliveries_deferred_total";
 /// Calls held back by a provider's own send-rate limit.
 pub const THROTTLED_LOCALLY: &str = "herald_provider_throttled_total";
 /// The store's own (recorded in herald-store, named here with the rest).
-pub use herald_store::sqlite::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};
+pub use herald_store::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

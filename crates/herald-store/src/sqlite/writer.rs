@@ -22,78 +22,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use herald_core::model::{Channel, DeliveryState, Priority};
+use crate::writes::{answer, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
+use herald_core::model::DeliveryState;
 use herald_core::store::{
     AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
-    NewNotification, Next, ReplayOutcome, StoreError, StoredResponse,
+    NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
-
-pub(super) enum Request {
-    Create(Vec<NewNotification>),
-    Claim(ClaimArgs),
-    Record(Vec<AttemptRecord>),
-    Release(Vec<(uuid::Uuid, i64)>),
-    AddKey(AddKeyArgs),
-    ReplayOne {
-        tenant_id: Option<String>,
-        id: uuid::Uuid,
-    },
-    ReplayMany {
-        filter: DeadLetterFilter,
-        limit: usize,
-    },
-    Expire {
-        now_ms: i64,
-    },
-    NoteCall {
-        id: uuid::Uuid,
-        lease_token: i64,
-        provider: String,
-    },
-}
-
-impl Request {
-    /// For metrics.
-    pub(super) fn name(&self) -> &'static str {
-        match self {
-            Request::Create(_) => "create",
-            Request::Claim(_) => "claim",
-            Request::Record(_) => "record",
-            Request::Release(_) => "release",
-            Request::AddKey(_) => "add_key",
-            Request::ReplayOne { .. } | Request::ReplayMany { .. } => "replay",
-            Request::Expire { .. } => "expire",
-            Request::NoteCall { .. } => "note_call",
-        }
-    }
-}
-
-pub(super) enum Response {
-    Created(Vec<CreateResult>),
-    Claimed(Vec<ClaimedDelivery>),
-    Done,
-    Tenant(String),
-    Replay(ReplayOutcome),
-    Count(u64),
-}
-
-pub(super) type Reply = oneshot::Sender<Result<Response, StoreError>>;
-
-pub(super) struct ClaimArgs {
-    pub channel: Channel,
-    pub priority: Priority,
-    pub limit: usize,
-    pub now_ms: i64,
-    pub lease_ms: i64,
-}
-
-pub(super) struct AddKeyArgs {
-    pub tenant_name: String,
-    pub key_hash: Vec<u8>,
-    pub label: String,
-}
 
 fn sql_err(e: rusqlite::Error) -> StoreError {
     match e {
@@ -165,12 +101,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<(Request, Reply)>, max_batch
                     .collect()
             }
         };
-        metrics::histogram!(super::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(super::COMMIT_OPERATIONS).record(requests.len() as f64);
-        for (reply, result) in replies.into_iter().zip(results) {
-            // A caller that went away (request cancelled) no longer needs it.
-            let _ = reply.send(result);
-        }
+        answer(replies, results, started);
     }
     tracing::debug!("store writer stopped");
 }
@@ -180,15 +111,8 @@ fn apply(conn: &mut Connection, requests: &[Request]) -> Result<Vec<Response>, S
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err)?;
-    // Attempt records first, all together: a delivery finishing and being
-    // re-claimed in one batch then ends up re-claimed only if it did not finish.
-    let records = requests
-        .iter()
-        .filter_map(|r| match r {
-            Request::Record(v) => Some(v.iter()),
-            _ => None,
-        })
-        .flatten();
+    // Attempt records first (see `Request::records`).
+    let records = Request::records(requests);
     record(&tx, records)?;
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
@@ -337,7 +261,7 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
             "UPDATE deliveries SET state = 'sending', due_at_ms = ?1 + ?2, lease_token = ?3, \
                  attempts = attempts + 1, updated_at_ms = ?1, \
                  in_doubt = CASE WHEN state = 'sending' THEN 1 ELSE in_doubt END \
-             WHERE rowid IN (SELECT rowid FROM deliveries \
+             WHERE id IN (SELECT id FROM deliveries \
                  WHERE channel = ?4 AND priority = ?5 \
                    AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
                  ORDER BY due_at_ms LIMIT ?6) \
@@ -438,14 +362,7 @@ fn record<'a>(
         )
         .map_err(sql_err)?;
     for r in records {
-        // Only the state machine's moves out of `sending` may be recorded.
-        let state = r.next.state();
-        if !DeliveryState::Sending.can_move_to(state) {
-            return Err(StoreError::Corrupt(format!(
-                "delivery {}: sending → {state} is not a transition of the state machine",
-                r.delivery_id
-            )));
-        }
+        let o = Outcome::of(r)?;
         for c in &r.calls {
             log.execute(params![
                 r.delivery_id,
@@ -459,24 +376,18 @@ fn record<'a>(
             ])
             .map_err(sql_err)?;
         }
-        let ended_at = r.ended_at_ms;
-        let (due, sent_at, vendor_id) = match &r.next {
-            Next::RetryAt(at) | Next::Deferred(at) => (*at, None, None),
-            Next::Sent { vendor_id } => (ended_at, Some(ended_at), vendor_id.as_deref()),
-            _ => (ended_at, None, None),
-        };
         update
             .execute(params![
                 r.delivery_id,
                 r.lease_token,
-                state.as_str(),
-                due,
-                i64::from(matches!(r.next, Next::Deferred(_))),
+                o.state,
+                o.due_at_ms,
+                o.uncount,
                 r.provider(),
-                vendor_id,
+                o.vendor_id,
                 r.error,
-                sent_at,
-                ended_at,
+                o.sent_at_ms,
+                r.ended_at_ms,
                 r.pin
             ])
             .map_err(sql_err)?;
@@ -539,7 +450,7 @@ fn replay_many(
     // An absent filter field is NULL and matches everything.
     let done = tx
         .prepare_cached(&format!(
-            "{REPLAY} rowid IN (SELECT d.rowid FROM deliveries d \
+            "{REPLAY} id IN (SELECT d.id FROM deliveries d \
                  JOIN notifications n ON n.id = d.notification_id WHERE d.state = 'dead' \
                  AND (?2 IS NULL OR n.tenant_id = ?2) AND (?3 IS NULL OR d.channel = ?3) \
                  AND (?4 IS NULL OR d.provider = ?4) AND (?5 IS NULL OR d.updated_at_ms >= ?5) \

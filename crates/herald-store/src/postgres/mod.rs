@@ -1,0 +1,290 @@
+//! The fleet's store: PostgreSQL, with the same meaning as the SQLite store
+//! (one behavioural suite runs against both). Writes go through group-commit
+//! writers (`writer.rs`): several, each on its own connection, each taking
+//! whatever has queued up and applying it in one transaction, so concurrent
+//! requests share commits (one WAL flush each) while the database works on
+//! several batches at once. Claims lock with `FOR UPDATE SKIP LOCKED`, so any
+//! number of nodes claim from the same table without waiting on each other.
+//! Reads use the same pool.
+
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_core::model::{Channel, Priority};
+use herald_core::store::{
+    AttemptRecord, AttemptView, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
+    DeadLetterFilter, DeliverySummary, DeliveryView, NewNotification, NotificationView, QueueDepth,
+    ReplayOutcome, Store, StoreError,
+};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::rows::{self, db_err};
+use crate::writes::{AddKeyArgs, ClaimArgs, Request, WriteQueue};
+
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user@host:port/database`
+    pub url: String,
+    /// Connections in the pool: the writers' plus those for reads.
+    pub max_connections: u32,
+    /// Group-commit writers, each a transaction at a time.
+    pub writers: usize,
+    /// The most operations one group commit takes.
+    pub max_batch: usize,
+}
+
+/// PostgreSQL behind the `Store` trait. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    writes: WriteQueue,
+}
+
+impl PostgresStore {
+    /// Connects and brings the schema up to date (sqlx's migrator takes an
+    /// advisory lock, so nodes starting together migrate once).
+    pub async fn open(opts: &PostgresOptions) -> Result<Self, StoreError> {
+        let writers = opts.writers.max(1);
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(writers as u32 + 1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&opts.url)
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+        let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
+        let queue = Arc::new(Mutex::new(rx));
+        for _ in 0..writers {
+            tokio::spawn(writer::run(
+                pool.clone(),
+                queue.clone(),
+                opts.max_batch.max(1),
+            ));
+        }
+        Ok(Self {
+            pool,
+            writes: WriteQueue(tx),
+        })
+    }
+
+    async fn deliveries_of(
+        &self,
+        notification: uuid::Uuid,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, channel, target, state, provider, vendor_message_id, last_error, sent_at_ms, updated_at_ms \
+             FROM deliveries WHERE notification_id = $1 ORDER BY channel, target",
+        )
+        .bind(notification)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let attempts = self.attempts_of(rows::Columns::uuid(row, "id")?).await?;
+            out.push(rows::delivery(row, attempts)?);
+        }
+        Ok(out)
+    }
+
+    async fn attempts_of(&self, delivery: uuid::Uuid) -> Result<Vec<AttemptView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, provider, started_at_ms, latency_ms, outcome, status_code, error \
+             FROM attempts WHERE delivery_id = $1 ORDER BY started_at_ms, attempt",
+        )
+        .bind(delivery)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(rows::attempt).collect()
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError> {
+        self.writes.create(batch).await
+    }
+
+    async fn notification(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+    ) -> Result<Option<NotificationView>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications \
+             WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        match row {
+            Some(row) => Ok(Some(rows::notification(
+                id,
+                &row,
+                self.deliveries_of(id).await?,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn claim(
+        &self,
+        channel: Channel,
+        priority: Priority,
+        limit: usize,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.writes
+            .claim(ClaimArgs {
+                channel,
+                priority,
+                limit,
+                now_ms,
+                lease_ms,
+            })
+            .await
+    }
+
+    async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError> {
+        self.writes.done(Request::Record(attempts)).await
+    }
+
+    async fn release(&self, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError> {
+        self.writes.done(Request::Release(leases)).await
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        sqlx::query(
+            "SELECT channel, priority, COUNT(*) AS n FROM deliveries \
+             WHERE state IN ('queued', 'retry_scheduled', 'sending') GROUP BY channel, priority",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(rows::queue_depth)
+        .collect()
+    }
+
+    async fn delivery_summaries(&self) -> Result<Vec<DeliverySummary>, StoreError> {
+        sqlx::query(
+            "SELECT d.channel, d.priority, d.state, d.provider, n.accepted_at_ms, d.sent_at_ms \
+             FROM deliveries d JOIN notifications n ON n.id = d.notification_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(rows::delivery_summary)
+        .collect()
+    }
+
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut q = rows::dead_letters_query::<Postgres>(filter, after, limit);
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(rows::dead_letter)
+            .collect()
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: uuid::Uuid,
+    ) -> Result<ReplayOutcome, StoreError> {
+        self.writes.replay_one(tenant_id, id).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let filter = filter.clone();
+        self.writes
+            .count(Request::ReplayMany { filter, limit })
+            .await
+    }
+
+    async fn note_call(
+        &self,
+        id: uuid::Uuid,
+        lease_token: i64,
+        provider: &str,
+    ) -> Result<(), StoreError> {
+        let provider = provider.to_owned();
+        self.writes
+            .done(Request::NoteCall {
+                id,
+                lease_token,
+                provider,
+            })
+            .await
+    }
+
+    async fn expire_overdue(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.writes.count(Request::Expire { now_ms }).await
+    }
+
+    async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE key_hash = $1")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn add_api_key(
+        &self,
+        tenant_name: &str,
+        key_hash: &[u8],
+        label: &str,
+    ) -> Result<String, StoreError> {
+        self.writes
+            .add_key(AddKeyArgs {
+                tenant_name: tenant_name.to_owned(),
+                key_hash: key_hash.to_vec(),
+                label: label.to_owned(),
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        if self.writes.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,603 @@
+//! PostgreSQL's group-commit writers. Each takes whatever has queued up (up
+//! to `max_batch` operations) and applies it in one transaction; several
+//! run at once, each on its own connection. Rows go in and out as arrays
+//! (`UNNEST`), so a batch is a handful of statements however many rows it
+//! holds. If any operation fails, the batch is rolled back and each
+//! operation replayed in its own transaction, so only the failing one fails.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use herald_core::model::DeliveryState;
+use herald_core::store::{
+    AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
+    NewNotification, ReplayOutcome, StoreError, StoredResponse,
+};
+use sqlx::{Acquire, PgConnection, PgPool, Row};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::rows::{db_err, Columns};
+use crate::writes::{answer, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
+
+type Queue = Arc<Mutex<mpsc::Receiver<(Request, Reply)>>>;
+
+pub(super) async fn run(pool: PgPool, queue: Queue, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    loop {
+        // One writer takes a batch while the others apply theirs.
+        let taken = queue.lock().await.recv_many(&mut batch, max_batch).await;
+        if taken == 0 {
+            break;
+        }
+        let started = std::time::Instant::now();
+        let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
+        let results = match apply(&pool, &requests).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(e) if requests.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
+                let mut results = Vec::with_capacity(requests.len());
+                for r in &requests {
+                    let one = apply(&pool, std::slice::from_ref(r)).await;
+                    results.push(one.and_then(|mut v| v.pop().ok_or(StoreError::Closed)));
+                }
+                results
+            }
+        };
+        answer(replies, results, started);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// Applies every request in one transaction; all or nothing.
+async fn apply(pool: &PgPool, requests: &[Request]) -> Result<Vec<Response>, StoreError> {
+    let mut conn = pool.acquire().await.map_err(db_err)?;
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    // Attempt records first (see `Request::records`).
+    record(&mut tx, Request::records(requests)).await?;
+    let mut out = Vec::with_capacity(requests.len());
+    for r in requests {
+        out.push(match r {
+            Request::Create(batch) => Response::Created(create(&mut tx, batch).await?),
+            Request::Claim(args) => Response::Claimed(claim(&mut tx, args).await?),
+            Request::Record(_) => Response::Done,
+            Request::Release(leases) => {
+                release(&mut tx, leases).await?;
+                Response::Done
+            }
+            Request::AddKey(args) => Response::Tenant(add_key(&mut tx, args).await?),
+            Request::ReplayOne { tenant_id, id } => {
+                Response::Replay(replay_one(&mut tx, tenant_id.as_deref(), *id).await?)
+            }
+            Request::ReplayMany { filter, limit } => {
+                Response::Count(replay_many(&mut tx, filter, *limit).await?)
+            }
+            Request::Expire { now_ms } => Response::Count(expire(&mut tx, *now_ms).await?),
+            Request::NoteCall {
+                id,
+                lease_token,
+                provider,
+            } => {
+                sqlx::query(
+                    "UPDATE deliveries SET calling = $1 \
+                     WHERE id = $2 AND lease_token = $3 AND state = 'sending'",
+                )
+                .bind(provider)
+                .bind(id)
+                .bind(lease_token)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                Response::Done
+            }
+        });
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(out)
+}
+
+async fn create(
+    tx: &mut PgConnection,
+    batch: &[NewNotification],
+) -> Result<Vec<CreateResult>, StoreError> {
+    let taken = take_keys(tx, batch).await?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut n_cols = NotificationColumns::default();
+    let mut d_cols = DeliveryColumns::default();
+    for (n, taken) in batch.iter().zip(taken) {
+        if let Some(holder) = taken {
+            results.push(CreateResult::KeyTaken(holder));
+            continue;
+        }
+        n_cols.push(n)?;
+        for d in &n.deliveries {
+            d_cols.push(n, d);
+        }
+        results.push(CreateResult::Created);
+    }
+    if !n_cols.id.is_empty() {
+        sqlx::query(
+            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[])",
+        )
+        .bind(&n_cols.id)
+        .bind(&n_cols.tenant_id)
+        .bind(&n_cols.priority)
+        .bind(&n_cols.payload)
+        .bind(&n_cols.accepted_at_ms)
+        .bind(&n_cols.expires_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    if !d_cols.id.is_empty() {
+        sqlx::query(
+            "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms) \
+             SELECT id, nid, ch, tg, pr, 'queued', due, upd, exp \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]) \
+                 AS v(id, nid, ch, tg, pr, due, upd, exp)",
+        )
+        .bind(&d_cols.id)
+        .bind(&d_cols.notification_id)
+        .bind(&d_cols.channel)
+        .bind(&d_cols.target)
+        .bind(&d_cols.priority)
+        .bind(&d_cols.due_at_ms)
+        .bind(&d_cols.accepted_at_ms)
+        .bind(&d_cols.expires_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(results)
+}
+
+/// A batch of notifications as column arrays, for one `UNNEST` insert.
+#[derive(Default)]
+struct NotificationColumns {
+    id: Vec<uuid::Uuid>,
+    tenant_id: Vec<String>,
+    priority: Vec<i64>,
+    payload: Vec<String>,
+    accepted_at_ms: Vec<i64>,
+    expires_at_ms: Vec<Option<i64>>,
+}
+
+impl NotificationColumns {
+    fn push(&mut self, n: &NewNotification) -> Result<(), StoreError> {
+        self.id.push(n.id);
+        self.tenant_id.push(n.tenant_id.clone());
+        self.priority.push(n.request.priority.index() as i64);
+        self.payload.push(
+            serde_json::to_string(&n.request)
+                .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?,
+        );
+        self.accepted_at_ms.push(n.accepted_at_ms);
+        self.expires_at_ms.push(n.expires_at_ms);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct DeliveryColumns {
+    id: Vec<uuid::Uuid>,
+    notification_id: Vec<uuid::Uuid>,
+    channel: Vec<&'static str>,
+    target: Vec<i64>,
+    priority: Vec<i64>,
+    due_at_ms: Vec<i64>,
+    accepted_at_ms: Vec<i64>,
+    expires_at_ms: Vec<Option<i64>>,
+}
+
+impl DeliveryColumns {
+    fn push(&mut self, n: &NewNotification, d: &herald_core::store::NewDelivery) {
+        self.id.push(d.id);
+        self.notification_id.push(n.id);
+        self.channel.push(d.channel.as_str());
+        self.target.push(i64::from(d.target));
+        self.priority.push(n.request.priority.index() as i64);
+        self.due_at_ms.push(n.due_at_ms);
+        self.accepted_at_ms.push(n.accepted_at_ms);
+        self.expires_at_ms.push(n.expires_at_ms);
+    }
+}
+
+/// Takes the idempotency keys of `batch` with one insert. For each
+/// notification: `None` if it took its key (or has none), or the record of
+/// the request that holds it (stored earlier, by another node now, or
+/// earlier in this batch). A key another transaction is inserting at this
+/// moment makes this insert wait for that one's outcome.
+async fn take_keys(
+    tx: &mut PgConnection,
+    batch: &[NewNotification],
+) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
+    let mut out: Vec<Option<IdempotencyRecord>> = vec![None; batch.len()];
+    let mut seen = HashSet::new();
+    let mut fresh = Vec::new();
+    let mut held = Vec::new();
+    for (i, n) in batch.iter().enumerate() {
+        if let Some((key, _)) = &n.idempotency {
+            if seen.insert((n.tenant_id.as_str(), key.as_str())) {
+                fresh.push(i);
+            } else {
+                held.push(i);
+            }
+        }
+    }
+    if !fresh.is_empty() {
+        let (mut tenant, mut key, mut hash, mut status, mut body, mut at) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for &i in &fresh {
+            let n = &batch[i];
+            if let Some((k, rec)) = &n.idempotency {
+                tenant.push(n.tenant_id.as_str());
+                key.push(k.as_str());
+                hash.push(rec.request_hash.as_slice());
+                status.push(i64::from(rec.response.status));
+                body.push(rec.response.body.as_str());
+                at.push(n.accepted_at_ms);
+            }
+        }
+        let inserted: HashSet<(String, String)> = sqlx::query(
+            "INSERT INTO idempotency_keys \
+             (tenant_id, key, request_hash, response_status, response_body, created_at_ms) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::text[], $6::int8[]) \
+             ON CONFLICT DO NOTHING RETURNING tenant_id, key",
+        )
+        .bind(&tenant)
+        .bind(&key)
+        .bind(&hash)
+        .bind(&status)
+        .bind(&body)
+        .bind(&at)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| Ok((r.text("tenant_id")?, r.text("key")?)))
+        .collect::<Result<_, StoreError>>()?;
+        for i in fresh {
+            let n = &batch[i];
+            if let Some((k, _)) = &n.idempotency {
+                if !inserted.contains(&(n.tenant_id.clone(), k.clone())) {
+                    held.push(i);
+                }
+            }
+        }
+    }
+    // Rare: replays and conflicts. One lookup each.
+    for i in held {
+        let n = &batch[i];
+        let Some((key, _)) = &n.idempotency else {
+            continue;
+        };
+        let row = sqlx::query(
+            "SELECT request_hash, response_status, response_body FROM idempotency_keys \
+             WHERE tenant_id = $1 AND key = $2",
+        )
+        .bind(&n.tenant_id)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let status = row.int("response_status")?;
+        out[i] = Some(IdempotencyRecord {
+            request_hash: row.try_get("request_hash").map_err(db_err)?,
+            response: StoredResponse {
+                status: u16::try_from(status)
+                    .map_err(|_| StoreError::Corrupt(format!("status {status}")))?,
+                body: row.text("response_body")?,
+            },
+        });
+    }
+    Ok(out)
+}
+
+async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let token: i64 = rand::random();
+    // SKIP LOCKED: rows another node is claiming right now are left to it.
+    // The SET's `d.state` is the row before the update: taking over a
+    // `sending` row (its lease expired) marks it in doubt.
+    let rows = sqlx::query(
+        "WITH due AS ( \
+             SELECT id FROM deliveries \
+             WHERE channel = $4 AND priority = $5 \
+               AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= $1 \
+             ORDER BY due_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) \
+         UPDATE deliveries d SET state = 'sending', due_at_ms = $1 + $2, lease_token = $3, \
+             attempts = d.attempts + 1, updated_at_ms = $1, \
+             in_doubt = (d.state = 'sending') OR d.in_doubt \
+         FROM due WHERE d.id = due.id \
+         RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, d.in_doubt",
+    )
+    .bind(a.now_ms)
+    .bind(a.lease_ms)
+    .bind(token)
+    .bind(a.channel.as_str())
+    .bind(a.priority.index() as i64)
+    .bind(i64::try_from(a.limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        claimed.push(ClaimedDelivery {
+            id: row.uuid("id")?,
+            notification_id: row.uuid("notification_id")?,
+            tenant_id: String::new(),
+            channel: a.channel,
+            target: row.small("target")?,
+            priority: a.priority,
+            attempt: row.small("attempts")?,
+            lease_token: token,
+            accepted_at_ms: 0,
+            expires_at_ms: None,
+            payload: String::new(),
+            pinned_provider: row.opt_text("pinned_provider")?,
+            calling: row.opt_text("calling")?,
+            in_doubt: row.try_get("in_doubt").map_err(db_err)?,
+        });
+    }
+    let mut ids: Vec<uuid::Uuid> = claimed.iter().map(|c| c.notification_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let notes = sqlx::query(
+        "SELECT id, tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut by_id = HashMap::with_capacity(notes.len());
+    for row in &notes {
+        by_id.insert(row.uuid("id")?, row);
+    }
+    for c in &mut claimed {
+        let row = by_id
+            .get(&c.notification_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery {} has no notification", c.id)))?;
+        c.tenant_id = row.text("tenant_id")?;
+        c.payload = row.text("payload")?;
+        c.accepted_at_ms = row.int("accepted_at_ms")?;
+        c.expires_at_ms = row.opt_int("expires_at_ms")?;
+    }
+    Ok(claimed)
+}
+
+/// Records attempts and moves their deliveries on: one INSERT for every
+/// vendor call and one UPDATE, however many workers reported.
+async fn record(
+    tx: &mut PgConnection,
+    records: impl Iterator<Item = &AttemptRecord>,
+) -> Result<(), StoreError> {
+    #[derive(Default)]
+    struct Calls<'a> {
+        delivery: Vec<uuid::Uuid>,
+        attempt: Vec<i64>,
+        provider: Vec<&'a str>,
+        started: Vec<i64>,
+        latency: Vec<i64>,
+        outcome: Vec<&'a str>,
+        status: Vec<Option<i64>>,
+        error: Vec<Option<&'a str>>,
+    }
+    #[derive(Default)]
+    struct Moves<'a> {
+        id: Vec<uuid::Uuid>,
+        token: Vec<i64>,
+        state: Vec<&'a str>,
+        due: Vec<i64>,
+        uncount: Vec<i64>,
+        provider: Vec<Option<&'a str>>,
+        vendor_id: Vec<Option<&'a str>>,
+        error: Vec<Option<&'a str>>,
+        sent_at: Vec<Option<i64>>,
+        updated: Vec<i64>,
+        pin: Vec<Option<&'a str>>,
+    }
+    let (mut c, mut m) = (Calls::default(), Moves::default());
+    for r in records {
+        let o = Outcome::of(r)?;
+        for call in &r.calls {
+            c.delivery.push(r.delivery_id);
+            c.attempt.push(i64::from(r.attempt));
+            c.provider.push(&call.provider);
+            c.started.push(call.started_at_ms);
+            c.latency.push(call.latency_ms);
+            c.outcome.push(&call.outcome);
+            c.status.push(call.status_code.map(i64::from));
+            c.error.push(call.error.as_deref());
+        }
+        m.id.push(r.delivery_id);
+        m.token.push(r.lease_token);
+        m.state.push(o.state);
+        m.due.push(o.due_at_ms);
+        m.uncount.push(o.uncount);
+        m.provider.push(r.provider());
+        m.vendor_id.push(o.vendor_id);
+        m.error.push(r.error.as_deref());
+        m.sent_at.push(o.sent_at_ms);
+        m.updated.push(r.ended_at_ms);
+        m.pin.push(r.pin.as_deref());
+    }
+    if !c.delivery.is_empty() {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::int8[], $8::text[])",
+        )
+        .bind(&c.delivery)
+        .bind(&c.attempt)
+        .bind(&c.provider)
+        .bind(&c.started)
+        .bind(&c.latency)
+        .bind(&c.outcome)
+        .bind(&c.status)
+        .bind(&c.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    if m.id.is_empty() {
+        return Ok(());
+    }
+    // Compare-and-set on the lease: a worker whose lease expired and was
+    // taken over does not overwrite the newer holder's state. A deferred
+    // attempt made no call, so it gives its attempt back.
+    sqlx::query(
+        "UPDATE deliveries d SET state = v.state, due_at_ms = v.due, lease_token = NULL, \
+             attempts = GREATEST(d.attempts - v.uncount, 0), \
+             provider = COALESCE(v.provider, d.provider), \
+             vendor_message_id = COALESCE(v.vendor_id, d.vendor_message_id), last_error = v.error, \
+             sent_at_ms = COALESCE(v.sent_at, d.sent_at_ms), updated_at_ms = v.updated, \
+             pinned_provider = COALESCE(d.pinned_provider, v.pin), \
+             calling = NULL, in_doubt = FALSE \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::text[], \
+                     $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[]) \
+             AS v(id, token, state, due, uncount, provider, vendor_id, error, sent_at, updated, pin) \
+         WHERE d.id = v.id AND d.lease_token = v.token AND d.state = 'sending'",
+    )
+    .bind(&m.id)
+    .bind(&m.token)
+    .bind(&m.state)
+    .bind(&m.due)
+    .bind(&m.uncount)
+    .bind(&m.provider)
+    .bind(&m.vendor_id)
+    .bind(&m.error)
+    .bind(&m.sent_at)
+    .bind(&m.updated)
+    .bind(&m.pin)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Waiting deliveries past their notification's expiry become `expired`
+/// (a claim would find the same; this does not wait for one).
+async fn expire(tx: &mut PgConnection, now_ms: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET state = 'expired', last_error = 'expired before it could be sent', \
+             updated_at_ms = $1 \
+         WHERE state IN ('queued', 'retry_scheduled') AND expires_at_ms IS NOT NULL \
+           AND expires_at_ms <= $1",
+    )
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected())
+}
+
+/// What puts dead deliveries back in the queue: due now, attempts reset, the
+/// same id (so the same vendor key). `$1` is now; the caller adds which rows.
+const REPLAY: &str = "UPDATE deliveries SET state = 'queued', due_at_ms = $1, attempts = 0, \
+                      lease_token = NULL, updated_at_ms = $1 WHERE state = 'dead' AND ";
+
+async fn replay_one(
+    tx: &mut PgConnection,
+    tenant_id: Option<&str>,
+    id: uuid::Uuid,
+) -> Result<ReplayOutcome, StoreError> {
+    let row = sqlx::query(
+        "SELECT d.state FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+         WHERE d.id = $1 AND ($2::text IS NULL OR n.tenant_id = $2)",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else {
+        return Ok(ReplayOutcome::NotFound);
+    };
+    let state: DeliveryState = row.parsed("state")?;
+    if state != DeliveryState::Dead {
+        return Ok(ReplayOutcome::NotDead(state));
+    }
+    sqlx::query(&format!("{REPLAY} id = $2"))
+        .bind(herald_core::now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    Ok(ReplayOutcome::Replayed)
+}
+
+async fn replay_many(
+    tx: &mut PgConnection,
+    f: &DeadLetterFilter,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    // An absent filter field is NULL and matches everything.
+    let done = sqlx::query(&format!(
+        "{REPLAY} id IN (SELECT d.id FROM deliveries d \
+             JOIN notifications n ON n.id = d.notification_id WHERE d.state = 'dead' \
+             AND ($2::text IS NULL OR n.tenant_id = $2) AND ($3::text IS NULL OR d.channel = $3) \
+             AND ($4::text IS NULL OR d.provider = $4) AND ($5::int8 IS NULL OR d.updated_at_ms >= $5) \
+             AND ($6::int8 IS NULL OR d.updated_at_ms < $6) \
+             ORDER BY d.updated_at_ms, d.id LIMIT $7)"
+    ))
+    .bind(herald_core::now_ms())
+    .bind(f.tenant_id.as_deref())
+    .bind(f.channel.map(|c| c.as_str()))
+    .bind(f.provider.as_deref())
+    .bind(f.since_ms)
+    .bind(f.until_ms)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected())
+}
+
+async fn release(tx: &mut PgConnection, leases: &[(uuid::Uuid, i64)]) -> Result<(), StoreError> {
+    let (ids, tokens): (Vec<uuid::Uuid>, Vec<i64>) = leases.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE deliveries d SET state = 'queued', due_at_ms = $1, lease_token = NULL, \
+             attempts = GREATEST(d.attempts - 1, 0), updated_at_ms = $1, in_doubt = TRUE \
+         FROM UNNEST($2::uuid[], $3::int8[]) AS v(id, token) \
+         WHERE d.id = v.id AND d.lease_token = v.token AND d.state = 'sending'",
+    )
+    .bind(herald_core::now_ms())
+    .bind(&ids)
+    .bind(&tokens)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+async fn add_key(tx: &mut PgConnection, a: &AddKeyArgs) -> Result<String, StoreError> {
+    let now = herald_core::now_ms();
+    sqlx::query(
+        "INSERT INTO tenants (id, name, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&a.tenant_name)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let tenant_id: String = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+        .bind(&a.tenant_name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO api_keys (key_hash, tenant_id, label, created_at_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (key_hash) DO NOTHING",
+    )
+    .bind(&a.key_hash)
+    .bind(&tenant_id)
+    .bind(&a.label)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(tenant_id)
+}

@@ -1,0 +1,215 @@
+//! Rows to domain types, shared by both stores' reads: each store reads
+//! with its own SQL, and these turn what comes back into views.
+
+use std::str::FromStr;
+
+use herald_core::model::{NotificationRequest, Priority};
+use herald_core::store::{
+    AttemptView, DeadLetter, DeadLetterCursor, DeadLetterFilter, DeliverySummary, DeliveryView,
+    NotificationView, QueueDepth, StoreError,
+};
+use sqlx::{QueryBuilder, Row};
+
+pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// The column types Herald's tables use, read the same way from either
+/// database's rows.
+pub(crate) trait Columns {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn uuid(&self, col: &str) -> Result<uuid::Uuid, StoreError>;
+
+    /// A text column holding one of our enums' names.
+    fn parsed<T: FromStr>(&self, col: &str) -> Result<T, StoreError> {
+        let s = self.text(col)?;
+        s.parse()
+            .map_err(|_| StoreError::Corrupt(format!("column {col} holds {s:?}")))
+    }
+
+    fn priority(&self) -> Result<Priority, StoreError> {
+        let p = self.int("priority")?;
+        Priority::from_index(p).ok_or_else(|| StoreError::Corrupt(format!("priority {p}")))
+    }
+
+    /// A non-negative count or number that fits a u32.
+    fn small(&self, col: &str) -> Result<u32, StoreError> {
+        let n = self.int(col)?;
+        u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("column {col} holds {n}")))
+    }
+}
+
+macro_rules! columns_for {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn text(&self, col: &str) -> Result<String, StoreError> {
+                self.try_get(col).map_err(db_err)
+            }
+            fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+                self.try_get(col).map_err(db_err)
+            }
+            fn int(&self, col: &str) -> Result<i64, StoreError> {
+                self.try_get(col).map_err(db_err)
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+                self.try_get(col).map_err(db_err)
+            }
+            fn uuid(&self, col: &str) -> Result<uuid::Uuid, StoreError> {
+                self.try_get(col).map_err(db_err)
+            }
+        }
+    };
+}
+
+columns_for!(sqlx::sqlite::SqliteRow);
+columns_for!(sqlx::postgres::PgRow);
+
+/// `SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications`
+pub(crate) fn notification(
+    id: uuid::Uuid,
+    row: &impl Columns,
+    deliveries: Vec<DeliveryView>,
+) -> Result<NotificationView, StoreError> {
+    let request: NotificationRequest = serde_json::from_str(&row.text("payload")?)
+        .map_err(|e| StoreError::Corrupt(format!("notification {id}: {e}")))?;
+    Ok(NotificationView {
+        id,
+        tenant_id: row.text("tenant_id")?,
+        request,
+        accepted_at_ms: row.int("accepted_at_ms")?,
+        expires_at_ms: row.opt_int("expires_at_ms")?,
+        deliveries,
+    })
+}
+
+/// `SELECT id, channel, target, state, provider, vendor_message_id,
+/// last_error, sent_at_ms, updated_at_ms FROM deliveries`
+pub(crate) fn delivery(
+    row: &impl Columns,
+    attempts: Vec<AttemptView>,
+) -> Result<DeliveryView, StoreError> {
+    Ok(DeliveryView {
+        id: row.uuid("id")?,
+        channel: row.parsed("channel")?,
+        target: row.small("target")?,
+        state: row.parsed("state")?,
+        provider: row.opt_text("provider")?,
+        vendor_message_id: row.opt_text("vendor_message_id")?,
+        last_error: row.opt_text("last_error")?,
+        sent_at_ms: row.opt_int("sent_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        attempts,
+    })
+}
+
+/// `SELECT attempt, provider, started_at_ms, latency_ms, outcome,
+/// status_code, error FROM attempts`
+pub(crate) fn attempt(row: &impl Columns) -> Result<AttemptView, StoreError> {
+    Ok(AttemptView {
+        attempt: row.small("attempt")?,
+        at_ms: row.int("started_at_ms")?,
+        provider: row.opt_text("provider")?,
+        outcome: row.text("outcome")?,
+        status_code: row
+            .opt_int("status_code")?
+            .and_then(|s| u16::try_from(s).ok()),
+        latency_ms: row.int("latency_ms")?,
+        error: row.opt_text("error")?,
+    })
+}
+
+/// `SELECT channel, priority, COUNT(*) AS n`
+pub(crate) fn queue_depth(row: &impl Columns) -> Result<QueueDepth, StoreError> {
+    Ok(QueueDepth {
+        channel: row.parsed("channel")?,
+        priority: row.priority()?,
+        pending: u64::try_from(row.int("n")?).unwrap_or(0),
+    })
+}
+
+/// `SELECT d.channel, d.priority, d.state, d.provider, n.accepted_at_ms,
+/// d.sent_at_ms`
+pub(crate) fn delivery_summary(row: &impl Columns) -> Result<DeliverySummary, StoreError> {
+    Ok(DeliverySummary {
+        channel: row.parsed("channel")?,
+        priority: row.priority()?,
+        state: row.parsed("state")?,
+        provider: row.opt_text("provider")?,
+        accepted_at_ms: row.int("accepted_at_ms")?,
+        sent_at_ms: row.opt_int("sent_at_ms")?,
+    })
+}
+
+/// `SELECT d.id, d.notification_id, n.tenant_id, d.channel, d.target,
+/// d.priority, d.provider, d.attempts, d.last_error, d.updated_at_ms,
+/// n.accepted_at_ms`
+pub(crate) fn dead_letter(row: &impl Columns) -> Result<DeadLetter, StoreError> {
+    Ok(DeadLetter {
+        id: row.uuid("id")?,
+        notification_id: row.uuid("notification_id")?,
+        tenant_id: row.text("tenant_id")?,
+        channel: row.parsed("channel")?,
+        target: row.small("target")?,
+        priority: row.priority()?,
+        provider: row.opt_text("provider")?,
+        attempts: row.small("attempts")?,
+        last_error: row.opt_text("last_error")?,
+        dead_at_ms: row.int("updated_at_ms")?,
+        accepted_at_ms: row.int("accepted_at_ms")?,
+    })
+}
+
+/// The dead-letter listing, oldest death first, for either database: the
+/// filter's conditions and the page's cursor become bound parameters.
+pub(crate) fn dead_letters_query<'a, DB>(
+    f: &DeadLetterFilter,
+    after: Option<DeadLetterCursor>,
+    limit: usize,
+) -> QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    uuid::Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = QueryBuilder::new(
+        "SELECT d.id, d.notification_id, n.tenant_id, d.channel, d.target, d.priority, d.provider, \
+             d.attempts, d.last_error, d.updated_at_ms, n.accepted_at_ms \
+         FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+         WHERE d.state = 'dead'",
+    );
+    if let Some(t) = &f.tenant_id {
+        q.push(" AND n.tenant_id = ").push_bind(t.clone());
+    }
+    if let Some(c) = f.channel {
+        q.push(" AND d.channel = ").push_bind(c.as_str());
+    }
+    if let Some(p) = &f.provider {
+        q.push(" AND d.provider = ").push_bind(p.clone());
+    }
+    if let Some(since) = f.since_ms {
+        q.push(" AND d.updated_at_ms >= ").push_bind(since);
+    }
+    if let Some(until) = f.until_ms {
+        q.push(" AND d.updated_at_ms < ").push_bind(until);
+    }
+    if let Some(c) = after {
+        q.push(" AND (d.updated_at_ms, d.id) > (")
+            .push_bind(c.dead_at_ms)
+            .push(", ")
+            .push_bind(c.id)
+            .push(")");
+    }
+    q.push(" ORDER BY d.updated_at_ms, d.id LIMIT ")
+        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    q
+}
