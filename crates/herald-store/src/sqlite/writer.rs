@@ -261,7 +261,7 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
             "UPDATE deliveries SET state = 'sending', due_at_ms = ?1 + ?2, lease_token = ?3, \
                  attempts = attempts + 1, updated_at_ms = ?1, \
                  in_doubt = CASE WHEN state = 'sending' THEN 1 ELSE in_doubt END \
-             WHERE id IN (SELECT id FROM deliveries \
+             WHERE rowid IN (SELECT rowid FROM deliveries \
                  WHERE channel = ?4 AND priority = ?5 \
                    AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
                  ORDER BY due_at_ms LIMIT ?6) \
@@ -450,7 +450,7 @@ fn replay_many(
     // An absent filter field is NULL and matches everything.
     let done = tx
         .prepare_cached(&format!(
-            "{REPLAY} id IN (SELECT d.id FROM deliveries d \
+            "{REPLAY} rowid IN (SELECT d.rowid FROM deliveries d \
                  JOIN notifications n ON n.id = d.notification_id WHERE d.state = 'dead' \
                  AND (?2 IS NULL OR n.tenant_id = ?2) AND (?3 IS NULL OR d.channel = ?3) \
                  AND (?4 IS NULL OR d.provider = ?4) AND (?5 IS NULL OR d.updated_at_ms >= ?5) \
