@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, Role, StoreKind};
 use crate::engine::accounts::Accounts;
 use crate::engine::outbound::Outbound;
 use crate::engine::Engine;
@@ -28,7 +28,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     state: Arc<AppState>,
-    engine: Engine,
+    /// Only on nodes with the worker role.
+    engine: Option<Engine>,
     stop_http: CancellationToken,
     http: tokio::task::JoinHandle<()>,
 }
@@ -90,18 +91,28 @@ impl Running {
         let templates = Arc::new(Templates::new(&cfg.templates)?);
         let outbound = Outbound::new(&cfg.http, cfg.limits());
         let accounts = Arc::new(Accounts::from_config(&cfg, &outbound)?);
-        let engine = Engine::start(
-            &cfg,
-            store.clone(),
-            bus.clone(),
-            accounts.clone(),
-            outbound,
-            templates.clone(),
-        )?;
+        let engine = if cfg.has_role(Role::Worker) {
+            Some(Engine::start(
+                &cfg,
+                store.clone(),
+                bus.clone(),
+                accounts.clone(),
+                outbound,
+                templates.clone(),
+            )?)
+        } else {
+            None
+        };
+        if cfg.has_role(Role::Relay) && cfg.node.roles.len() == 1 {
+            tracing::info!(
+                "relay role: the local bus has nothing to relay (the store's rows are the queue)"
+            );
+        }
         let state = Arc::new(AppState::new(&cfg, store.clone(), bus, accounts, templates));
         let app = api::router(
             state.clone(),
             Duration::from_millis(cfg.server.request_timeout_ms),
+            cfg.has_role(Role::Api),
         );
         let addr = listener.local_addr()?;
         let stop_http = CancellationToken::new();
@@ -133,7 +144,9 @@ impl Running {
         if let Err(e) = self.http.await {
             tracing::error!(error = %e, "HTTP server task failed");
         }
-        self.engine.shutdown().await;
+        if let Some(engine) = self.engine {
+            engine.shutdown().await;
+        }
         tracing::info!("herald stopped");
     }
 }

@@ -27,6 +27,7 @@ pub const DEFAULTS: &str = include_str!("../../../config/herald.example.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub node: NodeConfig,
     pub store: StoreConfig,
     pub engine: EngineConfig,
     pub http: HttpConfig,
@@ -48,6 +49,27 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+}
+
+/// `[node]`: this process's part in a fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub roles: Vec<Role>,
+    /// Empty: every enabled channel.
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The HTTP API.
+    Api,
+    /// Publishes stored notifications to the bus (nothing to do on the
+    /// local bus).
+    Relay,
+    /// Delivers, for the node's channels.
+    Worker,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +219,15 @@ pub struct TemplateConfig {
 impl Config {
     /// Defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with(file, |_| {})
+    }
+
+    /// As `load`, with `overrides` (command-line flags) applied last,
+    /// before the whole is validated.
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Toml::string(DEFAULTS));
         if let Some(f) = file {
             if !f.exists() {
@@ -205,11 +236,12 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         fig = fig.merge(Env::prefixed("HERALD__").split("__"));
-        let cfg: Config = fig.extract().map_err(|e| {
+        let mut cfg: Config = fig.extract().map_err(|e| {
             // figment names the key path; keep every error it found.
             let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             anyhow::anyhow!("invalid configuration: {}", all.join("; "))
         })?;
+        overrides(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -337,6 +369,15 @@ impl Config {
                 slowest.as_millis()
             );
         }
+        if self.node.roles.is_empty() {
+            bail!("node.roles: give at least one of \"api\", \"relay\", \"worker\"");
+        }
+        let enabled = self.enabled_channels();
+        if let Some(ch) = self.node.channels.iter().find(|c| !enabled.contains(c)) {
+            bail!(
+                "node.channels: {ch} is not an enabled channel (channels.{ch}.providers is empty)"
+            );
+        }
         if self.store.kind == StoreKind::Postgres {
             if self.store.url.is_empty() {
                 bail!("store.url: required when store.kind is \"postgres\" (HERALD__STORE__URL=postgres://user:password@host:5432/herald)");
@@ -390,6 +431,27 @@ impl Config {
     }
 
     /// Channels with at least one provider.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.node.roles.contains(&role)
+    }
+
+    /// The channels this node delivers: its `node.channels`, or every
+    /// enabled channel; none without the worker role.
+    pub fn worker_channels(&self) -> Vec<Channel> {
+        if !self.has_role(Role::Worker) {
+            return Vec::new();
+        }
+        let enabled = self.enabled_channels();
+        if self.node.channels.is_empty() {
+            enabled
+        } else {
+            enabled
+                .into_iter()
+                .filter(|c| self.node.channels.contains(c))
+                .collect()
+        }
+    }
+
     pub fn enabled_channels(&self) -> Vec<Channel> {
         self.channels
             .iter()
@@ -512,6 +574,51 @@ mod tests {
         );
         assert!(rules[Priority::Critical.index()].failover_ambiguous);
         assert_eq!(rules[Priority::Low.index()].failover, Failover::Never);
+    }
+
+    #[test]
+    fn a_node_does_what_its_roles_and_channels_say() {
+        let all = Config::load(None).expect("defaults");
+        assert!(all.has_role(Role::Api) && all.has_role(Role::Worker));
+        assert_eq!(all.worker_channels(), all.enabled_channels());
+
+        let sms = Config::load_with(None, |c| {
+            c.node.roles = vec![Role::Worker];
+            c.node.channels = vec![Channel::Sms];
+        })
+        .expect("an SMS worker");
+        assert!(!sms.has_role(Role::Api));
+        assert_eq!(sms.worker_channels(), vec![Channel::Sms]);
+
+        let api = Config::load_with(None, |c| c.node.roles = vec![Role::Api]).expect("an API node");
+        assert!(api.worker_channels().is_empty(), "no worker role, no pools");
+
+        let e = Config::load_with(None, |c| c.node.roles.clear()).expect_err("no roles");
+        assert!(e.to_string().contains("node.roles"), "{e}");
+        let e = Config::load_with(None, |c| {
+            c.channels
+                .get_mut(&Channel::Push)
+                .expect("push")
+                .providers
+                .clear();
+            c.node.channels = vec![Channel::Push];
+        })
+        .expect_err("a disabled channel");
+        assert!(e.to_string().contains("node.channels: push"), "{e}");
+    }
+
+    #[test]
+    fn postgres_needs_a_url_and_enough_connections() {
+        let e =
+            Config::load_with(None, |c| c.store.kind = StoreKind::Postgres).expect_err("no url");
+        assert!(e.to_string().contains("store.url"), "{e}");
+        let e = Config::load_with(None, |c| {
+            c.store.kind = StoreKind::Postgres;
+            c.store.url = Secret::new("postgres://h/db");
+            c.store.max_connections = 2;
+        })
+        .expect_err("too few connections");
+        assert!(e.to_string().contains("store.max_connections"), "{e}");
     }
 
     #[test]

@@ -39,11 +39,17 @@ struct StoreArgs {
 
 impl StoreArgs {
     fn load(&self) -> anyhow::Result<Config> {
-        let mut cfg = Config::load(self.config.as_deref())?;
-        if let Some(d) = &self.data_dir {
-            cfg.store.data_dir = d.clone();
-        }
-        Ok(cfg)
+        self.load_with(|_| {})
+    }
+
+    /// With more overrides from the command line, before validation.
+    fn load_with(&self, overrides: impl FnOnce(&mut Config)) -> anyhow::Result<Config> {
+        Config::load_with(self.config.as_deref(), |cfg| {
+            if let Some(d) = &self.data_dir {
+                cfg.store.data_dir = d.clone();
+            }
+            overrides(cfg);
+        })
     }
 }
 
@@ -63,6 +69,13 @@ enum Command {
         /// this URL (`herald sim`) instead of starting one.
         #[arg(long, conflicts_with = "config")]
         sim_url: Option<String>,
+        /// This node's roles, comma-separated (overrides node.roles).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        roles: Vec<herald::config::Role>,
+        /// The channels this node's workers deliver, comma-separated
+        /// (overrides node.channels).
+        #[arg(long, value_delimiter = ',', value_parser = parse_channel)]
+        channels: Vec<herald_core::model::Channel>,
     },
     /// Run a showcase workload through a sandbox started in-process (real
     /// HTTP, real SQLite, simulated vendors) and print a report. Exits
@@ -206,8 +219,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             store,
             listen,
             sim_url,
+            roles,
+            channels,
         } => {
-            serve(store, listen, sim_url).await?;
+            let node = Node { roles, channels };
+            serve(store, listen, sim_url, node).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
@@ -253,12 +269,31 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// `--roles` and `--channels`, when given.
+struct Node {
+    roles: Vec<herald::config::Role>,
+    channels: Vec<herald_core::model::Channel>,
+}
+
+fn parse_channel(s: &str) -> Result<herald_core::model::Channel, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a channel (email, sms, push, webhook)"))
+}
+
 async fn serve(
     args: StoreArgs,
     listen: Option<SocketAddr>,
     sim_url: Option<String>,
+    node: Node,
 ) -> anyhow::Result<()> {
-    let mut cfg = args.load()?;
+    let mut cfg = args.load_with(|cfg| {
+        if !node.roles.is_empty() {
+            cfg.node.roles = node.roles;
+        }
+        if !node.channels.is_empty() {
+            cfg.node.channels = node.channels;
+        }
+    })?;
     if let Some(l) = listen {
         cfg.server.listen = l;
     }

@@ -82,18 +82,23 @@ impl AppState {
     }
 }
 
-pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) -> Router {
     let limit = state.max_body_bytes;
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/v1/notifications", post(notifications::create))
-        .route("/v1/notifications/batch", post(notifications::batch))
-        .route("/v1/notifications/{id}", get(notifications::get))
-        .route("/v1/providers", get(resilience::providers))
-        .route("/v1/dead-letters", get(resilience::list))
-        .route("/v1/dead-letters/replay", post(resilience::replay_many))
-        .route("/v1/dead-letters/{id}/replay", post(resilience::replay_one))
-        .route("/healthz", get(ops::healthz))
+    // A node without the api role serves only the operations endpoints.
+    let api = if serve_api {
+        Router::new()
+            .route("/v1/notifications", post(notifications::create))
+            .route("/v1/notifications/batch", post(notifications::batch))
+            .route("/v1/notifications/{id}", get(notifications::get))
+            .route("/v1/providers", get(resilience::providers))
+            .route("/v1/dead-letters", get(resilience::list))
+            .route("/v1/dead-letters/replay", post(resilience::replay_many))
+            .route("/v1/dead-letters/{id}/replay", post(resilience::replay_one))
+    } else {
+        Router::new()
+    };
+    api.route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(notifications::fallback)

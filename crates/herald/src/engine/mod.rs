@@ -26,7 +26,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts a pool per enabled channel over the configured accounts.
+    /// Starts a pool per channel this node delivers (`Config::worker_channels`)
+    /// over the configured accounts, and the expiry sweep.
     pub fn start(
         cfg: &Config,
         store: Arc<dyn Store>,
@@ -44,7 +45,7 @@ impl Engine {
         });
         let shutdown = CancellationToken::new();
         let mut pools = JoinSet::new();
-        for ch in cfg.enabled_channels() {
+        for ch in cfg.worker_channels() {
             let Some(policy) = cfg.lane_policy(ch) else {
                 continue;
             };

@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod idempotency;

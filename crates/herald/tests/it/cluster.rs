@@ -1,0 +1,274 @@
+//! A fleet on PostgreSQL: the real binary as six processes sharing one
+//! database: two API nodes (`--roles api`), and two workers for each of
+//! email and SMS (`--roles worker --channels …`), claiming from the same
+//! table with `FOR UPDATE SKIP LOCKED`. Notifications go to both API nodes
+//! while the vendors misbehave; one email worker is SIGKILLed mid-run. At
+//! the simulator: every accepted notification reached each of its channels
+//! (zero lost) and each delivery key and each recipient was reached once
+//! (zero duplicated). Needs `HERALD_TEST_POSTGRES_URL`; skipped with a
+//! notice without it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use herald_sim::{Fault, Sim};
+use serde_json::{json, Value};
+use tokio::process::Command;
+
+use crate::utils::{create_key, decode, spawn_serve};
+
+const SEED: u64 = 20_261_122;
+const NOTIFICATIONS: usize = 1_000;
+const BATCH: usize = 50;
+const SCHEMA: &str = "hs_cluster";
+
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("HERALD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        // Straight to stderr: the test harness captures `eprintln!`.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: the multi-node PostgreSQL test (set HERALD_TEST_POSTGRES_URL, e.g. postgres://postgres@127.0.0.1:5432/test)"
+        );
+    }
+    url
+}
+
+fn config(sim_url: &str, store_url: &str) -> String {
+    let lane = "max_attempts = 200\nretry_base_ms = 20\nretry_cap_ms = 300";
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[store]
+kind = "postgres"
+url = "{store_url}"
+writers = 2
+max_connections = 8
+
+[engine]
+# Short, so what the killed worker held comes back quickly.
+lease_seconds = 2
+poll_interval_ms = 50
+shutdown_grace_seconds = 2
+
+[http]
+connect_timeout_ms = 500
+request_timeout_ms = 600
+
+[circuit_breaker]
+open_ms = 1000
+
+[lanes.critical]
+failover_ambiguous = false
+{lane}
+[lanes.high]
+{lane}
+[lanes.normal]
+{lane}
+[lanes.low]
+{lane}
+
+[channels.email]
+concurrency = 16
+reserved_critical = 2
+[channels.sms]
+concurrency = 16
+reserved_critical = 2
+[channels.push]
+providers = []
+[channels.webhook]
+providers = []
+
+[providers.sendgrid]
+base_url = "{sim_url}"
+api_key = "SG.cluster-test"
+
+[providers.twilio]
+base_url = "{sim_url}"
+account_sid = "ACclustertest"
+auth_token = "cluster-test"
+
+[providers.sns]
+base_url = "{sim_url}"
+access_key_id = "AKIACLUSTERTEST"
+secret_access_key = "cluster-test"
+"#
+    )
+}
+
+fn notification(i: usize) -> Value {
+    let lane = ["critical", "high", "normal", "low"][i % 4];
+    json!({
+        "priority": lane,
+        "idempotency_key": format!("cluster-{i}"),
+        "channels": ["email", "sms"],
+        "recipient": {"email": format!("node{i}@example.com"), "phone": format!("+1415{:07}", i)},
+        "content": {"subject": format!("cluster {i}"), "text": format!("message {i} ✓")}
+    })
+}
+
+async fn node(
+    config: &std::path::Path,
+    roles: &str,
+    channels: Option<&str>,
+) -> (tokio::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .args(["--roles", roles]);
+    if let Some(c) = channels {
+        cmd.args(["--channels", c]);
+    }
+    spawn_serve(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_postgres_loses_nothing_and_sends_nothing_twice_when_a_worker_dies() {
+    let Some(url) = postgres_url() else {
+        return;
+    };
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connect to PostgreSQL");
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"),
+        format!("CREATE SCHEMA {SCHEMA}"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.expect("schema");
+    }
+    admin.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store_url = format!("{url}{sep}options=-c%20search_path%3D{SCHEMA}");
+
+    let sim = Sim::new(Some(SEED));
+    let (sim_addr, _sim_task) = sim
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim binds");
+    for vendor in ["sendgrid", "twilio", "sns"] {
+        let fault = Fault {
+            latency_min_ms: 10,
+            latency_max_ms: 40,
+            error_rate: 0.05,
+            timeout_after_accept_rate: 0.02,
+            hang_ms: Some(1_500), // longer than the 600 ms request timeout
+            ..Fault::default()
+        };
+        sim.set_fault(vendor, fault).expect("fault");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("herald.toml");
+    std::fs::write(&cfg, config(&format!("http://{sim_addr}"), &store_url)).expect("config");
+    let key = create_key("cluster", &["--config".as_ref(), cfg.as_os_str()]).await;
+
+    let (_api1, base1) = node(&cfg, "api", None).await;
+    let (_api2, base2) = node(&cfg, "api", None).await;
+    let (mut email1, worker) = node(&cfg, "worker", Some("email")).await;
+    let (_email2, _) = node(&cfg, "worker", Some("email")).await;
+    let (_sms1, _) = node(&cfg, "worker", Some("sms")).await;
+    let (_sms2, _) = node(&cfg, "worker", Some("sms")).await;
+
+    // An API node has no workers and a worker node no API.
+    let http = reqwest::Client::new();
+    let (status, _, _) = decode(
+        http.post(format!("{base1}/v1/notifications"))
+            .bearer_auth(&key)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(status, 422, "the API node takes notifications");
+    let resp = http
+        .post(format!("{worker}/v1/notifications"))
+        .bearer_auth(&key)
+        .json(&notification(0))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 404, "a worker node has no API");
+    let ready = http
+        .get(format!("{worker}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200, "but it answers readiness");
+
+    // Submit through both API nodes, alternating batches.
+    let mut accepted = 0;
+    let unique = |sim: &Sim| sim.stats().values().map(|s| s.unique).sum::<u64>();
+    let mut killed_at = None;
+    for (b, start) in (0..NOTIFICATIONS).step_by(BATCH).enumerate() {
+        let base = if b % 2 == 0 { &base1 } else { &base2 };
+        let items: Vec<Value> = (start..start + BATCH).map(notification).collect();
+        let resp = http
+            .post(format!("{base}/v1/notifications/batch"))
+            .bearer_auth(&key)
+            .json(&json!({ "notifications": items }))
+            .send()
+            .await
+            .expect("batch");
+        let (status, _, v) = decode(resp).await;
+        assert_eq!(status, 200, "{v}");
+        accepted += v["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["status"] == "accepted")
+            .count();
+        // Kill one email worker once deliveries are well under way.
+        if killed_at.is_none() && unique(&sim) >= (NOTIFICATIONS / 2) as u64 {
+            email1.start_kill().expect("SIGKILL");
+            email1.wait().await.expect("reaped");
+            killed_at = Some(unique(&sim));
+        }
+    }
+    assert_eq!(accepted, NOTIFICATIONS);
+    if killed_at.is_none() {
+        email1.start_kill().expect("SIGKILL");
+        email1.wait().await.expect("reaped");
+        killed_at = Some(unique(&sim));
+    }
+
+    let expected = (NOTIFICATIONS * 2) as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while unique(&sim) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A little longer, so a late duplicate would show.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let entries = sim.entries();
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    let mut by_address: HashMap<&str, usize> = HashMap::new();
+    for e in &entries {
+        *by_key.entry(e.key.as_str()).or_default() += 1;
+        *by_address.entry(e.recipient.as_str()).or_default() += 1;
+    }
+    let lost: Vec<String> = (0..NOTIFICATIONS)
+        .flat_map(|i| [format!("node{i}@example.com"), format!("+1415{:07}", i)])
+        .filter(|a| !by_address.contains_key(a.as_str()))
+        .collect();
+    let doubled: Vec<_> = by_address.iter().filter(|(_, n)| **n > 1).collect();
+    let doubled_keys = by_key.values().filter(|n| **n > 1).count();
+    let stats = sim.stats();
+    let repeats: u64 = stats.values().map(|s| s.duplicates).sum();
+    eprintln!(
+        "fleet test (seed {SEED}): {NOTIFICATIONS} notifications through 2 API nodes, \
+         {expected} deliveries by 4 workers; an email worker killed at {killed_at:?} deliveries; \
+         delivered {}, lost {}, duplicated {}; raw repeats dropped by vendor keys: {repeats}",
+        entries.len(),
+        lost.len(),
+        doubled.len() + doubled_keys,
+    );
+    assert!(lost.is_empty(), "lost: {:?}", &lost[..lost.len().min(20)]);
+    assert!(doubled.is_empty(), "recipients reached twice: {doubled:?}");
+    assert_eq!(doubled_keys, 0, "delivery keys accepted twice");
+    assert_eq!(entries.len() as u64, expected);
+}
