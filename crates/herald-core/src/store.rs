@@ -315,6 +315,10 @@ pub trait Store: Send + Sync + 'static {
     /// Moves waiting deliveries (queued, retry scheduled) whose notification
     /// expired by `now_ms` to `expired`; returns how many.
     async fn expire_overdue(&self, now_ms: i64) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` notifications accepted before `before_ms` whose
+    /// deliveries have all finished (sent, failed, dead, expired…), with
+    /// their deliveries, attempts and idempotency keys; returns how many.
+    async fn purge_finished(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError>;
     /// A tenant's id by its name.
     async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// The tenant that owns an API key (by its SHA-256).

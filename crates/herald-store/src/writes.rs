@@ -35,6 +35,10 @@ pub(crate) enum Request {
     Expire {
         now_ms: i64,
     },
+    Purge {
+        before_ms: i64,
+        limit: usize,
+    },
     NoteCall {
         id: uuid::Uuid,
         lease_token: i64,
@@ -53,6 +57,7 @@ impl Request {
             Request::AddKey(_) => "add_key",
             Request::ReplayOne { .. } | Request::ReplayMany { .. } => "replay",
             Request::Expire { .. } => "expire",
+            Request::Purge { .. } => "purge",
             Request::NoteCall { .. } => "note_call",
         }
     }
@@ -231,5 +236,37 @@ impl<'a> Outcome<'a> {
             vendor_id,
             uncount: i64::from(matches!(r.next, Next::Deferred(_))),
         })
+    }
+}
+
+/// The smallest UUIDv7 of millisecond `ms`: every id Herald made at or after
+/// `ms` sorts after it (a v7 id starts with its time, big-endian), so
+/// `id < v7_floor(t)` finds what was made before `t` by primary key.
+pub(crate) fn v7_floor(ms: i64) -> uuid::Uuid {
+    let ms = u64::try_from(ms).unwrap_or(0).min((1 << 48) - 1);
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = 0x70; // version 7
+    b[8] = 0x80; // RFC 4122 variant
+    uuid::Uuid::from_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn v7_floor_orders_ids_by_their_time() {
+        let t = 1_763_700_000_000_i64;
+        let at = |ms: i64| {
+            let ts = uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (ms / 1000) as u64,
+                ((ms % 1000) * 1_000_000) as u32,
+            );
+            uuid::Uuid::new_v7(ts)
+        };
+        assert!(at(t - 1) < super::v7_floor(t));
+        assert!(at(t) >= super::v7_floor(t));
+        assert!(at(t + 1) > super::v7_floor(t));
+        assert_eq!(super::v7_floor(t).get_version_num(), 7);
     }
 }

@@ -643,6 +643,62 @@ async fn waiting_deliveries_expire_without_a_claim(store: &dyn Store) {
     assert_eq!(left[0].notification_id, never.id, "no expiry: waits on");
 }
 
+async fn finished_notifications_are_purged_with_everything_they_hold(store: &dyn Store) {
+    let rec = IdempotencyRecord {
+        request_hash: vec![7],
+        response: StoredResponse {
+            status: 202,
+            body: "{}".into(),
+        },
+    };
+    let now = herald_core::now_ms();
+    let mut done = new_notification("t1", request(Priority::High, &["email"]), now);
+    done.idempotency = Some(("purge-me".into(), rec.clone()));
+    let waiting = new_notification("t1", request(Priority::Normal, &["email"]), now);
+    store
+        .create(vec![done.clone(), waiting.clone()])
+        .await
+        .expect("create");
+    let claimed = store
+        .claim(Channel::Email, Priority::High, 10, now, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    store
+        .record(vec![sent(&claimed[0], now)])
+        .await
+        .expect("record");
+
+    // Nothing made before an hour ago: nothing goes.
+    let n = store
+        .purge_finished(now - 3_600_000, 100)
+        .await
+        .expect("purge");
+    assert_eq!(n, 0);
+    // Everything made before a second from now: only the finished one goes.
+    let n = store.purge_finished(now + 1_000, 100).await.expect("purge");
+    assert_eq!(n, 1, "the waiting notification stays");
+    assert!(store
+        .notification("t1", done.id)
+        .await
+        .expect("read")
+        .is_none());
+    assert!(store
+        .notification("t1", waiting.id)
+        .await
+        .expect("read")
+        .is_some());
+    // Its idempotency key went with it: the key is free again.
+    let mut again = new_notification("t1", request(Priority::High, &["email"]), now);
+    again.idempotency = Some(("purge-me".into(), rec));
+    assert_eq!(
+        store.create(vec![again]).await.expect("create"),
+        vec![CreateResult::Created]
+    );
+    let n = store.purge_finished(now + 1_000, 100).await.expect("purge");
+    assert_eq!(n, 0, "nothing else has finished");
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -681,6 +737,7 @@ suite!(
     dead_letters_are_listed_paged_filtered_and_replayed,
     waiting_deliveries_expire_without_a_claim,
     a_takeover_is_in_doubt_and_knows_the_backup_being_called,
+    finished_notifications_are_purged_with_everything_they_hold,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

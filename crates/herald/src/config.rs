@@ -79,6 +79,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub group_commit_max_batch: usize,
     pub read_connections: u32,
+    /// 0 keeps everything.
+    pub retention_hours: u64,
     /// PostgreSQL: `postgres://user:password@host:port/database`.
     pub url: Secret,
     pub writers: usize,

@@ -24,6 +24,8 @@ pub const FAILOVERS: &str = "herald_failovers_total";
 pub const DEFERRED: &str = "herald_deliveries_deferred_total";
 /// Calls held back by a provider's own send-rate limit.
 pub const THROTTLED_LOCALLY: &str = "herald_provider_throttled_total";
+/// Finished notifications deleted for being past `store.retention_hours`.
+pub const PURGED: &str = "herald_notifications_purged_total";
 /// The store's own (recorded in herald-store, named here with the rest).
 pub use herald_store::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};
 

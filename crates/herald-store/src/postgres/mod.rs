@@ -246,6 +246,10 @@ impl Store for PostgresStore {
         self.writes.count(Request::Expire { now_ms }).await
     }
 
+    async fn purge_finished(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        self.writes.count(Request::Purge { before_ms, limit }).await
+    }
+
     async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
             .bind(name)

@@ -17,7 +17,7 @@ use sqlx::{Acquire, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::rows::{db_err, Columns};
-use crate::writes::{answer, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
+use crate::writes::{answer, v7_floor, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
 
 type Queue = Arc<Mutex<mpsc::Receiver<(Request, Reply)>>>;
 
@@ -73,6 +73,9 @@ async fn apply(pool: &PgPool, requests: &[Request]) -> Result<Vec<Response>, Sto
                 Response::Count(replay_many(&mut tx, filter, *limit).await?)
             }
             Request::Expire { now_ms } => Response::Count(expire(&mut tx, *now_ms).await?),
+            Request::Purge { before_ms, limit } => {
+                Response::Count(purge(&mut tx, *before_ms, *limit).await?)
+            }
             Request::NoteCall {
                 id,
                 lease_token,
@@ -117,8 +120,8 @@ async fn create(
     }
     if !n_cols.id.is_empty() {
         sqlx::query(
-            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[])",
+            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $7::text[])",
         )
         .bind(&n_cols.id)
         .bind(&n_cols.tenant_id)
@@ -126,6 +129,7 @@ async fn create(
         .bind(&n_cols.payload)
         .bind(&n_cols.accepted_at_ms)
         .bind(&n_cols.expires_at_ms)
+        .bind(&n_cols.idempotency_key)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -161,6 +165,7 @@ struct NotificationColumns {
     payload: Vec<String>,
     accepted_at_ms: Vec<i64>,
     expires_at_ms: Vec<Option<i64>>,
+    idempotency_key: Vec<Option<String>>,
 }
 
 impl NotificationColumns {
@@ -174,6 +179,8 @@ impl NotificationColumns {
         );
         self.accepted_at_ms.push(n.accepted_at_ms);
         self.expires_at_ms.push(n.expires_at_ms);
+        self.idempotency_key
+            .push(n.idempotency.as_ref().map(|(key, _)| key.clone()));
         Ok(())
     }
 }
@@ -487,6 +494,31 @@ async fn expire(tx: &mut PgConnection, now_ms: i64) -> Result<u64, StoreError> {
            AND expires_at_ms <= $1",
     )
     .bind(now_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes finished notifications made before `before_ms`, oldest first,
+/// with everything that hangs off them, in one statement (see
+/// `Store::purge_finished`). SKIP LOCKED: nodes purging at once split the
+/// work instead of queueing on each other's rows.
+async fn purge(tx: &mut PgConnection, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "WITH gone AS ( \
+             SELECT n.id, n.tenant_id, n.idempotency_key FROM notifications n \
+             WHERE n.id < $1 AND NOT EXISTS (SELECT 1 FROM deliveries d \
+                 WHERE d.notification_id = n.id AND d.state IN ('queued', 'retry_scheduled', 'sending')) \
+             ORDER BY n.id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+         dels AS (DELETE FROM deliveries WHERE notification_id IN (SELECT id FROM gone) RETURNING id), \
+         atts AS (DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM dels)), \
+         keys AS (DELETE FROM idempotency_keys k USING gone g \
+             WHERE k.tenant_id = g.tenant_id AND k.key = g.idempotency_key) \
+         DELETE FROM notifications WHERE id IN (SELECT id FROM gone)",
+    )
+    .bind(v7_floor(before_ms))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;

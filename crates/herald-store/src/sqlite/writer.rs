@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::writes::{answer, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
+use crate::writes::{answer, v7_floor, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
 use herald_core::model::DeliveryState;
 use herald_core::store::{
     AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
@@ -132,6 +132,7 @@ fn apply(conn: &mut Connection, requests: &[Request]) -> Result<Vec<Response>, S
                 Response::Count(replay_many(&tx, filter, *limit)?)
             }
             Request::Expire { now_ms } => Response::Count(expire(&tx, *now_ms)?),
+            Request::Purge { before_ms, limit } => Response::Count(purge(&tx, *before_ms, *limit)?),
             Request::NoteCall {
                 id,
                 lease_token,
@@ -165,8 +166,8 @@ fn create(
     let mut insert_notification = tx
         .prepare_cached(
             "INSERT INTO notifications \
-             (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(sql_err)?;
     let mut insert_delivery = tx
@@ -206,7 +207,8 @@ fn create(
                 priority,
                 payload,
                 n.accepted_at_ms,
-                n.expires_at_ms
+                n.expires_at_ms,
+                n.idempotency.as_ref().map(|(key, _)| key)
             ])
             .map_err(sql_err)?;
         for d in &n.deliveries {
@@ -408,6 +410,44 @@ fn expire(tx: &Transaction<'_>, now_ms: i64) -> Result<u64, StoreError> {
         .and_then(|mut s| s.execute([now_ms]))
         .map_err(sql_err)?;
     Ok(done as u64)
+}
+
+/// Deletes finished notifications made before `before_ms`, oldest first,
+/// with everything that hangs off them (see `Store::purge_finished`).
+fn purge(tx: &Transaction<'_>, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    let mut finished = tx
+        .prepare_cached(
+            "SELECT id, tenant_id, idempotency_key FROM notifications n \
+             WHERE id < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d \
+                 WHERE d.notification_id = n.id AND d.state IN ('queued', 'retry_scheduled', 'sending')) \
+             ORDER BY id LIMIT ?2",
+        )
+        .map_err(sql_err)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let gone: Vec<(uuid::Uuid, String, Option<String>)> = finished
+        .query_map(params![v7_floor(before_ms), limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .and_then(Iterator::collect)
+        .map_err(sql_err)?;
+    for (id, tenant_id, key) in &gone {
+        for sql in [
+            "DELETE FROM attempts WHERE delivery_id IN \
+                 (SELECT id FROM deliveries WHERE notification_id = ?1)",
+            "DELETE FROM deliveries WHERE notification_id = ?1",
+            "DELETE FROM notifications WHERE id = ?1",
+        ] {
+            tx.prepare_cached(sql)
+                .and_then(|mut s| s.execute([id]))
+                .map_err(sql_err)?;
+        }
+        if let Some(key) = key {
+            tx.prepare_cached("DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND key = ?2")
+                .and_then(|mut s| s.execute([tenant_id, key]))
+                .map_err(sql_err)?;
+        }
+    }
+    Ok(gone.len() as u64)
 }
 
 /// What puts dead deliveries back in the queue: due now, attempts reset, the

@@ -60,9 +60,10 @@ impl Engine {
             };
             pools.spawn(d.run(shutdown.child_token()));
         }
-        pools.spawn(sweep_expired(
+        pools.spawn(housekeeping(
             shared.store.clone(),
             Duration::from_millis(cfg.engine.poll_interval_ms),
+            Duration::from_secs(cfg.store.retention_hours * 3600),
             shutdown.child_token(),
         ));
         Ok(Engine { pools, shutdown })
@@ -76,10 +77,19 @@ impl Engine {
 }
 
 /// Expires waiting deliveries on time even when nothing claims them (a lane
-/// held back while every circuit on its route is open).
-async fn sweep_expired(store: Arc<dyn Store>, every: Duration, shutdown: CancellationToken) {
+/// held back while every circuit on its route is open), every `every`; and
+/// once a minute deletes finished notifications older than `retention`
+/// (zero: never).
+async fn housekeeping(
+    store: Arc<dyn Store>,
+    every: Duration,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    const PURGE_EVERY: Duration = Duration::from_secs(60);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -93,5 +103,39 @@ async fn sweep_expired(store: Arc<dyn Store>, every: Duration, shutdown: Cancell
             ),
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed; the next one retries"),
         }
+        if !retention.is_zero() && last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = tokio::time::Instant::now();
+            purge(store.as_ref(), retention, &shutdown).await;
+        }
+    }
+}
+
+/// Deletes finished notifications older than `retention`, a batch at a time
+/// (each its own short transaction, so claims and records are not held up),
+/// until a batch comes back short.
+async fn purge(store: &dyn Store, retention: Duration, shutdown: &CancellationToken) {
+    const BATCH: usize = 1_000;
+    let before = herald_core::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut total = 0;
+    while !shutdown.is_cancelled() {
+        match store.purge_finished(before, BATCH).await {
+            Ok(n) => {
+                total += n;
+                metrics::counter!(crate::telemetry::PURGED).increment(n);
+                if (n as usize) < BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention purge failed; the next one retries");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(
+            count = total,
+            "finished notifications past retention deleted"
+        );
     }
 }
