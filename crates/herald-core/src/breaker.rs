@@ -225,6 +225,28 @@ impl Breaker {
         }
     }
 
+    /// Another node opened this provider's circuit at `opened_at_ms` (the
+    /// fleet shares open circuits through Redis): open here too, until the
+    /// same time. An open period already ending as late or later stands, and
+    /// one that is over by `now_ms` changes nothing.
+    pub fn opened_elsewhere(&mut self, opened_at_ms: i64, now_ms: i64) -> Option<Transition> {
+        if opened_at_ms.saturating_add(self.settings.open_ms) <= now_ms {
+            return None;
+        }
+        if self.state == CircuitState::Open {
+            self.opened_at_ms = self.opened_at_ms.max(opened_at_ms);
+            return None;
+        }
+        let t = self.move_to(CircuitState::Open, now_ms);
+        self.opened_at_ms = opened_at_ms;
+        Some(t)
+    }
+
+    /// When the current open period began (to share it with the fleet).
+    pub fn opened_at(&self) -> Option<i64> {
+        (self.state == CircuitState::Open).then_some(self.opened_at_ms)
+    }
+
     /// Gives back a probe slot for a call that was admitted but never made.
     pub fn cancel(&mut self, ticket: Ticket) {
         if ticket.probe && ticket.generation == self.generation {
@@ -249,6 +271,32 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_circuit_opened_elsewhere_opens_here_until_the_same_time() {
+        let mut b = breaker();
+        // Opened on another node 10 s ago: open here for the 50 s left.
+        let t = b.opened_elsewhere(90_000, 100_000).expect("opens");
+        assert_eq!((t.from, t.to), (CircuitState::Closed, CircuitState::Open));
+        assert_eq!(b.open_until(100_000), Some(150_000));
+        // An older period elsewhere does not shorten it; a newer one extends it.
+        assert_eq!(b.opened_elsewhere(80_000, 100_000), None);
+        assert_eq!(b.open_until(100_000), Some(150_000));
+        b.opened_elsewhere(95_000, 100_000);
+        assert_eq!(b.open_until(100_000), Some(155_000));
+        // A period that is over changes nothing.
+        let mut fresh = breaker();
+        assert_eq!(fresh.opened_elsewhere(10_000, 100_000), None);
+        assert_eq!(fresh.state(100_000), CircuitState::Closed);
+        // A stale ticket from before does not close it.
+        let mut c = breaker();
+        let (Admission::Allowed(ticket), _) = c.admit(99_000) else {
+            panic!("closed admits");
+        };
+        c.opened_elsewhere(99_500, 100_000);
+        assert_eq!(c.report(ticket, Health::Up, 100_100), None);
+        assert_eq!(c.state(100_100), CircuitState::Open);
+    }
 
     fn breaker() -> Breaker {
         Breaker::new(BreakerSettings {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::{Config, Role, StoreKind};
 use crate::engine::accounts::Accounts;
+use crate::engine::fleet::{self, Fleet};
 use crate::engine::outbound::Outbound;
 use crate::engine::Engine;
 use crate::render::Templates;
@@ -30,6 +31,8 @@ pub struct Running {
     state: Arc<AppState>,
     /// Only on nodes with the worker role.
     engine: Option<Engine>,
+    /// Ends the Redis connection attempts and the circuit follower.
+    stop_fleet: CancellationToken,
     stop_http: CancellationToken,
     http: tokio::task::JoinHandle<()>,
 }
@@ -90,7 +93,17 @@ impl Running {
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(store.clone(), lease));
         let templates = Arc::new(Templates::new(&cfg.templates)?);
         let outbound = Outbound::new(&cfg.http, cfg.limits());
-        let accounts = Arc::new(Accounts::from_config(&cfg, &outbound)?);
+        let stop_fleet = CancellationToken::new();
+        let fleet = Fleet::start(&cfg.redis, stop_fleet.clone())?;
+        let accounts = Arc::new(Accounts::from_config(&cfg, &outbound, fleet.clone())?);
+        if let (Some(fleet), true) = (fleet, cfg.has_role(Role::Worker)) {
+            tokio::spawn(fleet::follow_circuits(
+                fleet,
+                accounts.clone(),
+                Duration::from_millis(cfg.redis.sync_interval_ms),
+                stop_fleet.clone(),
+            ));
+        }
         let engine = if cfg.has_role(Role::Worker) {
             Some(Engine::start(
                 &cfg,
@@ -132,6 +145,7 @@ impl Running {
             state,
             engine,
             stop_http,
+            stop_fleet,
             http,
         })
     }
@@ -147,6 +161,7 @@ impl Running {
         if let Some(engine) = self.engine {
             engine.shutdown().await;
         }
+        self.stop_fleet.cancel();
         tracing::info!("herald stopped");
     }
 }

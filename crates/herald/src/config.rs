@@ -29,6 +29,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub node: NodeConfig,
     pub store: StoreConfig,
+    pub redis: RedisConfig,
     pub engine: EngineConfig,
     pub http: HttpConfig,
     pub webhooks: WebhookPolicy,
@@ -49,6 +50,16 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+}
+
+/// `[redis]`: optional fleet-wide send rates and shared open circuits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Empty: none (each node keeps its own).
+    pub url: Secret,
+    pub key_prefix: String,
+    pub sync_interval_ms: u64,
 }
 
 /// `[node]`: this process's part in a fleet.

@@ -19,6 +19,7 @@ use herald_core::store::CallRecord;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use super::fleet::Fleet;
 use super::outbound::{self, Outbound};
 use crate::config::{Config, ProviderGuards};
 use crate::telemetry as m;
@@ -36,6 +37,8 @@ pub struct Account {
     limiter: Option<DefaultDirectRateLimiter>,
     slots: Option<Semaphore>,
     breaker: Mutex<Breaker>,
+    /// Shares the send rate and open circuits with the other nodes.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// What one try at an account came to.
@@ -66,7 +69,12 @@ fn lock(m: &Mutex<Breaker>) -> MutexGuard<'_, Breaker> {
 }
 
 impl Account {
-    fn new(name: &str, cfg: &Config, outbound: &Outbound) -> anyhow::Result<Arc<Account>> {
+    fn new(
+        name: &str,
+        cfg: &Config,
+        outbound: &Outbound,
+        fleet: Option<Arc<Fleet>>,
+    ) -> anyhow::Result<Arc<Account>> {
         let settings = cfg
             .providers
             .get(name)
@@ -93,6 +101,7 @@ impl Account {
             client,
             limiter,
             slots,
+            fleet,
         };
         Ok(Arc::new(account))
     }
@@ -173,18 +182,28 @@ impl Account {
         Try::Called { outcome, call }
     }
 
-    /// Takes a token from the send-rate bucket, waiting up to
-    /// `MAX_RATE_WAIT`; otherwise says how long until one is free.
+    /// Takes a token from the send-rate bucket (the fleet's, through Redis,
+    /// or this node's own when there is no Redis or it does not answer),
+    /// waiting up to `MAX_RATE_WAIT`; otherwise says how long until one is
+    /// free.
     async fn take_send_slot(&self) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
         let mut waited = Duration::ZERO;
         loop {
-            match limiter.check() {
+            let fleet = match (&self.fleet, self.guards.rate_limit) {
+                (Some(f), Some((rate, burst))) => f.take(self.name(), rate, burst).await,
+                _ => None,
+            };
+            let taken = fleet.unwrap_or_else(|| {
+                limiter
+                    .check()
+                    .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            });
+            match taken {
                 Ok(()) => return Ok(()),
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(wait) => {
                     if waited + wait > MAX_RATE_WAIT {
                         return Err(wait.max(Duration::from_millis(1)));
                     }
@@ -219,6 +238,12 @@ impl Account {
         metrics::counter!(m::CIRCUIT_TRANSITIONS, "provider" => name.clone(), "to" => t.to.as_str())
             .increment(1);
         let view = lock(&self.breaker).view(herald_core::now_ms());
+        if let (CircuitState::Open, Some(fleet), Some(at)) = (t.to, &self.fleet, view.opened_at_ms)
+        {
+            let (fleet, open_ms, provider) =
+                (fleet.clone(), self.guards.breaker.open_ms, name.clone());
+            tokio::spawn(async move { fleet.opened(&provider, at, open_ms).await });
+        }
         match t.to {
             CircuitState::Open => tracing::warn!(
                 provider = %name, from = %t.from, to = %t.to,
@@ -277,7 +302,11 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn from_config(cfg: &Config, outbound: &Outbound) -> anyhow::Result<Accounts> {
+    pub fn from_config(
+        cfg: &Config,
+        outbound: &Outbound,
+        fleet: Option<Arc<Fleet>>,
+    ) -> anyhow::Result<Accounts> {
         let mut by_name: BTreeMap<&str, Arc<Account>> = BTreeMap::new();
         let mut routes = BTreeMap::new();
         for ch in cfg.enabled_channels() {
@@ -286,7 +315,7 @@ impl Accounts {
                 let account = match by_name.get(name.as_str()) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = Account::new(name, cfg, outbound)?;
+                        let a = Account::new(name, cfg, outbound, fleet.clone())?;
                         by_name.insert(name, a.clone());
                         a
                     }
@@ -304,6 +333,19 @@ impl Accounts {
     /// The channel's providers in order, the primary first.
     pub fn route(&self, channel: Channel) -> &[Arc<Account>] {
         self.routes.get(&channel).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.all.iter().map(|a| a.name().to_owned()).collect()
+    }
+
+    /// Another node opened `name`'s circuit at `opened_at_ms`: open it here.
+    pub fn opened_elsewhere(&self, name: &str, opened_at_ms: i64) {
+        let Some(a) = self.all.iter().find(|a| a.name() == name) else {
+            return;
+        };
+        let t = lock(&a.breaker).opened_elsewhere(opened_at_ms, herald_core::now_ms());
+        a.transitioned(t, Some("opened by another node"));
     }
 
     pub fn views(&self, now_ms: i64) -> Vec<AccountView> {

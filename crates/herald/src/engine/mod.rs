@@ -3,6 +3,7 @@
 pub mod accounts;
 mod deliver;
 mod dispatch;
+pub mod fleet;
 pub mod outbound;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod delivery;
+mod fleet;
 mod idempotency;
 mod priority;
 mod resilience;
