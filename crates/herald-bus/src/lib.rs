@@ -1,7 +1,9 @@
 //! Herald's fan-out bus. The `local` bus is the embedded default: the store's
-//! delivery rows are the queue, claimed with leases. Kafka joins it as a
-//! second variant of the same `Bus` trait.
+//! delivery rows are the queue, claimed with leases. `kafka` is the fleet's:
+//! the outbox relay publishes each notification's event to its lane's topic
+//! (the consumers per channel come next; docs/deployment.md).
 
+pub mod kafka;
 mod local;
 
 pub use local::LocalBus;

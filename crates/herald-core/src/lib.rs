@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod bus;
+pub mod events;
 pub mod lanes;
 pub mod model;
 pub mod provider;

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 
+use crate::events::OutboxEvent;
 use crate::model::{Channel, DeliveryState, NotificationRequest, Priority};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,6 +53,10 @@ pub struct NewNotification {
     /// Written in the same transaction; if the key is already taken nothing
     /// is written and the existing record is returned.
     pub idempotency: Option<(String, IdempotencyRecord)>,
+    /// The request's correlation id (`x-request-id`) and W3C trace context,
+    /// carried in the bus event's headers.
+    pub correlation_id: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +324,19 @@ pub trait Store: Send + Sync + 'static {
     /// deliveries have all finished (sent, failed, dead, expired…), with
     /// their deliveries, attempts and idempotency keys; returns how many.
     async fn purge_finished(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError>;
+    /// Takes or renews the outbox relay's lease for `holder` until
+    /// `now_ms + lease_ms`: true if `holder` is the one relay now (the lease
+    /// was free, expired, or already its own).
+    async fn relay_lease(
+        &self,
+        holder: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Up to `limit` outbox events not yet published, in outbox order.
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Marks these outbox events published.
+    async fn outbox_published(&self, seqs: Vec<i64>) -> Result<(), StoreError>;
     /// A tenant's id by its name.
     async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// The tenant that owns an API key (by its SHA-256).

@@ -36,6 +36,8 @@ fn notification(now: i64) -> NewNotification {
         due_at_ms: now,
         expires_at_ms: None,
         idempotency: None,
+        correlation_id: None,
+        traceparent: None,
     }
 }
 
@@ -67,6 +69,7 @@ async fn filled(dir: &tempfile::TempDir, rounds: usize) -> SqliteStore {
         path: dir.path().join("bench.db"),
         max_batch: 512,
         read_connections: 1,
+        outbox: false,
     })
     .await
     .expect("open");

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use herald_core::events::OutboxEvent;
 use herald_core::model::{NotificationRequest, Priority};
 use herald_core::store::{
     AttemptView, DeadLetter, DeadLetterCursor, DeadLetterFilter, DeliverySummary, DeliveryView,
@@ -164,6 +165,22 @@ pub(crate) fn dead_letter(row: &impl Columns) -> Result<DeadLetter, StoreError> 
         last_error: row.opt_text("last_error")?,
         dead_at_ms: row.int("updated_at_ms")?,
         accepted_at_ms: row.int("accepted_at_ms")?,
+    })
+}
+
+/// `SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload
+/// FROM outbox`
+pub(crate) fn outbox_event(row: &impl Columns) -> Result<OutboxEvent, StoreError> {
+    let lane = row.int("lane")?;
+    Ok(OutboxEvent {
+        seq: row.int("seq")?,
+        lane: Priority::from_index(lane)
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox lane {lane}")))?,
+        key: row.text("key")?,
+        tenant_id: row.text("tenant_id")?,
+        correlation_id: row.opt_text("correlation_id")?,
+        traceparent: row.opt_text("traceparent")?,
+        payload: row.text("payload")?,
     })
 }
 

@@ -39,6 +39,12 @@ pub(crate) enum Request {
         before_ms: i64,
         limit: usize,
     },
+    RelayLease {
+        holder: String,
+        now_ms: i64,
+        lease_ms: i64,
+    },
+    OutboxPublished(Vec<i64>),
     NoteCall {
         id: uuid::Uuid,
         lease_token: i64,
@@ -58,6 +64,8 @@ impl Request {
             Request::ReplayOne { .. } | Request::ReplayMany { .. } => "replay",
             Request::Expire { .. } => "expire",
             Request::Purge { .. } => "purge",
+            Request::RelayLease { .. } => "relay_lease",
+            Request::OutboxPublished(_) => "outbox_published",
             Request::NoteCall { .. } => "note_call",
         }
     }
@@ -191,6 +199,20 @@ impl WriteQueue {
         }
     }
 
+    pub(crate) async fn relay_lease(
+        &self,
+        holder: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let req = Request::RelayLease {
+            holder: holder.to_owned(),
+            now_ms,
+            lease_ms,
+        };
+        Ok(self.count(req).await? == 1)
+    }
+
     pub(crate) async fn add_key(&self, args: AddKeyArgs) -> Result<String, StoreError> {
         match self.write(Request::AddKey(args)).await? {
             Response::Tenant(t) => Ok(t),
@@ -235,6 +257,26 @@ impl<'a> Outcome<'a> {
             sent_at_ms,
             vendor_id,
             uncount: i64::from(matches!(r.next, Next::Deferred(_))),
+        })
+    }
+}
+
+/// A notification's outbox row: its lane, partition key and event.
+pub(crate) struct OutboxRow {
+    pub lane: i64,
+    pub key: String,
+    pub payload: String,
+}
+
+impl OutboxRow {
+    pub(crate) fn of(n: &NewNotification) -> Result<Self, StoreError> {
+        use herald_core::events::{recipient_key, NotificationRequested};
+        let payload = serde_json::to_string(&NotificationRequested::of(n))
+            .map_err(|e| StoreError::Corrupt(format!("event does not serialize: {e}")))?;
+        Ok(Self {
+            lane: n.request.priority.index() as i64,
+            key: recipient_key(n),
+            payload,
         })
     }
 }

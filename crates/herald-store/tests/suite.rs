@@ -13,10 +13,15 @@ use herald_core::store::{
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 async fn sqlite(dir: &tempfile::TempDir) -> SqliteStore {
+    sqlite_with(dir, false).await
+}
+
+async fn sqlite_with(dir: &tempfile::TempDir, outbox: bool) -> SqliteStore {
     SqliteStore::open(&SqliteOptions {
         path: dir.path().join("herald.db"),
         max_batch: 256,
         read_connections: 2,
+        outbox,
     })
     .await
     .expect("open sqlite")
@@ -49,6 +54,10 @@ fn schema(check: &str) -> String {
 
 /// A PostgreSQL store in a fresh schema named for the check.
 async fn postgres(check: &str) -> Option<PostgresStore> {
+    postgres_with(check, false).await
+}
+
+async fn postgres_with(check: &str, outbox: bool) -> Option<PostgresStore> {
     let url = postgres_url()?;
     let schema = schema(check);
     let admin = sqlx::PgPool::connect(&url)
@@ -63,11 +72,15 @@ async fn postgres(check: &str) -> Option<PostgresStore> {
         .await
         .expect("create schema");
     admin.close().await;
-    Some(postgres_reopen(check).await)
+    Some(postgres_open(check, outbox).await)
 }
 
 /// Another store on a check's schema, as a second node would open it.
 async fn postgres_reopen(check: &str) -> PostgresStore {
+    postgres_open(check, false).await
+}
+
+async fn postgres_open(check: &str, outbox: bool) -> PostgresStore {
     let url = postgres_url().expect("HERALD_TEST_POSTGRES_URL");
     let sep = if url.contains('?') { '&' } else { '?' };
     PostgresStore::open(&PostgresOptions {
@@ -75,6 +88,7 @@ async fn postgres_reopen(check: &str) -> PostgresStore {
         max_connections: 6,
         writers: 3,
         max_batch: 256,
+        outbox,
     })
     .await
     .expect("open postgres")
@@ -109,6 +123,8 @@ fn new_notification(tenant: &str, req: NotificationRequest, now: i64) -> NewNoti
         expires_at_ms: None,
         deliveries,
         idempotency: None,
+        correlation_id: None,
+        traceparent: None,
     }
 }
 
@@ -831,5 +847,91 @@ async fn postgres_concurrent_writers_share_commits_and_lose_nothing() {
 async fn postgres_a_failing_write_fails_alone_in_its_group_commit() {
     if let Some(store) = postgres("failing_write").await {
         a_failing_write_fails_alone(Arc::new(store)).await;
+    }
+}
+
+/// With the outbox on, each stored notification's event waits in it, in
+/// order, until marked published; a replayed key writes none; one relay
+/// holds the lease at a time until it lapses.
+async fn the_outbox_holds_each_stored_event_until_published(store: &dyn Store) {
+    let now = herald_core::now_ms();
+    let mut a = new_notification("t1", request(Priority::Critical, &["sms", "email"]), now);
+    a.correlation_id = Some("req-1".into());
+    a.idempotency = Some((
+        "k".into(),
+        IdempotencyRecord {
+            request_hash: vec![1],
+            response: StoredResponse {
+                status: 202,
+                body: "{}".into(),
+            },
+        },
+    ));
+    let b = new_notification("t1", request(Priority::Low, &["email"]), now);
+    let replay = a.clone();
+    store
+        .create(vec![a.clone(), b.clone()])
+        .await
+        .expect("create");
+    store.create(vec![replay]).await.expect("replayed key");
+    let pending = store.outbox_pending(10).await.expect("pending");
+    assert_eq!(pending.len(), 2, "one event per stored notification");
+    assert!(pending[0].seq < pending[1].seq);
+    assert_eq!(pending[0].lane, Priority::Critical);
+    assert_eq!(pending[0].key, "a@example.com");
+    assert_eq!(pending[0].correlation_id.as_deref(), Some("req-1"));
+    let event: herald_core::events::NotificationRequested =
+        serde_json::from_str(&pending[0].payload).expect("event json");
+    assert_eq!(event.notification_id, a.id);
+    assert_eq!(event.deliveries.len(), 2);
+    store
+        .outbox_published(vec![pending[0].seq])
+        .await
+        .expect("mark");
+    let left = store.outbox_pending(10).await.expect("pending");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].lane, Priority::Low);
+
+    assert!(store.relay_lease("a", now, 1_000).await.expect("lease"));
+    assert!(
+        !store
+            .relay_lease("b", now + 500, 1_000)
+            .await
+            .expect("lease"),
+        "a holds it"
+    );
+    assert!(
+        store
+            .relay_lease("a", now + 900, 1_000)
+            .await
+            .expect("lease"),
+        "a renews"
+    );
+    assert!(
+        !store
+            .relay_lease("b", now + 1_500, 1_000)
+            .await
+            .expect("lease"),
+        "renewed"
+    );
+    assert!(
+        store
+            .relay_lease("b", now + 2_000, 1_000)
+            .await
+            .expect("lease"),
+        "lapsed: b takes it"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_the_outbox_holds_each_stored_event_until_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    the_outbox_holds_each_stored_event_until_published(&sqlite_with(&dir, true).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_outbox_holds_each_stored_event_until_published() {
+    if let Some(store) = postgres_with("outbox", true).await {
+        the_outbox_holds_each_stored_event_until_published(&store).await;
     }
 }

@@ -46,6 +46,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 path: path.clone(),
                 max_batch: cfg.store.group_commit_max_batch,
                 read_connections: cfg.store.read_connections,
+                outbox: false,
             })
             .await
             .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
@@ -57,6 +58,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 max_connections: cfg.store.max_connections,
                 writers: cfg.store.writers,
                 max_batch: cfg.store.group_commit_max_batch,
+                outbox: false,
             })
             .await
             .context("opening the PostgreSQL store (store.url)")?;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, Priority};
 use herald_core::store::{
     AttemptRecord, AttemptView, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
@@ -36,6 +37,8 @@ pub struct PostgresOptions {
     pub writers: usize,
     /// The most operations one group commit takes.
     pub max_batch: usize,
+    /// Write each notification's bus event to the outbox (the Kafka bus).
+    pub outbox: bool,
 }
 
 /// PostgreSQL behind the `Store` trait. Cheap to clone.
@@ -67,6 +70,7 @@ impl PostgresStore {
                 pool.clone(),
                 queue.clone(),
                 opts.max_batch.max(1),
+                opts.outbox,
             ));
         }
         Ok(Self {
@@ -248,6 +252,33 @@ impl Store for PostgresStore {
 
     async fn purge_finished(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
         self.writes.count(Request::Purge { before_ms, limit }).await
+    }
+
+    async fn relay_lease(
+        &self,
+        holder: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.writes.relay_lease(holder, now_ms, lease_ms).await
+    }
+
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        sqlx::query(
+            "SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload FROM outbox \
+             WHERE published_at_ms IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(rows::outbox_event)
+        .collect()
+    }
+
+    async fn outbox_published(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        self.writes.done(Request::OutboxPublished(seqs)).await
     }
 
     async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError> {

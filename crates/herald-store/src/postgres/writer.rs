@@ -17,11 +17,14 @@ use sqlx::{Acquire, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::rows::{db_err, Columns};
-use crate::writes::{answer, v7_floor, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
+use crate::writes::{
+    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
+};
 
 type Queue = Arc<Mutex<mpsc::Receiver<(Request, Reply)>>>;
 
-pub(super) async fn run(pool: PgPool, queue: Queue, max_batch: usize) {
+/// `outbox`: creates also write their notifications' events to the outbox.
+pub(super) async fn run(pool: PgPool, queue: Queue, max_batch: usize, outbox: bool) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         // One writer takes a batch while the others apply theirs.
@@ -31,14 +34,14 @@ pub(super) async fn run(pool: PgPool, queue: Queue, max_batch: usize) {
         }
         let started = std::time::Instant::now();
         let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-        let results = match apply(&pool, &requests).await {
+        let results = match apply(&pool, &requests, outbox).await {
             Ok(results) => results.into_iter().map(Ok).collect(),
             Err(e) if requests.len() == 1 => vec![Err(e)],
             Err(e) => {
                 tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
                 let mut results = Vec::with_capacity(requests.len());
                 for r in &requests {
-                    let one = apply(&pool, std::slice::from_ref(r)).await;
+                    let one = apply(&pool, std::slice::from_ref(r), outbox).await;
                     results.push(one.and_then(|mut v| v.pop().ok_or(StoreError::Closed)));
                 }
                 results
@@ -50,7 +53,11 @@ pub(super) async fn run(pool: PgPool, queue: Queue, max_batch: usize) {
 }
 
 /// Applies every request in one transaction; all or nothing.
-async fn apply(pool: &PgPool, requests: &[Request]) -> Result<Vec<Response>, StoreError> {
+async fn apply(
+    pool: &PgPool,
+    requests: &[Request],
+    outbox: bool,
+) -> Result<Vec<Response>, StoreError> {
     let mut conn = pool.acquire().await.map_err(db_err)?;
     let mut tx = conn.begin().await.map_err(db_err)?;
     // Attempt records first (see `Request::records`).
@@ -58,7 +65,7 @@ async fn apply(pool: &PgPool, requests: &[Request]) -> Result<Vec<Response>, Sto
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         out.push(match r {
-            Request::Create(batch) => Response::Created(create(&mut tx, batch).await?),
+            Request::Create(batch) => Response::Created(create(&mut tx, batch, outbox).await?),
             Request::Claim(args) => Response::Claimed(claim(&mut tx, args).await?),
             Request::Record(_) => Response::Done,
             Request::Release(leases) => {
@@ -75,6 +82,35 @@ async fn apply(pool: &PgPool, requests: &[Request]) -> Result<Vec<Response>, Sto
             Request::Expire { now_ms } => Response::Count(expire(&mut tx, *now_ms).await?),
             Request::Purge { before_ms, limit } => {
                 Response::Count(purge(&mut tx, *before_ms, *limit).await?)
+            }
+            Request::RelayLease {
+                holder,
+                now_ms,
+                lease_ms,
+            } => {
+                // RETURNING gives a row only if this holder has the lease now.
+                let held = sqlx::query(
+                    "INSERT INTO relay_lease (id, holder, until_ms) VALUES (1, $1, $2 + $3) \
+                     ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms \
+                     WHERE relay_lease.holder = EXCLUDED.holder OR relay_lease.until_ms < $2 \
+                     RETURNING holder",
+                )
+                .bind(holder)
+                .bind(now_ms)
+                .bind(lease_ms)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                Response::Count(u64::from(held.is_some()))
+            }
+            Request::OutboxPublished(seqs) => {
+                sqlx::query("UPDATE outbox SET published_at_ms = $1 WHERE seq = ANY($2)")
+                    .bind(herald_core::now_ms())
+                    .bind(seqs)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                Response::Done
             }
             Request::NoteCall {
                 id,
@@ -102,15 +138,20 @@ async fn apply(pool: &PgPool, requests: &[Request]) -> Result<Vec<Response>, Sto
 async fn create(
     tx: &mut PgConnection,
     batch: &[NewNotification],
+    outbox: bool,
 ) -> Result<Vec<CreateResult>, StoreError> {
     let taken = take_keys(tx, batch).await?;
     let mut results = Vec::with_capacity(batch.len());
     let mut n_cols = NotificationColumns::default();
     let mut d_cols = DeliveryColumns::default();
+    let mut events = OutboxColumns::default();
     for (n, taken) in batch.iter().zip(taken) {
         if let Some(holder) = taken {
             results.push(CreateResult::KeyTaken(holder));
             continue;
+        }
+        if outbox {
+            events.push(n)?;
         }
         n_cols.push(n)?;
         for d in &n.deliveries {
@@ -153,7 +194,52 @@ async fn create(
         .await
         .map_err(db_err)?;
     }
+    if !events.id.is_empty() {
+        sqlx::query(
+            "INSERT INTO outbox (notification_id, lane, key, tenant_id, correlation_id, traceparent, payload, created_at_ms) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[])",
+        )
+        .bind(&events.id)
+        .bind(&events.lane)
+        .bind(&events.key)
+        .bind(&events.tenant_id)
+        .bind(&events.correlation_id)
+        .bind(&events.traceparent)
+        .bind(&events.payload)
+        .bind(&events.created_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
     Ok(results)
+}
+
+/// A batch's outbox rows as column arrays.
+#[derive(Default)]
+struct OutboxColumns {
+    id: Vec<uuid::Uuid>,
+    lane: Vec<i64>,
+    key: Vec<String>,
+    tenant_id: Vec<String>,
+    correlation_id: Vec<Option<String>>,
+    traceparent: Vec<Option<String>>,
+    payload: Vec<String>,
+    created_at_ms: Vec<i64>,
+}
+
+impl OutboxColumns {
+    fn push(&mut self, n: &NewNotification) -> Result<(), StoreError> {
+        let row = OutboxRow::of(n)?;
+        self.id.push(n.id);
+        self.lane.push(row.lane);
+        self.key.push(row.key);
+        self.tenant_id.push(n.tenant_id.clone());
+        self.correlation_id.push(n.correlation_id.clone());
+        self.traceparent.push(n.traceparent.clone());
+        self.payload.push(row.payload);
+        self.created_at_ms.push(n.accepted_at_ms);
+        Ok(())
+    }
 }
 
 /// A batch of notifications as column arrays, for one `UNNEST` insert.
@@ -518,6 +604,16 @@ async fn purge(tx: &mut PgConnection, before_ms: i64, limit: usize) -> Result<u6
          DELETE FROM notifications WHERE id IN (SELECT id FROM gone)",
     )
     .bind(v7_floor(before_ms))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    // Published events of the same age go too.
+    sqlx::query(
+        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
+             WHERE published_at_ms IS NOT NULL AND created_at_ms < $1 ORDER BY seq LIMIT $2)",
+    )
+    .bind(before_ms)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await

@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::writes::{answer, v7_floor, AddKeyArgs, ClaimArgs, Outcome, Reply, Request, Response};
+use crate::writes::{
+    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
+};
 use herald_core::model::DeliveryState;
 use herald_core::store::{
     AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
@@ -46,6 +48,7 @@ pub(super) async fn start(
     path: &Path,
     rx: mpsc::Receiver<(Request, Reply)>,
     max_batch: usize,
+    outbox: bool,
 ) -> Result<(), StoreError> {
     let path = path.to_owned();
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -54,7 +57,7 @@ pub(super) async fn start(
         .spawn(move || match open(&path) {
             Ok(conn) => {
                 let _ = ready_tx.send(Ok(()));
-                run(conn, rx, max_batch);
+                run(conn, rx, max_batch, outbox);
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(sql_err(e)));
@@ -82,12 +85,18 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<(Request, Reply)>, max_batch: usize) {
+/// `outbox`: creates also write their notifications' events to the outbox.
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<(Request, Reply)>,
+    max_batch: usize,
+    outbox: bool,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.blocking_recv_many(&mut batch, max_batch) > 0 {
         let started = std::time::Instant::now();
         let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-        let results = match apply(&mut conn, &requests) {
+        let results = match apply(&mut conn, &requests, outbox) {
             Ok(results) => results.into_iter().map(Ok).collect(),
             Err(e) if requests.len() == 1 => vec![Err(e)],
             Err(e) => {
@@ -95,7 +104,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<(Request, Reply)>, max_batch
                 requests
                     .iter()
                     .map(|r| {
-                        apply(&mut conn, std::slice::from_ref(r))
+                        apply(&mut conn, std::slice::from_ref(r), outbox)
                             .and_then(|mut v| v.pop().ok_or(StoreError::Closed))
                     })
                     .collect()
@@ -107,7 +116,11 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<(Request, Reply)>, max_batch
 }
 
 /// Applies every request in one transaction; all or nothing.
-fn apply(conn: &mut Connection, requests: &[Request]) -> Result<Vec<Response>, StoreError> {
+fn apply(
+    conn: &mut Connection,
+    requests: &[Request],
+    outbox: bool,
+) -> Result<Vec<Response>, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err)?;
@@ -117,7 +130,7 @@ fn apply(conn: &mut Connection, requests: &[Request]) -> Result<Vec<Response>, S
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         out.push(match r {
-            Request::Create(batch) => Response::Created(create(&tx, batch)?),
+            Request::Create(batch) => Response::Created(create(&tx, batch, outbox)?),
             Request::Claim(args) => Response::Claimed(claim(&tx, args)?),
             Request::Record(_) => Response::Done,
             Request::Release(leases) => {
@@ -133,6 +146,21 @@ fn apply(conn: &mut Connection, requests: &[Request]) -> Result<Vec<Response>, S
             }
             Request::Expire { now_ms } => Response::Count(expire(&tx, *now_ms)?),
             Request::Purge { before_ms, limit } => Response::Count(purge(&tx, *before_ms, *limit)?),
+            Request::RelayLease {
+                holder,
+                now_ms,
+                lease_ms,
+            } => Response::Count(relay_lease(&tx, holder, *now_ms, *lease_ms)?),
+            Request::OutboxPublished(seqs) => {
+                let now = herald_core::now_ms();
+                let mut mark = tx
+                    .prepare_cached("UPDATE outbox SET published_at_ms = ?1 WHERE seq = ?2")
+                    .map_err(sql_err)?;
+                for seq in seqs {
+                    mark.execute(params![now, seq]).map_err(sql_err)?;
+                }
+                Response::Done
+            }
             Request::NoteCall {
                 id,
                 lease_token,
@@ -155,6 +183,7 @@ fn apply(conn: &mut Connection, requests: &[Request]) -> Result<Vec<Response>, S
 fn create(
     tx: &Transaction<'_>,
     batch: &[NewNotification],
+    outbox: bool,
 ) -> Result<Vec<CreateResult>, StoreError> {
     let mut take_key = tx
         .prepare_cached(
@@ -225,9 +254,48 @@ fn create(
                 ])
                 .map_err(sql_err)?;
         }
+        if outbox {
+            let row = OutboxRow::of(n)?;
+            tx.prepare_cached(
+                "INSERT INTO outbox (notification_id, lane, key, tenant_id, correlation_id, \
+                     traceparent, payload, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    n.id,
+                    row.lane,
+                    row.key,
+                    n.tenant_id,
+                    n.correlation_id,
+                    n.traceparent,
+                    row.payload,
+                    n.accepted_at_ms
+                ])
+            })
+            .map_err(sql_err)?;
+        }
         results.push(CreateResult::Created);
     }
     Ok(results)
+}
+
+/// Takes or renews the relay lease (see `Store::relay_lease`): 1 if
+/// `holder` has it now.
+fn relay_lease(
+    tx: &Transaction<'_>,
+    holder: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<u64, StoreError> {
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO relay_lease (id, holder, until_ms) VALUES (1, ?1, ?2 + ?3) \
+             ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+             WHERE relay_lease.holder = excluded.holder OR relay_lease.until_ms < ?2",
+        )
+        .and_then(|mut s| s.execute(params![holder, now_ms, lease_ms]))
+        .map_err(sql_err)?;
+    Ok(changed as u64)
 }
 
 fn key_holder(
@@ -447,6 +515,13 @@ fn purge(tx: &Transaction<'_>, before_ms: i64, limit: usize) -> Result<u64, Stor
                 .map_err(sql_err)?;
         }
     }
+    // Published events of the same age go too.
+    tx.prepare_cached(
+        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
+             WHERE published_at_ms IS NOT NULL AND created_at_ms < ?1 ORDER BY seq LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![before_ms, limit]))
+    .map_err(sql_err)?;
     Ok(gone.len() as u64)
 }
 

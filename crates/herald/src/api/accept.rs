@@ -92,6 +92,48 @@ fn check(
     }
 }
 
+/// Where a request came from, for the bus event's headers: its correlation
+/// id (`x-request-id`, the client's or ours) and W3C trace context.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub correlation_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+impl Trace {
+    pub fn of(headers: &axum::http::HeaderMap) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Trace {
+            correlation_id: text("x-request-id").filter(|id| id.len() <= 200),
+            traceparent: text("traceparent").filter(|t| valid_traceparent(t)),
+        }
+    }
+}
+
+/// `version-traceid-parentid-flags` in lowercase hex (W3C Trace Context);
+/// anything else is dropped rather than passed on.
+fn valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2)
+}
+
 fn request_hash(req: &NotificationRequest) -> Vec<u8> {
     // The parsed request re-serialized: field order and whitespace in the
     // client's JSON do not make an identical request look different.
@@ -114,6 +156,7 @@ fn replay_or_conflict(existing: IdempotencyRecord, hash: &[u8]) -> Accepted {
 pub async fn accept(
     state: &AppState,
     tenant: &str,
+    trace: &Trace,
     items: Vec<Result<(NotificationRequest, Option<String>), ApiError>>,
 ) -> Vec<Accepted> {
     let now = chrono::Utc::now();
@@ -184,6 +227,8 @@ pub async fn accept(
                 )
             }),
             request: req,
+            correlation_id: trace.correlation_id.clone(),
+            traceparent: trace.traceparent.clone(),
         });
         pending.push((
             out.len(),
@@ -224,4 +269,25 @@ pub async fn accept(
     out.into_iter()
         .map(|a| a.unwrap_or(Accepted::Refused(ApiError::ShuttingDown)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_well_formed_trace_context_is_passed_on() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(super::valid_traceparent(ok));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473é-00f067aa0ba902b7-01",
+        ] {
+            assert!(!super::valid_traceparent(bad), "{bad}");
+        }
+    }
 }

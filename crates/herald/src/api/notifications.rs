@@ -15,7 +15,7 @@ use herald_core::store::{NotificationView, StoredResponse};
 use herald_core::validate::check_idempotency_key;
 use serde_json::json;
 
-use super::accept::{accept, Accepted};
+use super::accept::{accept, Accepted, Trace};
 use super::auth::Tenant;
 use super::json::{body, parse};
 use super::problem::{problem_response, ApiError};
@@ -49,7 +49,8 @@ pub async fn create(
             "belongs to batch items; use the Idempotency-Key header here",
         ));
     }
-    let mut results = accept(&state, &tenant, vec![Ok((req, key))]).await;
+    let trace = Trace::of(&headers);
+    let mut results = accept(&state, &tenant, &trace, vec![Ok((req, key))]).await;
     match results.pop() {
         Some(Accepted::Stored { response, replayed }) => Ok(stored_response(response, replayed)),
         Some(Accepted::Refused(e)) => Err(e),
@@ -116,7 +117,8 @@ pub async fn batch(
             })
         })
         .collect();
-    let results: Vec<serde_json::Value> = accept(&state, &tenant, items)
+    let trace = Trace::of(&headers);
+    let results: Vec<serde_json::Value> = accept(&state, &tenant, &trace, items)
         .await
         .into_iter()
         .map(|a| match a {

@@ -195,6 +195,8 @@ async fn dlq_lists_and_replays_from_the_command_line() {
                     target: 0,
                 }],
                 idempotency: None,
+                correlation_id: None,
+                traceparent: None,
             }])
             .await
             .expect("create");
