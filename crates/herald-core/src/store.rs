@@ -282,6 +282,17 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    /// Moves these deliveries to `sending` under a lease of `lease_ms`, each
+    /// only if it is waiting and due (queued, a retry come due, or a lease
+    /// run out); the others are left as they are and not returned. How a
+    /// bus consumer takes the deliveries an event names: an event delivered
+    /// twice sends once.
+    async fn claim_ids(
+        &self,
+        ids: Vec<uuid::Uuid>,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
     /// Records attempts and moves each delivery on, if its lease still holds.
     async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError>;
     /// Gives leased deliveries back (`sending → queued`) without an attempt.

@@ -21,6 +21,11 @@ pub const WRITE_SECONDS: &str = "herald_store_write_seconds";
 pub(crate) enum Request {
     Create(Vec<NewNotification>),
     Claim(ClaimArgs),
+    ClaimIds {
+        ids: Vec<uuid::Uuid>,
+        now_ms: i64,
+        lease_ms: i64,
+    },
     Record(Vec<AttemptRecord>),
     Release(Vec<(uuid::Uuid, i64)>),
     AddKey(AddKeyArgs),
@@ -57,7 +62,7 @@ impl Request {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Request::Create(_) => "create",
-            Request::Claim(_) => "claim",
+            Request::Claim(_) | Request::ClaimIds { .. } => "claim",
             Request::Record(_) => "record",
             Request::Release(_) => "release",
             Request::AddKey(_) => "add_key",
@@ -164,7 +169,14 @@ impl WriteQueue {
     }
 
     pub(crate) async fn claim(&self, args: ClaimArgs) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        match self.write(Request::Claim(args)).await? {
+        self.claimed(Request::Claim(args)).await
+    }
+
+    pub(crate) async fn claimed(
+        &self,
+        request: Request,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        match self.write(request).await? {
             Response::Claimed(r) => Ok(r),
             _ => Err(mismatch()),
         }

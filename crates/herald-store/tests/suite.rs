@@ -715,6 +715,53 @@ async fn finished_notifications_are_purged_with_everything_they_hold(store: &dyn
     assert_eq!(n, 0, "nothing else has finished");
 }
 
+async fn a_bus_consumer_claims_named_deliveries_once(store: &dyn Store) {
+    let now = 10_000;
+    let mut later = new_notification("t1", request(Priority::Low, &["email"]), now);
+    later.due_at_ms = now + 60_000; // scheduled: not due yet
+    let n = new_notification("t1", request(Priority::Critical, &["email", "sms"]), now);
+    store
+        .create(vec![n.clone(), later.clone()])
+        .await
+        .expect("create");
+    let (email, sms) = (n.deliveries[0].id, n.deliveries[1].id);
+
+    // The event names both: each is claimed once, with its own channel,
+    // lane and notification.
+    let got = store
+        .claim_ids(vec![email, sms, later.deliveries[0].id], now, 1_000)
+        .await
+        .expect("claim ids");
+    assert_eq!(got.len(), 2, "the scheduled one is not due");
+    let e = got.iter().find(|d| d.id == email).expect("email");
+    assert_eq!(e.channel, Channel::Email);
+    assert_eq!(e.priority, Priority::Critical);
+    assert_eq!(e.tenant_id, "t1");
+    assert_eq!(e.notification_id, n.id);
+    assert!(!e.payload.is_empty());
+    assert_eq!(
+        got.iter().find(|d| d.id == sms).expect("sms").channel,
+        Channel::Sms
+    );
+
+    // The event again (redelivered): nothing, the leases hold.
+    let again = store
+        .claim_ids(vec![email, sms], now + 10, 1_000)
+        .await
+        .expect("claim ids");
+    assert!(again.is_empty(), "a repeated event sends nothing");
+    // One is sent; after the leases run out only the other comes back, in doubt.
+    store.record(vec![sent(e, now + 20)]).await.expect("record");
+    let late = store
+        .claim_ids(vec![email, sms], now + 2_000, 1_000)
+        .await
+        .expect("claim ids");
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].id, sms);
+    assert!(late[0].in_doubt, "taken over from an expired lease");
+    assert_eq!(late[0].attempt, 2);
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -754,6 +801,7 @@ suite!(
     waiting_deliveries_expire_without_a_claim,
     a_takeover_is_in_doubt_and_knows_the_backup_being_called,
     finished_notifications_are_purged_with_everything_they_hold,
+    a_bus_consumer_claims_named_deliveries_once,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

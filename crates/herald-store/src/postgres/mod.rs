@@ -161,6 +161,20 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn claim_ids(
+        &self,
+        ids: Vec<uuid::Uuid>,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let request = Request::ClaimIds {
+            ids,
+            now_ms,
+            lease_ms,
+        };
+        self.writes.claimed(request).await
+    }
+
     async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError> {
         self.writes.done(Request::Record(attempts)).await
     }

@@ -67,6 +67,11 @@ async fn apply(
         out.push(match r {
             Request::Create(batch) => Response::Created(create(&mut tx, batch, outbox).await?),
             Request::Claim(args) => Response::Claimed(claim(&mut tx, args).await?),
+            Request::ClaimIds {
+                ids,
+                now_ms,
+                lease_ms,
+            } => Response::Claimed(claim_ids(&mut tx, ids, *now_ms, *lease_ms).await?),
             Request::Record(_) => Response::Done,
             Request::Release(leases) => {
                 release(&mut tx, leases).await?;
@@ -402,7 +407,8 @@ async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelive
              attempts = d.attempts + 1, updated_at_ms = $1, \
              in_doubt = (d.state = 'sending') OR d.in_doubt \
          FROM due WHERE d.id = due.id \
-         RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, d.in_doubt",
+         RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, \
+             d.in_doubt, d.channel, d.priority",
     )
     .bind(a.now_ms)
     .bind(a.lease_ms)
@@ -413,18 +419,62 @@ async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelive
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
+    leased(tx, &rows, token).await
+}
+
+/// Moves these deliveries to `sending` under a new lease, each only if it
+/// is waiting and due (queued, a retry come due, or a lease run out): the
+/// idempotent consumer's step, so an event seen twice sends once. Rows
+/// another node is claiming right now are left to it.
+async fn claim_ids(
+    tx: &mut PgConnection,
+    ids: &[uuid::Uuid],
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let token: i64 = rand::random();
+    let rows = sqlx::query(
+        "WITH due AS ( \
+             SELECT id FROM deliveries \
+             WHERE id = ANY($4) AND state IN ('queued', 'retry_scheduled', 'sending') \
+               AND due_at_ms <= $1 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE deliveries d SET state = 'sending', due_at_ms = $1 + $2, lease_token = $3, \
+             attempts = d.attempts + 1, updated_at_ms = $1, \
+             in_doubt = (d.state = 'sending') OR d.in_doubt \
+         FROM due WHERE d.id = due.id \
+         RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, \
+             d.in_doubt, d.channel, d.priority",
+    )
+    .bind(now_ms)
+    .bind(lease_ms)
+    .bind(token)
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    leased(tx, &rows, token).await
+}
+
+/// A claim's returned rows as leased deliveries, with their notifications'
+/// fields (read once per notification).
+async fn leased(
+    tx: &mut PgConnection,
+    rows: &[sqlx::postgres::PgRow],
+    token: i64,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     let mut claimed = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         claimed.push(ClaimedDelivery {
             id: row.uuid("id")?,
             notification_id: row.uuid("notification_id")?,
             tenant_id: String::new(),
-            channel: a.channel,
+            channel: row.parsed("channel")?,
             target: row.small("target")?,
-            priority: a.priority,
+            priority: row.priority()?,
             attempt: row.small("attempts")?,
             lease_token: token,
             accepted_at_ms: 0,

@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::writes::{
     answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
 };
-use herald_core::model::DeliveryState;
+use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
     AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
     NewNotification, ReplayOutcome, StoreError, StoredResponse,
@@ -132,6 +132,11 @@ fn apply(
         out.push(match r {
             Request::Create(batch) => Response::Created(create(&tx, batch, outbox)?),
             Request::Claim(args) => Response::Claimed(claim(&tx, args)?),
+            Request::ClaimIds {
+                ids,
+                now_ms,
+                lease_ms,
+            } => Response::Claimed(claim_ids(&tx, ids, *now_ms, *lease_ms)?),
             Request::Record(_) => Response::Done,
             Request::Release(leases) => {
                 release(&tx, leases)?;
@@ -351,26 +356,86 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
         .map_err(sql_err)?;
     let mut claimed = Vec::new();
     while let Some(row) = rows.next().map_err(sql_err)? {
-        let target: i64 = row.get(2).map_err(sql_err)?;
-        let attempts: i64 = row.get(3).map_err(sql_err)?;
-        claimed.push(ClaimedDelivery {
-            id: row.get(0).map_err(sql_err)?,
-            notification_id: row.get(1).map_err(sql_err)?,
-            tenant_id: String::new(),
-            channel: a.channel,
-            target: u32::try_from(target).unwrap_or(0),
-            priority: a.priority,
-            attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-            lease_token: token,
-            accepted_at_ms: 0,
-            expires_at_ms: None,
-            payload: String::new(),
-            pinned_provider: row.get(4).map_err(sql_err)?,
-            calling: row.get(5).map_err(sql_err)?,
-            in_doubt: row.get::<_, i64>(6).map_err(sql_err)? != 0,
-        });
+        claimed.push(leased(row, token, a.channel, a.priority)?);
     }
     drop(rows);
+    with_notifications(tx, claimed)
+}
+
+/// A row of a claim's `RETURNING id, notification_id, target, attempts,
+/// pinned_provider, calling, in_doubt`, leased with `token`; its
+/// notification's fields are filled in by `with_notifications`.
+fn leased(
+    row: &rusqlite::Row<'_>,
+    token: i64,
+    channel: Channel,
+    priority: Priority,
+) -> Result<ClaimedDelivery, StoreError> {
+    let target: i64 = row.get(2).map_err(sql_err)?;
+    let attempts: i64 = row.get(3).map_err(sql_err)?;
+    Ok(ClaimedDelivery {
+        id: row.get(0).map_err(sql_err)?,
+        notification_id: row.get(1).map_err(sql_err)?,
+        tenant_id: String::new(),
+        channel,
+        target: u32::try_from(target).unwrap_or(0),
+        priority,
+        attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+        lease_token: token,
+        accepted_at_ms: 0,
+        expires_at_ms: None,
+        payload: String::new(),
+        pinned_provider: row.get(4).map_err(sql_err)?,
+        calling: row.get(5).map_err(sql_err)?,
+        in_doubt: row.get::<_, i64>(6).map_err(sql_err)? != 0,
+    })
+}
+
+/// Moves these deliveries to `sending` under a new lease, each only if it
+/// is waiting and due (queued, a retry come due, or a lease run out): the
+/// idempotent consumer's step, so an event seen twice sends once.
+fn claim_ids(
+    tx: &Transaction<'_>,
+    ids: &[uuid::Uuid],
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let token: i64 = rand::random();
+    let mut take = tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'sending', due_at_ms = ?1 + ?2, lease_token = ?3, \
+                 attempts = attempts + 1, updated_at_ms = ?1, \
+                 in_doubt = CASE WHEN state = 'sending' THEN 1 ELSE in_doubt END \
+             WHERE id = ?4 AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
+             RETURNING id, notification_id, target, attempts, pinned_provider, calling, in_doubt, \
+                 channel, priority",
+        )
+        .map_err(sql_err)?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut rows = take
+            .query(params![now_ms, lease_ms, token, id])
+            .map_err(sql_err)?;
+        if let Some(row) = rows.next().map_err(sql_err)? {
+            let channel: String = row.get(7).map_err(sql_err)?;
+            let channel = channel
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("delivery {id}: channel {channel:?}")))?;
+            let priority: i64 = row.get(8).map_err(sql_err)?;
+            let priority = Priority::from_index(priority).ok_or_else(|| {
+                StoreError::Corrupt(format!("delivery {id}: priority {priority}"))
+            })?;
+            claimed.push(leased(row, token, channel, priority)?);
+        }
+    }
+    with_notifications(tx, claimed)
+}
+
+/// Fills in each claimed delivery's notification (tenant, payload, times).
+fn with_notifications(
+    tx: &Transaction<'_>,
+    mut claimed: Vec<ClaimedDelivery>,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
     // Each notification once, however many of its deliveries (push devices)
     // were claimed together.
     let mut notification = tx
