@@ -1,4 +1,4 @@
-//! Kafka, the fleet's bus: the outbox relay. Each notification's
+//! Kafka, the fleet's bus: the outbox relay and the consumers. Each notification's
 //! `NotificationRequested` event is written to the outbox in the same
 //! transaction as the notification (the store does that when opened with
 //! `outbox`); the relay publishes unpublished events in outbox order with
@@ -13,15 +13,21 @@
 //! publishing and marking leaves those events to be published again, which
 //! consumers absorb (a delivery row moves into `sending` once).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::events::OutboxEvent;
-use herald_core::model::Priority;
-use herald_core::store::Store;
+use async_trait::async_trait;
+use herald_core::bus::{Bus, BusError};
+use herald_core::events::{NotificationRequested, OutboxEvent};
+use herald_core::model::{Channel, Priority};
+use herald_core::store::{ClaimedDelivery, Store};
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// The relay's published events (label `lane`).
@@ -33,6 +39,8 @@ pub struct KafkaOptions {
     pub brokers: String,
     /// Topics are `{prefix}.notifications.{lane}`.
     pub topic_prefix: String,
+    /// Consumer groups are `{prefix}-{channel}`.
+    pub group_prefix: String,
 }
 
 /// The lane's topic.
@@ -170,4 +178,278 @@ fn headers(e: &OutboxEvent) -> OwnedHeaders {
         });
     }
     h
+}
+
+/// The Kafka bus, the workers' side: for each channel this node delivers,
+/// one consumer per lane topic, all in the channel's consumer group
+/// (`{group_prefix}-{channel}`), so every channel sees every event and the group's
+/// workers split its partitions. A consumer takes its channel's deliveries
+/// from each event with `claim_ids` (a repeated event claims nothing) and
+/// only then stores the event's offset, so an offset is committed once the
+/// delivery's new state is in the store. The dispatcher takes claimed
+/// deliveries lane by lane, highest first, as from the local bus.
+///
+/// Retries coming due, leases run out (a worker died mid-call) and any
+/// delivery whose event never came are not on Kafka: each lane also claims
+/// from the store once every `sweep`, which is how they re-enter.
+pub struct KafkaBus {
+    store: Arc<dyn Store>,
+    lease: Duration,
+    sweep: Duration,
+    lanes: HashMap<Channel, [LaneBuffer; 4]>,
+    wake: HashMap<Channel, Arc<Notify>>,
+    consumers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+struct LaneBuffer {
+    rx: tokio::sync::Mutex<mpsc::Receiver<ClaimedDelivery>>,
+    /// When the store was last swept for this lane (Unix ms).
+    swept_at_ms: AtomicI64,
+}
+
+/// Claimed deliveries waiting for a worker slot, per lane. A consumer
+/// claims only what fits, so nothing waits long under a lease.
+const BUFFER: usize = 256;
+
+impl KafkaBus {
+    /// Starts the consumers for `channels`; they stop with `shutdown`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        opts: &KafkaOptions,
+        channels: &[Channel],
+        lease: Duration,
+        sweep: Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<KafkaBus> {
+        let mut lanes = HashMap::new();
+        let mut wake = HashMap::new();
+        let mut consumers = tokio::task::JoinSet::new();
+        for &channel in channels {
+            let notify = Arc::new(Notify::new());
+            let mut buffers = Vec::with_capacity(4);
+            for lane in Priority::ALL {
+                let (tx, rx) = mpsc::channel(BUFFER);
+                let consumer = consumer(opts, channel, lane)?;
+                let lane_consumer = LaneConsumer {
+                    consumer,
+                    store: store.clone(),
+                    channel,
+                    lease,
+                    tx,
+                    wake: notify.clone(),
+                };
+                consumers.spawn(lane_consumer.run(shutdown.clone()));
+                buffers.push(LaneBuffer {
+                    rx: tokio::sync::Mutex::new(rx),
+                    // The first sweep comes a `sweep` after the start:
+                    // until then, work comes through Kafka.
+                    swept_at_ms: AtomicI64::new(herald_core::now_ms()),
+                });
+            }
+            let buffers: [LaneBuffer; 4] = buffers
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("four lanes"))?;
+            lanes.insert(channel, buffers);
+            wake.insert(channel, notify);
+        }
+        Ok(KafkaBus {
+            store,
+            lease,
+            sweep,
+            lanes,
+            wake,
+            consumers: tokio::sync::Mutex::new(consumers),
+        })
+    }
+
+    /// After `shutdown` (given to `start`) is cancelled: waits for the
+    /// consumers to close, leaving their groups, so the partitions move to
+    /// the other workers at once rather than after a session timeout.
+    pub async fn stopped(&self) {
+        let mut consumers = self.consumers.lock().await;
+        while consumers.join_next().await.is_some() {}
+    }
+}
+
+/// A consumer in the channel's group for one lane's topic.
+fn consumer(
+    opts: &KafkaOptions,
+    channel: Channel,
+    lane: Priority,
+) -> anyhow::Result<StreamConsumer> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set(
+            "group.id",
+            format!("{}-{}", opts.group_prefix, channel.as_str()),
+        )
+        .set("enable.auto.commit", "true")
+        // Offsets are stored by hand, after the claim is recorded.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A consumer waits for room in its buffer without polling; give it
+        // longer than a flood of low-lane work should ever hold it.
+        .set("max.poll.interval.ms", "900000")
+        // A worker that dies hands its partitions on within 10 s.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", opts.brokers))?;
+    c.subscribe(&[&topic(&opts.topic_prefix, lane)])
+        .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", topic(&opts.topic_prefix, lane)))?;
+    Ok(c)
+}
+
+struct LaneConsumer {
+    consumer: StreamConsumer,
+    store: Arc<dyn Store>,
+    channel: Channel,
+    lease: Duration,
+    tx: mpsc::Sender<ClaimedDelivery>,
+    wake: Arc<Notify>,
+}
+
+impl LaneConsumer {
+    async fn run(self, shutdown: CancellationToken) {
+        self.consume(&shutdown).await;
+        // Closing leaves the group, which waits for the group to rebalance:
+        // done on a blocking thread, so the other consumers (of this node
+        // too) keep running and leave at the same time.
+        let LaneConsumer { consumer, .. } = self;
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) {
+        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let message = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let ids = match Self::ids(message.payload(), self.channel) {
+                Ok(ids) => ids,
+                Err(why) => {
+                    // Not ours to read (an unknown schema or version): it
+                    // stays on the topic for whoever can; we move on.
+                    tracing::warn!(channel = %self.channel, offset = message.offset(), "skipping an event: {why}");
+                    Vec::new()
+                }
+            };
+            if !ids.is_empty() {
+                // Room first, then the claim: a claimed delivery never
+                // waits in the buffer for long under its lease.
+                let permits = tokio::select! {
+                    p = self.tx.reserve_many(ids.len()) => p,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Ok(permits) = permits else { return };
+                let claimed = loop {
+                    match self
+                        .store
+                        .claim_ids(ids.clone(), herald_core::now_ms(), lease_ms)
+                        .await
+                    {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tracing::warn!(channel = %self.channel, error = %e, "claiming an event's deliveries failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                                _ = shutdown.cancelled() => return,
+                            }
+                        }
+                    }
+                };
+                if !claimed.is_empty() {
+                    for (permit, d) in permits.zip(claimed) {
+                        permit.send(d);
+                    }
+                    self.wake.notify_one();
+                }
+            }
+            if let Err(e) = self.consumer.store_offset_from_message(&message) {
+                tracing::warn!(channel = %self.channel, error = %e, "storing an offset failed; the event may be read again");
+            }
+        }
+    }
+
+    /// The deliveries of `channel` an event names.
+    fn ids(payload: Option<&[u8]>, channel: Channel) -> Result<Vec<uuid::Uuid>, String> {
+        let payload = payload.ok_or("no payload")?;
+        let event: NotificationRequested = serde_json::from_slice(payload)
+            .map_err(|e| format!("not a NotificationRequested: {e}"))?;
+        if event.schema != herald_core::events::NOTIFICATION_REQUESTED
+            || event.version != NotificationRequested::VERSION
+        {
+            return Err(format!("schema {} version {}", event.schema, event.version));
+        }
+        Ok(event
+            .deliveries
+            .iter()
+            .filter(|d| d.channel == channel)
+            .map(|d| d.id)
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    /// Stored notifications reach workers through the outbox and the relay.
+    fn announce(&self, _channels: &[Channel]) {}
+
+    async fn take(
+        &self,
+        channel: Channel,
+        priority: Priority,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>, BusError> {
+        let Some(lanes) = self.lanes.get(&channel) else {
+            return Ok(Vec::new());
+        };
+        let lane = &lanes[priority.index()];
+        let mut out = Vec::new();
+        {
+            let mut rx = lane.rx.lock().await;
+            while out.len() < limit {
+                match rx.try_recv() {
+                    Ok(d) => out.push(d),
+                    Err(_) => break,
+                }
+            }
+        }
+        let now = herald_core::now_ms();
+        let sweep_ms = i64::try_from(self.sweep.as_millis()).unwrap_or(i64::MAX);
+        let last = lane.swept_at_ms.load(Ordering::Relaxed);
+        if out.len() < limit
+            && now - last >= sweep_ms
+            && lane
+                .swept_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+            out.extend(
+                self.store
+                    .claim(channel, priority, limit - out.len(), now, lease_ms)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn wait(&self, channel: Channel, at_most: Duration) {
+        match self.wake.get(&channel) {
+            Some(n) => {
+                let _ = tokio::time::timeout(at_most, n.notified()).await;
+            }
+            None => tokio::time::sleep(at_most).await,
+        }
+    }
 }

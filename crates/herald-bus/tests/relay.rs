@@ -72,6 +72,7 @@ fn relay(store: &Arc<dyn Store>, brokers: &str, holder: &str) -> Relay {
     let opts = KafkaOptions {
         brokers: brokers.to_owned(),
         topic_prefix: PREFIX.to_owned(),
+        group_prefix: "herald".to_owned(),
     };
     Relay {
         store: store.clone(),
