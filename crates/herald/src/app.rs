@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use herald_bus::kafka::{KafkaBus, KafkaOptions, Relay};
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
 use herald_core::store::Store;
@@ -46,7 +47,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 path: path.clone(),
                 max_batch: cfg.store.group_commit_max_batch,
                 read_connections: cfg.store.read_connections,
-                outbox: false,
+                outbox: cfg.kafka.enabled(),
             })
             .await
             .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
@@ -58,13 +59,43 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 max_connections: cfg.store.max_connections,
                 writers: cfg.store.writers,
                 max_batch: cfg.store.group_commit_max_batch,
-                outbox: false,
+                outbox: cfg.kafka.enabled(),
             })
             .await
             .context("opening the PostgreSQL store (store.url)")?;
             Ok(Arc::new(store))
         }
     }
+}
+
+fn kafka_options(cfg: &Config) -> KafkaOptions {
+    KafkaOptions {
+        brokers: cfg.kafka.brokers.clone(),
+        topic_prefix: cfg.kafka.topic_prefix.clone(),
+        group_prefix: cfg.kafka.group_prefix.clone(),
+    }
+}
+
+/// The local bus, or Kafka when `[kafka] brokers` is set (its consumers
+/// only on worker nodes, for their channels; they stop with `stop`).
+fn bus(
+    cfg: &Config,
+    store: &Arc<dyn Store>,
+    lease: Duration,
+    stop: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Bus>> {
+    if !cfg.kafka.enabled() {
+        return Ok(Arc::new(LocalBus::new(store.clone(), lease)));
+    }
+    let bus = KafkaBus::start(
+        store.clone(),
+        &kafka_options(cfg),
+        &cfg.worker_channels(),
+        lease,
+        Duration::from_millis(cfg.kafka.sweep_interval_ms),
+        stop.clone(),
+    )?;
+    Ok(Arc::new(bus))
 }
 
 /// Adds an API key for a tenant (creating the tenant if needed).
@@ -92,10 +123,10 @@ impl Running {
             add_key(&store, SANDBOX_TENANT, k, "sandbox").await?;
         }
         let lease = Duration::from_secs(cfg.engine.lease_seconds);
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(store.clone(), lease));
+        let stop_fleet = CancellationToken::new();
+        let bus = bus(&cfg, &store, lease, &stop_fleet)?;
         let templates = Arc::new(Templates::new(&cfg.templates)?);
         let outbound = Outbound::new(&cfg.http, cfg.limits());
-        let stop_fleet = CancellationToken::new();
         let fleet = Fleet::start(&cfg.redis, stop_fleet.clone())?;
         let accounts = Arc::new(Accounts::from_config(&cfg, &outbound, fleet.clone())?);
         if let (Some(fleet), true) = (fleet, cfg.has_role(Role::Worker)) {
@@ -118,10 +149,23 @@ impl Running {
         } else {
             None
         };
-        if cfg.has_role(Role::Relay) && cfg.node.roles.len() == 1 {
-            tracing::info!(
-                "relay role: the local bus has nothing to relay (the store's rows are the queue)"
-            );
+        if cfg.has_role(Role::Relay) {
+            if cfg.kafka.enabled() {
+                let relay = Relay {
+                    store: store.clone(),
+                    producer: herald_bus::kafka::producer(&kafka_options(&cfg))?,
+                    topic_prefix: cfg.kafka.topic_prefix.clone(),
+                    holder: format!("relay-{}", uuid::Uuid::now_v7()),
+                    batch: 1_000,
+                    lease: Duration::from_secs(10),
+                    idle: Duration::from_millis(cfg.engine.poll_interval_ms.min(50)),
+                };
+                tokio::spawn(relay.run(stop_fleet.clone()));
+            } else if cfg.node.roles.len() == 1 {
+                tracing::info!(
+                    "relay role: the local bus has nothing to relay (the store's rows are the queue)"
+                );
+            }
         }
         let state = Arc::new(AppState::new(&cfg, store.clone(), bus, accounts, templates));
         let app = api::router(

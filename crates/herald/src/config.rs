@@ -30,6 +30,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub store: StoreConfig,
     pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
     pub engine: EngineConfig,
     pub http: HttpConfig,
     pub webhooks: WebhookPolicy,
@@ -60,6 +61,22 @@ pub struct RedisConfig {
     pub url: Secret,
     pub key_prefix: String,
     pub sync_interval_ms: u64,
+}
+
+/// `[kafka]`: the fleet's bus; empty brokers for the local bus.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub group_prefix: String,
+    pub sweep_interval_ms: u64,
+}
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
 }
 
 /// `[node]`: this process's part in a fleet.

@@ -20,7 +20,6 @@ use crate::utils::{create_key, decode, spawn_serve};
 const SEED: u64 = 20_261_122;
 const NOTIFICATIONS: usize = 1_000;
 const BATCH: usize = 50;
-const SCHEMA: &str = "hs_cluster";
 
 fn postgres_url() -> Option<String> {
     let url = std::env::var("HERALD_TEST_POSTGRES_URL")
@@ -37,7 +36,7 @@ fn postgres_url() -> Option<String> {
     url
 }
 
-fn config(sim_url: &str, store_url: &str) -> String {
+fn config(sim_url: &str, store_url: &str, kafka: &str) -> String {
     let lane = "max_attempts = 200\nretry_base_ms = 20\nretry_cap_ms = 300";
     format!(
         r#"
@@ -49,6 +48,12 @@ kind = "postgres"
 url = "{store_url}"
 writers = 2
 max_connections = 8
+
+[kafka]
+brokers = "{kafka}"
+# Seconds: new work comes through Kafka; the sweep brings back what the
+# killed worker held.
+sweep_interval_ms = 3000
 
 [engine]
 # Short, so what the killed worker held comes back quickly.
@@ -129,21 +134,41 @@ async fn node(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_postgres_loses_nothing_and_sends_nothing_twice_when_a_worker_dies() {
+    if let Some(url) = postgres_url() {
+        fleet(&url, "hs_cluster", None).await;
+    }
+}
+
+/// The same fleet with Kafka as its bus (librdkafka's mock cluster, which
+/// the nodes reach over TCP): API nodes write outbox events, a relay node
+/// publishes them, and the workers consume them in one group per channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_postgres_and_kafka_loses_nothing_and_sends_nothing_twice_when_a_worker_dies() {
     let Some(url) = postgres_url() else {
         return;
     };
+    let cluster = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
+    for lane in herald_core::Priority::ALL {
+        let topic = format!("herald.notifications.{}", lane.as_str());
+        cluster.create_topic(&topic, 4, 3).expect("topic");
+    }
+    fleet(&url, "hs_cluster_kafka", Some(&cluster.bootstrap_servers())).await;
+}
+
+async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
+    let url = url.to_owned();
     let admin = sqlx::PgPool::connect(&url)
         .await
         .expect("connect to PostgreSQL");
     for sql in [
-        format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"),
-        format!("CREATE SCHEMA {SCHEMA}"),
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
     ] {
         sqlx::query(&sql).execute(&admin).await.expect("schema");
     }
     admin.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
-    let store_url = format!("{url}{sep}options=-c%20search_path%3D{SCHEMA}");
+    let store_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
 
     let sim = Sim::new(Some(SEED));
     let (sim_addr, _sim_task) = sim
@@ -163,7 +188,8 @@ async fn a_fleet_on_postgres_loses_nothing_and_sends_nothing_twice_when_a_worker
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("herald.toml");
-    std::fs::write(&cfg, config(&format!("http://{sim_addr}"), &store_url)).expect("config");
+    let sim_url = format!("http://{sim_addr}");
+    std::fs::write(&cfg, config(&sim_url, &store_url, kafka.unwrap_or(""))).expect("config");
     let key = create_key("cluster", &["--config".as_ref(), cfg.as_os_str()]).await;
 
     let (_api1, base1) = node(&cfg, "api", None).await;
@@ -172,6 +198,11 @@ async fn a_fleet_on_postgres_loses_nothing_and_sends_nothing_twice_when_a_worker
     let (_email2, _) = node(&cfg, "worker", Some("email")).await;
     let (_sms1, _) = node(&cfg, "worker", Some("sms")).await;
     let (_sms2, _) = node(&cfg, "worker", Some("sms")).await;
+    // With Kafka, a relay node publishes what the API nodes store.
+    let relay = match kafka {
+        Some(_) => Some(node(&cfg, "relay", None).await),
+        None => None,
+    };
 
     // An API node has no workers and a worker node no API.
     let http = reqwest::Client::new();
@@ -231,6 +262,12 @@ async fn a_fleet_on_postgres_loses_nothing_and_sends_nothing_twice_when_a_worker
     }
     assert_eq!(accepted, NOTIFICATIONS);
     if killed_at.is_none() {
+        // Submitting outran the workers (Kafka's first group assignment
+        // takes seconds): kill once deliveries are well under way.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while unique(&sim) < (NOTIFICATIONS / 2) as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         email1.start_kill().expect("SIGKILL");
         email1.wait().await.expect("reaped");
         killed_at = Some(unique(&sim));
@@ -260,13 +297,39 @@ async fn a_fleet_on_postgres_loses_nothing_and_sends_nothing_twice_when_a_worker
     let stats = sim.stats();
     let repeats: u64 = stats.values().map(|s| s.duplicates).sum();
     eprintln!(
-        "fleet test (seed {SEED}): {NOTIFICATIONS} notifications through 2 API nodes, \
+        "fleet test (seed {SEED}, {}): {NOTIFICATIONS} notifications through 2 API nodes, \
          {expected} deliveries by 4 workers; an email worker killed at {killed_at:?} deliveries; \
          delivered {}, lost {}, duplicated {}; raw repeats dropped by vendor keys: {repeats}",
+        if kafka.is_some() {
+            "kafka bus"
+        } else {
+            "local bus"
+        },
         entries.len(),
         lost.len(),
         doubled.len() + doubled_keys,
     );
+    if let Some((_, relay)) = &relay {
+        // Every notification went through Kafka: the relay published each
+        // stored event.
+        let metrics = http
+            .get(format!("{relay}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let published: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("herald_bus_published_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(
+            published as usize, NOTIFICATIONS,
+            "events the relay published"
+        );
+    }
     assert!(lost.is_empty(), "lost: {:?}", &lost[..lost.len().min(20)]);
     assert!(doubled.is_empty(), "recipients reached twice: {doubled:?}");
     assert_eq!(doubled_keys, 0, "delivery keys accepted twice");
