@@ -1,5 +1,6 @@
 //! The `Bus` extension point: how deliveries reach a channel's workers.
-//! `local` (the store's delivery rows, claimed with leases) now; Kafka next.
+//! `local` (the store's delivery rows, claimed with leases) or Kafka
+//! (`herald-bus/src/kafka.rs`).
 
 use std::time::Duration;
 
