@@ -8,15 +8,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_bus::kafka::{producer, topic, KafkaBus, KafkaOptions, Relay};
+use herald_bus::kafka::{producer, KafkaBus, KafkaOptions, Relay};
 use herald_core::bus::Bus;
-use herald_core::model::{Channel, NotificationRequest, Priority};
-use herald_core::store::{NewDelivery, NewNotification, Store};
-use herald_store::{SqliteOptions, SqliteStore};
-use rdkafka::mocking::MockCluster;
+use herald_core::model::{Channel, Priority};
+use herald_core::store::{NewNotification, Store};
 use tokio_util::sync::CancellationToken;
 
-const PREFIX: &str = "herald";
+mod common;
+
+use common::{cluster, store, PREFIX};
+
 /// Long: in these tests everything must come through Kafka.
 const NO_SWEEP: Duration = Duration::from_secs(3_600);
 
@@ -28,62 +29,8 @@ fn options(brokers: &str, group_prefix: &str) -> KafkaOptions {
     }
 }
 
-async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    let s = SqliteStore::open(&SqliteOptions {
-        path: dir.path().join("herald.db"),
-        max_batch: 256,
-        read_connections: 2,
-        outbox: true,
-    })
-    .await
-    .expect("open");
-    Arc::new(s)
-}
-
 fn notification(i: usize) -> NewNotification {
-    let request: NotificationRequest = serde_json::from_value(serde_json::json!({
-        "priority": Priority::ALL[i % 4],
-        "channels": ["email", "sms"],
-        "recipient": {"email": format!("r{i}@example.com"), "phone": "+14155550100"},
-        "content": {"subject": "s", "text": "t"}
-    }))
-    .expect("fixture");
-    let deliveries = request
-        .destinations()
-        .into_iter()
-        .map(|d| NewDelivery {
-            id: uuid::Uuid::now_v7(),
-            channel: d.channel,
-            target: d.target,
-        })
-        .collect();
-    let now = herald_core::now_ms();
-    NewNotification {
-        id: uuid::Uuid::now_v7(),
-        tenant_id: "acme".into(),
-        request,
-        accepted_at_ms: now,
-        due_at_ms: now,
-        expires_at_ms: None,
-        deliveries,
-        idempotency: None,
-        correlation_id: None,
-        traceparent: None,
-    }
-}
-
-fn cluster() -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    String,
-) {
-    let cluster = MockCluster::new(3).expect("mock cluster");
-    for lane in Priority::ALL {
-        cluster
-            .create_topic(&topic(PREFIX, lane), 4, 3)
-            .expect("topic");
-    }
-    let brokers = cluster.bootstrap_servers();
-    (cluster, brokers)
+    common::notification(i, &format!("r{i}@example.com"))
 }
 
 fn start_relay(store: &Arc<dyn Store>, brokers: &str, stop: &CancellationToken) {
@@ -125,7 +72,7 @@ async fn drain(
 
 #[tokio::test(flavor = "current_thread")]
 async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
-    let (_cluster, brokers) = cluster();
+    let (_cluster, brokers) = cluster(4);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(&dir).await;
     let stop = CancellationToken::new();
@@ -181,7 +128,7 @@ async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing() {
-    let (_cluster, brokers) = cluster();
+    let (_cluster, brokers) = cluster(4);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(&dir).await;
     let stop = CancellationToken::new();

@@ -10,62 +10,21 @@ use std::time::{Duration, Instant};
 
 use herald_bus::kafka::{producer, topic, KafkaOptions, Relay};
 use herald_core::events::NotificationRequested;
-use herald_core::model::{NotificationRequest, Priority};
-use herald_core::store::{NewDelivery, NewNotification, Store};
-use herald_store::{SqliteOptions, SqliteStore};
+use herald_core::model::Priority;
+use herald_core::store::{NewNotification, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-const PREFIX: &str = "herald";
+mod common;
 
-async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    let s = SqliteStore::open(&SqliteOptions {
-        path: dir.path().join("herald.db"),
-        max_batch: 256,
-        read_connections: 2,
-        outbox: true,
-    })
-    .await
-    .expect("open");
-    Arc::new(s)
-}
+use common::{cluster, store, PREFIX};
 
-/// Notification `i`: lane by `i % 4`, and one of five recipients, so each
-/// recipient has many events whose order can be checked.
+/// Notification `i`, to one of five recipients, so each recipient has many
+/// events whose order can be checked.
 fn notification(i: usize) -> NewNotification {
-    let lane = Priority::ALL[i % 4];
-    let request: NotificationRequest = serde_json::from_value(serde_json::json!({
-        "priority": lane,
-        "channels": ["email", "sms"],
-        "recipient": {"email": format!("r{}@example.com", i % 5), "phone": "+14155550100"},
-        "content": {"subject": format!("n{i}"), "text": "t"}
-    }))
-    .expect("fixture");
-    let deliveries = request
-        .destinations()
-        .into_iter()
-        .map(|d| NewDelivery {
-            id: uuid::Uuid::now_v7(),
-            channel: d.channel,
-            target: d.target,
-        })
-        .collect();
-    let now = herald_core::now_ms();
-    NewNotification {
-        id: uuid::Uuid::now_v7(),
-        tenant_id: "acme".into(),
-        request,
-        accepted_at_ms: now,
-        due_at_ms: now,
-        expires_at_ms: None,
-        deliveries,
-        idempotency: None,
-        correlation_id: Some(format!("req-{i}")),
-        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
-    }
+    common::notification(i, &format!("r{}@example.com", i % 5))
 }
 
 fn relay(store: &Arc<dyn Store>, brokers: &str, holder: &str) -> Relay {
@@ -137,23 +96,9 @@ async fn consume(brokers: &str, n: usize, within: Duration) -> Vec<Got> {
     got
 }
 
-fn cluster() -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    String,
-) {
-    let cluster = MockCluster::new(3).expect("mock cluster");
-    for lane in Priority::ALL {
-        cluster
-            .create_topic(&topic(PREFIX, lane), 3, 3)
-            .expect("topic");
-    }
-    let brokers = cluster.bootstrap_servers();
-    (cluster, brokers)
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn the_relay_publishes_every_event_once_in_order_with_its_headers() {
-    let (_cluster, brokers) = cluster();
+    let (_cluster, brokers) = cluster(3);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(&dir).await;
     let sent: Vec<NewNotification> = (0..200).map(notification).collect();
@@ -230,7 +175,7 @@ fn distinct(got: &[Got]) -> usize {
 
 #[tokio::test(flavor = "current_thread")]
 async fn relays_on_several_nodes_take_turns_and_one_that_stops_is_taken_over() {
-    let (_cluster, brokers) = cluster();
+    let (_cluster, brokers) = cluster(3);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store(&dir).await;
 
