@@ -33,6 +33,24 @@ fn notification(i: usize) -> NewNotification {
     common::notification(i, &format!("r{i}@example.com"))
 }
 
+/// A worker's bus for one channel, with 60 s leases and no store sweep.
+fn bus(
+    store: &Arc<dyn Store>,
+    opts: &KafkaOptions,
+    channel: Channel,
+    stop: &CancellationToken,
+) -> KafkaBus {
+    KafkaBus::start(
+        store.clone(),
+        opts,
+        &[channel],
+        Duration::from_secs(60),
+        NO_SWEEP,
+        stop.clone(),
+    )
+    .expect("bus")
+}
+
 fn start_relay(store: &Arc<dyn Store>, brokers: &str, stop: &CancellationToken) {
     let relay = Relay {
         store: store.clone(),
@@ -78,25 +96,8 @@ async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
     let stop = CancellationToken::new();
     start_relay(&store, &brokers, &stop);
     let opts = options(&brokers, "herald");
-    let lease = Duration::from_secs(60);
-    let email = KafkaBus::start(
-        store.clone(),
-        &opts,
-        &[Channel::Email],
-        lease,
-        NO_SWEEP,
-        stop.clone(),
-    )
-    .expect("email bus");
-    let sms = KafkaBus::start(
-        store.clone(),
-        &opts,
-        &[Channel::Sms],
-        lease,
-        NO_SWEEP,
-        stop.clone(),
-    )
-    .expect("sms bus");
+    let email = bus(&store, &opts, Channel::Email, &stop);
+    let sms = bus(&store, &opts, Channel::Sms, &stop);
 
     let sent: Vec<NewNotification> = (0..100).map(notification).collect();
     store.create(sent.clone()).await.expect("create");
@@ -134,26 +135,9 @@ async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing
     let stop = CancellationToken::new();
     start_relay(&store, &brokers, &stop);
     let opts = options(&brokers, "herald");
-    let lease = Duration::from_secs(60);
     // Two email workers in one group.
-    let a = KafkaBus::start(
-        store.clone(),
-        &opts,
-        &[Channel::Email],
-        lease,
-        NO_SWEEP,
-        stop.clone(),
-    )
-    .expect("bus a");
-    let b = KafkaBus::start(
-        store.clone(),
-        &opts,
-        &[Channel::Email],
-        lease,
-        NO_SWEEP,
-        stop.clone(),
-    )
-    .expect("bus b");
+    let a = bus(&store, &opts, Channel::Email, &stop);
+    let b = bus(&store, &opts, Channel::Email, &stop);
     store
         .create((0..200).map(notification).collect())
         .await
@@ -174,19 +158,11 @@ async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing
     // A worker reading every event again from the start (a new group here;
     // in production, a restart before its offsets were committed) claims
     // nothing: the deliveries are leased already.
-    let replay = KafkaBus::start(
-        store.clone(),
-        &options(&brokers, "replay"),
-        &[Channel::Email],
-        lease,
-        NO_SWEEP,
-        stop.clone(),
-    )
-    .expect("replay bus");
+    let replay = bus(&store, &options(&brokers, "replay"), Channel::Email, &stop);
     let again = drain(&[(&replay, Channel::Email)], 1, Duration::from_secs(8)).await;
     stop.cancel();
-    for bus in [&a, &b, &replay] {
-        bus.stopped().await;
+    for worker in [&a, &b, &replay] {
+        worker.stopped().await;
     }
     assert!(
         again[0].is_empty(),
