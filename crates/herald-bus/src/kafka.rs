@@ -79,7 +79,7 @@ pub struct Relay {
 
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
-        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = herald_core::ms(self.lease);
         tracing::info!(holder = %self.holder, "outbox relay started");
         while !shutdown.is_cancelled() {
             let published = match self
@@ -320,7 +320,7 @@ impl LaneConsumer {
     }
 
     async fn consume(&self, shutdown: &CancellationToken) {
-        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = herald_core::ms(self.lease);
         loop {
             let message = tokio::select! {
                 m = self.consumer.recv() => m,
@@ -425,7 +425,7 @@ impl Bus for KafkaBus {
             }
         }
         let now = herald_core::now_ms();
-        let sweep_ms = i64::try_from(self.sweep.as_millis()).unwrap_or(i64::MAX);
+        let sweep_ms = herald_core::ms(self.sweep);
         let last = lane.swept_at_ms.load(Ordering::Relaxed);
         if out.len() < limit
             && now - last >= sweep_ms
@@ -434,7 +434,7 @@ impl Bus for KafkaBus {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+            let lease_ms = herald_core::ms(self.lease);
             out.extend(
                 self.store
                     .claim(channel, priority, limit - out.len(), now, lease_ms)

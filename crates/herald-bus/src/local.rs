@@ -58,7 +58,7 @@ impl Bus for LocalBus {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = herald_core::ms(self.lease);
         Ok(self
             .store
             .claim(channel, priority, limit, herald_core::now_ms(), lease_ms)

@@ -20,3 +20,9 @@ pub use model::{Channel, DeliveryState, NotificationRequest, Priority};
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// A duration in whole milliseconds, as stored times count them (saturating
+/// at `i64::MAX`, which no real duration reaches).
+pub fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -43,7 +43,7 @@ impl RetryPolicy {
         if attempt >= self.max_attempts {
             return Next::Dead;
         }
-        let at = now_ms.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        let at = now_ms.saturating_add(crate::ms(wait));
         match expires_at_ms {
             Some(exp) if at >= exp => Next::Expired,
             _ => Next::RetryAt(at),

@@ -128,7 +128,7 @@ impl Account {
             metrics::counter!(m::THROTTLED_LOCALLY, "provider" => self.name().to_owned())
                 .increment(1);
             return Try::Skipped {
-                retry_at_ms: now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+                retry_at_ms: now + herald_core::ms(wait),
                 why: format!("{}: send rate limit reached", self.name()),
             };
         }
@@ -173,7 +173,7 @@ impl Account {
         };
         let transition = ticket.report(health);
         self.transitioned(transition, outcome.reason());
-        let latency_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
+        let latency_ms = herald_core::ms(took);
         metrics::histogram!(m::ATTEMPT_SECONDS, "channel" => self.channel.as_str(), "provider" => self.name().to_owned())
             .record(took.as_secs_f64());
         metrics::counter!(m::ATTEMPTS, "channel" => self.channel.as_str(), "provider" => self.name().to_owned(), "outcome" => outcome.label())

@@ -116,7 +116,7 @@ async fn housekeeping(
 /// until a batch comes back short.
 async fn purge(store: &dyn Store, retention: Duration, shutdown: &CancellationToken) {
     const BATCH: usize = 1_000;
-    let before = herald_core::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let before = herald_core::now_ms() - herald_core::ms(retention);
     let mut total = 0;
     while !shutdown.is_cancelled() {
         match store.purge_finished(before, BATCH).await {
