@@ -81,7 +81,7 @@ pub fn recipient_key(n: &NewNotification) -> String {
 /// An event waiting in the outbox, or read from it to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
-    /// Its place in the outbox: events are published in this order.
+    /// Its place in the outbox: a lane's events are published in this order.
     pub seq: i64,
     pub lane: Priority,
     pub key: String,

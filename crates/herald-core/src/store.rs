@@ -344,7 +344,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<bool, StoreError>;
-    /// Up to `limit` outbox events not yet published, in outbox order.
+    /// Up to `limit` outbox events not yet published: the highest lane's
+    /// first, in outbox order within a lane.
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
     /// Marks these outbox events published.
     async fn outbox_published(&self, seqs: Vec<i64>) -> Result<(), StoreError>;

@@ -898,8 +898,8 @@ async fn postgres_a_failing_write_fails_alone_in_its_group_commit() {
     }
 }
 
-/// With the outbox on, each stored notification's event waits in it, in
-/// order, until marked published; a replayed key writes none; one relay
+/// With the outbox on, each stored notification's event waits in it (the
+/// highest lane first, in order within a lane) until marked published; a replayed key writes none; one relay
 /// holds the lease at a time until it lapses.
 async fn the_outbox_holds_each_stored_event_until_published(store: &dyn Store) {
     let now = herald_core::now_ms();
@@ -916,15 +916,31 @@ async fn the_outbox_holds_each_stored_event_until_published(store: &dyn Store) {
         },
     ));
     let b = new_notification("t1", request(Priority::Low, &["email"]), now);
+    let c = new_notification("t1", request(Priority::Low, &["email"]), now);
     let replay = a.clone();
+    // The newsletters are stored first; the critical event still leads.
+    store.create(vec![b.clone()]).await.expect("create");
     store
-        .create(vec![a.clone(), b.clone()])
+        .create(vec![a.clone(), c.clone()])
         .await
         .expect("create");
     store.create(vec![replay]).await.expect("replayed key");
     let pending = store.outbox_pending(10).await.expect("pending");
-    assert_eq!(pending.len(), 2, "one event per stored notification");
-    assert!(pending[0].seq < pending[1].seq);
+    assert_eq!(pending.len(), 3, "one event per stored notification");
+    let order: Vec<_> = pending
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<herald_core::events::NotificationRequested>(&e.payload)
+                .expect("event json")
+                .notification_id
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [a.id, b.id, c.id],
+        "highest lane first, then outbox order"
+    );
+    assert!(pending[1].seq < pending[2].seq);
     assert_eq!(pending[0].lane, Priority::Critical);
     assert_eq!(pending[0].key, "a@example.com");
     assert_eq!(pending[0].correlation_id.as_deref(), Some("req-1"));
@@ -937,7 +953,7 @@ async fn the_outbox_holds_each_stored_event_until_published(store: &dyn Store) {
         .await
         .expect("mark");
     let left = store.outbox_pending(10).await.expect("pending");
-    assert_eq!(left.len(), 1);
+    assert_eq!(left.len(), 2);
     assert_eq!(left[0].lane, Priority::Low);
 
     assert!(store.relay_lease("a", now, 1_000).await.expect("lease"));

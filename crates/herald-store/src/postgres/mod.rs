@@ -280,7 +280,7 @@ impl Store for PostgresStore {
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
         sqlx::query(
             "SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload FROM outbox \
-             WHERE published_at_ms IS NULL ORDER BY seq LIMIT $1",
+             WHERE published_at_ms IS NULL ORDER BY lane, seq LIMIT $1",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
