@@ -3,12 +3,19 @@
 # processes, the sandbox with --roles), one vendor simulator, loaded by
 # `herald bench steady --target`. Figures in docs/benchmarks.md.
 #
-#   scripts/bench-fleet.sh WORKERS [RATE] [SECONDS]
+#   scripts/bench-fleet.sh [--kafka] WORKERS [RATE] [SECONDS]
+#
+# With --kafka the bus is Kafka: `herald kafka-mock` (librdkafka's mock
+# cluster, 8 partitions per lane topic) in a process of its own, the API
+# node also relays the outbox (--roles api,relay), and the workers consume
+# in one group per channel.
 #
 # Needs a release build (cargo build --release -p herald) and PostgreSQL at
 # $HERALD_BENCH_POSTGRES_URL (default: the machine's, database `test`); it
 # uses a schema of its own, `hb_fleet`, made afresh each run.
 set -euo pipefail
+kafka=false
+if [[ ${1:-} == --kafka ]]; then kafka=true; shift; fi
 workers=${1:?how many worker processes}
 rate=${2:-8000}
 seconds=${3:-20}
@@ -24,14 +31,31 @@ export RUST_LOG=${RUST_LOG:-warn}
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 "$bin" sim --listen 127.0.0.1:9190 >/dev/null 2>&1 & pids+=($!)
+api_roles=api
+name=fleet-$workers
+if $kafka; then
+  brokers_file=$(mktemp)
+  "$bin" kafka-mock --partitions 8 >"$brokers_file" 2>/dev/null & pids+=($!)
+  for _ in $(seq 50); do [[ -s $brokers_file ]] && break; sleep 0.1; done
+  export HERALD__KAFKA__BROKERS=$(head -n1 "$brokers_file")
+  rm -f "$brokers_file"
+  [[ -n $HERALD__KAFKA__BROKERS ]] || { echo "the mock Kafka cluster did not start" >&2; exit 1; }
+  api_roles=api,relay
+  name=fleet-kafka-$workers
+fi
 sleep 1
-"$bin" serve --sim-url http://127.0.0.1:9190 --listen 127.0.0.1:8181 --roles api >/dev/null 2>&1 & pids+=($!)
+"$bin" serve --sim-url http://127.0.0.1:9190 --listen 127.0.0.1:8181 --roles "$api_roles" >/dev/null 2>&1 & pids+=($!)
 sleep 3
 for i in $(seq 1 "$workers"); do
   "$bin" serve --sim-url http://127.0.0.1:9190 --listen "127.0.0.1:$((8190 + i))" --roles worker \
     >/dev/null 2>&1 & pids+=($!)
 done
 sleep 3
+# A node that could not start (a port still held by an earlier run's
+# process, say) would leave the fleet short and the figures wrong.
+for pid in "${pids[@]}"; do
+  kill -0 "$pid" 2>/dev/null || { echo "a fleet process exited at start (port in use?)" >&2; exit 1; }
+done
 "$bin" bench steady --target http://127.0.0.1:8181 --api-key "$HERALD_DEV_API_KEY" \
   --sim-url http://127.0.0.1:9190 --rate "$rate" --duration-seconds "$seconds" \
-  --json "fleet-$workers.json"
+  --json "$name.json"

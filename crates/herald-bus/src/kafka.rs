@@ -1,9 +1,9 @@
 //! Kafka, the fleet's bus: the outbox relay and the consumers. Each notification's
 //! `NotificationRequested` event is written to the outbox in the same
 //! transaction as the notification (the store does that when opened with
-//! `outbox`); the relay publishes unpublished events in outbox order with
-//! the idempotent producer (`enable.idempotence`, `acks=all`) and then marks
-//! them published. One topic per lane, `{prefix}.notifications.{lane}`;
+//! `outbox`); the relay publishes unpublished events, the highest lane's
+//! first and in outbox order within a lane, with the idempotent producer
+//! (`enable.idempotence`, `acks=all`), and then marks them published. One topic per lane, `{prefix}.notifications.{lane}`;
 //! the key is the recipient, so one recipient's events keep their order;
 //! headers carry the tenant, the correlation id and W3C `traceparent`.
 //!
@@ -13,25 +13,30 @@
 //! publishing and marking leaves those events to be published again, which
 //! consumers absorb (a delivery row moves into `sending` once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use herald_core::bus::{Bus, BusError};
 use herald_core::events::{NotificationRequested, OutboxEvent};
 use herald_core::model::{Channel, Priority};
 use herald_core::store::{ClaimedDelivery, Store};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// The relay's published events (label `lane`).
 pub const PUBLISHED: &str = "herald_bus_published_total";
+/// 1 while a lane's consumer is paused because its buffer is full (labels
+/// `channel`, `lane`).
+pub const PAUSED: &str = "herald_bus_lane_paused";
 
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
@@ -46,6 +51,26 @@ pub struct KafkaOptions {
 /// The lane's topic.
 pub fn topic(prefix: &str, lane: Priority) -> String {
     format!("{prefix}.notifications.{}", lane.as_str())
+}
+
+/// librdkafka's mock cluster, `brokers` strong, with the four lane topics
+/// made (`partitions` each, replicated up to three times). It speaks the
+/// real Kafka protocol over TCP and keeps everything in memory: a Kafka to
+/// run the fleet against where there is none (tests, benchmarks,
+/// `herald kafka-mock`), never one to keep data in.
+pub fn mock_cluster(
+    brokers: i32,
+    partitions: i32,
+    topic_prefix: &str,
+) -> anyhow::Result<MockCluster<'static, DefaultProducerContext>> {
+    let cluster = MockCluster::new(brokers).map_err(|e| anyhow::anyhow!("mock cluster: {e}"))?;
+    for lane in Priority::ALL {
+        let name = topic(topic_prefix, lane);
+        cluster
+            .create_topic(&name, partitions, brokers.min(3))
+            .map_err(|e| anyhow::anyhow!("creating {name} on the mock cluster: {e}"))?;
+    }
+    Ok(cluster)
 }
 
 /// The idempotent producer the relay publishes with.
@@ -80,19 +105,27 @@ pub struct Relay {
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let lease_ms = herald_core::ms(self.lease);
+        // Until when this relay holds the lease, as far as it knows. It is
+        // renewed once half of it has passed, not at every batch: under
+        // load the store's writers are the relay's slowest step.
+        let mut held_until = 0;
         tracing::info!(holder = %self.holder, "outbox relay started");
         while !shutdown.is_cancelled() {
-            let published = match self
-                .store
-                .relay_lease(&self.holder, herald_core::now_ms(), lease_ms)
-                .await
-            {
-                Ok(true) => self.publish_batch().await,
-                Ok(false) => 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "relay lease failed; retrying");
-                    0
-                }
+            let now = herald_core::now_ms();
+            if held_until - now <= lease_ms / 2 {
+                held_until = match self.store.relay_lease(&self.holder, now, lease_ms).await {
+                    Ok(true) => now + lease_ms,
+                    Ok(false) => 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay lease failed; retrying");
+                        0
+                    }
+                };
+            }
+            let published = if held_until > now {
+                self.publish_batch().await
+            } else {
+                0
             };
             if published < self.batch {
                 tokio::select! {
@@ -199,7 +232,13 @@ pub struct KafkaBus {
     lanes: HashMap<Channel, [LaneBuffer; 4]>,
     wake: HashMap<Channel, Arc<Notify>>,
     consumers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Stops the consumers: `close`, or the token given to `start`.
+    stop: CancellationToken,
 }
+
+/// How long `close` waits for the consumers to leave their groups. Leaving
+/// takes a rebalance; a cluster that is down would keep them forever.
+const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
 struct LaneBuffer {
     rx: tokio::sync::Mutex<mpsc::Receiver<ClaimedDelivery>>,
@@ -209,10 +248,15 @@ struct LaneBuffer {
 
 /// Claimed deliveries waiting for a worker slot, per lane. A consumer
 /// claims only what fits, so nothing waits long under a lease.
-const BUFFER: usize = 256;
+const BUFFER: usize = 512;
+
+/// Most deliveries a consumer claims at once (at most `BUFFER`): one store
+/// round trip for a batch of ready events, not one per event.
+const BATCH: usize = 256;
 
 impl KafkaBus {
-    /// Starts the consumers for `channels`; they stop with `shutdown`.
+    /// Starts the consumers for `channels`; they stop with `shutdown` or
+    /// `close`.
     pub fn start(
         store: Arc<dyn Store>,
         opts: &KafkaOptions,
@@ -224,6 +268,7 @@ impl KafkaBus {
         let mut lanes = HashMap::new();
         let mut wake = HashMap::new();
         let mut consumers = tokio::task::JoinSet::new();
+        let stop = shutdown.child_token();
         for &channel in channels {
             let notify = Arc::new(Notify::new());
             let mut buffers = Vec::with_capacity(4);
@@ -234,11 +279,12 @@ impl KafkaBus {
                     consumer,
                     store: store.clone(),
                     channel,
+                    lane,
                     lease,
                     tx,
                     wake: notify.clone(),
                 };
-                consumers.spawn(lane_consumer.run(shutdown.clone()));
+                consumers.spawn(lane_consumer.run(stop.clone()));
                 buffers.push(LaneBuffer {
                     rx: tokio::sync::Mutex::new(rx),
                     // The first sweep comes a `sweep` after the start:
@@ -259,15 +305,21 @@ impl KafkaBus {
             lanes,
             wake,
             consumers: tokio::sync::Mutex::new(consumers),
+            stop,
         })
     }
 
-    /// After `shutdown` (given to `start`) is cancelled: waits for the
-    /// consumers to close, leaving their groups, so the partitions move to
-    /// the other workers at once rather than after a session timeout.
-    pub async fn stopped(&self) {
-        let mut consumers = self.consumers.lock().await;
-        while consumers.join_next().await.is_some() {}
+    /// The deliveries claimed into the lane buffers that no worker took.
+    fn untaken(&self) -> Vec<(uuid::Uuid, i64)> {
+        let mut out = Vec::new();
+        for lane in self.lanes.values().flatten() {
+            if let Ok(mut rx) = lane.rx.try_lock() {
+                while let Ok(d) = rx.try_recv() {
+                    out.push((d.id, d.lease_token));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -287,9 +339,9 @@ fn consumer(
         // Offsets are stored by hand, after the claim is recorded.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // A consumer waits for room in its buffer without polling; give it
-        // longer than a flood of low-lane work should ever hold it.
-        .set("max.poll.interval.ms", "900000")
+        // What a consumer fetches ahead, per consumer (64 MiB by default):
+        // a paused lane's backlog stays in Kafka.
+        .set("queued.max.messages.kbytes", "4096")
         // A worker that dies hands its partitions on within 10 s.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
@@ -304,6 +356,7 @@ struct LaneConsumer {
     consumer: StreamConsumer,
     store: Arc<dyn Store>,
     channel: Channel,
+    lane: Priority,
     lease: Duration,
     tx: mpsc::Sender<ClaimedDelivery>,
     wake: Arc<Notify>,
@@ -319,53 +372,51 @@ impl LaneConsumer {
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
     }
 
+    /// Reads events in batches (the first waited for, then whatever else
+    /// is ready, up to `BATCH` deliveries), claims the batch's deliveries
+    /// in one `claim_ids`, hands them to the dispatcher, and only then
+    /// stores the events' offsets.
     async fn consume(&self, shutdown: &CancellationToken) {
-        let lease_ms = herald_core::ms(self.lease);
+        // Events read while the lane was paused (from partitions assigned
+        // meanwhile), to handle before reading more.
+        let mut held = VecDeque::new();
         loop {
-            let message = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = shutdown.cancelled() => return,
+            let first = match held.pop_front() {
+                Some(m) => m,
+                None => tokio::select! {
+                    m = self.consumer.recv() => match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(channel = %self.channel, lane = %self.lane, error = %e, "kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                },
             };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(channel = %self.channel, error = %e, "kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let ids = match Self::ids(message.payload(), self.channel) {
-                Ok(ids) => ids,
-                Err(why) => {
-                    // Not ours to read (an unknown schema or version): it
-                    // stays on the topic for whoever can; we move on.
-                    tracing::warn!(channel = %self.channel, offset = message.offset(), "skipping an event: {why}");
-                    Vec::new()
-                }
-            };
-            if !ids.is_empty() {
+            let mut ids = self.ids(&first);
+            let mut batch = vec![first];
+            while ids.len() < BATCH {
+                let next = match held.pop_front() {
+                    Some(m) => m,
+                    // Only what is ready now: a batch never waits to fill.
+                    None => match self.consumer.recv().now_or_never() {
+                        Some(Ok(m)) => m,
+                        _ => break,
+                    },
+                };
+                ids.extend(self.ids(&next));
+                batch.push(next);
+            }
+            for chunk in ids.chunks(BATCH) {
                 // Room first, then the claim: a claimed delivery never
                 // waits in the buffer for long under its lease.
-                let permits = tokio::select! {
-                    p = self.tx.reserve_many(ids.len()) => p,
-                    _ = shutdown.cancelled() => return,
+                let Some(permits) = self.room(chunk.len(), &mut held, shutdown).await else {
+                    return;
                 };
-                let Ok(permits) = permits else { return };
-                let claimed = loop {
-                    match self
-                        .store
-                        .claim_ids(ids.clone(), herald_core::now_ms(), lease_ms)
-                        .await
-                    {
-                        Ok(c) => break c,
-                        Err(e) => {
-                            tracing::warn!(channel = %self.channel, error = %e, "claiming an event's deliveries failed; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                                _ = shutdown.cancelled() => return,
-                            }
-                        }
-                    }
+                let Some(claimed) = self.claim(chunk, shutdown).await else {
+                    return;
                 };
                 if !claimed.is_empty() {
                     for (permit, d) in permits.zip(claimed) {
@@ -374,14 +425,116 @@ impl LaneConsumer {
                     self.wake.notify_one();
                 }
             }
-            if let Err(e) = self.consumer.store_offset_from_message(&message) {
-                tracing::warn!(channel = %self.channel, error = %e, "storing an offset failed; the event may be read again");
+            for m in &batch {
+                if let Err(e) = self.consumer.store_offset_from_message(m) {
+                    // Its partition moved to another worker in a rebalance:
+                    // that worker reads the event again and claims nothing.
+                    tracing::debug!(channel = %self.channel, error = %e, "storing an offset failed; the event may be read again");
+                }
             }
         }
     }
 
+    /// Room for `n` claimed deliveries in the lane's buffer. When the lane
+    /// is saturated (the dispatcher is not taking its work as fast as it
+    /// comes) its partitions are paused, so the backlog waits in Kafka, not
+    /// in this node's memory, while higher lanes go on; the consumer keeps
+    /// polling meanwhile, which keeps it in its group, and resumes once the
+    /// room is there. `None` on shutdown.
+    async fn room<'a>(
+        &'a self,
+        n: usize,
+        held: &mut VecDeque<BorrowedMessage<'a>>,
+        shutdown: &CancellationToken,
+    ) -> Option<mpsc::PermitIterator<'a, ClaimedDelivery>> {
+        match self.tx.try_reserve_many(n) {
+            Ok(permits) => return Some(permits),
+            Err(mpsc::error::TrySendError::Closed(())) => return None,
+            Err(mpsc::error::TrySendError::Full(())) => {}
+        }
+        self.pause(true);
+        let permits = loop {
+            tokio::select! {
+                p = self.tx.reserve_many(n) => break p.ok(),
+                m = self.consumer.recv() => match m {
+                    // From a partition assigned while paused: hold it, and
+                    // pause the new assignment too.
+                    Ok(m) => {
+                        held.push_back(m);
+                        self.pause(true);
+                    }
+                    Err(e) => tracing::warn!(channel = %self.channel, lane = %self.lane, error = %e, "kafka consumer error while paused"),
+                },
+                _ = shutdown.cancelled() => break None,
+            }
+        };
+        self.pause(false);
+        permits
+    }
+
+    /// Pauses or resumes fetching for all of this consumer's partitions.
+    fn pause(&self, paused: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, lane = %self.lane, error = %e, "reading the assignment failed");
+                return;
+            }
+        };
+        let done = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match done {
+            Ok(()) => {
+                metrics::gauge!(PAUSED, "channel" => self.channel.as_str(), "lane" => self.lane.as_str())
+                    .set(if paused { 1.0 } else { 0.0 });
+            }
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, lane = %self.lane, error = %e, paused, "pausing or resuming the lane failed")
+            }
+        }
+    }
+
+    /// Claims `ids` in the store, retrying until it answers. `None` on
+    /// shutdown (the events' offsets are not stored: they are read again).
+    async fn claim(
+        &self,
+        ids: &[uuid::Uuid],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<ClaimedDelivery>> {
+        let lease_ms = herald_core::ms(self.lease);
+        loop {
+            match self
+                .store
+                .claim_ids(ids.to_vec(), herald_core::now_ms(), lease_ms)
+                .await
+            {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "claiming events' deliveries failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// This channel's deliveries in an event; none from an event this
+    /// version cannot read (an unknown schema or version), which stays on
+    /// the topic for whoever can.
+    fn ids(&self, message: &BorrowedMessage<'_>) -> Vec<uuid::Uuid> {
+        Self::ids_in(message.payload(), self.channel).unwrap_or_else(|why| {
+            tracing::warn!(channel = %self.channel, offset = message.offset(), "skipping an event: {why}");
+            Vec::new()
+        })
+    }
+
     /// The deliveries of `channel` an event names.
-    fn ids(payload: Option<&[u8]>, channel: Channel) -> Result<Vec<uuid::Uuid>, String> {
+    fn ids_in(payload: Option<&[u8]>, channel: Channel) -> Result<Vec<uuid::Uuid>, String> {
         let payload = payload.ok_or("no payload")?;
         let event: NotificationRequested = serde_json::from_slice(payload)
             .map_err(|e| format!("not a NotificationRequested: {e}"))?;
@@ -413,6 +566,10 @@ impl Bus for KafkaBus {
         let Some(lanes) = self.lanes.get(&channel) else {
             return Ok(Vec::new());
         };
+        if self.stop.is_cancelled() {
+            // Closed: what is left in the buffers is given back.
+            return Ok(Vec::new());
+        }
         let lane = &lanes[priority.index()];
         let mut out = Vec::new();
         {
@@ -442,6 +599,32 @@ impl Bus for KafkaBus {
             );
         }
         Ok(out)
+    }
+
+    /// Stops the consumers and waits (up to `LEAVE_WAIT`) for them to
+    /// leave their groups, so their partitions move to the other workers at
+    /// once rather than after a session timeout; then gives back the
+    /// deliveries claimed into the buffers that no worker took.
+    async fn close(&self) {
+        self.stop.cancel();
+        let left = tokio::time::timeout(LEAVE_WAIT, async {
+            let mut consumers = self.consumers.lock().await;
+            while consumers.join_next().await.is_some() {}
+        })
+        .await;
+        if left.is_err() {
+            tracing::warn!("kafka consumers did not leave their groups in time; their partitions move on after the session timeout");
+        }
+        let untaken = self.untaken();
+        if !untaken.is_empty() {
+            tracing::info!(
+                count = untaken.len(),
+                "giving back deliveries no worker took"
+            );
+            if let Err(e) = self.store.release(untaken).await {
+                tracing::warn!(error = %e, "giving back failed; the leases will expire instead");
+            }
+        }
     }
 
     async fn wait(&self, channel: Channel, at_most: Duration) {

@@ -108,8 +108,8 @@ async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
     )
     .await;
     stop.cancel();
-    email.stopped().await;
-    sms.stopped().await;
+    email.close().await;
+    sms.close().await;
 
     assert_eq!(
         got[0].len(),
@@ -162,7 +162,7 @@ async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing
     let again = drain(&[(&replay, Channel::Email)], 1, Duration::from_secs(8)).await;
     stop.cancel();
     for worker in [&a, &b, &replay] {
-        worker.stopped().await;
+        worker.close().await;
     }
     assert!(
         again[0].is_empty(),

@@ -29,4 +29,8 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Vec<ClaimedDelivery>, BusError>;
     /// Returns when work may have arrived for the channel, or after `at_most`.
     async fn wait(&self, channel: Channel, at_most: Duration);
+    /// Stops taking in work and gives back what was taken in but not
+    /// handed to a worker; at shutdown, before the workers finish. A bus
+    /// that holds nothing of its own (the local bus) has nothing to do.
+    async fn close(&self) {}
 }

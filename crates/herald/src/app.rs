@@ -30,6 +30,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
     state: Arc<AppState>,
+    bus: Arc<dyn Bus>,
     /// Only on nodes with the worker role.
     engine: Option<Engine>,
     /// Ends the Redis connection attempts and the circuit follower.
@@ -156,7 +157,10 @@ impl Running {
                     producer: herald_bus::kafka::producer(&kafka_options(&cfg))?,
                     topic_prefix: cfg.kafka.topic_prefix.clone(),
                     holder: format!("relay-{}", uuid::Uuid::now_v7()),
-                    batch: 1_000,
+                    // Big enough to keep up with a fleet's intake (a batch
+                    // costs a read and a write whatever its size), small
+                    // enough that a critical event waits one batch at most.
+                    batch: 5_000,
                     lease: Duration::from_secs(10),
                     idle: Duration::from_millis(cfg.engine.poll_interval_ms.min(50)),
                 };
@@ -167,7 +171,13 @@ impl Running {
                 );
             }
         }
-        let state = Arc::new(AppState::new(&cfg, store.clone(), bus, accounts, templates));
+        let state = Arc::new(AppState::new(
+            &cfg,
+            store.clone(),
+            bus.clone(),
+            accounts,
+            templates,
+        ));
         let app = api::router(
             state.clone(),
             Duration::from_millis(cfg.server.request_timeout_ms),
@@ -189,6 +199,7 @@ impl Running {
             addr,
             store,
             state,
+            bus,
             engine,
             stop_http,
             stop_fleet,
@@ -197,13 +208,15 @@ impl Running {
     }
 
     /// Graceful stop: readiness drops, the API finishes in-flight requests
-    /// and closes, workers finish or release in-flight deliveries.
+    /// and closes, the bus stops taking in work (Kafka consumers leave their
+    /// groups) and workers finish or release in-flight deliveries.
     pub async fn shutdown(self) {
         self.state.draining.store(true, Ordering::Relaxed);
         self.stop_http.cancel();
         if let Err(e) = self.http.await {
             tracing::error!(error = %e, "HTTP server task failed");
         }
+        self.bus.close().await;
         if let Some(engine) = self.engine {
             engine.shutdown().await;
         }

@@ -96,6 +96,20 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Run librdkafka's mock Kafka cluster in this process, with Herald's
+    /// lane topics made, and print its bootstrap servers: a Kafka to try the
+    /// fleet's bus against (`[kafka] brokers`) on a machine without one. It
+    /// speaks the real protocol but keeps everything in memory: for trying
+    /// and benchmarking, never for production.
+    KafkaMock {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=16))]
+        brokers: i32,
+        /// Partitions per lane topic.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=1024))]
+        partitions: i32,
+        #[arg(long, default_value = "herald")]
+        topic_prefix: String,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -165,7 +179,11 @@ fn main() -> std::process::ExitCode {
     };
     // Errors end the process with their chain on one line, not a backtrace:
     // "invalid configuration: ...", "binding 127.0.0.1:8080: Address in use".
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A Kafka client closing against a cluster it cannot reach may hold its
+    // thread; the process does not wait on it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -197,6 +215,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 _ = task => {},
                 _ = app::shutdown_signal() => {},
             }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::KafkaMock {
+            brokers,
+            partitions,
+            topic_prefix,
+        } => {
+            let cluster = herald_bus::kafka::mock_cluster(brokers, partitions, &topic_prefix)?;
+            eprintln!(
+                "mock Kafka cluster: {brokers} brokers, topics {topic_prefix}.notifications.{{critical,high,normal,low}} with {partitions} partitions; bootstrap servers:"
+            );
+            println!("{}", cluster.bootstrap_servers());
+            app::shutdown_signal().await;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Keys {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use herald_bus::kafka::topic;
+use herald_bus::kafka::mock_cluster;
 use herald_core::model::{NotificationRequest, Priority};
 use herald_core::store::{NewDelivery, NewNotification, Store};
 use herald_store::{SqliteOptions, SqliteStore};
@@ -16,12 +16,7 @@ pub type Cluster = MockCluster<'static, rdkafka::producer::DefaultProducerContex
 /// Three brokers with the four lane topics (`partitions` each, replicated
 /// three times), and their bootstrap servers.
 pub fn cluster(partitions: i32) -> (Cluster, String) {
-    let cluster = MockCluster::new(3).expect("mock cluster");
-    for lane in Priority::ALL {
-        cluster
-            .create_topic(&topic(PREFIX, lane), partitions, 3)
-            .expect("topic");
-    }
+    let cluster = mock_cluster(3, partitions, PREFIX).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
     (cluster, brokers)
 }
