@@ -14,7 +14,7 @@
 //! consumers absorb (a delivery row moves into `sending` once).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -242,6 +242,9 @@ const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
 struct LaneBuffer {
     rx: tokio::sync::Mutex<mpsc::Receiver<ClaimedDelivery>>,
+    /// Set by `defer`, cleared by the next `take`: the lane's consumer
+    /// claims nothing meanwhile.
+    deferred: Arc<AtomicBool>,
     /// When the store was last swept for this lane (Unix ms).
     swept_at_ms: AtomicI64,
 }
@@ -274,6 +277,7 @@ impl KafkaBus {
             let mut buffers = Vec::with_capacity(4);
             for lane in Priority::ALL {
                 let (tx, rx) = mpsc::channel(BUFFER);
+                let deferred = Arc::new(AtomicBool::new(false));
                 let consumer = consumer(opts, channel, lane)?;
                 let lane_consumer = LaneConsumer {
                     consumer,
@@ -283,10 +287,12 @@ impl KafkaBus {
                     lease,
                     tx,
                     wake: notify.clone(),
+                    deferred: deferred.clone(),
                 };
                 consumers.spawn(lane_consumer.run(stop.clone()));
                 buffers.push(LaneBuffer {
                     rx: tokio::sync::Mutex::new(rx),
+                    deferred,
                     // The first sweep comes a `sweep` after the start:
                     // until then, work comes through Kafka.
                     swept_at_ms: AtomicI64::new(herald_core::now_ms()),
@@ -309,17 +315,26 @@ impl KafkaBus {
         })
     }
 
-    /// The deliveries claimed into the lane buffers that no worker took.
-    fn untaken(&self) -> Vec<(uuid::Uuid, i64)> {
-        let mut out = Vec::new();
-        for lane in self.lanes.values().flatten() {
-            if let Ok(mut rx) = lane.rx.try_lock() {
-                while let Ok(d) = rx.try_recv() {
-                    out.push((d.id, d.lease_token));
-                }
+    /// Gives back the deliveries claimed into these lane buffers that no
+    /// worker took: queued again, due now, not in doubt.
+    async fn give_back<'a>(&self, lanes: impl IntoIterator<Item = &'a LaneBuffer>) {
+        let mut untaken = Vec::new();
+        for lane in lanes {
+            let mut rx = lane.rx.lock().await;
+            while let Ok(d) = rx.try_recv() {
+                untaken.push((d.id, d.lease_token));
             }
         }
-        out
+        if untaken.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            count = untaken.len(),
+            "giving back deliveries no worker took"
+        );
+        if let Err(e) = self.store.release(untaken, false).await {
+            tracing::warn!(error = %e, "giving back failed; the leases will expire instead");
+        }
     }
 }
 
@@ -360,7 +375,11 @@ struct LaneConsumer {
     lease: Duration,
     tx: mpsc::Sender<ClaimedDelivery>,
     wake: Arc<Notify>,
+    deferred: Arc<AtomicBool>,
 }
+
+/// How often a deferred lane's consumer looks whether it may go on.
+const DEFER_CHECK: Duration = Duration::from_millis(100);
 
 impl LaneConsumer {
     async fn run(self, shutdown: CancellationToken) {
@@ -437,25 +456,30 @@ impl LaneConsumer {
 
     /// Room for `n` claimed deliveries in the lane's buffer. When the lane
     /// is saturated (the dispatcher is not taking its work as fast as it
-    /// comes) its partitions are paused, so the backlog waits in Kafka, not
-    /// in this node's memory, while higher lanes go on; the consumer keeps
-    /// polling meanwhile, which keeps it in its group, and resumes once the
-    /// room is there. `None` on shutdown.
+    /// comes) or deferred (its routes are closed), its partitions are
+    /// paused, so the backlog waits in Kafka, not in this node's memory or
+    /// under its leases, while other lanes go on; the consumer keeps polling
+    /// meanwhile, which keeps it in its group, and resumes once there is
+    /// room and the lane is taken from. `None` on shutdown.
     async fn room<'a>(
         &'a self,
         n: usize,
         held: &mut VecDeque<BorrowedMessage<'a>>,
         shutdown: &CancellationToken,
     ) -> Option<mpsc::PermitIterator<'a, ClaimedDelivery>> {
-        match self.tx.try_reserve_many(n) {
-            Ok(permits) => return Some(permits),
-            Err(mpsc::error::TrySendError::Closed(())) => return None,
-            Err(mpsc::error::TrySendError::Full(())) => {}
+        let deferred = || self.deferred.load(Ordering::Relaxed);
+        if !deferred() {
+            match self.tx.try_reserve_many(n) {
+                Ok(permits) => return Some(permits),
+                Err(mpsc::error::TrySendError::Closed(())) => return None,
+                Err(mpsc::error::TrySendError::Full(())) => {}
+            }
         }
         self.pause(true);
         let permits = loop {
             tokio::select! {
-                p = self.tx.reserve_many(n) => break p.ok(),
+                p = self.tx.reserve_many(n), if !deferred() => break p.ok(),
+                _ = tokio::time::sleep(DEFER_CHECK), if deferred() => {}
                 m = self.consumer.recv() => match m {
                     // From a partition assigned while paused: hold it, and
                     // pause the new assignment too.
@@ -571,6 +595,7 @@ impl Bus for KafkaBus {
             return Ok(Vec::new());
         }
         let lane = &lanes[priority.index()];
+        lane.deferred.store(false, Ordering::Relaxed);
         let mut out = Vec::new();
         {
             let mut rx = lane.rx.lock().await;
@@ -615,15 +640,14 @@ impl Bus for KafkaBus {
         if left.is_err() {
             tracing::warn!("kafka consumers did not leave their groups in time; their partitions move on after the session timeout");
         }
-        let untaken = self.untaken();
-        if !untaken.is_empty() {
-            tracing::info!(
-                count = untaken.len(),
-                "giving back deliveries no worker took"
-            );
-            if let Err(e) = self.store.release(untaken).await {
-                tracing::warn!(error = %e, "giving back failed; the leases will expire instead");
-            }
+        self.give_back(self.lanes.values().flatten()).await;
+    }
+
+    async fn defer(&self, channel: Channel, priority: Priority) {
+        if let Some(lanes) = self.lanes.get(&channel) {
+            let lane = &lanes[priority.index()];
+            lane.deferred.store(true, Ordering::Relaxed);
+            self.give_back([lane]).await;
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use herald_bus::kafka::{producer, KafkaBus, KafkaOptions, Relay};
 use herald_core::bus::Bus;
-use herald_core::model::{Channel, Priority};
+use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{NewNotification, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -170,4 +170,212 @@ async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing
         again[0].len()
     );
     eprintln!("split between two workers: {by_a} and {by_b}");
+}
+
+/// The states of `notifications`' email deliveries, by lane.
+async fn email_states(
+    store: &Arc<dyn Store>,
+    notifications: &[NewNotification],
+) -> HashMap<Priority, Vec<DeliveryState>> {
+    let mut by_lane: HashMap<Priority, Vec<DeliveryState>> = HashMap::new();
+    for n in notifications {
+        let view = store
+            .notification(&n.tenant_id, n.id)
+            .await
+            .expect("read")
+            .expect("stored");
+        for d in view
+            .deliveries
+            .iter()
+            .filter(|d| d.channel == Channel::Email)
+        {
+            by_lane.entry(n.request.priority).or_default().push(d.state);
+        }
+    }
+    by_lane
+}
+
+/// Waits until every email delivery of `notifications` is `sending`
+/// (claimed by the bus into its buffers).
+async fn until_all_claimed(store: &Arc<dyn Store>, notifications: &[NewNotification]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let states = email_states(store, notifications).await;
+        if states
+            .values()
+            .flatten()
+            .all(|s| *s == DeliveryState::Sending)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not claimed in time: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// When every route of a lane is closed the dispatcher defers it: the bus
+/// gives back what it had claimed for the lane (queued again, not in
+/// doubt: no worker had it) and claims none of the lane's new events until
+/// the lane is taken from again; the other lanes go on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_deferred_lane_gives_its_claims_back_and_takes_no_more_until_taken_from() {
+    let (_cluster, brokers) = cluster(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let stop = CancellationToken::new();
+    start_relay(&store, &brokers, &stop);
+    let email = bus(&store, &options(&brokers, "herald"), Channel::Email, &stop);
+
+    let first: Vec<NewNotification> = (0..40).map(notification).collect();
+    store.create(first.clone()).await.expect("create");
+    until_all_claimed(&store, &first).await;
+
+    email.defer(Channel::Email, Priority::Normal).await;
+    let states = email_states(&store, &first).await;
+    assert!(
+        states[&Priority::Normal]
+            .iter()
+            .all(|s| *s == DeliveryState::Queued),
+        "given back: {:?}",
+        states[&Priority::Normal]
+    );
+    assert!(
+        states[&Priority::High]
+            .iter()
+            .all(|s| *s == DeliveryState::Sending),
+        "other lanes keep theirs"
+    );
+
+    // New events while deferred: the lane claims none of them.
+    let second: Vec<NewNotification> = (40..80).map(notification).collect();
+    store.create(second.clone()).await.expect("create");
+    let others: Vec<NewNotification> = second
+        .iter()
+        .filter(|n| n.request.priority != Priority::Normal)
+        .cloned()
+        .collect();
+    until_all_claimed(&store, &others).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let states = email_states(&store, &second).await;
+    assert!(
+        states[&Priority::Normal]
+            .iter()
+            .all(|s| *s == DeliveryState::Queued),
+        "nothing claimed while deferred: {:?}",
+        states[&Priority::Normal]
+    );
+
+    // Taken from again: the lane's new events flow.
+    let mut taken = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken < 10 && Instant::now() < deadline {
+        taken += email
+            .take(Channel::Email, Priority::Normal, 64)
+            .await
+            .expect("take")
+            .len();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    email.close().await;
+    assert_eq!(taken, 10, "the second batch's normal lane, once resumed");
+
+    // What was given back waits in the store for a sweep, due and not in
+    // doubt.
+    let swept = store
+        .claim(
+            Channel::Email,
+            Priority::Normal,
+            64,
+            herald_core::now_ms(),
+            60_000,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(swept.len(), 10);
+    assert!(swept.iter().all(|d| !d.in_doubt && d.attempt == 1));
+}
+
+/// Workers join and leave a channel's group while its events stream in:
+/// each rebalance moves partitions, and what a leaving worker had claimed
+/// but not handed out is given back, not stranded under its lease. Every
+/// delivery ends up taken exactly once, by the store sweep at most for
+/// what was given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_joining_and_leaving_mid_stream_take_every_delivery_once() {
+    let (_cluster, brokers) = cluster(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let stop = CancellationToken::new();
+    start_relay(&store, &brokers, &stop);
+    let opts = options(&brokers, "herald");
+    let sweep = Duration::from_millis(500);
+    let start = |stop: &CancellationToken| {
+        KafkaBus::start(
+            store.clone(),
+            &opts,
+            &[Channel::Email],
+            Duration::from_secs(60),
+            sweep,
+            stop.clone(),
+        )
+        .expect("bus")
+    };
+
+    const TOTAL: usize = 600;
+    let mut taken: HashMap<uuid::Uuid, usize> = HashMap::new();
+    let a = start(&stop);
+    let mut joined: Option<KafkaBus> = None;
+    let mut left = false;
+    let mut by = [0usize; 2];
+    // Shorter than the lease: a stranded claim would not come back in time.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut created = 0;
+    while taken.len() < TOTAL && Instant::now() < deadline {
+        // Events keep streaming in, a little ahead of the workers.
+        if created < TOTAL && created - taken.len() < 100 {
+            let batch: Vec<NewNotification> = (created..created + 20).map(notification).collect();
+            store.create(batch).await.expect("create");
+            created += 20;
+        }
+        // A second worker joins once the first is well under way. Once the
+        // second has partitions of its own the first stops taking, and
+        // leaves with the work it claimed meanwhile not handed out.
+        if joined.is_none() && by[0] >= TOTAL / 6 {
+            joined = Some(start(&stop));
+        }
+        let stalled = by[1] >= 20;
+        if !left && stalled && created - taken.len() >= 60 {
+            a.close().await;
+            left = true;
+        }
+        let mut workers: Vec<(usize, &KafkaBus, usize)> = Vec::new();
+        if !left && !stalled {
+            workers.push((0, &a, 4));
+        }
+        if let Some(b) = &joined {
+            workers.push((1, b, 64));
+        }
+        for (i, w, limit) in workers {
+            for lane in Priority::ALL {
+                for d in w.take(Channel::Email, lane, limit).await.expect("take") {
+                    *taken.entry(d.id).or_default() += 1;
+                    by[i] += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.cancel();
+    if let Some(b) = &joined {
+        b.close().await;
+    }
+    eprintln!(
+        "taken by the worker that left: {}, by the one that joined: {}",
+        by[0], by[1]
+    );
+    assert!(left, "the first worker left mid-stream");
+    let twice = taken.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "deliveries taken twice");
+    assert_eq!(taken.len(), TOTAL, "every email delivery taken");
 }

@@ -29,6 +29,11 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Vec<ClaimedDelivery>, BusError>;
     /// Returns when work may have arrived for the channel, or after `at_most`.
     async fn wait(&self, channel: Channel, at_most: Duration);
+    /// The dispatcher leaves this lane's work for now (every route for it
+    /// is closed, so it would only wait): a bus that claims work ahead of
+    /// the dispatcher gives back what it holds for the lane and claims no
+    /// more of it until the lane is next taken from.
+    async fn defer(&self, _channel: Channel, _priority: Priority) {}
     /// Stops taking in work and gives back what was taken in but not
     /// handed to a worker; at shutdown, before the workers finish. A bus
     /// that holds nothing of its own (the local bus) has nothing to do.

@@ -296,7 +296,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records attempts and moves each delivery on, if its lease still holds.
     async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError>;
     /// Gives leased deliveries back (`sending → queued`) without an attempt.
-    async fn release(&self, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError>;
+    /// `started`: a call may have begun (a worker was cut short at
+    /// shutdown), so the next holder takes each over in doubt; false for
+    /// deliveries never handed to a worker (a bus's buffer).
+    async fn release(
+        &self,
+        leases: Vec<(uuid::Uuid, i64)>,
+        started: bool,
+    ) -> Result<(), StoreError>;
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
     async fn delivery_summaries(&self) -> Result<Vec<DeliverySummary>, StoreError>;
     /// Dead letters matching `filter`, oldest death first, after `after`.

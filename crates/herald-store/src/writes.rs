@@ -27,7 +27,10 @@ pub(crate) enum Request {
         lease_ms: i64,
     },
     Record(Vec<AttemptRecord>),
-    Release(Vec<(uuid::Uuid, i64)>),
+    Release {
+        leases: Vec<(uuid::Uuid, i64)>,
+        started: bool,
+    },
     AddKey(AddKeyArgs),
     ReplayOne {
         tenant_id: Option<String>,
@@ -64,7 +67,7 @@ impl Request {
             Request::Create(_) => "create",
             Request::Claim(_) | Request::ClaimIds { .. } => "claim",
             Request::Record(_) => "record",
-            Request::Release(_) => "release",
+            Request::Release { .. } => "release",
             Request::AddKey(_) => "add_key",
             Request::ReplayOne { .. } | Request::ReplayMany { .. } => "replay",
             Request::Expire { .. } => "expire",

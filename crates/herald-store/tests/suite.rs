@@ -291,7 +291,7 @@ async fn released_work_is_claimable_at_once(store: &dyn Store) {
         .expect("claim");
     assert_eq!(c.len(), 1);
     store
-        .release(vec![(c[0].id, c[0].lease_token)])
+        .release(vec![(c[0].id, c[0].lease_token)], false)
         .await
         .expect("release");
     let again = store
@@ -306,6 +306,10 @@ async fn released_work_is_claimable_at_once(store: &dyn Store) {
         .expect("claim");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 1, "a release is not an attempt");
+    assert!(
+        !again[0].in_doubt,
+        "given back before any worker had it: nothing to doubt"
+    );
 }
 
 async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
@@ -498,7 +502,7 @@ async fn a_takeover_is_in_doubt_and_knows_the_backup_being_called(store: &dyn St
     assert_eq!(third[0].calling, None);
     // A release at shutdown may have cut a call short: in doubt too.
     store
-        .release(vec![(third[0].id, third[0].lease_token)])
+        .release(vec![(third[0].id, third[0].lease_token)], true)
         .await
         .expect("release");
     let fourth = store

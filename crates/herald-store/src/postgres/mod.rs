@@ -179,8 +179,12 @@ impl Store for PostgresStore {
         self.writes.done(Request::Record(attempts)).await
     }
 
-    async fn release(&self, leases: Vec<(uuid::Uuid, i64)>) -> Result<(), StoreError> {
-        self.writes.done(Request::Release(leases)).await
+    async fn release(
+        &self,
+        leases: Vec<(uuid::Uuid, i64)>,
+        started: bool,
+    ) -> Result<(), StoreError> {
+        self.writes.done(Request::Release { leases, started }).await
     }
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {

@@ -73,8 +73,8 @@ async fn apply(
                 lease_ms,
             } => Response::Claimed(claim_ids(&mut tx, ids, *now_ms, *lease_ms).await?),
             Request::Record(_) => Response::Done,
-            Request::Release(leases) => {
-                release(&mut tx, leases).await?;
+            Request::Release { leases, started } => {
+                release(&mut tx, leases, *started).await?;
                 Response::Done
             }
             Request::AddKey(args) => Response::Tenant(add_key(&mut tx, args).await?),
@@ -733,17 +733,22 @@ async fn replay_many(
     Ok(done.rows_affected())
 }
 
-async fn release(tx: &mut PgConnection, leases: &[(uuid::Uuid, i64)]) -> Result<(), StoreError> {
+async fn release(
+    tx: &mut PgConnection,
+    leases: &[(uuid::Uuid, i64)],
+    started: bool,
+) -> Result<(), StoreError> {
     let (ids, tokens): (Vec<uuid::Uuid>, Vec<i64>) = leases.iter().copied().unzip();
     sqlx::query(
         "UPDATE deliveries d SET state = 'queued', due_at_ms = $1, lease_token = NULL, \
-             attempts = GREATEST(d.attempts - 1, 0), updated_at_ms = $1, in_doubt = TRUE \
+             attempts = GREATEST(d.attempts - 1, 0), updated_at_ms = $1, in_doubt = (d.in_doubt OR $4) \
          FROM UNNEST($2::uuid[], $3::int8[]) AS v(id, token) \
          WHERE d.id = v.id AND d.lease_token = v.token AND d.state = 'sending'",
     )
     .bind(herald_core::now_ms())
     .bind(&ids)
     .bind(&tokens)
+    .bind(started)
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;

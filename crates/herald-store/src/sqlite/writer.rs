@@ -138,8 +138,8 @@ fn apply(
                 lease_ms,
             } => Response::Claimed(claim_ids(&tx, ids, *now_ms, *lease_ms)?),
             Request::Record(_) => Response::Done,
-            Request::Release(leases) => {
-                release(&tx, leases)?;
+            Request::Release { leases, started } => {
+                release(&tx, leases, *started)?;
                 Response::Done
             }
             Request::AddKey(args) => Response::Tenant(add_key(&tx, args)?),
@@ -652,18 +652,22 @@ fn replay_many(
     Ok(done as u64)
 }
 
-fn release(tx: &Transaction<'_>, leases: &[(uuid::Uuid, i64)]) -> Result<(), StoreError> {
+fn release(
+    tx: &Transaction<'_>,
+    leases: &[(uuid::Uuid, i64)],
+    started: bool,
+) -> Result<(), StoreError> {
     let now = herald_core::now_ms();
     let mut give_back = tx
         .prepare_cached(
             "UPDATE deliveries SET state = 'queued', due_at_ms = ?1, lease_token = NULL, \
-                 attempts = MAX(attempts - 1, 0), updated_at_ms = ?1, in_doubt = 1 \
+                 attempts = MAX(attempts - 1, 0), updated_at_ms = ?1, in_doubt = (in_doubt OR ?4) \
              WHERE id = ?2 AND lease_token = ?3 AND state = 'sending'",
         )
         .map_err(sql_err)?;
     for (id, token) in leases {
         give_back
-            .execute(params![now, id, token])
+            .execute(params![now, id, token, started])
             .map_err(sql_err)?;
     }
     Ok(())

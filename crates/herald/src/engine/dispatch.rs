@@ -47,7 +47,11 @@ impl Dispatcher {
             let mut failed = false;
             for lane in Priority::ALL {
                 let room = self.policy.room(lane, &in_flight).min(self.claim_batch);
-                if room == 0 || self.waits_for_its_route(lane) {
+                if room == 0 {
+                    continue;
+                }
+                if self.waits_for_its_route(lane) {
+                    self.bus.defer(self.channel, lane).await;
                     continue;
                 }
                 match self.bus.take(self.channel, lane, room).await {
@@ -174,7 +178,7 @@ impl Dispatcher {
         if !held.is_empty() {
             let leases: Vec<_> = held.values().map(|h| (h.delivery, h.lease)).collect();
             tracing::warn!(channel = %self.channel, count = leases.len(), "releasing deliveries that did not finish in time");
-            if let Err(e) = self.shared.store.release(leases).await {
+            if let Err(e) = self.shared.store.release(leases, true).await {
                 tracing::error!(error = %e, "release failed; the leases will expire instead");
             }
         }
