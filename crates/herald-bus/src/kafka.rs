@@ -28,7 +28,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +84,48 @@ pub fn producer(opts: &KafkaOptions) -> anyhow::Result<FutureProducer> {
         .set("message.timeout.ms", "30000")
         .create()
         .map_err(|e| anyhow::anyhow!("kafka producer for {}: {e}", opts.brokers))
+}
+
+/// Whether the cluster answers, for readiness: a metadata request for the
+/// lane topics on a client of its own (the consumers' and the relay's are
+/// busy with their work, and a readiness probe must not disturb them).
+#[derive(Clone)]
+pub struct KafkaProbe {
+    client: FutureProducer,
+    topic: String,
+}
+
+impl KafkaProbe {
+    pub fn new(opts: &KafkaOptions) -> anyhow::Result<KafkaProbe> {
+        let client = ClientConfig::new()
+            .set("bootstrap.servers", &opts.brokers)
+            .create()
+            .map_err(|e| anyhow::anyhow!("kafka client for {}: {e}", opts.brokers))?;
+        Ok(KafkaProbe {
+            client,
+            topic: topic(&opts.topic_prefix, Priority::Critical),
+        })
+    }
+
+    /// `Ok` when a broker answered within `timeout` and knows the critical
+    /// lane's topic; otherwise why not.
+    pub async fn check(&self, timeout: Duration) -> Result<(), String> {
+        let probe = self.clone();
+        // librdkafka's metadata call blocks its thread.
+        let answer = tokio::task::spawn_blocking(move || {
+            probe
+                .client
+                .client()
+                .fetch_metadata(Some(&probe.topic), timeout)
+        })
+        .await
+        .map_err(|e| format!("kafka probe: {e}"))?;
+        let metadata = answer.map_err(|e| format!("kafka: {e}"))?;
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(format!("kafka: topic {} not found", self.topic)),
+        }
+    }
 }
 
 pub struct Relay {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use herald_bus::kafka::{KafkaBus, KafkaOptions, Relay};
+use herald_bus::kafka::{KafkaBus, KafkaOptions, KafkaProbe, Relay};
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
 use herald_core::store::Store;
@@ -171,13 +171,13 @@ impl Running {
                 );
             }
         }
-        let state = Arc::new(AppState::new(
-            &cfg,
-            store.clone(),
-            bus.clone(),
-            accounts,
-            templates,
-        ));
+        let mut state = AppState::new(&cfg, store.clone(), bus.clone(), accounts, templates);
+        // API nodes only write the outbox (in the store); workers and relays
+        // need the cluster itself to be useful.
+        if cfg.kafka.enabled() && (cfg.has_role(Role::Worker) || cfg.has_role(Role::Relay)) {
+            state.kafka = Some(KafkaProbe::new(&kafka_options(&cfg))?);
+        }
+        let state = Arc::new(state);
         let app = api::router(
             state.clone(),
             Duration::from_millis(cfg.server.request_timeout_ms),

@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set when shutdown begins: /readyz turns 503 so load balancers drain.
     pub draining: AtomicBool,
+    /// On nodes that use Kafka themselves (workers, relays): /readyz asks it.
+    pub kafka: Option<herald_bus::kafka::KafkaProbe>,
 }
 
 impl AppState {
@@ -78,6 +80,7 @@ impl AppState {
             ),
             metrics: crate::telemetry::metrics(),
             draining: AtomicBool::new(false),
+            kafka: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -19,7 +20,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The process can take traffic: the store answers and it is not draining.
+/// How long readiness waits for Kafka to answer.
+const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The process can take traffic: it is not draining, the store answers,
+/// and so does Kafka where this node uses it (workers and relays; the local
+/// bus is the store). Each dependency is reported, "ok" or why not.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (
@@ -28,13 +34,22 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready", "store": "ok", "bus": "ok"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "store": e.to_string()})),
-        )
-            .into_response(),
+    let store = state.store.ping().await.map_err(|e| e.to_string());
+    let bus = match &state.kafka {
+        Some(probe) => probe.check(KAFKA_PROBE_TIMEOUT).await,
+        None => Ok(()),
+    };
+    let ready = store.is_ok() && bus.is_ok();
+    let report = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
+    let body = Json(json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "store": report(store),
+        "bus": report(bus),
+    }));
+    if ready {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

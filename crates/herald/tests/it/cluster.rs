@@ -142,16 +142,13 @@ async fn a_fleet_on_postgres_loses_nothing_and_sends_nothing_twice_when_a_worker
 /// The same fleet with Kafka as its bus (librdkafka's mock cluster, which
 /// the nodes reach over TCP): API nodes write outbox events, a relay node
 /// publishes them, and the workers consume them in one group per channel.
+/// The relay is also SIGKILLed a quarter of the way in and restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_postgres_and_kafka_loses_nothing_and_sends_nothing_twice_when_a_worker_dies() {
     let Some(url) = postgres_url() else {
         return;
     };
-    let cluster = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
-    for lane in herald_core::Priority::ALL {
-        let topic = format!("herald.notifications.{}", lane.as_str());
-        cluster.create_topic(&topic, 4, 3).expect("topic");
-    }
+    let cluster = herald_bus::kafka::mock_cluster(3, 4, "herald").expect("mock cluster");
     fleet(&url, "hs_cluster_kafka", Some(&cluster.bootstrap_servers())).await;
 }
 
@@ -199,10 +196,11 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
     let (_sms1, _) = node(&cfg, "worker", Some("sms")).await;
     let (_sms2, _) = node(&cfg, "worker", Some("sms")).await;
     // With Kafka, a relay node publishes what the API nodes store.
-    let relay = match kafka {
+    let mut relay = match kafka {
         Some(_) => Some(node(&cfg, "relay", None).await),
         None => None,
     };
+    let mut relay_restarted = false;
 
     // An API node has no workers and a worker node no API.
     let http = reqwest::Client::new();
@@ -253,6 +251,17 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
             .flatten()
             .filter(|r| r["status"] == "accepted")
             .count();
+        // A quarter of the way in, the relay is SIGKILLed mid-stream and a
+        // new one started: it takes over once the dead one's lease lapses,
+        // from the first event not marked published.
+        if !relay_restarted && b == NOTIFICATIONS / BATCH / 4 {
+            if let Some((mut dead, _)) = relay.take() {
+                dead.start_kill().expect("SIGKILL the relay");
+                dead.wait().await.expect("reaped");
+                relay = Some(node(&cfg, "relay", None).await);
+                relay_restarted = true;
+            }
+        }
         // Kill one email worker once deliveries are well under way.
         if killed_at.is_none() && unique(&sim) >= (NOTIFICATIONS / 2) as u64 {
             email1.start_kill().expect("SIGKILL");
@@ -310,8 +319,17 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
         doubled.len() + doubled_keys,
     );
     if let Some((_, relay)) = &relay {
-        // Every notification went through Kafka: the relay published each
-        // stored event.
+        // Every notification went through Kafka: every stored event was
+        // published (none is left in the outbox), the restarted relay
+        // publishing those the killed one had not.
+        let db = sqlx::PgPool::connect(&store_url).await.expect("connect");
+        let unpublished: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NULL")
+                .fetch_one(&db)
+                .await
+                .expect("outbox");
+        db.close().await;
+        assert_eq!(unpublished, 0, "events left unpublished in the outbox");
         let metrics = http
             .get(format!("{relay}/metrics"))
             .send()
@@ -325,13 +343,73 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
             .filter(|l| l.starts_with("herald_bus_published_total"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        assert_eq!(
-            published as usize, NOTIFICATIONS,
-            "events the relay published"
+        // The restarted relay published at least everything stored after
+        // the kill, and each event once at most.
+        let after_kill = NOTIFICATIONS - (NOTIFICATIONS / BATCH / 4 + 1) * BATCH;
+        eprintln!("the restarted relay published {published} events");
+        assert!(
+            (after_kill..=NOTIFICATIONS).contains(&(published as usize)),
+            "events the restarted relay published: {published}"
         );
     }
     assert!(lost.is_empty(), "lost: {:?}", &lost[..lost.len().min(20)]);
     assert!(doubled.is_empty(), "recipients reached twice: {doubled:?}");
     assert_eq!(doubled_keys, 0, "delivery keys accepted twice");
     assert_eq!(entries.len() as u64, expected);
+}
+
+/// `herald serve` in the sandbox with Kafka at `brokers`, as `roles`.
+async fn sandbox_on_kafka(
+    dir: &std::path::Path,
+    brokers: &str,
+    roles: &str,
+) -> (tokio::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--roles", roles])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("HERALD_DEV_API_KEY", "hrld_readiness_test_key_0123456789")
+        .env("HERALD__KAFKA__BROKERS", brokers);
+    spawn_serve(cmd).await
+}
+
+/// A worker or relay node is ready only while Kafka answers; an API node,
+/// which only writes the outbox in the store, does not depend on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_the_kafka_connection_on_nodes_that_use_it() {
+    let http = reqwest::Client::new();
+    let ready = |base: String| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .expect("readyz");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.expect("json"))
+        }
+    };
+
+    // Nothing listens on port 1.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_worker, base) = sandbox_on_kafka(dir.path(), "127.0.0.1:1", "worker").await;
+    let (status, body) = ready(base).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["store"], "ok");
+    assert!(
+        body["bus"].as_str().is_some_and(|b| b.starts_with("kafka")),
+        "{body}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_api, base) = sandbox_on_kafka(dir.path(), "127.0.0.1:1", "api").await;
+    let (status, body) = ready(base).await;
+    assert_eq!(status, 200, "an API node only needs its store: {body}");
+
+    let cluster = herald_bus::kafka::mock_cluster(1, 2, "herald").expect("mock cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_relay, base) = sandbox_on_kafka(dir.path(), &cluster.bootstrap_servers(), "relay").await;
+    let (status, body) = ready(base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["bus"], "ok");
 }
