@@ -64,6 +64,35 @@ fn start_relay(store: &Arc<dyn Store>, brokers: &str, stop: &CancellationToken) 
     tokio::spawn(relay.run(stop.clone()));
 }
 
+/// What every test here runs on: the mock cluster, a SQLite store with the
+/// outbox on, and a relay publishing it; `stop` stops the relay. Bind every
+/// field, not `..`: the cluster and the store's directory must live until
+/// the test ends.
+struct Fleet {
+    _cluster: common::Cluster,
+    _dir: tempfile::TempDir,
+    brokers: String,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let (cluster, brokers) = cluster(4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(&dir).await;
+        let stop = CancellationToken::new();
+        start_relay(&store, &brokers, &stop);
+        Fleet {
+            _cluster: cluster,
+            _dir: dir,
+            brokers,
+            store,
+            stop,
+        }
+    }
+}
+
 /// Takes from `bus`, every lane, highest first, for `within`, or until
 /// `enough` in all; returns delivery id → channel.
 async fn drain(
@@ -90,11 +119,13 @@ async fn drain(
 
 #[tokio::test(flavor = "current_thread")]
 async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
-    let (_cluster, brokers) = cluster(4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = store(&dir).await;
-    let stop = CancellationToken::new();
-    start_relay(&store, &brokers, &stop);
+    let Fleet {
+        _cluster,
+        _dir,
+        brokers,
+        store,
+        stop,
+    } = Fleet::start().await;
     let opts = options(&brokers, "herald");
     let email = bus(&store, &opts, Channel::Email, &stop);
     let sms = bus(&store, &opts, Channel::Sms, &stop);
@@ -129,11 +160,13 @@ async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing() {
-    let (_cluster, brokers) = cluster(4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = store(&dir).await;
-    let stop = CancellationToken::new();
-    start_relay(&store, &brokers, &stop);
+    let Fleet {
+        _cluster,
+        _dir,
+        brokers,
+        store,
+        stop,
+    } = Fleet::start().await;
     let opts = options(&brokers, "herald");
     // Two email workers in one group.
     let a = bus(&store, &opts, Channel::Email, &stop);
@@ -219,11 +252,13 @@ async fn until_all_claimed(store: &Arc<dyn Store>, notifications: &[NewNotificat
 /// the lane is taken from again; the other lanes go on.
 #[tokio::test(flavor = "current_thread")]
 async fn a_deferred_lane_gives_its_claims_back_and_takes_no_more_until_taken_from() {
-    let (_cluster, brokers) = cluster(4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = store(&dir).await;
-    let stop = CancellationToken::new();
-    start_relay(&store, &brokers, &stop);
+    let Fleet {
+        _cluster,
+        _dir,
+        brokers,
+        store,
+        stop,
+    } = Fleet::start().await;
     let email = bus(&store, &options(&brokers, "herald"), Channel::Email, &stop);
 
     let first: Vec<NewNotification> = (0..40).map(notification).collect();
@@ -303,11 +338,13 @@ async fn a_deferred_lane_gives_its_claims_back_and_takes_no_more_until_taken_fro
 /// what was given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_joining_and_leaving_mid_stream_take_every_delivery_once() {
-    let (_cluster, brokers) = cluster(4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = store(&dir).await;
-    let stop = CancellationToken::new();
-    start_relay(&store, &brokers, &stop);
+    let Fleet {
+        _cluster,
+        _dir,
+        brokers,
+        store,
+        stop,
+    } = Fleet::start().await;
     let opts = options(&brokers, "herald");
     let sweep = Duration::from_millis(500);
     let start = |stop: &CancellationToken| {
