@@ -264,9 +264,10 @@ fn headers(e: &OutboxEvent) -> OwnedHeaders {
 /// delivery's new state is in the store. The dispatcher takes claimed
 /// deliveries lane by lane, highest first, as from the local bus.
 ///
-/// Retries coming due, leases run out (a worker died mid-call) and any
-/// delivery whose event never came are not on Kafka: each lane also claims
-/// from the store once every `sweep`, which is how they re-enter.
+/// Retries coming due, leases run out (a worker died mid-call), deliveries
+/// given back and any whose event never came are not on Kafka: each lane
+/// also sweeps the store once every `sweep`, which is how they re-enter.
+/// The sweep leaves new work to Kafka until it has waited a sweep interval.
 pub struct KafkaBus {
     store: Arc<dyn Store>,
     lease: Duration,
@@ -658,10 +659,18 @@ impl Bus for KafkaBus {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
+            // New work is left to Kafka for a sweep interval.
             let lease_ms = herald_core::ms(self.lease);
             out.extend(
                 self.store
-                    .claim(channel, priority, limit - out.len(), now, lease_ms)
+                    .sweep(
+                        channel,
+                        priority,
+                        limit - out.len(),
+                        now,
+                        lease_ms,
+                        now - sweep_ms,
+                    )
                     .await?,
             );
         }

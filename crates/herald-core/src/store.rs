@@ -282,6 +282,20 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    /// `claim`, except that a `queued` delivery counts only once it has sat
+    /// untouched since `settled_before_ms`; retries come due and run-out
+    /// leases count at once. The Kafka bus's sweep: it picks up what Kafka
+    /// will not bring (retries, a dead worker's leases, deliveries given
+    /// back, events late or lost), not new work on its way through Kafka.
+    async fn sweep(
+        &self,
+        channel: Channel,
+        priority: Priority,
+        limit: usize,
+        now_ms: i64,
+        lease_ms: i64,
+        settled_before_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
     /// Moves these deliveries to `sending` under a lease of `lease_ms`, each
     /// only if it is waiting and due (queued, a retry come due, or a lease
     /// run out); the others are left as they are and not returned. How a

@@ -109,6 +109,9 @@ pub(crate) struct ClaimArgs {
     pub limit: usize,
     pub now_ms: i64,
     pub lease_ms: i64,
+    /// A `queued` delivery counts only if untouched since this (`i64::MAX`:
+    /// always); retries and run-out leases always count.
+    pub settled_before_ms: i64,
 }
 
 pub(crate) struct AddKeyArgs {

@@ -312,6 +312,37 @@ async fn released_work_is_claimable_at_once(store: &dyn Store) {
     );
 }
 
+/// The Kafka bus's sweep takes a queued delivery only once it has sat a
+/// while (new work comes through Kafka), but a run-out lease at once.
+async fn a_sweep_leaves_new_work_and_takes_run_out_leases(store: &dyn Store) {
+    let fresh = new_notification("t1", request(Priority::High, &["sms"]), 1_000);
+    let held = new_notification("t1", request(Priority::High, &["email"]), 1_000);
+    store.create(vec![fresh, held]).await.expect("create");
+    let leased = store
+        .claim(Channel::Email, Priority::High, 5, 2_000, 100)
+        .await
+        .expect("claim");
+    assert_eq!(leased.len(), 1);
+
+    // At 5 s: the SMS delivery, stored at 1 s, has not sat since 0.5 s.
+    let early = store
+        .sweep(Channel::Sms, Priority::High, 5, 5_000, 60_000, 500)
+        .await
+        .expect("sweep");
+    assert!(early.is_empty(), "new work is left to Kafka");
+    let expired = store
+        .sweep(Channel::Email, Priority::High, 5, 5_000, 60_000, 500)
+        .await
+        .expect("sweep");
+    assert_eq!(expired.len(), 1, "a run-out lease is taken at once");
+    assert!(expired[0].in_doubt);
+    let settled = store
+        .sweep(Channel::Sms, Priority::High, 5, 5_000, 60_000, 1_000)
+        .await
+        .expect("sweep");
+    assert_eq!(settled.len(), 1, "work that sat a sweep interval is taken");
+}
+
 async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
     let rec = IdempotencyRecord {
         request_hash: vec![1, 2, 3],
@@ -797,6 +828,7 @@ suite!(
     future_work_waits,
     expired_lease_is_claimed_again_and_old_holder_cannot_write,
     released_work_is_claimable_at_once,
+    a_sweep_leaves_new_work_and_takes_run_out_leases,
     idempotency_keys_are_per_tenant,
     api_keys,
     failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt,

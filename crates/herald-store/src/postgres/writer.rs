@@ -402,6 +402,7 @@ async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelive
              SELECT id FROM deliveries \
              WHERE channel = $4 AND priority = $5 \
                AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= $1 \
+               AND (state <> 'queued' OR updated_at_ms <= $7) \
              ORDER BY due_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) \
          UPDATE deliveries d SET state = 'sending', due_at_ms = $1 + $2, lease_token = $3, \
              attempts = d.attempts + 1, updated_at_ms = $1, \
@@ -416,6 +417,7 @@ async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelive
     .bind(a.channel.as_str())
     .bind(a.priority.index() as i64)
     .bind(i64::try_from(a.limit).unwrap_or(i64::MAX))
+    .bind(a.settled_before_ms)
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;

@@ -147,6 +147,19 @@ impl Store for SqliteStore {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.sweep(channel, priority, limit, now_ms, lease_ms, i64::MAX)
+            .await
+    }
+
+    async fn sweep(
+        &self,
+        channel: Channel,
+        priority: Priority,
+        limit: usize,
+        now_ms: i64,
+        lease_ms: i64,
+        settled_before_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         self.writes
             .claim(ClaimArgs {
                 channel,
@@ -154,6 +167,7 @@ impl Store for SqliteStore {
                 limit,
                 now_ms,
                 lease_ms,
+                settled_before_ms,
             })
             .await
     }

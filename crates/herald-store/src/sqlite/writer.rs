@@ -339,6 +339,7 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
              WHERE rowid IN (SELECT rowid FROM deliveries \
                  WHERE channel = ?4 AND priority = ?5 \
                    AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= ?1 \
+                   AND (state <> 'queued' OR updated_at_ms <= ?7) \
                  ORDER BY due_at_ms LIMIT ?6) \
              RETURNING id, notification_id, target, attempts, pinned_provider, calling, in_doubt",
         )
@@ -351,7 +352,8 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
             token,
             a.channel.as_str(),
             a.priority.index() as i64,
-            limit
+            limit,
+            a.settled_before_ms
         ])
         .map_err(sql_err)?;
     let mut claimed = Vec::new();
