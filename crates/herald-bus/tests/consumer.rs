@@ -65,9 +65,7 @@ fn start_relay(store: &Arc<dyn Store>, brokers: &str, stop: &CancellationToken) 
 }
 
 /// What every test here runs on: the mock cluster, a SQLite store with the
-/// outbox on, and a relay publishing it; `stop` stops the relay. Bind every
-/// field, not `..`: the cluster and the store's directory must live until
-/// the test ends.
+/// outbox on, and a relay publishing it; `stop` stops the relay.
 struct Fleet {
     _cluster: common::Cluster,
     _dir: tempfile::TempDir,
@@ -119,16 +117,11 @@ async fn drain(
 
 #[tokio::test(flavor = "current_thread")]
 async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
-    let Fleet {
-        _cluster,
-        _dir,
-        brokers,
-        store,
-        stop,
-    } = Fleet::start().await;
-    let opts = options(&brokers, "herald");
-    let email = bus(&store, &opts, Channel::Email, &stop);
-    let sms = bus(&store, &opts, Channel::Sms, &stop);
+    let fleet = Fleet::start().await;
+    let (brokers, store, stop) = (&fleet.brokers, &fleet.store, &fleet.stop);
+    let opts = options(brokers, "herald");
+    let email = bus(store, &opts, Channel::Email, stop);
+    let sms = bus(store, &opts, Channel::Sms, stop);
 
     let sent: Vec<NewNotification> = (0..100).map(notification).collect();
     store.create(sent.clone()).await.expect("create");
@@ -160,17 +153,12 @@ async fn every_channel_group_sees_every_event_and_takes_its_own_deliveries() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing() {
-    let Fleet {
-        _cluster,
-        _dir,
-        brokers,
-        store,
-        stop,
-    } = Fleet::start().await;
-    let opts = options(&brokers, "herald");
+    let fleet = Fleet::start().await;
+    let (brokers, store, stop) = (&fleet.brokers, &fleet.store, &fleet.stop);
+    let opts = options(brokers, "herald");
     // Two email workers in one group.
-    let a = bus(&store, &opts, Channel::Email, &stop);
-    let b = bus(&store, &opts, Channel::Email, &stop);
+    let a = bus(store, &opts, Channel::Email, stop);
+    let b = bus(store, &opts, Channel::Email, stop);
     store
         .create((0..200).map(notification).collect())
         .await
@@ -191,7 +179,7 @@ async fn workers_of_a_channel_split_its_events_and_a_reread_event_claims_nothing
     // A worker reading every event again from the start (a new group here;
     // in production, a restart before its offsets were committed) claims
     // nothing: the deliveries are leased already.
-    let replay = bus(&store, &options(&brokers, "replay"), Channel::Email, &stop);
+    let replay = bus(store, &options(brokers, "replay"), Channel::Email, stop);
     let again = drain(&[(&replay, Channel::Email)], 1, Duration::from_secs(8)).await;
     stop.cancel();
     for worker in [&a, &b, &replay] {
@@ -252,21 +240,16 @@ async fn until_all_claimed(store: &Arc<dyn Store>, notifications: &[NewNotificat
 /// the lane is taken from again; the other lanes go on.
 #[tokio::test(flavor = "current_thread")]
 async fn a_deferred_lane_gives_its_claims_back_and_takes_no_more_until_taken_from() {
-    let Fleet {
-        _cluster,
-        _dir,
-        brokers,
-        store,
-        stop,
-    } = Fleet::start().await;
-    let email = bus(&store, &options(&brokers, "herald"), Channel::Email, &stop);
+    let fleet = Fleet::start().await;
+    let (brokers, store, stop) = (&fleet.brokers, &fleet.store, &fleet.stop);
+    let email = bus(store, &options(brokers, "herald"), Channel::Email, stop);
 
     let first: Vec<NewNotification> = (0..40).map(notification).collect();
     store.create(first.clone()).await.expect("create");
-    until_all_claimed(&store, &first).await;
+    until_all_claimed(store, &first).await;
 
     email.defer(Channel::Email, Priority::Normal).await;
-    let states = email_states(&store, &first).await;
+    let states = email_states(store, &first).await;
     assert!(
         states[&Priority::Normal]
             .iter()
@@ -289,9 +272,9 @@ async fn a_deferred_lane_gives_its_claims_back_and_takes_no_more_until_taken_fro
         .filter(|n| n.request.priority != Priority::Normal)
         .cloned()
         .collect();
-    until_all_claimed(&store, &others).await;
+    until_all_claimed(store, &others).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let states = email_states(&store, &second).await;
+    let states = email_states(store, &second).await;
     assert!(
         states[&Priority::Normal]
             .iter()
@@ -338,14 +321,9 @@ async fn a_deferred_lane_gives_its_claims_back_and_takes_no_more_until_taken_fro
 /// what was given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_joining_and_leaving_mid_stream_take_every_delivery_once() {
-    let Fleet {
-        _cluster,
-        _dir,
-        brokers,
-        store,
-        stop,
-    } = Fleet::start().await;
-    let opts = options(&brokers, "herald");
+    let fleet = Fleet::start().await;
+    let (brokers, store, stop) = (&fleet.brokers, &fleet.store, &fleet.stop);
+    let opts = options(brokers, "herald");
     let sweep = Duration::from_millis(500);
     let start = |stop: &CancellationToken| {
         KafkaBus::start(
@@ -361,7 +339,7 @@ async fn workers_joining_and_leaving_mid_stream_take_every_delivery_once() {
 
     const TOTAL: usize = 600;
     let mut taken: HashMap<uuid::Uuid, usize> = HashMap::new();
-    let a = start(&stop);
+    let a = start(stop);
     let mut joined: Option<KafkaBus> = None;
     let mut left = false;
     let mut by = [0usize; 2];
@@ -379,7 +357,7 @@ async fn workers_joining_and_leaving_mid_stream_take_every_delivery_once() {
         // second has partitions of its own the first stops taking, and
         // leaves with the work it claimed meanwhile not handed out.
         if joined.is_none() && by[0] >= TOTAL / 6 {
-            joined = Some(start(&stop));
+            joined = Some(start(stop));
         }
         let stalled = by[1] >= 20;
         if !left && stalled && created - taken.len() >= 60 {

@@ -281,7 +281,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         now_ms: i64,
         lease_ms: i64,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.sweep(channel, priority, limit, now_ms, lease_ms, i64::MAX)
+            .await
+    }
     /// `claim`, except that a `queued` delivery counts only once it has sat
     /// untouched since `settled_before_ms`; retries come due and run-out
     /// leases count at once. The Kafka bus's sweep: it picks up what Kafka

@@ -142,18 +142,6 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn claim(
-        &self,
-        channel: Channel,
-        priority: Priority,
-        limit: usize,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.sweep(channel, priority, limit, now_ms, lease_ms, i64::MAX)
-            .await
-    }
-
     async fn sweep(
         &self,
         channel: Channel,
