@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod bus;
 pub mod events;
 pub mod lanes;
+pub mod lease;
 pub mod model;
 pub mod provider;
 pub mod retry;

@@ -8,12 +8,26 @@ use crate::model::{Channel, DeliveryState, NotificationRequest, Priority};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// Down, unreachable, out of disk, too slow: nothing is wrong with the
+    /// operation, and it may succeed once the store is back.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
     #[error("the store holds data it cannot read: {0}")]
     Corrupt(String),
+    /// The store refused this operation itself (a constraint it breaks):
+    /// trying it again will not help.
+    #[error("the store refused the operation: {0}")]
+    Rejected(String),
     #[error("the store is shutting down")]
     Closed,
+}
+
+impl StoreError {
+    /// Whether the store, not the operation, is at fault: the same
+    /// operation may succeed later.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Closed)
+    }
 }
 
 /// One delivery to create with its notification.
@@ -79,6 +93,10 @@ pub struct ClaimedDelivery {
     pub attempt: u32,
     /// Proves the lease: results are recorded only with the current token.
     pub lease_token: i64,
+    /// When the lease runs out (the claimer's clock): from then on another
+    /// worker may take the delivery over, so no vendor call may still be
+    /// running (`crate::lease`).
+    pub lease_until_ms: i64,
     pub accepted_at_ms: i64,
     pub expires_at_ms: Option<i64>,
     /// The notification request as JSON.

@@ -70,6 +70,7 @@ async fn filled(dir: &tempfile::TempDir, rounds: usize) -> SqliteStore {
         max_batch: 512,
         read_connections: 1,
         outbox: false,
+        timeout: std::time::Duration::from_secs(5),
     })
     .await
     .expect("open");

@@ -11,11 +11,27 @@ use herald_core::store::{
 };
 use sqlx::{QueryBuilder, Row};
 
+/// An error from sqlx as the store's: a row it cannot read is corrupt, a
+/// constraint the operation breaks is the operation's fault (rejected),
+/// anything else — connections, timeouts, a full disk, a read-only
+/// server — is the store's (unavailable).
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
-    match e {
+    use sqlx::error::ErrorKind;
+    match &e {
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
         | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::Database(d)
+            if matches!(
+                d.kind(),
+                ErrorKind::UniqueViolation
+                    | ErrorKind::ForeignKeyViolation
+                    | ErrorKind::NotNullViolation
+                    | ErrorKind::CheckViolation
+            ) =>
+        {
+            StoreError::Rejected(e.to_string())
+        }
         _ => StoreError::Unavailable(e.to_string()),
     }
 }

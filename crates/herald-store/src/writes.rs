@@ -3,6 +3,10 @@
 //! its batch size), applies it in one transaction and answers each caller
 //! only after the commit.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use herald_core::model::{Channel, Priority};
 use herald_core::store::{
     AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, NewNotification, ReplayOutcome,
@@ -58,6 +62,9 @@ pub(crate) enum Request {
         lease_token: i64,
         provider: String,
     },
+    /// A small real write (a padded row in `health_probe`), to learn
+    /// whether the store takes writes again after they failed.
+    Probe,
 }
 
 impl Request {
@@ -75,6 +82,7 @@ impl Request {
             Request::RelayLease { .. } => "relay_lease",
             Request::OutboxPublished(_) => "outbox_published",
             Request::NoteCall { .. } => "note_call",
+            Request::Probe => "probe",
         }
     }
 
@@ -120,6 +128,98 @@ pub(crate) struct AddKeyArgs {
     pub label: String,
 }
 
+/// While writes fail for the store's own reasons, a writer tries a batch
+/// at most this often; the batches in between fail at once.
+const TRY_EVERY_WHILE_FAILING: Duration = Duration::from_millis(250);
+
+/// Whether the store takes writes, as its writers last found, shared by
+/// the writers (which fail fast while it does not) and readiness.
+#[derive(Default)]
+pub(crate) struct WriteHealth {
+    /// 0 while writes succeed; else when they began to fail (Unix ms).
+    failing_since_ms: AtomicI64,
+    /// When a writer last tried a batch while failing (Unix ms).
+    tried_at_ms: AtomicI64,
+    last_error: Mutex<String>,
+}
+
+impl WriteHealth {
+    /// Whether a writer should try its batch now: always while writes
+    /// succeed; while they fail, one batch every `TRY_EVERY_WHILE_FAILING`
+    /// (the others fail at once rather than each waiting out a timeout).
+    pub(crate) fn should_try(&self) -> bool {
+        if self.failing_since_ms.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let now = herald_core::now_ms();
+        let last = self.tried_at_ms.load(Ordering::Relaxed);
+        now - last >= herald_core::ms(TRY_EVERY_WHILE_FAILING)
+            && self
+                .tried_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// A batch committed.
+    pub(crate) fn succeeded(&self) {
+        if self.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("the store takes writes again");
+        }
+    }
+
+    /// A batch failed; only the store's own failures (`is_outage`) count.
+    pub(crate) fn failed(&self, e: &StoreError) {
+        if !e.is_outage() {
+            return;
+        }
+        let now = herald_core::now_ms();
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = e.to_string();
+        }
+        self.tried_at_ms.store(now, Ordering::Relaxed);
+        if self
+            .failing_since_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::error!(error = %e, "the store does not take writes; failing writes fast until it does");
+        }
+    }
+
+    /// `Err` while writes fail, saying since when and why.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return Ok(());
+        }
+        let last = self
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        let secs = (herald_core::now_ms() - since).max(0) / 1000;
+        Err(StoreError::Unavailable(format!(
+            "writes have failed for {secs} s: {last}"
+        )))
+    }
+
+    /// The answer for every request of a batch not tried.
+    pub(crate) fn refusal(&self) -> StoreError {
+        self.check()
+            .err()
+            .unwrap_or_else(|| StoreError::Unavailable("the store does not take writes now".into()))
+    }
+}
+
+/// Whether a batch that failed with `e` fails as a whole, every request
+/// with `e`: when the store itself failed (down, disk full, too slow),
+/// where replaying each request alone would only fail N times slower. A
+/// batch that broke on one request (a constraint, an unreadable row) is
+/// replayed one request at a time instead, so only that one fails.
+pub(crate) fn fails_whole(e: &StoreError, n: usize) -> bool {
+    n == 1 || e.is_outage()
+}
+
 /// Answers each caller of a batch with its own result: the batch's, if it
 /// committed; if not, each request's own when replayed alone (so only a
 /// failing one fails). Records the commit metrics.
@@ -142,26 +242,66 @@ fn mismatch() -> StoreError {
     StoreError::Corrupt("the store writer answered with the wrong kind of response".into())
 }
 
+/// `call`, or `Unavailable` if it takes longer than `timeout`.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "no answer from the store within {} ms",
+                timeout.as_millis()
+            )))
+        })
+}
+
 /// The sending side of a store's writer queue. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct WriteQueue(pub(crate) mpsc::Sender<(Request, Reply)>);
+pub(crate) struct WriteQueue {
+    pub(crate) tx: mpsc::Sender<(Request, Reply)>,
+    pub(crate) health: Arc<WriteHealth>,
+    /// The longest a caller waits for its write (queueing and commit).
+    pub(crate) timeout: Duration,
+}
 
 impl WriteQueue {
+    /// Queues a write and waits for its commit, at most `timeout`: a caller
+    /// never waits on a store that does not answer. (A write that timed out
+    /// may still commit later; a client retries it with its idempotency key.)
     async fn write(&self, request: Request) -> Result<Response, StoreError> {
         let started = std::time::Instant::now();
         let op = request.name();
         let (tx, rx) = oneshot::channel();
-        self.0
-            .send((request, tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let done = rx.await.map_err(|_| StoreError::Closed)?;
+        let done = bounded(self.timeout, async {
+            self.tx
+                .send((request, tx))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+        .await;
         metrics::histogram!(WRITE_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
         done
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        self.tx.is_closed()
+    }
+
+    /// `Ok` if the store takes writes: at once while the writers find it
+    /// does; while they find it does not, only if a probe write succeeds
+    /// now (so a node that is idle notices the store is back).
+    pub(crate) async fn check(&self) -> Result<(), StoreError> {
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        if self.health.check().is_ok() {
+            return Ok(());
+        }
+        self.done(Request::Probe).await?;
+        self.health.check()
     }
 
     pub(crate) async fn create(
@@ -313,6 +453,39 @@ pub(crate) fn v7_floor(ms: i64) -> uuid::Uuid {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn while_writes_fail_batches_fail_at_once_but_now_and_then_one_is_tried() {
+        let h = WriteHealth::default();
+        assert!(h.check().is_ok());
+        assert!(h.should_try() && h.should_try(), "healthy: every batch");
+        h.failed(&StoreError::Rejected("a constraint".into()));
+        assert!(
+            h.check().is_ok(),
+            "one operation's fault is not the store's"
+        );
+        h.failed(&StoreError::Unavailable("database or disk is full".into()));
+        let e = h.check().expect_err("failing");
+        assert!(e.to_string().contains("disk is full"), "{e}");
+        assert!(
+            !h.should_try(),
+            "right after a failure the next fails at once"
+        );
+        assert!(h.refusal().is_outage());
+        h.succeeded();
+        assert!(h.check().is_ok() && h.should_try());
+    }
+
+    #[test]
+    fn a_store_failure_fails_the_whole_batch_and_an_operations_fails_only_it() {
+        let down = StoreError::Unavailable("connection refused".into());
+        let bad = StoreError::Rejected("unique violation".into());
+        assert!(fails_whole(&down, 100));
+        assert!(!fails_whole(&bad, 100), "replayed one by one");
+        assert!(fails_whole(&bad, 1));
+    }
+
     #[test]
     fn v7_floor_orders_ids_by_their_time() {
         let t = 1_763_700_000_000_i64;

@@ -22,6 +22,7 @@ async fn sqlite_with(dir: &tempfile::TempDir, outbox: bool) -> SqliteStore {
         max_batch: 256,
         read_connections: 2,
         outbox,
+        timeout: std::time::Duration::from_secs(5),
     })
     .await
     .expect("open sqlite")
@@ -89,6 +90,7 @@ async fn postgres_open(check: &str, outbox: bool) -> PostgresStore {
         writers: 3,
         max_batch: 256,
         outbox,
+        timeout: std::time::Duration::from_secs(5),
     })
     .await
     .expect("open postgres")

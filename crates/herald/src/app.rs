@@ -49,6 +49,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 max_batch: cfg.store.group_commit_max_batch,
                 read_connections: cfg.store.read_connections,
                 outbox: cfg.kafka.enabled(),
+                timeout: Duration::from_millis(cfg.store.timeout_ms),
             })
             .await
             .with_context(|| format!("opening the SQLite store at {}", path.display()))?;
@@ -61,6 +62,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 writers: cfg.store.writers,
                 max_batch: cfg.store.group_commit_max_batch,
                 outbox: cfg.kafka.enabled(),
+                timeout: Duration::from_millis(cfg.store.timeout_ms),
             })
             .await
             .context("opening the PostgreSQL store (store.url)")?;

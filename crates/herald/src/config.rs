@@ -109,6 +109,8 @@ pub struct StoreConfig {
     pub read_connections: u32,
     /// 0 keeps everything.
     pub retention_hours: u64,
+    /// The longest a write, a read or a connection may take.
+    pub timeout_ms: u64,
     /// PostgreSQL: `postgres://user:password@host:port/database`.
     pub url: Secret,
     pub writers: usize,
@@ -225,6 +227,8 @@ pub struct HttpConfig {
 pub struct WebhookPolicy {
     pub allow_loopback: bool,
     pub allow_private: bool,
+    /// Webhook destinations whose guards are tracked at once.
+    pub max_destinations: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,9 +329,14 @@ impl Config {
                 "store.read_connections",
                 u64::from(self.store.read_connections),
             ),
+            ("store.timeout_ms", self.store.timeout_ms),
             ("engine.lease_seconds", e.lease_seconds),
             ("engine.poll_interval_ms", e.poll_interval_ms),
             ("engine.claim_batch", e.claim_batch as u64),
+            (
+                "webhooks.max_destinations",
+                self.webhooks.max_destinations as u64,
+            ),
             ("http.connect_timeout_ms", self.http.connect_timeout_ms),
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             (

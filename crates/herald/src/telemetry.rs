@@ -17,6 +17,15 @@ pub const STORE_ERRORS: &str = "herald_store_errors_total";
 /// 0 closed, 1 open, 2 half-open; label `provider`.
 pub const CIRCUIT_STATE: &str = "herald_provider_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "herald_provider_circuit_transitions_total";
+/// For providers guarded per destination (webhooks): destinations whose
+/// circuits are open or half-open; label `provider`.
+pub const OPEN_DESTINATIONS: &str = "herald_provider_open_destinations";
+/// Finished calls whose outcome the store could not take yet, held to be
+/// written when it answers again.
+pub const UNWRITTEN_OUTCOMES: &str = "herald_unwritten_outcomes";
+/// Claims given back without a call because the lease could no longer
+/// cover one (waits for Redis, a slot or the store ran too long).
+pub const LEASE_RUN_OUT: &str = "herald_lease_run_out_total";
 /// Attempts that went past their first provider; label `to` is the last one tried.
 pub const FAILOVERS: &str = "herald_failovers_total";
 /// Attempts that called no one (every usable circuit open, or the send rate

@@ -27,6 +27,7 @@ pub async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
         max_batch: 256,
         read_connections: 2,
         outbox: true,
+        timeout: std::time::Duration::from_secs(5),
     })
     .await
     .expect("open");

@@ -21,11 +21,11 @@ use herald_core::store::{
     ReplayOutcome, Store, StoreError,
 };
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::rows::{self, db_err};
-use crate::writes::{AddKeyArgs, ClaimArgs, Request, WriteQueue};
+use crate::writes::{AddKeyArgs, ClaimArgs, Request, WriteHealth, WriteQueue};
 
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -39,6 +39,9 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     /// Write each notification's bus event to the outbox (the Kafka bus).
     pub outbox: bool,
+    /// The longest a connection, a read, a transaction or a caller's
+    /// write may take before it fails as unavailable.
+    pub timeout: Duration,
 }
 
 /// PostgreSQL behind the `Store` trait. Cheap to clone.
@@ -46,7 +49,12 @@ pub struct PostgresOptions {
 pub struct PostgresStore {
     pool: PgPool,
     writes: WriteQueue,
+    timeout: Duration,
 }
+
+/// A read on one connection, boxed so `read` can bound it.
+type Read<'c, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>>;
 
 impl PostgresStore {
     /// Connects and brings the schema up to date (sqlx's migrator takes an
@@ -55,7 +63,7 @@ impl PostgresStore {
         let writers = opts.writers.max(1);
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(writers as u32 + 1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(opts.timeout)
             .connect(&opts.url)
             .await
             .map_err(db_err)?;
@@ -65,51 +73,84 @@ impl PostgresStore {
             .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
         let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
         let queue = Arc::new(Mutex::new(rx));
+        let health = Arc::new(WriteHealth::default());
         for _ in 0..writers {
-            tokio::spawn(writer::run(
-                pool.clone(),
-                queue.clone(),
-                opts.max_batch.max(1),
-                opts.outbox,
-            ));
+            let w = writer::Writer {
+                pool: pool.clone(),
+                queue: queue.clone(),
+                max_batch: opts.max_batch.max(1),
+                outbox: opts.outbox,
+                health: health.clone(),
+                timeout: opts.timeout,
+            };
+            tokio::spawn(w.run());
         }
         Ok(Self {
             pool,
-            writes: WriteQueue(tx),
+            writes: WriteQueue {
+                tx,
+                health,
+                timeout: opts.timeout,
+            },
+            timeout: opts.timeout,
         })
     }
 
-    async fn deliveries_of(
+    /// Runs a read on one pooled connection within the store's timeout
+    /// (the pool bounds the wait for the connection). A connection that
+    /// did not answer in time is closed rather than returned to the pool,
+    /// where it would hang the next caller.
+    async fn read<T>(
         &self,
-        notification: uuid::Uuid,
-    ) -> Result<Vec<DeliveryView>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, channel, target, state, provider, vendor_message_id, last_error, sent_at_ms, updated_at_ms \
-             FROM deliveries WHERE notification_id = $1 ORDER BY channel, target",
-        )
-        .bind(notification)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let attempts = self.attempts_of(rows::Columns::uuid(row, "id")?).await?;
-            out.push(rows::delivery(row, attempts)?);
+        f: impl for<'c> FnOnce(&'c mut PgConnection) -> Read<'c, T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        match tokio::time::timeout(self.timeout, f(&mut conn)).await {
+            Ok(done) => done,
+            Err(_) => {
+                conn.close_on_drop();
+                Err(StoreError::Unavailable(format!(
+                    "no answer from PostgreSQL within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
         }
-        Ok(out)
     }
+}
 
-    async fn attempts_of(&self, delivery: uuid::Uuid) -> Result<Vec<AttemptView>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT attempt, provider, started_at_ms, latency_ms, outcome, status_code, error \
-             FROM attempts WHERE delivery_id = $1 ORDER BY started_at_ms, attempt",
-        )
-        .bind(delivery)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(rows::attempt).collect()
+async fn deliveries_of(
+    conn: &mut PgConnection,
+    notification: uuid::Uuid,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, channel, target, state, provider, vendor_message_id, last_error, sent_at_ms, updated_at_ms \
+         FROM deliveries WHERE notification_id = $1 ORDER BY channel, target",
+    )
+    .bind(notification)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let attempts = attempts_of(conn, rows::Columns::uuid(row, "id")?).await?;
+        out.push(rows::delivery(row, attempts)?);
     }
+    Ok(out)
+}
+
+async fn attempts_of(
+    conn: &mut PgConnection,
+    delivery: uuid::Uuid,
+) -> Result<Vec<AttemptView>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT attempt, provider, started_at_ms, latency_ms, outcome, status_code, error \
+         FROM attempts WHERE delivery_id = $1 ORDER BY started_at_ms, attempt",
+    )
+    .bind(delivery)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(rows::attempt).collect()
 }
 
 #[async_trait]
@@ -123,23 +164,29 @@ impl Store for PostgresStore {
         tenant_id: &str,
         id: uuid::Uuid,
     ) -> Result<Option<NotificationView>, StoreError> {
-        let row = sqlx::query(
-            "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications \
-             WHERE id = $1 AND tenant_id = $2",
-        )
-        .bind(id)
-        .bind(tenant_id)
-        .fetch_optional(&self.pool)
+        let tenant_id = tenant_id.to_owned();
+        self.read(move |c| {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications \
+                     WHERE id = $1 AND tenant_id = $2",
+                )
+                .bind(id)
+                .bind(tenant_id)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(db_err)?;
+                match row {
+                    Some(row) => Ok(Some(rows::notification(
+                        id,
+                        &row,
+                        deliveries_of(c, id).await?,
+                    )?)),
+                    None => Ok(None),
+                }
+            })
+        })
         .await
-        .map_err(db_err)?;
-        match row {
-            Some(row) => Ok(Some(rows::notification(
-                id,
-                &row,
-                self.deliveries_of(id).await?,
-            )?)),
-            None => Ok(None),
-        }
     }
 
     async fn sweep(
@@ -190,29 +237,39 @@ impl Store for PostgresStore {
     }
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
-        sqlx::query(
-            "SELECT channel, priority, COUNT(*) AS n FROM deliveries \
-             WHERE state IN ('queued', 'retry_scheduled', 'sending') GROUP BY channel, priority",
-        )
-        .fetch_all(&self.pool)
+        self.read(|c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "SELECT channel, priority, COUNT(*) AS n FROM deliveries \
+                     WHERE state IN ('queued', 'retry_scheduled', 'sending') GROUP BY channel, priority",
+                )
+                .fetch_all(c)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(rows::queue_depth)
+                .collect()
+            })
+        })
         .await
-        .map_err(db_err)?
-        .iter()
-        .map(rows::queue_depth)
-        .collect()
     }
 
     async fn delivery_summaries(&self) -> Result<Vec<DeliverySummary>, StoreError> {
-        sqlx::query(
-            "SELECT d.channel, d.priority, d.state, d.provider, n.accepted_at_ms, d.sent_at_ms \
-             FROM deliveries d JOIN notifications n ON n.id = d.notification_id",
-        )
-        .fetch_all(&self.pool)
+        self.read(|c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "SELECT d.channel, d.priority, d.state, d.provider, n.accepted_at_ms, d.sent_at_ms \
+                     FROM deliveries d JOIN notifications n ON n.id = d.notification_id",
+                )
+                .fetch_all(c)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(rows::delivery_summary)
+                .collect()
+            })
+        })
         .await
-        .map_err(db_err)?
-        .iter()
-        .map(rows::delivery_summary)
-        .collect()
     }
 
     async fn dead_letters(
@@ -221,14 +278,20 @@ impl Store for PostgresStore {
         after: Option<DeadLetterCursor>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut q = rows::dead_letters_query::<Postgres>(filter, after, limit);
-        q.build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(rows::dead_letter)
-            .collect()
+        let filter = filter.clone();
+        self.read(move |c| {
+            Box::pin(async move {
+                let mut q = rows::dead_letters_query::<Postgres>(&filter, after, limit);
+                q.build()
+                    .fetch_all(c)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .map(rows::dead_letter)
+                    .collect()
+            })
+        })
+        .await
     }
 
     async fn replay_dead_letter(
@@ -284,17 +347,22 @@ impl Store for PostgresStore {
     }
 
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
-        sqlx::query(
-            "SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload FROM outbox \
-             WHERE published_at_ms IS NULL ORDER BY lane, seq LIMIT $1",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        self.read(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload FROM outbox \
+                     WHERE published_at_ms IS NULL ORDER BY lane, seq LIMIT $1",
+                )
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(c)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(rows::outbox_event)
+                .collect()
+            })
+        })
         .await
-        .map_err(db_err)?
-        .iter()
-        .map(rows::outbox_event)
-        .collect()
     }
 
     async fn outbox_published(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
@@ -302,19 +370,31 @@ impl Store for PostgresStore {
     }
 
     async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)
+        let name = name.to_owned();
+        self.read(move |c| {
+            Box::pin(async move {
+                sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(c)
+                    .await
+                    .map_err(db_err)
+            })
+        })
+        .await
     }
 
     async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE key_hash = $1")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)
+        let key_hash = key_hash.to_vec();
+        self.read(move |c| {
+            Box::pin(async move {
+                sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE key_hash = $1")
+                    .bind(key_hash)
+                    .fetch_optional(c)
+                    .await
+                    .map_err(db_err)
+            })
+        })
+        .await
     }
 
     async fn add_api_key(
@@ -332,14 +412,19 @@ impl Store for PostgresStore {
             .await
     }
 
+    /// The database answers and takes writes (after a failed write, a
+    /// probe write must succeed), within the store's timeout.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        if self.writes.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        Ok(())
+        self.read(|c| {
+            Box::pin(async move {
+                sqlx::query("SELECT 1")
+                    .execute(c)
+                    .await
+                    .map(|_| ())
+                    .map_err(db_err)
+            })
+        })
+        .await?;
+        self.writes.check().await
     }
 }

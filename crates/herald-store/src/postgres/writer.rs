@@ -2,11 +2,18 @@
 //! to `max_batch` operations) and applies it in one transaction; several
 //! run at once, each on its own connection. Rows go in and out as arrays
 //! (`UNNEST`), so a batch is a handful of statements however many rows it
-//! holds. If any operation fails, the batch is rolled back and each
-//! operation replayed in its own transaction, so only the failing one fails.
+//! holds. If an operation breaks the batch, it is rolled back and each
+//! operation replayed in its own transaction, so only the failing one
+//! fails; if the database fails (down, unreachable, too slow, read-only),
+//! every operation fails at once, and until a write succeeds again one
+//! batch is tried every so often and the others fail without waiting
+//! (`WriteHealth`). A transaction is bounded by the store's timeout; a
+//! connection that did not answer in time is closed, not returned to the
+//! pool.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_core::model::DeliveryState;
 use herald_core::store::{
@@ -18,47 +25,98 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::rows::{db_err, Columns};
 use crate::writes::{
-    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
+    answer, fails_whole, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request,
+    Response, WriteHealth,
 };
 
 type Queue = Arc<Mutex<mpsc::Receiver<(Request, Reply)>>>;
 
-/// `outbox`: creates also write their notifications' events to the outbox.
-pub(super) async fn run(pool: PgPool, queue: Queue, max_batch: usize, outbox: bool) {
-    let mut batch = Vec::with_capacity(max_batch);
-    loop {
-        // One writer takes a batch while the others apply theirs.
-        let taken = queue.lock().await.recv_many(&mut batch, max_batch).await;
-        if taken == 0 {
-            break;
-        }
-        let started = std::time::Instant::now();
-        let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-        let results = match apply(&pool, &requests, outbox).await {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(e) if requests.len() == 1 => vec![Err(e)],
-            Err(e) => {
-                tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
-                let mut results = Vec::with_capacity(requests.len());
-                for r in &requests {
-                    let one = apply(&pool, std::slice::from_ref(r), outbox).await;
-                    results.push(one.and_then(|mut v| v.pop().ok_or(StoreError::Closed)));
-                }
-                results
+/// How a writer works: its pool, what it takes and how long it may take.
+pub(super) struct Writer {
+    pub pool: PgPool,
+    pub queue: Queue,
+    pub max_batch: usize,
+    /// Creates also write their notifications' events to the outbox.
+    pub outbox: bool,
+    pub health: Arc<WriteHealth>,
+    /// The longest one transaction may take.
+    pub timeout: Duration,
+}
+
+impl Writer {
+    pub(super) async fn run(self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        loop {
+            // One writer takes a batch while the others apply theirs.
+            let taken = self
+                .queue
+                .lock()
+                .await
+                .recv_many(&mut batch, self.max_batch)
+                .await;
+            if taken == 0 {
+                break;
             }
-        };
-        answer(replies, results, started);
+            let started = std::time::Instant::now();
+            let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
+            if !self.health.should_try() {
+                let e = self.health.refusal();
+                answer(
+                    replies,
+                    requests.iter().map(|_| Err(e.clone())).collect(),
+                    started,
+                );
+                continue;
+            }
+            let applied = self.apply(&requests).await;
+            match &applied {
+                Ok(_) => self.health.succeeded(),
+                Err(e) => self.health.failed(e),
+            }
+            let results = match applied {
+                Ok(results) => results.into_iter().map(Ok).collect(),
+                Err(e) if fails_whole(&e, requests.len()) => {
+                    requests.iter().map(|_| Err(e.clone())).collect()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
+                    let mut results = Vec::with_capacity(requests.len());
+                    for r in &requests {
+                        let one = self.apply(std::slice::from_ref(r)).await;
+                        results.push(one.and_then(|mut v| v.pop().ok_or(StoreError::Closed)));
+                    }
+                    results
+                }
+            };
+            answer(replies, results, started);
+        }
+        tracing::debug!("store writer stopped");
     }
-    tracing::debug!("store writer stopped");
+
+    /// Applies every request in one transaction, all or nothing, within
+    /// the timeout (the pool bounds the wait for a connection).
+    async fn apply(&self, requests: &[Request]) -> Result<Vec<Response>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        match tokio::time::timeout(self.timeout, apply(&mut conn, requests, self.outbox)).await {
+            Ok(done) => done,
+            Err(_) => {
+                // Cut off mid-transaction: never hand it to anyone again.
+                conn.close_on_drop();
+                Err(StoreError::Unavailable(format!(
+                    "no answer from PostgreSQL within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
+        }
+    }
 }
 
 /// Applies every request in one transaction; all or nothing.
 async fn apply(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     requests: &[Request],
     outbox: bool,
 ) -> Result<Vec<Response>, StoreError> {
-    let mut conn = pool.acquire().await.map_err(db_err)?;
     let mut tx = conn.begin().await.map_err(db_err)?;
     // Attempt records first (see `Request::records`).
     record(&mut tx, Request::records(requests)).await?;
@@ -129,6 +187,20 @@ async fn apply(
                 .bind(provider)
                 .bind(id)
                 .bind(lease_token)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                Response::Done
+            }
+            Request::Probe => {
+                // A few pages of random bytes (TOAST would squeeze zeros).
+                let pad: Vec<u8> = (0..16 * 1024).map(|_| rand::random::<u8>()).collect();
+                sqlx::query(
+                    "INSERT INTO health_probe (id, at_ms, pad) VALUES (1, $1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms, pad = EXCLUDED.pad",
+                )
+                .bind(herald_core::now_ms())
+                .bind(pad)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -421,7 +493,7 @@ async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelive
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    leased(tx, &rows, token).await
+    leased(tx, &rows, token, a.now_ms + a.lease_ms).await
 }
 
 /// Moves these deliveries to `sending` under a new lease, each only if it
@@ -455,15 +527,17 @@ async fn claim_ids(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    leased(tx, &rows, token).await
+    leased(tx, &rows, token, now_ms + lease_ms).await
 }
 
-/// A claim's returned rows as leased deliveries, with their notifications'
-/// fields (read once per notification).
+/// A claim's returned rows as leased deliveries (with `token`, until
+/// `until_ms`), with their notifications' fields (read once per
+/// notification).
 async fn leased(
     tx: &mut PgConnection,
     rows: &[sqlx::postgres::PgRow],
     token: i64,
+    until_ms: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -479,6 +553,7 @@ async fn leased(
             priority: row.priority()?,
             attempt: row.small("attempts")?,
             lease_token: token,
+            lease_until_ms: until_ms,
             accepted_at_ms: 0,
             expires_at_ms: None,
             payload: String::new(),

@@ -6,6 +6,7 @@
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use sqlx::{ConnectOptions, Connection, Sqlite, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::rows::{self, db_err};
-use crate::writes::{AddKeyArgs, ClaimArgs, Request, WriteQueue};
+use crate::writes::{AddKeyArgs, ClaimArgs, Request, WriteHealth, WriteQueue};
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -31,6 +32,8 @@ pub struct SqliteOptions {
     pub read_connections: u32,
     /// Write each notification's bus event to the outbox (the Kafka bus).
     pub outbox: bool,
+    /// The longest a caller waits for a write or a readiness check.
+    pub timeout: Duration,
 }
 
 /// SQLite behind the `Store` trait. Cheap to clone.
@@ -38,6 +41,7 @@ pub struct SqliteOptions {
 pub struct SqliteStore {
     reads: SqlitePool,
     writes: WriteQueue,
+    timeout: Duration,
 }
 
 impl SqliteStore {
@@ -69,10 +73,23 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
         let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
-        writer::start(&opts.path, rx, opts.max_batch.max(1), opts.outbox).await?;
+        let health = Arc::new(WriteHealth::default());
+        writer::start(
+            &opts.path,
+            rx,
+            opts.max_batch.max(1),
+            opts.outbox,
+            health.clone(),
+        )
+        .await?;
         Ok(Self {
             reads,
-            writes: WriteQueue(tx),
+            writes: WriteQueue {
+                tx,
+                health,
+                timeout: opts.timeout,
+            },
+            timeout: opts.timeout,
         })
     }
 
@@ -329,14 +346,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Reads answer and writes are taken (after a failed write, a probe
+    /// write must succeed), within the store's timeout.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reads)
-            .await
-            .map_err(db_err)?;
-        if self.writes.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        Ok(())
+        let read = async {
+            sqlx::query("SELECT 1")
+                .execute(&self.reads)
+                .await
+                .map_err(db_err)
+        };
+        crate::writes::bounded(self.timeout, read).await?;
+        self.writes.check().await
     }
 }

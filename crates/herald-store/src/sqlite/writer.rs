@@ -15,15 +15,21 @@
 //! Here each row is one step of a prepared, cached statement on this thread.
 //! Reads stay on sqlx's pool. Both link the same libsqlite3.
 //!
-//! If any operation fails, the batch is rolled back and each operation is
-//! replayed in its own transaction, so only the failing one fails.
+//! If an operation breaks the batch, it is rolled back and each operation
+//! replayed in its own transaction, so only the failing one fails; if the
+//! store itself fails (a full disk, an I/O error), every operation fails
+//! at once, and until a write succeeds again the writer tries one batch
+//! every so often and fails the others without touching the disk
+//! (`WriteHealth`).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::writes::{
-    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
+    answer, fails_whole, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request,
+    Response, WriteHealth,
 };
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
@@ -33,11 +39,18 @@ use herald_core::store::{
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+/// As `rows::db_err`, for rusqlite: a full disk, an I/O error or a busy
+/// database is the store's trouble; a broken constraint the operation's.
 fn sql_err(e: rusqlite::Error) -> StoreError {
-    match e {
+    match &e {
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::InvalidColumnType(..)
         | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Rejected(e.to_string())
+        }
         _ => StoreError::Unavailable(e.to_string()),
     }
 }
@@ -49,6 +62,7 @@ pub(super) async fn start(
     rx: mpsc::Receiver<(Request, Reply)>,
     max_batch: usize,
     outbox: bool,
+    health: Arc<WriteHealth>,
 ) -> Result<(), StoreError> {
     let path = path.to_owned();
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -57,7 +71,7 @@ pub(super) async fn start(
         .spawn(move || match open(&path) {
             Ok(conn) => {
                 let _ = ready_tx.send(Ok(()));
-                run(conn, rx, max_batch, outbox);
+                run(conn, rx, max_batch, outbox, &health);
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(sql_err(e)));
@@ -91,14 +105,31 @@ fn run(
     mut rx: mpsc::Receiver<(Request, Reply)>,
     max_batch: usize,
     outbox: bool,
+    health: &WriteHealth,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.blocking_recv_many(&mut batch, max_batch) > 0 {
         let started = std::time::Instant::now();
         let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-        let results = match apply(&mut conn, &requests, outbox) {
+        if !health.should_try() {
+            let e = health.refusal();
+            answer(
+                replies,
+                requests.iter().map(|_| Err(e.clone())).collect(),
+                started,
+            );
+            continue;
+        }
+        let applied = apply(&mut conn, &requests, outbox);
+        match &applied {
+            Ok(_) => health.succeeded(),
+            Err(e) => health.failed(e),
+        }
+        let results = match applied {
             Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(e) if requests.len() == 1 => vec![Err(e)],
+            Err(e) if fails_whole(&e, requests.len()) => {
+                requests.iter().map(|_| Err(e.clone())).collect()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
                 requests
@@ -179,11 +210,30 @@ fn apply(
                 .map_err(sql_err)?;
                 Response::Done
             }
+            Request::Probe => {
+                probe(&tx)?;
+                Response::Done
+            }
         });
     }
     tx.commit().map_err(sql_err)?;
     Ok(out)
 }
+
+/// A write that needs new pages: a row padded to a few pages, replaced.
+fn probe(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let pad: Vec<u8> = (0..PROBE_BYTES).map(|_| rand::random::<u8>()).collect();
+    tx.prepare_cached(
+        "INSERT INTO health_probe (id, at_ms, pad) VALUES (1, ?1, ?2) \
+         ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms, pad = excluded.pad",
+    )
+    .and_then(|mut s| s.execute(params![herald_core::now_ms(), pad]))
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// The probe's padding: a few pages.
+const PROBE_BYTES: usize = 16 * 1024;
 
 fn create(
     tx: &Transaction<'_>,
@@ -358,18 +408,26 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
         .map_err(sql_err)?;
     let mut claimed = Vec::new();
     while let Some(row) = rows.next().map_err(sql_err)? {
-        claimed.push(leased(row, token, a.channel, a.priority)?);
+        claimed.push(leased(
+            row,
+            token,
+            a.now_ms + a.lease_ms,
+            a.channel,
+            a.priority,
+        )?);
     }
     drop(rows);
     with_notifications(tx, claimed)
 }
 
 /// A row of a claim's `RETURNING id, notification_id, target, attempts,
-/// pinned_provider, calling, in_doubt`, leased with `token`; its
-/// notification's fields are filled in by `with_notifications`.
+/// pinned_provider, calling, in_doubt`, leased with `token` until
+/// `until_ms`; its notification's fields are filled in by
+/// `with_notifications`.
 fn leased(
     row: &rusqlite::Row<'_>,
     token: i64,
+    until_ms: i64,
     channel: Channel,
     priority: Priority,
 ) -> Result<ClaimedDelivery, StoreError> {
@@ -384,6 +442,7 @@ fn leased(
         priority,
         attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
         lease_token: token,
+        lease_until_ms: until_ms,
         accepted_at_ms: 0,
         expires_at_ms: None,
         payload: String::new(),
@@ -427,7 +486,7 @@ fn claim_ids(
             let priority = Priority::from_index(priority).ok_or_else(|| {
                 StoreError::Corrupt(format!("delivery {id}: priority {priority}"))
             })?;
-            claimed.push(leased(row, token, channel, priority)?);
+            claimed.push(leased(row, token, now_ms + lease_ms, channel, priority)?);
         }
     }
     with_notifications(tx, claimed)

@@ -20,12 +20,16 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// How long readiness waits for Kafka to answer.
-const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long readiness waits for each dependency to answer: a load
+/// balancer's probe gets its 503 well before its own timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The process can take traffic: it is not draining, the store answers,
-/// and so does Kafka where this node uses it (workers and relays; the local
-/// bus is the store). Each dependency is reported, "ok" or why not.
+/// The process can take work now: it is not draining, the store answers
+/// and takes writes (a node whose writes fail — disk full, PostgreSQL down
+/// or read-only — is not ready, and turns ready again by itself once a
+/// probe write succeeds), and Kafka answers where this node uses it
+/// (workers and relays; the local bus is the store). Each dependency is
+/// reported, "ok" or why not.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (
@@ -34,9 +38,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    let store = state.store.ping().await.map_err(|e| e.to_string());
+    let store = match tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the store did not answer within {} ms",
+            PROBE_TIMEOUT.as_millis()
+        )),
+    };
     let bus = match &state.kafka {
-        Some(probe) => probe.check(KAFKA_PROBE_TIMEOUT).await,
+        Some(probe) => probe.check(PROBE_TIMEOUT).await,
         None => Ok(()),
     };
     let ready = store.is_ok() && bus.is_ok();

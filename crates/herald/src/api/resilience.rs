@@ -23,29 +23,46 @@ use crate::dlq::{self, rfc3339};
 
 pub async fn providers(
     State(state): State<Arc<AppState>>,
-    Tenant(_): Tenant,
+    Tenant(tenant): Tenant,
 ) -> Json<serde_json::Value> {
     let now = herald_core::now_ms();
     let list: Vec<serde_json::Value> = state
         .accounts
-        .views(now)
+        .views(now, Some(&tenant))
         .into_iter()
         .map(|a| {
-            json!({
+            let circuit = |c: &herald_core::breaker::BreakerView| {
+                json!({
+                    "state": c.state,
+                    "consecutive_failures": c.consecutive_failures,
+                    "opened_at": c.opened_at_ms.map(rfc3339),
+                    "reopens_at": c.reopens_at_ms.map(rfc3339),
+                })
+            };
+            let mut v = json!({
                 "name": a.name,
                 "vendor": a.vendor,
                 "channel": a.channel,
-                "circuit": {
-                    "state": a.circuit.state,
-                    "consecutive_failures": a.circuit.consecutive_failures,
-                    "opened_at": a.circuit.opened_at_ms.map(rfc3339),
-                    "reopens_at": a.circuit.reopens_at_ms.map(rfc3339),
-                },
+                "circuit": circuit(&a.circuit),
                 "rate_limit_per_second": a.rate_limit_per_second,
                 "max_concurrency": a.max_concurrency,
                 "in_flight": a.in_flight,
                 "request_timeout_ms": a.request_timeout_ms,
-            })
+            });
+            if let Some(d) = &a.destinations {
+                let open: Vec<serde_json::Value> = d
+                    .open
+                    .iter()
+                    .map(|o| json!({"origin": o.origin, "circuit": circuit(&o.circuit)}))
+                    .collect();
+                v["destinations"] = json!({
+                    "tracked": d.tracked,
+                    "max_tracked": d.max_tracked,
+                    "open_count": d.open_count,
+                    "open": open,
+                });
+            }
+            v
         })
         .collect();
     Json(json!({ "providers": list }))

@@ -2,9 +2,16 @@
 //! calls, in the order STYLE.md gives — rate limit → concurrency limit →
 //! circuit breaker → timeout → adapter — and the routes that order them per
 //! channel.
+//!
+//! A guard is keyed by what fails together. A vendor account (Twilio,
+//! SendGrid…) fails for every message at once, so it has one set of guards.
+//! The webhook channel calls each customer's own endpoint, and one
+//! receiver's outage says nothing of another's: its guards are kept per
+//! destination (tenant and endpoint origin), as Svix disables per endpoint,
+//! so one broken receiver never holds back another tenant's webhooks.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,11 +20,14 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_core::breaker::{
     Admission, Breaker, BreakerView, CircuitState, Health, Ticket, Transition,
 };
+use herald_core::lease::Lease;
 use herald_core::model::Channel;
-use herald_core::provider::{OutboundMessage, Outcome, Provider};
+use herald_core::provider::{Address, OutboundMessage, Outcome, Provider};
 use herald_core::store::CallRecord;
+use lru::LruCache;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::fleet::Fleet;
 use super::outbound::{self, Outbound};
@@ -34,11 +44,58 @@ pub struct Account {
     pub channel: Channel,
     guards: ProviderGuards,
     client: reqwest::Client,
+    scope: Scope,
+    /// Shares the send rate and open circuits with the other nodes.
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// The guards of one set of calls that fail together.
+struct Guard {
+    /// What the guard covers: the account's name, or the account and a
+    /// webhook destination (`webhook https://hooks.example.com:443`).
+    label: String,
+    /// Its key in the fleet's Redis (destinations hashed: keys stay short
+    /// and hold no customer URL).
+    fleet_key: String,
     limiter: Option<DefaultDirectRateLimiter>,
     slots: Option<Semaphore>,
     breaker: Mutex<Breaker>,
-    /// Shares the send rate and open circuits with the other nodes.
-    fleet: Option<Arc<Fleet>>,
+}
+
+/// How an account's calls share guards.
+enum Scope {
+    /// One set for the whole account.
+    Account(Arc<Guard>),
+    /// One set per destination, the least recently used forgotten beyond
+    /// the bound (its circuit starts closed again if it comes back).
+    Destination(Mutex<LruCache<Destination, Arc<Guard>>>),
+}
+
+/// A webhook's destination: the tenant and the endpoint's origin (scheme,
+/// host and port), which is what fails together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Destination {
+    tenant_id: String,
+    origin: String,
+}
+
+impl Destination {
+    fn of(msg: &OutboundMessage) -> Destination {
+        let origin = match &msg.address {
+            Address::Webhook(u) => url::Url::parse(u)
+                .map(|u| {
+                    let host = u.host_str().unwrap_or("").to_ascii_lowercase();
+                    let port = u.port_or_known_default().unwrap_or(0);
+                    format!("{}://{host}:{port}", u.scheme())
+                })
+                .unwrap_or_else(|_| u.clone()),
+            _ => String::new(),
+        };
+        Destination {
+            tenant_id: msg.tenant_id.clone(),
+            origin,
+        }
+    }
 }
 
 /// What one try at an account came to.
@@ -48,6 +105,10 @@ pub enum Try {
     /// Not called: its circuit is open or its send rate is used up. Usable
     /// again at `retry_at_ms`.
     Skipped { retry_at_ms: i64, why: String },
+    /// Not called, and no call may be made under this claim: the waits left
+    /// too little of the lease for a call to end before it runs out (after
+    /// which another worker may hold the delivery and send it too).
+    LeaseRunOut { why: String },
 }
 
 /// What `GET /v1/providers` shows for one account.
@@ -57,15 +118,62 @@ pub struct AccountView {
     pub vendor: &'static str,
     pub channel: Channel,
     pub circuit: BreakerView,
+    /// For accounts guarded per destination (webhooks): how many are
+    /// tracked and whose circuits are open.
+    pub destinations: Option<DestinationsView>,
     pub rate_limit_per_second: Option<u32>,
     pub max_concurrency: Option<usize>,
     pub in_flight: Option<usize>,
     pub request_timeout_ms: u128,
 }
 
-fn lock(m: &Mutex<Breaker>) -> MutexGuard<'_, Breaker> {
-    // The breaker's methods never panic midway; a poisoned lock is still sound.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationsView {
+    pub tracked: usize,
+    pub max_tracked: usize,
+    /// Destinations whose circuits are open or half-open, every tenant's.
+    pub open_count: usize,
+    /// The asking tenant's own (at most 20): another tenant's endpoints are
+    /// not its business.
+    pub open: Vec<OpenDestination>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenDestination {
+    /// The endpoint's origin, `https://hooks.example.com:443`.
+    pub origin: String,
+    pub circuit: BreakerView,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing holding these locks panics midway; a poisoned lock is sound.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Guard {
+    fn new(label: String, fleet_key: String, guards: &ProviderGuards) -> Guard {
+        let limiter = guards.rate_limit.and_then(|(rate, burst)| {
+            let rate = NonZeroU32::new(rate)?;
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            Some(RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        Guard {
+            label,
+            fleet_key,
+            limiter,
+            slots: guards.max_concurrency.map(Semaphore::new),
+            breaker: Mutex::new(Breaker::new(guards.breaker)),
+        }
+    }
+
+    fn in_flight(&self, max: Option<usize>) -> usize {
+        match (&self.slots, max) {
+            (Some(s), Some(max)) => max.saturating_sub(s.available_permits()),
+            _ => 0,
+        }
+    }
 }
 
 impl Account {
@@ -83,24 +191,24 @@ impl Account {
         let guards = cfg.provider_guards(name);
         let channel = settings.account.channel();
         let client = outbound.client(&guards, channel == Channel::Webhook)?;
-        let limiter = guards.rate_limit.and_then(|(rate, burst)| {
-            let rate = NonZeroU32::new(rate)?;
-            let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            Some(RateLimiter::direct(
-                Quota::per_second(rate).allow_burst(burst),
-            ))
-        });
-        let slots = guards.max_concurrency.map(Semaphore::new);
-        metrics::gauge!(m::CIRCUIT_STATE, "provider" => name.to_owned())
-            .set(CircuitState::Closed.gauge());
+        let scope = if channel == Channel::Webhook {
+            let max = NonZeroUsize::new(cfg.webhooks.max_destinations).unwrap_or(NonZeroUsize::MIN);
+            Scope::Destination(Mutex::new(LruCache::new(max)))
+        } else {
+            metrics::gauge!(m::CIRCUIT_STATE, "provider" => name.to_owned())
+                .set(CircuitState::Closed.gauge());
+            Scope::Account(Arc::new(Guard::new(
+                name.to_owned(),
+                name.to_owned(),
+                &guards,
+            )))
+        };
         let account = Account {
             provider,
             channel,
-            breaker: Mutex::new(Breaker::new(guards.breaker)),
             guards,
             client,
-            limiter,
-            slots,
+            scope,
             fleet,
         };
         Ok(Arc::new(account))
@@ -110,55 +218,105 @@ impl Account {
         self.provider.name()
     }
 
+    /// The account's own circuit. An account guarded per destination has
+    /// none of its own: it reads closed, and each destination is judged
+    /// when its delivery is tried.
     pub fn circuit(&self, now_ms: i64) -> CircuitState {
-        lock(&self.breaker).state(now_ms)
+        match &self.scope {
+            Scope::Account(g) => lock(&g.breaker).state(now_ms),
+            Scope::Destination(_) => CircuitState::Closed,
+        }
     }
 
-    /// One call, guarded: rate limit → concurrency → breaker → timeout.
-    pub async fn call(&self, msg: &OutboundMessage) -> Try {
+    /// The guard this message's call passes.
+    fn guard_for(&self, msg: &OutboundMessage) -> Arc<Guard> {
+        match &self.scope {
+            Scope::Account(g) => g.clone(),
+            Scope::Destination(map) => {
+                let dest = Destination::of(msg);
+                let mut map = lock(map);
+                if let Some(g) = map.get(&dest) {
+                    return g.clone();
+                }
+                let mut hash = Sha256::new();
+                hash.update(dest.tenant_id.as_bytes());
+                hash.update([0]);
+                hash.update(dest.origin.as_bytes());
+                let hash = hex::encode(&hash.finalize()[..12]);
+                let g = Arc::new(Guard::new(
+                    format!("{} {}", self.name(), dest.origin),
+                    format!("{}:{hash}", self.name()),
+                    &self.guards,
+                ));
+                map.put(dest, g.clone());
+                g
+            }
+        }
+    }
+
+    /// One call, guarded: rate limit → concurrency → breaker → timeout. No
+    /// call starts unless `lease` covers it, checked after the last wait;
+    /// the message is stamped (`now_ms`, which signatures and timestamps
+    /// are made from) right before it is built and sent.
+    pub async fn call(&self, msg: &mut OutboundMessage, lease: Lease) -> Try {
+        let guard = self.guard_for(msg);
         let now = herald_core::now_ms();
         // An open circuit is skipped before anything is spent on it.
-        if let Some(retry_at_ms) = lock(&self.breaker).open_until(now) {
+        if let Some(retry_at_ms) = lock(&guard.breaker).open_until(now) {
             return Try::Skipped {
                 retry_at_ms,
-                why: format!("{}: circuit open", self.name()),
+                why: format!("{}: circuit open", guard.label),
             };
         }
-        if let Err(wait) = self.take_send_slot().await {
+        if let Err(wait) = self.take_send_slot(&guard, lease).await {
             metrics::counter!(m::THROTTLED_LOCALLY, "provider" => self.name().to_owned())
                 .increment(1);
             return Try::Skipped {
                 retry_at_ms: now + herald_core::ms(wait),
-                why: format!("{}: send rate limit reached", self.name()),
+                why: format!("{}: send rate limit reached", guard.label),
             };
         }
-        let _permit = match &self.slots {
-            Some(s) => s.acquire().await.ok(),
-            None => None,
+        let Ok(_permit) = self.take_concurrency_slot(&guard, lease).await else {
+            return Try::LeaseRunOut {
+                why: format!(
+                    "{}: no concurrency slot came free while the lease allowed a call",
+                    guard.label
+                ),
+            };
         };
+        let (admission, transition) = lock(&guard.breaker).admit(herald_core::now_ms());
+        self.transitioned(&guard, transition, None);
+        let ticket = match admission {
+            Admission::Allowed(t) => Admitted {
+                guard: &guard,
+                ticket: Some(t),
+            },
+            Admission::Rejected { retry_at_ms } => {
+                return Try::Skipped {
+                    retry_at_ms,
+                    why: format!("{}: circuit half-open, waiting for its probe", guard.label),
+                }
+            }
+        };
+        // The fence: every wait is behind us; from here the request goes out.
+        let started_at_ms = herald_core::now_ms();
+        if !lease.covers(started_at_ms, self.guards.request_timeout) {
+            return Try::LeaseRunOut {
+                why: format!(
+                    "{}: the lease ran out before the call could start",
+                    guard.label
+                ),
+            };
+        }
+        msg.now_ms = started_at_ms;
         let req = match self.provider.build(msg) {
             Ok(r) => r,
             Err(e) => {
                 let outcome = Outcome::Permanent {
                     reason: e.to_string(),
                 };
-                let call = self.call_record(&outcome, None, herald_core::now_ms(), 0);
+                let call = self.call_record(&outcome, None, started_at_ms, 0);
                 return Try::Called { outcome, call };
-            }
-        };
-        let started_at_ms = herald_core::now_ms();
-        let (admission, transition) = lock(&self.breaker).admit(started_at_ms);
-        self.transitioned(transition, None);
-        let ticket = match admission {
-            Admission::Allowed(t) => Admitted {
-                account: self,
-                ticket: Some(t),
-            },
-            Admission::Rejected { retry_at_ms } => {
-                return Try::Skipped {
-                    retry_at_ms,
-                    why: format!("{}: circuit half-open, waiting for its probe", self.name()),
-                }
             }
         };
         let (result, took) = outbound::send(&self.client, req, self.guards.request_timeout).await;
@@ -172,7 +330,7 @@ impl Account {
             Outcome::RateLimited { .. } => Health::Throttled,
         };
         let transition = ticket.report(health);
-        self.transitioned(transition, outcome.reason());
+        self.transitioned(&guard, transition, outcome.reason());
         let latency_ms = herald_core::ms(took);
         metrics::histogram!(m::ATTEMPT_SECONDS, "channel" => self.channel.as_str(), "provider" => self.name().to_owned())
             .record(took.as_secs_f64());
@@ -183,17 +341,18 @@ impl Account {
     }
 
     /// Takes a token from the send-rate bucket (the fleet's, through Redis,
-    /// or this node's own when there is no Redis or it does not answer),
-    /// waiting up to `MAX_RATE_WAIT`; otherwise says how long until one is
-    /// free.
-    async fn take_send_slot(&self) -> Result<(), Duration> {
-        let Some(limiter) = &self.limiter else {
+    /// or this node's own when there is no Redis or it does not answer at
+    /// once), waiting up to `MAX_RATE_WAIT` and never past what the lease
+    /// leaves for the call; otherwise says how long until one is free.
+    async fn take_send_slot(&self, guard: &Guard, lease: Lease) -> Result<(), Duration> {
+        let Some(limiter) = &guard.limiter else {
             return Ok(());
         };
+        let timeout = self.guards.request_timeout;
         let mut waited = Duration::ZERO;
         loop {
             let fleet = match (&self.fleet, self.guards.rate_limit) {
-                (Some(f), Some((rate, burst))) => f.take(self.name(), rate, burst).await,
+                (Some(f), Some((rate, burst))) => f.take(&guard.fleet_key, rate, burst).await,
                 _ => None,
             };
             let taken = fleet.unwrap_or_else(|| {
@@ -204,13 +363,34 @@ impl Account {
             match taken {
                 Ok(()) => return Ok(()),
                 Err(wait) => {
-                    if waited + wait > MAX_RATE_WAIT {
+                    let room = lease.slack(herald_core::now_ms(), timeout);
+                    if waited + wait > MAX_RATE_WAIT || wait > room {
                         return Err(wait.max(Duration::from_millis(1)));
                     }
                     tokio::time::sleep(wait).await;
                     waited += wait;
                 }
             }
+        }
+    }
+
+    /// A concurrency slot, waiting no longer than the lease leaves for the
+    /// call; `Err` when none came free in time.
+    async fn take_concurrency_slot<'g>(
+        &self,
+        guard: &'g Guard,
+        lease: Lease,
+    ) -> Result<Option<SemaphorePermit<'g>>, ()> {
+        let Some(slots) = &guard.slots else {
+            return Ok(None);
+        };
+        if let Ok(p) = slots.try_acquire() {
+            return Ok(Some(p));
+        }
+        let room = lease.slack(herald_core::now_ms(), self.guards.request_timeout);
+        match tokio::time::timeout(room, slots.acquire()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(()),
         }
     }
 
@@ -231,66 +411,112 @@ impl Account {
         }
     }
 
-    fn transitioned(&self, t: Option<Transition>, cause: Option<&str>) {
+    fn transitioned(&self, guard: &Guard, t: Option<Transition>, cause: Option<&str>) {
         let Some(t) = t else { return };
         let name = self.name().to_owned();
-        metrics::gauge!(m::CIRCUIT_STATE, "provider" => name.clone()).set(t.to.gauge());
         metrics::counter!(m::CIRCUIT_TRANSITIONS, "provider" => name.clone(), "to" => t.to.as_str())
             .increment(1);
-        let view = lock(&self.breaker).view(herald_core::now_ms());
-        if let (CircuitState::Open, Some(fleet), Some(at)) = (t.to, &self.fleet, view.opened_at_ms)
-        {
-            let (fleet, open_ms, provider) =
-                (fleet.clone(), self.guards.breaker.open_ms, name.clone());
-            tokio::spawn(async move { fleet.opened(&provider, at, open_ms).await });
+        let view = lock(&guard.breaker).view(herald_core::now_ms());
+        if let Scope::Account(_) = self.scope {
+            metrics::gauge!(m::CIRCUIT_STATE, "provider" => name.clone()).set(t.to.gauge());
+            if let (CircuitState::Open, Some(fleet), Some(at)) =
+                (t.to, &self.fleet, view.opened_at_ms)
+            {
+                let (fleet, open_ms, provider) =
+                    (fleet.clone(), self.guards.breaker.open_ms, name.clone());
+                tokio::spawn(async move { fleet.opened(&provider, at, open_ms).await });
+            }
         }
         match t.to {
             CircuitState::Open => tracing::warn!(
-                provider = %name, from = %t.from, to = %t.to,
+                provider = %name, circuit = %guard.label, from = %t.from, to = %t.to,
                 failures = view.consecutive_failures, reopens_at_ms = view.reopens_at_ms,
-                cause = cause.unwrap_or(""), "circuit opened: requests to this provider stop"
+                cause = cause.unwrap_or(""), "circuit opened: requests to it stop"
             ),
-            _ => tracing::info!(provider = %name, from = %t.from, to = %t.to, "circuit changed"),
+            _ => {
+                tracing::info!(provider = %name, circuit = %guard.label, from = %t.from, to = %t.to, "circuit changed")
+            }
         }
     }
 
-    pub fn view(&self, now_ms: i64) -> AccountView {
+    /// The account as `tenant_id` may see it (its own destinations only).
+    pub fn view(&self, now_ms: i64, tenant_id: Option<&str>) -> AccountView {
+        let max = self.guards.max_concurrency;
+        let (circuit, destinations, in_flight) = match &self.scope {
+            Scope::Account(g) => (lock(&g.breaker).view(now_ms), None, g.in_flight(max)),
+            Scope::Destination(map) => {
+                let map = lock(map);
+                let mut open = Vec::new();
+                let (mut in_flight, mut open_count) = (0, 0);
+                for (dest, g) in map.iter() {
+                    in_flight += g.in_flight(max);
+                    let circuit = lock(&g.breaker).view(now_ms);
+                    if circuit.state == CircuitState::Closed {
+                        continue;
+                    }
+                    open_count += 1;
+                    if tenant_id == Some(dest.tenant_id.as_str()) && open.len() < 20 {
+                        open.push(OpenDestination {
+                            origin: dest.origin.clone(),
+                            circuit,
+                        });
+                    }
+                }
+                let view = DestinationsView {
+                    tracked: map.len(),
+                    max_tracked: map.cap().get(),
+                    open,
+                    open_count,
+                };
+                let closed = Breaker::new(self.guards.breaker).view(now_ms);
+                (closed, Some(view), in_flight)
+            }
+        };
         AccountView {
             name: self.name().to_owned(),
             vendor: self.provider.vendor(),
             channel: self.channel,
-            circuit: lock(&self.breaker).view(now_ms),
+            circuit,
+            destinations,
             rate_limit_per_second: self.guards.rate_limit.map(|(r, _)| r),
-            max_concurrency: self.guards.max_concurrency,
-            in_flight: self
-                .slots
-                .as_ref()
-                .zip(self.guards.max_concurrency)
-                .map(|(s, max)| max.saturating_sub(s.available_permits())),
+            max_concurrency: max,
+            in_flight: max.map(|_| in_flight),
             request_timeout_ms: self.guards.request_timeout.as_millis(),
+        }
+    }
+
+    /// The destinations whose circuits are not closed (0 for an account
+    /// guarded as a whole).
+    fn open_destinations(&self, now_ms: i64) -> usize {
+        match &self.scope {
+            Scope::Account(_) => 0,
+            Scope::Destination(map) => lock(map)
+                .iter()
+                .filter(|(_, g)| lock(&g.breaker).state(now_ms) != CircuitState::Closed)
+                .count(),
         }
     }
 }
 
 /// An admitted call's ticket. Dropped unreported (the task was cancelled
-/// mid-call), it gives its probe slot back, so a half-open circuit is never
-/// left waiting for a probe that will not report.
+/// mid-call, or the call never started), it gives its probe slot back, so a
+/// half-open circuit is never left waiting for a probe that will not report.
 struct Admitted<'a> {
-    account: &'a Account,
+    guard: &'a Guard,
     ticket: Option<Ticket>,
 }
 
 impl Admitted<'_> {
     fn report(mut self, health: Health) -> Option<Transition> {
         let ticket = self.ticket.take()?;
-        lock(&self.account.breaker).report(ticket, health, herald_core::now_ms())
+        lock(&self.guard.breaker).report(ticket, health, herald_core::now_ms())
     }
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if let Some(t) = self.ticket.take() {
-            lock(&self.account.breaker).cancel(t);
+            lock(&self.guard.breaker).cancel(t);
         }
     }
 }
@@ -335,8 +561,14 @@ impl Accounts {
         self.routes.get(&channel).map_or(&[], Vec::as_slice)
     }
 
+    /// The accounts whose circuits the fleet shares (those guarded as a
+    /// whole; a webhook destination's circuit is this node's own).
     pub fn names(&self) -> Vec<String> {
-        self.all.iter().map(|a| a.name().to_owned()).collect()
+        self.all
+            .iter()
+            .filter(|a| matches!(a.scope, Scope::Account(_)))
+            .map(|a| a.name().to_owned())
+            .collect()
     }
 
     /// Another node opened `name`'s circuit at `opened_at_ms`: open it here.
@@ -344,20 +576,131 @@ impl Accounts {
         let Some(a) = self.all.iter().find(|a| a.name() == name) else {
             return;
         };
-        let t = lock(&a.breaker).opened_elsewhere(opened_at_ms, herald_core::now_ms());
-        a.transitioned(t, Some("opened by another node"));
+        let Scope::Account(g) = &a.scope else { return };
+        let t = lock(&g.breaker).opened_elsewhere(opened_at_ms, herald_core::now_ms());
+        a.transitioned(g, t, Some("opened by another node"));
     }
 
-    pub fn views(&self, now_ms: i64) -> Vec<AccountView> {
-        self.all.iter().map(|a| a.view(now_ms)).collect()
+    /// Every account as `tenant_id` may see it.
+    pub fn views(&self, now_ms: i64, tenant_id: Option<&str>) -> Vec<AccountView> {
+        self.all.iter().map(|a| a.view(now_ms, tenant_id)).collect()
     }
 
     /// Refreshes the circuit gauges (an open circuit whose time is up reads
-    /// half-open before any probe has run).
+    /// half-open before any probe has run), and for accounts guarded per
+    /// destination, how many destinations' circuits are open.
     pub fn publish_gauges(&self, now_ms: i64) {
         for a in &self.all {
-            metrics::gauge!(m::CIRCUIT_STATE, "provider" => a.name().to_owned())
-                .set(a.circuit(now_ms).gauge());
+            match &a.scope {
+                Scope::Account(_) => {
+                    metrics::gauge!(m::CIRCUIT_STATE, "provider" => a.name().to_owned())
+                        .set(a.circuit(now_ms).gauge());
+                }
+                Scope::Destination(_) => {
+                    metrics::gauge!(m::OPEN_DESTINATIONS, "provider" => a.name().to_owned())
+                        .set(a.open_destinations(now_ms) as f64);
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::model::Priority;
+    use herald_core::provider::OutboundMessage;
+
+    fn webhook(tenant: &str, url: &str) -> OutboundMessage {
+        OutboundMessage {
+            delivery_key: "k".into(),
+            notification_id: "n".into(),
+            tenant_id: tenant.into(),
+            channel: Channel::Webhook,
+            priority: Priority::Normal,
+            category: None,
+            address: Address::Webhook(url.into()),
+            content: Default::default(),
+            metadata: None,
+            accepted_at_ms: 0,
+            now_ms: 0,
+            expires_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_webhook_destination_is_its_tenant_and_endpoint_origin() {
+        let d = |t, u| Destination::of(&webhook(t, u));
+        assert_eq!(
+            d("t1", "https://Hooks.Example.com/a?x=1"),
+            d("t1", "https://hooks.example.com:443/b")
+        );
+        assert_ne!(
+            d("t1", "https://hooks.example.com/a"),
+            d("t2", "https://hooks.example.com/a"),
+            "another tenant's endpoint fails on its own"
+        );
+        assert_ne!(
+            d("t1", "https://hooks.example.com/a"),
+            d("t1", "https://hooks.example.com:8443/a")
+        );
+        assert_ne!(
+            d("t1", "https://hooks.example.com/a"),
+            d("t1", "http://hooks.example.com/a")
+        );
+    }
+
+    fn account(max_destinations: usize) -> Arc<Account> {
+        let cfg = Config::load_with(None, |c| c.webhooks.max_destinations = max_destinations)
+            .expect("defaults")
+            .into_sandbox("http://127.0.0.1:1");
+        let outbound = Outbound::new(&cfg.http, cfg.limits());
+        Account::new("webhook", &cfg, &outbound, None).expect("account")
+    }
+
+    #[test]
+    fn webhook_circuits_are_kept_per_destination_and_bounded() {
+        let a = account(3);
+        let bad = webhook("t1", "https://down.example.com/hook");
+        let g = a.guard_for(&bad);
+        for _ in 0..5 {
+            let (admission, _) = lock(&g.breaker).admit(1_000);
+            let Admission::Allowed(t) = admission else {
+                panic!("closed circuits admit")
+            };
+            lock(&g.breaker).report(t, Health::Failing, 1_000);
+        }
+        assert_eq!(lock(&g.breaker).state(1_000), CircuitState::Open);
+        assert_eq!(
+            a.circuit(1_000),
+            CircuitState::Closed,
+            "the account as a whole stays usable"
+        );
+        let other = a.guard_for(&webhook("t2", "https://down.example.com/hook"));
+        assert_eq!(lock(&other.breaker).state(1_000), CircuitState::Closed);
+        assert!(Arc::ptr_eq(&g, &a.guard_for(&bad)), "the same guard again");
+        assert_eq!(a.open_destinations(1_000), 1);
+        let dests = a
+            .view(1_000, Some("t1"))
+            .destinations
+            .expect("per destination");
+        assert_eq!((dests.tracked, dests.open_count), (2, 1));
+        assert_eq!(dests.open[0].origin, "https://down.example.com:443");
+        let theirs = a
+            .view(1_000, Some("t2"))
+            .destinations
+            .expect("per destination");
+        assert_eq!(theirs.open_count, 1);
+        assert!(
+            theirs.open.is_empty(),
+            "another tenant's endpoints are not shown"
+        );
+
+        // Bounded: a fourth and fifth destination push the least recently
+        // used out, however many receivers there are.
+        for host in ["a", "b", "c", "d"] {
+            a.guard_for(&webhook("t3", &format!("https://{host}.example.com/")));
+        }
+        assert_eq!(a.view(1_000, None).destinations.expect("dests").tracked, 3);
     }
 }

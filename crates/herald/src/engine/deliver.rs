@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use herald_core::lease::Lease;
 use herald_core::model::{Channel, Content, NotificationRequest};
 use herald_core::provider::{Address, OutboundMessage, Outcome};
 use herald_core::routing::LaneRules;
@@ -11,7 +12,8 @@ use rand::Rng;
 use tracing::Instrument;
 
 use super::accounts::{Account, Accounts, Try};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, TargetError};
+use super::unwritten::Unwritten;
 use crate::render::Templates;
 use crate::telemetry as m;
 
@@ -23,6 +25,8 @@ pub struct Shared {
     /// Routing and retry rules, by `Priority::index()`.
     pub lanes: [LaneRules; 4],
     pub templates: Arc<Templates>,
+    /// Outcomes the store could not take yet, written when it answers.
+    pub unwritten: Arc<Unwritten>,
 }
 
 /// The longest a deferred delivery (every usable circuit open) waits past
@@ -40,6 +44,15 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
         provider = tracing::field::Empty,
     );
     async move {
+        if let Some(mut held) = shared.unwritten.take(d.id) {
+            // Its last call's outcome is known, only not written yet (the
+            // store was unavailable and its lease ran out): write it now,
+            // under this lease, instead of sending again.
+            tracing::info!("the outcome of an earlier call is held; writing it instead of sending again");
+            held.lease_token = d.lease_token;
+            write(&shared, held).await;
+            return;
+        }
         let record = attempt(&shared, &d).await;
         let state = record.next.state();
         let provider = record.provider().unwrap_or("none").to_owned();
@@ -68,15 +81,32 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
                 .increment(1);
         }
         tracing::debug!(state = %state, calls = record.calls.len(), error = record.error.as_deref().unwrap_or(""), "attempt recorded");
-        if let Err(e) = shared.store.record(vec![record]).await {
-            // The lease will expire and the delivery will be tried again with
-            // the same key, which a vendor that honours it deduplicates.
-            metrics::counter!(m::STORE_ERRORS).increment(1);
-            tracing::error!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
-        }
+        write(&shared, record).await;
     }
     .instrument(span)
     .await
+}
+
+/// Records an attempt. If the store is unavailable and a vendor was
+/// called, the outcome is held and written when the store answers again
+/// (`unwritten.rs`), so the call is not made a second time.
+async fn write(shared: &Shared, record: AttemptRecord) {
+    let Err(e) = shared.store.record(vec![record.clone()]).await else {
+        return;
+    };
+    metrics::counter!(m::STORE_ERRORS).increment(1);
+    if !e.is_outage() {
+        tracing::error!(error = %e, "the store refuses the attempt; its lease will expire and it will be retried");
+        return;
+    }
+    if record.calls.is_empty() {
+        // Nothing was sent: trying again after the lease is harmless.
+        tracing::warn!(error = %e, "could not record the attempt; the lease will expire and it will be retried");
+    } else if shared.unwritten.hold(record) {
+        tracing::warn!(error = %e, "could not record the vendor's answer; holding it to write when the store is back");
+    } else {
+        tracing::error!(error = %e, "could not record the vendor's answer and too many are held already; the lease will expire and it will be sent again");
+    }
 }
 
 async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
@@ -107,20 +137,37 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
         let why = format!("no provider is configured for {}", d.channel);
         return end(rec, Next::Failed, why);
     }
-    let msg = match message(shared, d, started_at_ms) {
+    let mut msg = match message(shared, d, started_at_ms) {
         Ok(m) => m,
         Err(why) => return end(rec, Next::Failed, why),
     };
+    let lease = Lease {
+        until_ms: d.lease_until_ms,
+    };
+
+    let mut last: Option<Outcome> = None;
     if let Address::Webhook(url) = &msg.address {
-        if let Err(why) = shared.outbound.check_webhook_target(url).await {
-            return end(rec, Next::Failed, format!("webhook target refused: {why}"));
+        match shared.outbound.check_webhook_target(url).await {
+            Ok(()) => {}
+            Err(TargetError::Refused(why)) => {
+                return end(rec, Next::Failed, format!("webhook target refused: {why}"))
+            }
+            // Not resolvable now (DNS down or slow): the destination's
+            // trouble, retried like a connection that failed.
+            Err(TargetError::Unresolved(why)) => {
+                last = Some(Outcome::Transient {
+                    reason: why,
+                    ambiguous: false,
+                })
+            }
         }
     }
 
-    let mut last: Option<Outcome> = None;
     let mut usable_again_at: Option<i64> = None;
+    let mut lease_run_out = false;
     let mut skipped = Vec::new();
     let primary = shared.accounts.route(d.channel).first().map(|a| a.name());
+    let route = if last.is_some() { &[][..] } else { &route[..] };
     for (i, account) in route.iter().enumerate() {
         tracing::Span::current().record("provider", account.name());
         if Some(account.name()) != primary {
@@ -139,7 +186,14 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
                 break;
             }
         }
-        match account.call(&msg).await {
+        match account.call(&mut msg, lease).await {
+            Try::LeaseRunOut { why } => {
+                metrics::counter!(m::LEASE_RUN_OUT, "channel" => d.channel.as_str()).increment(1);
+                tracing::warn!(provider = account.name(), "{why}; giving the delivery back");
+                skipped.push(why);
+                lease_run_out = true;
+                break;
+            }
             Try::Skipped { retry_at_ms, why } => {
                 usable_again_at = Some(usable_again_at.map_or(retry_at_ms, |t| t.min(retry_at_ms)));
                 skipped.push(why);
@@ -171,6 +225,14 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
             rec.next = lane
                 .retry
                 .next(&outcome, d.attempt, now, d.expires_at_ms, jitter);
+        }
+        None if lease_run_out => {
+            // Nothing was sent, and this claim may no longer send: back in
+            // the queue at once, for a claim with a fresh lease. Not an
+            // attempt. (If the lease is already another worker's, this
+            // record is refused, as it should be.)
+            rec.error = Some(skipped.join("; "));
+            rec.next = Next::Deferred(now);
         }
         None => {
             // No provider was called: wait for the first to be usable again.

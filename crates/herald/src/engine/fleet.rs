@@ -5,7 +5,15 @@
 //! Redis is a helper, never a dependency: until it answers, or whenever it
 //! stops, each node falls back to its own limits and breakers and logs a
 //! warning (at most every 30 s), and picks Redis up again when it is back.
+//! Every call is bounded by `CALL_TIMEOUT`, far below any vendor call, and
+//! after a failure Redis is left alone for `REST` (callers fall back at
+//! once) before one call tries it again; so an unreachable, hanging or
+//! restarting Redis costs a delivery tens of milliseconds at most, never a
+//! wait that could outlive its lease. The connection manager's own
+//! reconnection is cut short for the same reason: its back-off would
+//! otherwise hold every call that awaits it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +44,12 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(toler
 return 0
 ";
 
-/// How long a node waits for Redis before using its own limits instead.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// The longest any call to Redis may take before the node uses its own
+/// state instead.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(50);
+/// After a failed or slow call, how long the node keeps to its own state
+/// before trying Redis again.
+const REST: Duration = Duration::from_secs(1);
 const WARN_EVERY_MS: i64 = 30_000;
 
 pub struct Fleet {
@@ -45,6 +57,8 @@ pub struct Fleet {
     prefix: String,
     take: redis::Script,
     warned_at_ms: AtomicI64,
+    /// Until when (Unix ms) Redis is left alone after a failure.
+    resting_until_ms: AtomicI64,
 }
 
 impl Fleet {
@@ -64,12 +78,18 @@ impl Fleet {
             prefix: cfg.key_prefix.clone(),
             take: redis::Script::new(TAKE),
             warned_at_ms: AtomicI64::new(0),
+            resting_until_ms: AtomicI64::new(0),
         });
         let f = fleet.clone();
         tokio::spawn(async move {
+            // One reconnection try per failed call, at most REST apart (the
+            // callers' rest spaces them), instead of the manager's default
+            // six with exponential back-off that calls would wait out.
             let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(REDIS_TIMEOUT * 4)
-                .set_response_timeout(REDIS_TIMEOUT);
+                .set_connection_timeout(CALL_TIMEOUT * 4)
+                .set_response_timeout(CALL_TIMEOUT)
+                .set_number_of_retries(0)
+                .set_max_delay(u64::try_from(REST.as_millis()).unwrap_or(1_000));
             loop {
                 let connected = tokio::select! {
                     c = ConnectionManager::new_with_config(client.clone(), config.clone()) => c,
@@ -84,7 +104,7 @@ impl Fleet {
                     Err(e) => f.warn(&e),
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::time::sleep(REST) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }
@@ -105,8 +125,33 @@ impl Fleet {
         }
     }
 
+    /// The connection, unless there is none yet or Redis is resting.
     fn conn(&self) -> Option<ConnectionManager> {
+        if herald_core::now_ms() < self.resting_until_ms.load(Ordering::Relaxed) {
+            return None;
+        }
         self.conn.get().cloned()
+    }
+
+    /// Runs one call to Redis within `CALL_TIMEOUT`. A failure or a timeout
+    /// is logged (now and then) and rests Redis for `REST`: `None`, and the
+    /// caller uses its own state.
+    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
+        let failed = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => e,
+            Err(_) => redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "no answer in time",
+                format!("{} ms", CALL_TIMEOUT.as_millis()),
+            )),
+        };
+        self.resting_until_ms.store(
+            herald_core::now_ms() + herald_core::ms(REST),
+            Ordering::Relaxed,
+        );
+        self.warn(&failed);
+        None
     }
 
     /// Takes a token from the fleet's bucket for `provider`: `Ok` to go,
@@ -121,21 +166,13 @@ impl Fleet {
         let mut conn = self.conn()?;
         let interval_us = 1_000_000.0 / f64::from(rate.max(1));
         let tolerance_us = interval_us * f64::from(burst.max(1));
-        let waited: Result<u64, _> = self
-            .take
-            .key(format!("{}:rate:{provider}", self.prefix))
-            .arg(interval_us)
-            .arg(tolerance_us)
-            .invoke_async(&mut conn)
-            .await;
-        match waited {
-            Ok(0) => Some(Ok(())),
-            Ok(us) => Some(Err(Duration::from_micros(us))),
-            Err(e) => {
-                self.warn(&e);
-                None
-            }
-        }
+        let mut invocation = self.take.key(format!("{}:rate:{provider}", self.prefix));
+        invocation.arg(interval_us).arg(tolerance_us);
+        let waited: u64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Some(match waited {
+            0 => Ok(()),
+            us => Err(Duration::from_micros(us)),
+        })
     }
 
     /// Tells the fleet this node opened `provider`'s circuit at
@@ -146,16 +183,12 @@ impl Fleet {
         if ttl == 0 {
             return;
         }
-        let set: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(self.circuit_key(provider))
+        let mut set = redis::cmd("SET");
+        set.arg(self.circuit_key(provider))
             .arg(opened_at_ms)
             .arg("PX")
-            .arg(ttl)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = set {
-            self.warn(&e);
-        }
+            .arg(ttl);
+        let _: Option<()> = self.bounded(set.query_async(&mut conn)).await;
     }
 
     fn circuit_key(&self, provider: &str) -> String {
@@ -170,9 +203,9 @@ impl Fleet {
             return Some(Vec::new());
         }
         let keys: Vec<String> = providers.iter().map(|p| self.circuit_key(p)).collect();
-        let got: redis::RedisResult<Vec<Option<i64>>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
-        got.map_err(|e| self.warn(&e)).ok()
+        let mut mget = redis::cmd("MGET");
+        mget.arg(&keys);
+        self.bounded(mget.query_async(&mut conn)).await
     }
 }
 

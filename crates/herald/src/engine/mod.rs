@@ -5,6 +5,7 @@ mod deliver;
 mod dispatch;
 pub mod fleet;
 pub mod outbound;
+mod unwritten;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +21,18 @@ use accounts::Accounts;
 pub use deliver::Shared;
 use dispatch::Dispatcher;
 use outbound::Outbound;
+use unwritten::Unwritten;
+
+/// The most outcomes held for a store that does not answer: a few
+/// hundred bytes each, so tens of megabytes at most.
+const MAX_UNWRITTEN: usize = 100_000;
 
 pub struct Engine {
     pools: JoinSet<()>,
     shutdown: CancellationToken,
+    /// Writes held outcomes; stopped after the pools, so it writes theirs.
+    outcomes: tokio::task::JoinHandle<()>,
+    stop_outcomes: CancellationToken,
 }
 
 impl Engine {
@@ -43,6 +52,7 @@ impl Engine {
             outbound,
             lanes: cfg.lane_rules(),
             templates,
+            unwritten: Arc::new(Unwritten::new(MAX_UNWRITTEN)),
         });
         let shutdown = CancellationToken::new();
         let mut pools = JoinSet::new();
@@ -61,19 +71,36 @@ impl Engine {
             };
             pools.spawn(d.run(shutdown.child_token()));
         }
+        let stop_outcomes = CancellationToken::new();
+        let outcomes = tokio::spawn(unwritten::keep_writing(
+            shared.unwritten.clone(),
+            shared.store.clone(),
+            Duration::from_secs(cfg.engine.shutdown_grace_seconds),
+            stop_outcomes.clone(),
+        ));
         pools.spawn(housekeeping(
             shared.store.clone(),
             Duration::from_millis(cfg.engine.poll_interval_ms),
             Duration::from_secs(cfg.store.retention_hours * 3600),
             shutdown.child_token(),
         ));
-        Ok(Engine { pools, shutdown })
+        Ok(Engine {
+            pools,
+            shutdown,
+            outcomes,
+            stop_outcomes,
+        })
     }
 
-    /// Stops claiming, finishes or releases in-flight work, and returns.
+    /// Stops claiming, finishes or releases in-flight work, writes what
+    /// outcomes it holds, and returns.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         while self.pools.join_next().await.is_some() {}
+        self.stop_outcomes.cancel();
+        if let Err(e) = self.outcomes.await {
+            tracing::error!(error = %e, "the held-outcome writer failed");
+        }
     }
 }
 

@@ -18,6 +18,19 @@ use crate::config::{HttpConfig, ProviderGuards};
 /// The most of a vendor's answer we read; the rest is not needed to classify.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// The longest a webhook host's name may take to resolve before the check
+/// gives up for this attempt.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a webhook target may not be called now.
+#[derive(Debug)]
+pub enum TargetError {
+    /// The policy forbids it (a private or loopback address): for good.
+    Refused(String),
+    /// Its name does not resolve now (or not in time): perhaps later.
+    Unresolved(String),
+}
+
 /// Builds the clients and checks webhook targets.
 #[derive(Clone)]
 pub struct Outbound {
@@ -77,18 +90,22 @@ impl Outbound {
     }
 
     /// Checks a webhook target before sending: literal addresses and what the
-    /// host resolves to must be allowed. A refusal is permanent.
-    pub async fn check_webhook_target(&self, url: &str) -> Result<(), String> {
-        herald_core::validate::check_webhook_url(url, &self.limits)?;
-        let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    /// host resolves to must be allowed. Resolving is bounded by
+    /// `RESOLVE_TIMEOUT`.
+    pub async fn check_webhook_target(&self, url: &str) -> Result<(), TargetError> {
+        herald_core::validate::check_webhook_url(url, &self.limits)
+            .map_err(TargetError::Refused)?;
+        let parsed = url::Url::parse(url).map_err(|e| TargetError::Refused(e.to_string()))?;
         if let Some(url::Host::Domain(d)) = parsed.host() {
             let port = parsed.port_or_known_default().unwrap_or(443);
-            let addrs = tokio::net::lookup_host((d, port))
+            let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((d, port)))
                 .await
-                .map_err(|e| format!("cannot resolve {d}: {e}"))?;
+                .map_err(|_| TargetError::Unresolved(format!("resolving {d} timed out")))?
+                .map_err(|e| TargetError::Unresolved(format!("cannot resolve {d}: {e}")))?;
             for a in addrs {
-                address_allowed(a.ip(), &self.limits)
-                    .map_err(|why| format!("{d} resolves to {}: {why}", a.ip()))?;
+                address_allowed(a.ip(), &self.limits).map_err(|why| {
+                    TargetError::Refused(format!("{d} resolves to {}: {why}", a.ip()))
+                })?;
             }
         }
         Ok(())

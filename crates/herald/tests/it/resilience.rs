@@ -518,3 +518,84 @@ async fn dead_letter_requests_refuse_hostile_input_cleanly() {
         .await;
     assert_eq!(status, 404);
 }
+
+/// A webhook's circuit belongs to its destination (tenant and endpoint
+/// origin): one customer's receiver failing opens its own circuit and
+/// holds back no other tenant's webhooks, nor the same tenant's to another
+/// receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_receivers_failures_hold_back_no_other_webhooks() {
+    let s = TestServer::start_with(|c| max_attempts(c, 3)).await;
+    // A second receiver (its own origin), down for the whole test.
+    let broken = herald_sim::Sim::new(Some(7));
+    let (broken_addr, _task) = broken
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("binds");
+    broken.set_fault("webhook", down()).expect("fault");
+    let hook = |base: &str, i: usize, priority: &str| {
+        json!({"priority": priority, "channels": ["webhook"],
+            "recipient": {"webhook_url": format!("{base}/hooks/h/{i}")},
+            "content": {"text": "event"}})
+    };
+    let broken_url = format!("http://{broken_addr}");
+    for i in 0..10 {
+        let (status, _, v) = s
+            .post("/v1/notifications", &hook(&broken_url, i, "normal"))
+            .await;
+        assert_eq!(status, 202, "{v}");
+    }
+    // Five failures there open a circuit.
+    let failed = wait_until(Duration::from_secs(10), || {
+        broken.stats().get("webhook").map_or(0, |w| w.received) >= 5
+    })
+    .await;
+    assert!(
+        failed,
+        "the broken receiver was called: {:?}",
+        broken.stats()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Meanwhile another tenant's critical webhook goes out at once, and so
+    // does the first tenant's to a healthy receiver.
+    let other = s.key_for("another-tenant").await;
+    let (status, _, v) = s
+        .post_as(
+            &other,
+            "/v1/notifications",
+            &hook(&s.sim_url, 1, "critical"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let (status, _, v) = s
+        .post("/v1/notifications", &hook(&s.sim_url, 2, "high"))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    s.wait_delivered(2, Duration::from_secs(10)).await;
+
+    // The open circuit is that destination's, not the webhook provider's,
+    // and only its tenant sees where it points.
+    let webhook = provider(&s, "webhook").await;
+    assert_eq!(webhook["circuit"]["state"], "closed", "{webhook}");
+    assert_eq!(webhook["destinations"]["open_count"], 1, "{webhook}");
+    let open = &webhook["destinations"]["open"][0];
+    assert_eq!(open["origin"], broken_url, "{webhook}");
+    assert_eq!(open["circuit"]["state"], "open", "{webhook}");
+    let (_, theirs) = s.get_as(&other, "/v1/providers").await;
+    let theirs = theirs["providers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "webhook"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(theirs["destinations"]["open"], json!([]), "{theirs}");
+    // The broken receiver is not called while its circuit is open.
+    let calls = broken.stats()["webhook"].received;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        broken.stats()["webhook"].received,
+        calls,
+        "called while open"
+    );
+}
