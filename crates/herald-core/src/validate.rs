@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::model::{Channel, NotificationRequest};
+use crate::model::{Channel, Content, NotificationRequest};
 
 /// One broken rule: the JSON path of the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -56,69 +56,133 @@ impl Default for Limits {
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// Checks every rule and returns all broken ones (empty: valid).
+/// The most broken rules reported for one request; the rest are counted.
+/// (A 2 MiB body can break a rule a quarter of a million times: the answer
+/// stays small however hostile the request.)
+pub const MAX_REPORTED: usize = 50;
+
+/// What FCM and APNs each take at most for one push: the title, the body
+/// and the data together.
+pub const MAX_PUSH_PAYLOAD_BYTES: usize = 4096;
+
+/// Broken rules: the first `MAX_REPORTED` kept, all counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Errors {
+    pub list: Vec<FieldError>,
+    pub total: usize,
+}
+
+impl Errors {
+    pub fn push(&mut self, e: FieldError) {
+        self.total += 1;
+        if self.list.len() < MAX_REPORTED {
+            self.list.push(e);
+        }
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.total += 1;
+        if self.list.len() < MAX_REPORTED {
+            self.list.push(FieldError::new(field, reason));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    pub fn extend(&mut self, other: Errors) {
+        let hidden = other.total - other.list.len();
+        for e in other.list {
+            self.push(e);
+        }
+        self.total += hidden;
+    }
+
+    /// The fields named, in order (as reported).
+    pub fn fields(&self) -> Vec<&str> {
+        self.list.iter().map(|e| e.field.as_str()).collect()
+    }
+}
+
+impl From<FieldError> for Errors {
+    fn from(e: FieldError) -> Self {
+        Errors {
+            list: vec![e],
+            total: 1,
+        }
+    }
+}
+
+/// Checks every rule and returns all broken ones (empty: valid). A
+/// template's rendered content is checked by `validate_rendered`.
 pub fn validate(
     req: &NotificationRequest,
     limits: &Limits,
     now: chrono::DateTime<chrono::Utc>,
-) -> Vec<FieldError> {
-    let mut errs = Vec::new();
+) -> Errors {
+    let mut errs = Errors::default();
     let r = &req.recipient;
 
     if req.channels.is_empty() {
-        errs.push(FieldError::new(
+        errs.add("channels", "at least one channel is required");
+    } else if req.channels.len() > Channel::ALL.len() {
+        errs.add(
             "channels",
-            "at least one channel is required",
-        ));
-    }
-    for (i, c) in req.channels.iter().enumerate() {
-        if req.channels[..i].contains(c) {
-            errs.push(FieldError::new(
-                format!("channels[{i}]"),
-                format!("channel {c} is listed twice"),
-            ));
+            format!("at most {} channels, each once", Channel::ALL.len()),
+        );
+    } else {
+        let mut seen = [false; Channel::ALL.len()];
+        for (i, c) in req.channels.iter().enumerate() {
+            if std::mem::replace(&mut seen[*c as usize], true) {
+                errs.add(
+                    format!("channels[{i}]"),
+                    format!("channel {c} is listed twice"),
+                );
+            }
         }
     }
 
     if let Some(id) = &r.id {
         if id.is_empty() || id.len() > 256 {
-            errs.push(FieldError::new("recipient.id", "must be 1 to 256 bytes"));
+            errs.add("recipient.id", "must be 1 to 256 bytes");
         }
     }
     if let Some(email) = &r.email {
         if let Err(why) = check_email(email) {
-            errs.push(FieldError::new("recipient.email", why));
+            errs.add("recipient.email", why);
         }
     }
     if let Some(phone) = &r.phone {
         if !is_e164(phone) {
-            errs.push(FieldError::new(
+            errs.add(
                 "recipient.phone",
                 "must be an E.164 number: '+', country code, subscriber number, 8 to 15 digits in all",
-            ));
+            );
         }
     }
     if r.push_tokens.len() > limits.max_push_tokens {
-        errs.push(FieldError::new(
+        errs.add(
             "recipient.push_tokens",
             format!("at most {} devices", limits.max_push_tokens),
-        ));
-    }
-    for (i, t) in r.push_tokens.iter().enumerate() {
-        if t.token.is_empty() || t.token.len() > 4096 || t.token.chars().any(char::is_control) {
-            errs.push(FieldError::new(
-                format!("recipient.push_tokens[{i}].token"),
-                "must be 1 to 4096 bytes without control characters",
-            ));
+        );
+    } else {
+        for (i, t) in r.push_tokens.iter().enumerate() {
+            if t.token.is_empty() || t.token.len() > 4096 || t.token.chars().any(char::is_control) {
+                errs.add(
+                    format!("recipient.push_tokens[{i}].token"),
+                    "must be 1 to 4096 bytes without control characters",
+                );
+            }
         }
     }
     if let Some(u) = &r.webhook_url {
         if let Err(why) = check_webhook_url(u, limits) {
-            errs.push(FieldError::new("recipient.webhook_url", why));
+            errs.add("recipient.webhook_url", why);
         }
     }
 
-    for &c in &req.channels {
+    for &c in req.channels.iter().take(Channel::ALL.len()) {
         let (present, field) = match c {
             Channel::Email => (r.email.is_some(), "recipient.email"),
             Channel::Sms => (r.phone.is_some(), "recipient.phone"),
@@ -126,90 +190,23 @@ pub fn validate(
             Channel::Webhook => (r.webhook_url.is_some(), "recipient.webhook_url"),
         };
         if !present {
-            errs.push(FieldError::new(
-                field,
-                format!("required because channel {c} is requested"),
-            ));
+            errs.add(field, format!("required because channel {c} is requested"));
         }
     }
 
     match (&req.content, &req.template) {
-        (None, None) => errs.push(FieldError::new(
-            "content",
-            "content or template is required",
-        )),
-        (Some(_), Some(_)) => errs.push(FieldError::new(
-            "template",
-            "give either content or template, not both",
-        )),
-        (Some(content), None) => {
-            if let Some(s) = &content.subject {
-                if s.chars().count() > limits.max_subject_chars {
-                    errs.push(FieldError::new(
-                        "content.subject",
-                        format!("at most {} characters", limits.max_subject_chars),
-                    ));
-                }
-                if s.contains(['\r', '\n']) {
-                    errs.push(FieldError::new(
-                        "content.subject",
-                        "must not contain line breaks",
-                    ));
-                }
-            }
-            if content
-                .text
-                .as_ref()
-                .is_some_and(|t| t.len() > limits.max_text_bytes)
-            {
-                errs.push(FieldError::new(
-                    "content.text",
-                    format!("at most {} bytes", limits.max_text_bytes),
-                ));
-            }
-            if content
-                .html
-                .as_ref()
-                .is_some_and(|t| t.len() > limits.max_html_bytes)
-            {
-                errs.push(FieldError::new(
-                    "content.html",
-                    format!("at most {} bytes", limits.max_html_bytes),
-                ));
-            }
-            let has_body = content.text.as_deref().is_some_and(|t| !t.is_empty())
-                || content.html.as_deref().is_some_and(|t| !t.is_empty());
-            if !has_body {
-                errs.push(FieldError::new("content.text", "text or html is required"));
-            }
-            for &c in &req.channels {
-                match c {
-                    Channel::Email if content.subject.as_deref().unwrap_or("").is_empty() => errs
-                        .push(FieldError::new(
-                            "content.subject",
-                            "required because channel email is requested",
-                        )),
-                    Channel::Sms | Channel::Push
-                        if content.text.as_deref().unwrap_or("").is_empty() =>
-                    {
-                        errs.push(FieldError::new(
-                            "content.text",
-                            format!("required because channel {c} is requested"),
-                        ))
-                    }
-                    _ => {}
-                }
-            }
-        }
+        (None, None) => errs.add("content", "content or template is required"),
+        (Some(_), Some(_)) => errs.add("template", "give either content or template, not both"),
+        (Some(content), None) => check_content(req, content, "content", "", limits, &mut errs),
         (None, Some(t)) => {
             if t.id.is_empty() || t.id.len() > 128 {
-                errs.push(FieldError::new("template.id", "must be 1 to 128 bytes"));
+                errs.add("template.id", "must be 1 to 128 bytes");
             }
             if t.locale.as_ref().is_some_and(|l| !is_locale(l)) {
-                errs.push(FieldError::new(
+                errs.add(
                     "template.locale",
                     "must be a language tag such as en or pt-BR",
-                ));
+                );
             }
         }
     }
@@ -221,29 +218,29 @@ pub fn validate(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
         {
-            errs.push(FieldError::new(
+            errs.add(
                 "category",
                 "1 to 64 characters from a-z, A-Z, 0-9, '_', '-', '.'",
-            ));
+            );
         }
     }
     if let Some(ttl) = req.ttl_seconds {
         if ttl == 0 || ttl > limits.max_ttl_seconds {
-            errs.push(FieldError::new(
+            errs.add(
                 "ttl_seconds",
                 format!("must be 1 to {}", limits.max_ttl_seconds),
-            ));
+            );
         }
     }
     if let Some(at) = req.send_at {
         if (at - now).num_seconds() > limits.max_schedule_seconds {
-            errs.push(FieldError::new(
+            errs.add(
                 "send_at",
                 format!(
                     "at most {} seconds in the future",
                     limits.max_schedule_seconds
                 ),
-            ));
+            );
         }
     }
     if let Some(meta) = &req.metadata {
@@ -251,18 +248,165 @@ pub fn validate(
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
         if size > limits.max_metadata_bytes {
-            errs.push(FieldError::new(
+            errs.add(
                 "metadata",
                 format!("at most {} bytes of JSON", limits.max_metadata_bytes),
-            ));
+            );
+        } else if req.channels.contains(&Channel::Push) {
+            for key in meta.keys() {
+                if let Some(why) = reserved_push_key(key) {
+                    errs.add(format!("metadata.{key}"), why);
+                }
+            }
         }
     }
     if let Some(key) = &req.idempotency_key {
         if let Err(why) = check_idempotency_key(key) {
-            errs.push(FieldError::new("idempotency_key", why));
+            errs.add("idempotency_key", why);
         }
     }
     errs
+}
+
+/// Checks a template's rendered content by the rules inline content must
+/// keep (no line break in a subject, the size limits, what each channel
+/// needs, what a push can carry), each broken rule named
+/// `template.<part>`: the template and the request's data made it so.
+pub fn validate_rendered(req: &NotificationRequest, rendered: &Content, limits: &Limits) -> Errors {
+    let mut errs = Errors::default();
+    check_content(
+        req,
+        rendered,
+        "template",
+        "rendered from template.data: ",
+        limits,
+        &mut errs,
+    );
+    errs
+}
+
+/// Content rules for `content` (inline, or rendered): fields are named
+/// `{prefix}.subject` etc., reasons start with `why`.
+fn check_content(
+    req: &NotificationRequest,
+    content: &Content,
+    prefix: &str,
+    why: &str,
+    limits: &Limits,
+    errs: &mut Errors,
+) {
+    let field = |part: &str| format!("{prefix}.{part}");
+    if let Some(s) = &content.subject {
+        if s.chars().count() > limits.max_subject_chars {
+            errs.add(
+                field("subject"),
+                format!("{why}at most {} characters", limits.max_subject_chars),
+            );
+        }
+        if s.contains(['\r', '\n']) {
+            errs.add(
+                field("subject"),
+                format!("{why}must not contain line breaks"),
+            );
+        }
+    }
+    if content
+        .text
+        .as_ref()
+        .is_some_and(|t| t.len() > limits.max_text_bytes)
+    {
+        errs.add(
+            field("text"),
+            format!("{why}at most {} bytes", limits.max_text_bytes),
+        );
+    }
+    if content
+        .html
+        .as_ref()
+        .is_some_and(|t| t.len() > limits.max_html_bytes)
+    {
+        errs.add(
+            field("html"),
+            format!("{why}at most {} bytes", limits.max_html_bytes),
+        );
+    }
+    let has_body = content.text.as_deref().is_some_and(|t| !t.is_empty())
+        || content.html.as_deref().is_some_and(|t| !t.is_empty());
+    if !has_body {
+        errs.add(field("text"), format!("{why}text or html is required"));
+    }
+    for &c in req.channels.iter().take(Channel::ALL.len()) {
+        match c {
+            Channel::Email if content.subject.as_deref().unwrap_or("").is_empty() => errs.add(
+                field("subject"),
+                format!("{why}required because channel email is requested"),
+            ),
+            Channel::Sms | Channel::Push if content.text.as_deref().unwrap_or("").is_empty() => {
+                errs.add(
+                    field("text"),
+                    format!("{why}required because channel {c} is requested"),
+                )
+            }
+            _ => {}
+        }
+    }
+    if req.channels.contains(&Channel::Push) {
+        let size = push_payload_bytes(content, req.metadata.as_ref());
+        if size > MAX_PUSH_PAYLOAD_BYTES {
+            let at = if req.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
+                "metadata".to_owned()
+            } else {
+                field("text")
+            };
+            errs.add(
+                at,
+                format!(
+                    "{why}a push carries at most {MAX_PUSH_PAYLOAD_BYTES} bytes of title, body and data together (FCM and APNs); this one has {size}"
+                ),
+            );
+        }
+    }
+}
+
+/// Herald's own data keys on every push, as JSON.
+const HERALD_PUSH_DATA_BYTES: usize = r#"{"herald_delivery_key":"00000000-0000-0000-0000-000000000000","herald_notification_id":"00000000-0000-0000-0000-000000000000"}"#.len();
+
+/// The bytes a push spends of its 4 KiB: title and body, and the data map
+/// as JSON (metadata values become strings), Herald's own keys included.
+pub fn push_payload_bytes(
+    content: &Content,
+    metadata: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> usize {
+    let text = |s: &Option<String>| s.as_deref().map_or(0, str::len);
+    let mut size = text(&content.subject) + text(&content.text) + HERALD_PUSH_DATA_BYTES;
+    for (k, v) in metadata.into_iter().flatten() {
+        let v = match v {
+            serde_json::Value::String(s) => serde_json::to_string(s).map_or(0, |s| s.len()),
+            other => serde_json::to_string(&other.to_string()).map_or(0, |s| s.len()),
+        };
+        size += serde_json::to_string(k).map_or(0, |k| k.len()) + 1 + v + 1;
+    }
+    size
+}
+
+/// Why a metadata key cannot go into a push's data, if it cannot: FCM
+/// reserves `from`, `message_type`, `notification` and every key starting
+/// with `google` or `gcm`, and refuses the whole message over one; Herald
+/// puts its own `herald_*` keys there.
+pub fn reserved_push_key(key: &str) -> Option<&'static str> {
+    let k = key.to_ascii_lowercase();
+    if matches!(
+        k.as_str(),
+        "from" | "message_type" | "notification" | "collapse_key"
+    ) || k.starts_with("google")
+        || k.starts_with("gcm")
+    {
+        Some("a reserved key in a push's data (FCM refuses the message): rename it")
+    } else if k.starts_with("herald_") {
+        Some("keys starting with herald_ are Herald's own in a push's data")
+    } else {
+        None
+    }
 }
 
 pub fn check_idempotency_key(key: &str) -> Result<(), &'static str> {
@@ -362,36 +506,118 @@ pub fn check_webhook_url(s: &str, limits: &Limits) -> Result<(), String> {
 }
 
 /// Whether a webhook may be sent to this address under the policy.
+///
+/// An IPv6 address that carries an IPv4 one — IPv4-mapped and -compatible,
+/// NAT64 (`64:ff9b::/96`), 6to4 (`2002::/16`), Teredo (`2001::/32`) — is
+/// judged by the IPv4 address it reaches. Loopback is allowed only with
+/// `allow_loopback_webhooks`, private networks only with
+/// `allow_private_webhooks`, and addresses that are nobody's host
+/// (unspecified, `0.0.0.0/8`, multicast, broadcast, reserved, benchmarking,
+/// documentation) never.
 pub fn address_allowed(ip: IpAddr, limits: &Limits) -> Result<(), &'static str> {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    if ip.is_loopback() {
-        return if limits.allow_loopback_webhooks {
-            Ok(())
-        } else {
-            Err("loopback addresses are not allowed")
-        };
-    }
-    let private = match ip {
-        IpAddr::V4(v4) => {
-            v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // CGNAT
+    match classify(ip) {
+        Reach::Public => Ok(()),
+        Reach::Loopback if limits.allow_loopback_webhooks => Ok(()),
+        Reach::Loopback => Err("loopback addresses are not allowed"),
+        Reach::Private if limits.allow_private_webhooks => Ok(()),
+        Reach::Private => Err("private network addresses are not allowed"),
+        Reach::Nowhere => {
+            Err("not a host's address (unspecified, multicast, reserved or documentation range)")
         }
-        IpAddr::V6(v6) => {
-            v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
-        }
-    };
-    if private && !limits.allow_private_webhooks {
-        return Err("private network addresses are not allowed");
     }
-    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Public,
+    Loopback,
+    Private,
+    Nowhere,
+}
+
+fn classify(ip: IpAddr) -> Reach {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Some(v4) => classify_v4(v4),
+            None => classify_v6(v6),
+        },
+    }
+}
+
+/// The IPv4 address an IPv6 one stands for, if it stands for one.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let seg = v6.segments();
+    let o = v6.octets();
+    let last32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4); // ::ffff:a.b.c.d
+    }
+    if seg[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+        return Some(last32); // ::a.b.c.d, IPv4-compatible (deprecated)
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(last32); // NAT64, RFC 6052
+    }
+    if seg[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])); // 6to4, RFC 3056
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        // Teredo, RFC 4380: the client's address, obfuscated.
+        return Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]));
+    }
+    None
+}
+
+fn classify_v4(v4: std::net::Ipv4Addr) -> Reach {
+    let [a, b, c, _] = v4.octets();
+    if v4.is_loopback() {
+        Reach::Loopback
+    } else if a == 0 // "this network", 0.0.0.0/8
+        || v4.is_broadcast()
+        || v4.is_multicast() // 224.0.0.0/4
+        || a >= 240 // reserved, 240.0.0.0/4
+        || (a == 198 && (b & 0xfe) == 18) // benchmarking, 198.18.0.0/15
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2) // documentation
+        || (a == 198 && b == 51 && c == 100)
+        || (a == 203 && b == 0 && c == 113)
+    {
+        Reach::Nowhere
+    } else if v4.is_private() // 10/8, 172.16/12, 192.168/16
+        || v4.is_link_local() // 169.254/16, cloud metadata
+        || (a == 100 && (b & 0xc0) == 64) // CGNAT, 100.64.0.0/10
+        || (a == 192 && b == 88 && c == 99)
+    // 6to4 relay anycast
+    {
+        Reach::Private
+    } else {
+        Reach::Public
+    }
+}
+
+fn classify_v6(v6: std::net::Ipv6Addr) -> Reach {
+    let seg = v6.segments();
+    if v6.is_loopback() {
+        Reach::Loopback
+    } else if v6.is_unspecified()
+        || v6.is_multicast() // ff00::/8
+        || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x0100 && seg[1..4] == [0, 0, 0])
+    // discard, 100::/64
+    {
+        Reach::Nowhere
+    } else if (seg[0] & 0xfe00) == 0xfc00 // unique local, fc00::/7
+        || (seg[0] & 0xffc0) == 0xfe80 // link local, fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0 // site local, fec0::/10 (deprecated)
+        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1)
+    // local-use NAT64, 64:ff9b:1::/48
+    {
+        Reach::Private
+    } else {
+        Reach::Public
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +636,7 @@ mod tests {
 
     fn fields(req: &NotificationRequest) -> Vec<String> {
         validate(req, &Limits::default(), chrono::Utc::now())
+            .list
             .into_iter()
             .map(|e| e.field)
             .collect()
@@ -532,5 +759,172 @@ mod tests {
         assert!(check_idempotency_key("has space").is_err());
         assert!(check_idempotency_key("ключ").is_err());
         assert!(check_idempotency_key(&"k".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn ssrf_refuses_every_spelling_of_an_inside_address() {
+        let strict = Limits::default();
+        let refused = [
+            "http://0.0.0.0/",
+            "http://0.1.2.3/",
+            "http://224.0.0.1/",
+            "http://239.255.255.250/",
+            "http://240.0.0.1/",
+            "http://255.255.255.255/",
+            "http://198.18.0.1/",
+            "http://198.19.255.254/",
+            "http://192.0.2.1/",
+            "http://100.64.0.1/",
+            "http://[::]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::127.0.0.1]/",
+            "http://[::10.0.0.1]/",
+            // NAT64 with a private or loopback IPv4 inside
+            "http://[64:ff9b::10.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            // local-use NAT64, RFC 8215
+            "http://[64:ff9b:1::8.8.8.8]/",
+            // 6to4 of 192.168.1.1 and 127.0.0.1
+            "http://[2002:c0a8:0101::1]/",
+            "http://[2002:7f00:0001::]/",
+            // Teredo whose client is 10.0.0.1 (obfuscated)
+            "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/",
+            "http://[fec0::1]/",
+            "http://[fe80::1]/",
+            "http://[fd00::1]/",
+            "http://[ff02::1]/",
+            "http://[2001:db8::1]/",
+        ];
+        for url in refused {
+            assert!(
+                check_webhook_url(url, &strict).is_err(),
+                "{url} must be refused"
+            );
+        }
+        for url in [
+            "http://8.8.8.8/",
+            "http://[2606:4700:4700::1111]/",
+            "http://[64:ff9b::8.8.8.8]/",
+            "http://[2002:0808:0808::1]/",
+            "http://198.20.0.1/",
+        ] {
+            assert!(check_webhook_url(url, &strict).is_ok(), "{url} is public");
+        }
+        // The allowances open what they name, and no more.
+        let private = Limits {
+            allow_private_webhooks: true,
+            ..Limits::default()
+        };
+        assert!(check_webhook_url("http://[64:ff9b::10.0.0.1]/", &private).is_ok());
+        assert!(
+            check_webhook_url("http://[2002:7f00:0001::]/", &private).is_err(),
+            "loopback"
+        );
+        assert!(
+            check_webhook_url("http://224.0.0.1/", &private).is_err(),
+            "never a host"
+        );
+        let sandbox = Limits {
+            allow_loopback_webhooks: true,
+            ..Limits::default()
+        };
+        assert!(check_webhook_url("http://[64:ff9b::7f00:1]/", &sandbox).is_ok());
+        assert!(check_webhook_url("http://0.0.0.0/", &sandbox).is_err());
+    }
+
+    #[test]
+    fn a_hostile_request_gets_a_bounded_answer() {
+        let mut r = base();
+        r.channels = vec![Channel::Sms; 262_000];
+        let errs = validate(&r, &Limits::default(), chrono::Utc::now());
+        assert_eq!(errs.fields(), vec!["channels"], "one error, not 262,000");
+        r.channels = vec![Channel::Email, Channel::Sms];
+        r.recipient.push_tokens = vec![
+            PushToken {
+                platform: PushPlatform::Android,
+                token: String::new(),
+            };
+            100_000
+        ];
+        let errs = validate(&r, &Limits::default(), chrono::Utc::now());
+        assert_eq!(errs.fields(), vec!["recipient.push_tokens"]);
+        // Many distinct broken rules: the first 50 named, all counted.
+        let mut errs = Errors::default();
+        for i in 0..1_000 {
+            errs.add(format!("f{i}"), "bad");
+        }
+        assert_eq!((errs.list.len(), errs.total), (MAX_REPORTED, 1_000));
+    }
+
+    #[test]
+    fn a_push_keeps_to_what_fcm_takes() {
+        let mut r = base();
+        r.channels = vec![Channel::Push];
+        r.recipient.push_tokens = vec![PushToken {
+            platform: PushPlatform::Android,
+            token: "t".into(),
+        }];
+        assert!(fields(&r).is_empty());
+        for key in [
+            "from",
+            "google.c.a.e",
+            "gcm.notification.title",
+            "message_type",
+            "notification",
+            "Google_x",
+            "herald_delivery_key",
+        ] {
+            r.metadata =
+                Some(serde_json::from_value(serde_json::json!({ key: "v" })).expect("map"));
+            assert_eq!(fields(&r), vec![format!("metadata.{key}")], "{key}");
+        }
+        r.metadata = Some(
+            serde_json::from_value(serde_json::json!({"order": "42", "from_city": "Lisbon"}))
+                .expect("map"),
+        );
+        assert!(fields(&r).is_empty(), "keys that only look alike are fine");
+        // Over 4 KiB of data with the title and body: refused for push…
+        r.metadata = Some(
+            serde_json::from_value(serde_json::json!({"blob": "x".repeat(4_000)})).expect("map"),
+        );
+        assert_eq!(fields(&r), vec!["metadata"]);
+        // …but not for a channel that carries it whole.
+        r.channels = vec![Channel::Email];
+        assert!(fields(&r).is_empty());
+        // A body too big for a push on its own.
+        r.channels = vec![Channel::Push];
+        r.metadata = None;
+        r.content = Some(Content {
+            subject: None,
+            text: Some("é".repeat(2_100)),
+            html: None,
+        });
+        assert_eq!(fields(&r), vec!["content.text"]);
+    }
+
+    #[test]
+    fn rendered_content_keeps_the_rules_of_inline_content() {
+        let mut r = base();
+        r.content = None;
+        r.template = Some(TemplateRef {
+            id: "welcome".into(),
+            data: Default::default(),
+            locale: None,
+        });
+        let rendered = Content {
+            subject: Some("Hello\r\nBcc: victim@example.com".into()),
+            text: Some("x".repeat(200 * 1024)),
+            html: None,
+        };
+        let errs = validate_rendered(&r, &rendered, &Limits::default());
+        assert_eq!(errs.fields(), vec!["template.subject", "template.text"]);
+        assert!(errs.list[0].reason.contains("line breaks"), "{errs:?}");
+        let fine = Content {
+            subject: Some("Hello".into()),
+            text: Some("Welcome".into()),
+            html: None,
+        };
+        assert!(validate_rendered(&r, &fine, &Limits::default()).is_empty());
     }
 }

@@ -1,12 +1,15 @@
 //! Templates: minijinja over the request's `template.data`, chosen by id and
 //! locale (`pt-BR`, then `pt`, then the template's base). Undefined variables
 //! are errors, so a request missing data is refused at the API, not sent with
-//! a blank where the code should be.
+//! a blank where the code should be. The HTML part escapes every value it
+//! is given (`{{ name }}` of `<img onerror=…>` renders as text); a template
+//! that means to insert markup says so with `{{ value|safe }}`. Subject and
+//! text are plain text and are not escaped.
 
 use std::collections::BTreeMap;
 
 use herald_core::model::{Content, TemplateRef};
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::config::TemplateConfig;
 
@@ -37,6 +40,15 @@ impl Templates {
     pub fn new(cfg: &BTreeMap<String, TemplateConfig>) -> anyhow::Result<Self> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // minijinja escapes by file extension (`.html`); Herald's parts are
+        // named `id/html`, `id@locale/html`.
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with("/html") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
         let mut locales = BTreeMap::new();
         for (id, t) in cfg {
             add(&mut env, id, None, t)?;
@@ -173,6 +185,59 @@ mod tests {
         assert_eq!(
             ok.text.as_deref(),
             Some("Your code is 123456. It expires in 10 minutes.")
+        );
+    }
+
+    #[test]
+    fn html_parts_escape_what_they_are_given_and_text_parts_do_not() {
+        let t = templates();
+        let data = serde_json::json!({
+            "name": "<img src=x onerror=alert(1)>",
+            "link": "https://example.com/r?a=1&b=\"2\""
+        });
+        let c = t
+            .render(&tref("password-reset", None, data))
+            .expect("renders");
+        let html = c.html.expect("an html part");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("b=\"2\""),
+            "attribute quotes escaped: {html}"
+        );
+        let text = c.text.expect("a text part");
+        assert!(
+            text.contains("<img src=x onerror=alert(1)>"),
+            "plain text as given: {text}"
+        );
+    }
+
+    #[test]
+    fn a_template_may_mark_a_value_safe() {
+        let mut cfg = std::collections::BTreeMap::new();
+        cfg.insert(
+            "digest".to_owned(),
+            TemplateConfig {
+                subject: Some("Digest".into()),
+                text: Some("{{ body }}".into()),
+                html: Some("<div>{{ body|safe }}</div><p>{{ footer }}</p>".into()),
+                locales: Default::default(),
+            },
+        );
+        let t = Templates::new(&cfg).expect("compiles");
+        let c = t
+            .render(&tref(
+                "digest",
+                None,
+                serde_json::json!({"body": "<b>hi</b>", "footer": "<i>x</i>"}),
+            ))
+            .expect("renders");
+        assert_eq!(
+            c.html.as_deref(),
+            Some("<div><b>hi</b></div><p>&lt;i&gt;x&lt;&#x2f;i&gt;</p>")
         );
     }
 }

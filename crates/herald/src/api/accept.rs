@@ -10,7 +10,7 @@ use herald_core::model::{Channel, NotificationRequest};
 use herald_core::store::{
     CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoredResponse,
 };
-use herald_core::validate::{validate, FieldError};
+use herald_core::validate::{validate, validate_rendered};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -67,22 +67,25 @@ fn check(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ApiError> {
     let mut errs = validate(req, &state.limits, now);
-    for (i, c) in req.channels.iter().enumerate() {
+    for (i, c) in req.channels.iter().enumerate().take(Channel::ALL.len()) {
         if !state.channels.contains(c) {
-            errs.push(FieldError::new(
+            errs.add(
                 format!("channels[{i}]"),
                 format!("channel {c} is not configured on this server"),
-            ));
+            );
         }
     }
+    // A template is rendered here, once, and what it renders is held to
+    // the rules inline content keeps: the request's data must not make a
+    // subject with a line break or a body over the limits.
     if let Some(t) = &req.template {
         if !state.templates.exists(&t.id) {
-            errs.push(FieldError::new(
-                "template.id",
-                format!("unknown template {:?}", t.id),
-            ));
-        } else if let Err(e) = state.templates.render(t) {
-            errs.push(FieldError::new("template.data", e.to_string()));
+            errs.add("template.id", format!("unknown template {:?}", t.id));
+        } else {
+            match state.templates.render(t) {
+                Ok(rendered) => errs.extend(validate_rendered(req, &rendered, &state.limits)),
+                Err(e) => errs.add("template.data", e.to_string()),
+            }
         }
     }
     if errs.is_empty() {

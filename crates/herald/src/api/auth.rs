@@ -62,6 +62,18 @@ impl KeyCache {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// matched case-insensitively (RFC 9110 §11.1), and may be followed by
+/// more than one space.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
+}
+
 impl FromRequestParts<Arc<AppState>> for Tenant {
     type Rejection = ApiError;
 
@@ -73,13 +85,42 @@ impl FromRequestParts<Arc<AppState>> for Tenant {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .and_then(bearer_token)
+            .filter(|k| k.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
         match state.keys.tenant(&state.store, key).await? {
             Some(t) => Ok(Tenant(t)),
             None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer k1",
+            "bearer k1",
+            "BEARER k1",
+            "BeArEr   k1",
+            "Bearer\tk1",
+            " Bearer k1 ",
+        ] {
+            assert_eq!(bearer_token(v), Some("k1"), "{v:?}");
+        }
+        for v in [
+            "Basic k1",
+            "Bearer",
+            "Bearer ",
+            "Bearerk1",
+            "Bearer a b",
+            "Token k1",
+            "",
+        ] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
         }
     }
 }

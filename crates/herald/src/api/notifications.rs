@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -111,10 +111,14 @@ pub async fn batch(
         .enumerate()
         .map(|(i, raw)| {
             let prefix = format!("notifications[{i}]");
-            parse::<NotificationRequest>(raw.get().as_bytes(), &prefix).map(|mut r| {
-                let k = r.idempotency_key.take();
-                (r, k)
-            })
+            let mut r = parse::<NotificationRequest>(raw.get().as_bytes(), &prefix)?;
+            // The same rules as the Idempotency-Key header.
+            let key = r.idempotency_key.take();
+            if let Some(k) = &key {
+                check_idempotency_key(k)
+                    .map_err(|why| ApiError::field(format!("{prefix}.idempotency_key"), why))?;
+            }
+            Ok((r, key))
         })
         .collect();
     let trace = Trace::of(&headers);
@@ -142,9 +146,13 @@ pub async fn batch(
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    // An id that is not a UUID cannot exist: the same 404 as any other miss.
+    // An id that is not a UUID (or not even UTF-8) cannot exist: the same
+    // 404 as any other miss.
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::NotFound);
+    };
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let view = state
         .store

@@ -99,6 +99,7 @@ pub fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
             status: 500,
             detail: "an unexpected error occurred; it has been logged".into(),
             errors: vec![],
+            errors_total: None,
         },
     )
 }
@@ -113,6 +114,7 @@ pub async fn timed_out(_: tower::BoxError) -> Response {
             status: 503,
             detail: "the request took too long; retry it with the same Idempotency-Key".into(),
             errors: vec![],
+            errors_total: None,
         },
     )
 }
@@ -127,6 +129,7 @@ pub async fn method_not_allowed() -> Response {
             status: 405,
             detail: "this path does not accept that method".into(),
             errors: vec![],
+            errors_total: None,
         },
     )
 }

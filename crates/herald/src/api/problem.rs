@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::store::StoreError;
-use herald_core::validate::FieldError;
+use herald_core::validate::{Errors, FieldError};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +12,7 @@ pub enum ApiError {
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("the request is invalid")]
-    Invalid(Vec<FieldError>),
+    Invalid(Errors),
     #[error("a valid API key is required")]
     Unauthorized,
     #[error("not found")]
@@ -45,11 +45,14 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// How many rules the request broke, when more than `errors` lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors_total: Option<usize>,
 }
 
 impl ApiError {
     pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ApiError::Invalid(vec![FieldError::new(field, reason)])
+        ApiError::Invalid(FieldError::new(field, reason).into())
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
@@ -112,12 +115,18 @@ impl ApiError {
         let (status, slug, title) = self.parts();
         let (detail, errors) = match self {
             ApiError::Invalid(errs) => {
-                let detail = errs
+                // The detail names the first few; `errors` has up to 50.
+                let mut detail = errs
+                    .list
                     .iter()
+                    .take(5)
                     .map(|e| format!("{}: {}", e.field, e.reason))
                     .collect::<Vec<_>>()
                     .join("; ");
-                (detail, errs.clone())
+                if errs.total > 5 {
+                    detail.push_str(&format!("; and {} more", errs.total - 5));
+                }
+                (detail, errs.list.clone())
             }
             // Store details are for the logs, not for clients.
             ApiError::Store(_) => (
@@ -126,12 +135,17 @@ impl ApiError {
             ),
             other => (other.to_string(), vec![]),
         };
+        let errors_total = match self {
+            ApiError::Invalid(errs) if errs.total > errs.list.len() => Some(errs.total),
+            _ => None,
+        };
         Problem {
             kind: format!("urn:herald:problem:{slug}"),
             title: title.into(),
             status: status.as_u16(),
             detail,
             errors,
+            errors_total,
         }
     }
 }

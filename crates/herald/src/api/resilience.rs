@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -99,11 +99,11 @@ impl FilterArgs {
             (Ok(filter), None) => Ok(filter),
             (parsed, limit) => {
                 let errors = parsed.err().unwrap_or_default().into_iter().chain(limit);
-                Err(ApiError::Invalid(
-                    errors
-                        .map(|(f, why)| herald_core::validate::FieldError::new(f, why))
-                        .collect(),
-                ))
+                let mut all = herald_core::validate::Errors::default();
+                for (f, why) in errors {
+                    all.add(f, why);
+                }
+                Err(ApiError::Invalid(all))
             }
         }
     }
@@ -158,8 +158,11 @@ fn serde_urlencoded_args(q: &str) -> Result<FilterArgs, ApiError> {
 pub async fn replay_one(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::NotFound);
+    };
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     match state.store.replay_dead_letter(Some(&tenant), id).await? {
         ReplayOutcome::Replayed => {

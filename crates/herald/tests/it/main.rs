@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod fleet;
+mod hostile;
 mod idempotency;
 mod outage;
 mod priority;
