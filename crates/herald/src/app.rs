@@ -187,15 +187,18 @@ impl Running {
         );
         let addr = listener.local_addr()?;
         let stop_http = CancellationToken::new();
-        let stop = stop_http.clone();
-        let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let limits = api::server::ConnectionLimits {
+            max_connections: connection_cap(cfg.server.max_connections),
+            header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
+        };
+        let http = tokio::spawn(api::server::serve(
+            listener,
+            app,
+            limits,
+            stop_http.clone(),
+            Duration::from_secs(cfg.engine.shutdown_grace_seconds),
+        ));
         tracing::info!(%addr, "herald is listening");
         Ok(Running {
             addr,
@@ -209,22 +212,54 @@ impl Running {
         })
     }
 
-    /// Graceful stop: readiness drops, the API finishes in-flight requests
-    /// and closes, the bus stops taking in work (Kafka consumers leave their
-    /// groups) and workers finish or release in-flight deliveries.
+    /// Graceful stop, bounded by `engine.shutdown_grace_seconds`:
+    /// readiness drops; at once and side by side, the API stops accepting
+    /// and lets requests in progress finish (then cuts the rest), and the
+    /// bus stops taking in work (Kafka consumers leave their groups) while
+    /// workers finish or release in-flight deliveries.
     pub async fn shutdown(self) {
         self.state.draining.store(true, Ordering::Relaxed);
         self.stop_http.cancel();
-        if let Err(e) = self.http.await {
-            tracing::error!(error = %e, "HTTP server task failed");
-        }
-        self.bus.close().await;
-        if let Some(engine) = self.engine {
-            engine.shutdown().await;
-        }
+        let http = async {
+            if let Err(e) = self.http.await {
+                tracing::error!(error = %e, "HTTP server task failed");
+            }
+        };
+        let engine = async {
+            self.bus.close().await;
+            if let Some(engine) = self.engine {
+                engine.shutdown().await;
+            }
+        };
+        tokio::join!(http, engine);
         self.stop_fleet.cancel();
         tracing::info!("herald stopped");
     }
+}
+
+/// What the process may hold open for clients: `wanted`, kept under the
+/// open-file limit with room for everything else (the store, vendor
+/// connection pools, logs). The soft limit is raised to the hard one first,
+/// as servers do.
+fn connection_cap(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            return wanted;
+        }
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let room = limit.saturating_sub((limit / 4).max(256));
+    if wanted > room {
+        tracing::warn!(
+            wanted,
+            open_file_limit = limit,
+            capped_at = room,
+            "server.max_connections is more than the open-file limit leaves room for; capping it"
+        );
+    }
+    wanted.min(room).max(1)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// Connections open at once; past it new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// From a request's first byte, how long its headers may take.
+    pub header_read_timeout_ms: u64,
+    /// How long a connection with no request in progress may sit silent.
+    pub idle_timeout_ms: u64,
 }
 
 /// `[redis]`: optional fleet-wide send rates and shared open circuits.
@@ -321,6 +327,12 @@ impl Config {
             ("server.max_body_bytes", self.server.max_body_bytes as u64),
             ("server.max_batch_items", self.server.max_batch_items as u64),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
             (
                 "store.group_commit_max_batch",
                 self.store.group_commit_max_batch as u64,

@@ -33,6 +33,11 @@ pub const FAILOVERS: &str = "herald_failovers_total";
 pub const DEFERRED: &str = "herald_deliveries_deferred_total";
 /// Calls held back by a provider's own send-rate limit.
 pub const THROTTLED_LOCALLY: &str = "herald_provider_throttled_total";
+/// Connections answered 503 and closed: `server.max_connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "herald_http_connections_refused_total";
+/// Connections closed for running out of time; label `reason` (`headers`:
+/// a request's headers did not arrive in time; `idle`).
+pub const CONNECTIONS_TIMED_OUT: &str = "herald_http_connections_timed_out_total";
 /// Finished notifications deleted for being past `store.retention_hours`.
 pub const PURGED: &str = "herald_notifications_purged_total";
 /// The store's own (recorded in herald-store, named here with the rest).

@@ -9,6 +9,7 @@ mod notifications;
 mod ops;
 pub mod problem;
 mod resilience;
+pub mod server;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -18,8 +19,10 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use axum::{extract, middleware};
 use herald_core::bus::Bus;
 use herald_core::model::Channel;
 use herald_core::store::Store;
@@ -107,6 +110,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
         .fallback(notifications::fallback)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(limit, refuse_oversized))
         .layer(
             ServiceBuilder::new()
                 // Outermost first: a correlation id for every request (the
@@ -127,4 +131,27 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                 .timeout(request_timeout),
         )
         .with_state(state)
+}
+
+/// A body whose `Content-Length` is past the limit is refused at once (413,
+/// and the connection closed), before anything waits for it to arrive.
+async fn refuse_oversized(
+    extract::State(limit): extract::State<usize>,
+    req: extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let mut r = problem::ApiError::TooLarge(limit).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
+    next.run(req).await
 }

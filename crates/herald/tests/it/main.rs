@@ -5,6 +5,7 @@ mod api;
 mod bench;
 mod cli;
 mod cluster;
+mod connections;
 mod crash;
 mod delivery;
 mod faults;
