@@ -17,6 +17,9 @@ pub struct Entry {
     pub summary: String,
     /// When the accepted request arrived (before any injected latency).
     pub received_at_ms: i64,
+    /// When the request says it was made: its `webhook-timestamp`, or its
+    /// SigV4 `x-amz-date` (receivers refuse ones minutes old).
+    pub stamped_at_ms: Option<i64>,
     /// How many requests carried this key (1 = no duplicate).
     pub requests: u32,
 }

@@ -210,6 +210,7 @@ impl Sim {
                                 recipient: parsed.recipient,
                                 summary: parsed.summary,
                                 received_at_ms: arrived_at_ms,
+                                stamped_at_ms: stamped_at(headers),
                                 requests: 1,
                             },
                             original.clone(),
@@ -345,4 +346,17 @@ async fn clear_faults(State(sim): State<Sim>) -> StatusCode {
 async fn reset(State(sim): State<Sim>) -> StatusCode {
     sim.reset();
     StatusCode::NO_CONTENT
+}
+
+/// When a request says it was made, in Unix ms: Standard Webhooks'
+/// `webhook-timestamp` (seconds) or SigV4's `x-amz-date`.
+fn stamped_at(headers: &HeaderMap) -> Option<i64> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(secs) = text("webhook-timestamp").and_then(|v| v.parse::<i64>().ok()) {
+        return Some(secs * 1000);
+    }
+    let date = text("x-amz-date")?;
+    chrono::NaiveDateTime::parse_from_str(date, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
 }

@@ -71,6 +71,38 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// The store named in config, which must exist already: for the commands
+/// that read or change a running Herald's store (`keys`, `dlq`), where a
+/// mistyped `--data-dir` or URL must not quietly make a new, empty one
+/// (a key created there would be unknown to the server).
+pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match cfg.store.kind {
+        StoreKind::Sqlite => {
+            let path = cfg.sqlite_path();
+            if !path.is_file() {
+                anyhow::bail!(
+                    "no Herald store at {}: give the --data-dir (or --config) that `herald serve` uses",
+                    path.display()
+                );
+            }
+        }
+        StoreKind::Postgres => {
+            let has = herald_store::postgres::has_schema(
+                cfg.store.url.expose(),
+                Duration::from_millis(cfg.store.timeout_ms),
+            )
+            .await
+            .context("connecting to PostgreSQL (store.url)")?;
+            if !has {
+                anyhow::bail!(
+                    "no Herald store in the database at store.url (it has no Herald tables): give the URL `herald serve` uses"
+                );
+            }
+        }
+    }
+    open_store(cfg).await
+}
+
 fn kafka_options(cfg: &Config) -> KafkaOptions {
     KafkaOptions {
         brokers: cfg.kafka.brokers.clone(),
@@ -199,7 +231,6 @@ impl Running {
             stop_http.clone(),
             Duration::from_secs(cfg.engine.shutdown_grace_seconds),
         ));
-        tracing::info!(%addr, "herald is listening");
         Ok(Running {
             addr,
             store,

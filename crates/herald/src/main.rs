@@ -160,8 +160,16 @@ enum KeysCommand {
     /// Create an API key for a tenant (created if new) and print it. The key
     /// is shown once; only its hash is stored.
     Create {
+        /// The tenant the key belongs to, by name (1 to 128 characters);
+        /// created if it does not exist yet.
         #[arg(long)]
         tenant: String,
+        /// Create the store if it does not exist yet (the first key of a new
+        /// deployment, before any node has started). Without it, a store
+        /// that does not exist is refused: a mistyped --data-dir must not
+        /// make a new, empty one the server never reads.
+        #[arg(long)]
+        init: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -231,14 +239,23 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Keys {
-            command: KeysCommand::Create { tenant, store },
+            command:
+                KeysCommand::Create {
+                    tenant,
+                    init,
+                    store,
+                },
         } => {
             let name = tenant.trim();
             if name.is_empty() || name.len() > 128 {
                 anyhow::bail!("--tenant must be 1 to 128 characters");
             }
             let cfg = store.load()?;
-            let s = app::open_store(&cfg).await?;
+            let s = if init {
+                app::open_store(&cfg).await?
+            } else {
+                app::open_existing_store(&cfg).await?
+            };
             let key = herald::api::generate_key();
             let id = app::add_key(&s, name, &key, "cli").await?;
             eprintln!("created a key for tenant {name} ({id}); it is shown once:");
@@ -269,7 +286,7 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<std::process::ExitCode> {
             json,
             store,
         } => {
-            let s = app::open_store(&store.load()?).await?;
+            let s = app::open_existing_store(&store.load()?).await?;
             let filter = filter.resolve(s.as_ref()).await?;
             let page = s.dead_letters(&filter, None, limit).await?;
             dlq::print(&page, json);
@@ -282,7 +299,7 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<std::process::ExitCode> {
             limit,
             store,
         } => {
-            let s = app::open_store(&store.load()?).await?;
+            let s = app::open_existing_store(&store.load()?).await?;
             match (id, all) {
                 (Some(id), _) => {
                     let tenant = filter.resolve(s.as_ref()).await?.tenant_id;

@@ -70,12 +70,17 @@ pub fn metrics() -> PrometheusHandle {
 }
 
 /// Logs to stderr; `RUST_LOG` sets the filter (default `info`), and
-/// `HERALD_LOG_FORMAT=json` switches to JSON lines.
+/// `HERALD_LOG_FORMAT=json` switches to JSON lines. Colours only on a
+/// terminal (and never with `NO_COLOR` set): a log written to a file or a
+/// pipe is plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = if std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().try_init()

@@ -199,6 +199,9 @@ impl Provider for Sns {
             &[],
             form.into_bytes(),
         )?;
+        // As the AWS SDKs send it: no `Accept`. Asked for JSON, the Query
+        // API may answer in JSON, and its XML is what it documents.
+        req.headers_mut().remove(http::header::ACCEPT);
         let at =
             SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(msg.now_ms).unwrap_or(0));
         self.sign(&mut req, at)?;
@@ -213,8 +216,11 @@ impl Provider for Sns {
                 .map(|r| r.result.message_id);
             return Outcome::Accepted { vendor_id };
         }
+        // The documented XML; or, should an endpoint answer in JSON, the
+        // Query API's JSON of the same shape (`{"Error": {"Code": …}}`).
         let err = quick_xml::de::from_str::<wire::ErrorResponse>(text)
             .ok()
+            .or_else(|| serde_json::from_str::<wire::ErrorResponse>(text).ok())
             .map(|r| r.error);
         let code = err.as_ref().map(|e| e.code.as_str());
         let reason = crate::clip(&match &err {
@@ -304,6 +310,14 @@ mod tests {
         assert_eq!(signature.len(), 64);
         assert!(signature.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(h["idempotency-key"], msg.delivery_key.as_str());
+        assert!(
+            h.get("accept").is_none(),
+            "no Accept, as botocore sends it: the Query API answers XML"
+        );
+        assert_eq!(
+            h["content-type"],
+            "application/x-www-form-urlencoded; charset=utf-8"
+        );
 
         // Deterministic for the same input and time; different for another body.
         let again = adapter().build(&msg).expect("builds");
@@ -371,6 +385,16 @@ mod tests {
             a.classify(&response(503, &[], "<html>unavailable</html>"))
                 .label(),
             "transient"
+        );
+        let json = response(
+            400,
+            &[],
+            r#"{"Error":{"Code":"Throttling","Message":"Rate exceeded","Type":"Sender"},"RequestId":"x"}"#,
+        );
+        assert_eq!(
+            a.classify(&json).label(),
+            "rate_limited",
+            "a JSON answer is read too"
         );
         let reason = a.classify(&err(400, "InvalidParameter"));
         assert!(

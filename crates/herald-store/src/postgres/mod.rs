@@ -118,6 +118,22 @@ impl PostgresStore {
     }
 }
 
+/// Whether the database at `url` holds Herald's tables (without creating
+/// them): for commands that must not make a new, empty store.
+pub async fn has_schema(url: &str, timeout: Duration) -> Result<bool, StoreError> {
+    let check = async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await.map_err(db_err)?;
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass('notifications')::text")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db_err)?;
+        let _ = conn.close().await;
+        Ok(found.is_some())
+    };
+    crate::writes::bounded(timeout, check).await
+}
+
 async fn deliveries_of(
     conn: &mut PgConnection,
     notification: uuid::Uuid,

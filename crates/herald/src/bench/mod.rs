@@ -87,7 +87,8 @@ pub struct BenchArgs {
     /// Seconds to measure the simulator alone first (0 to skip).
     #[arg(long, default_value_t = 5)]
     pub sim_ceiling_seconds: u64,
-    /// Where to write the JSON report.
+    /// Also write the report as JSON (with a per-second timeline) to this
+    /// file. Without it, only the table is printed.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// No progress bars.
@@ -493,13 +494,11 @@ async fn run_scenario(args: BenchArgs) -> anyhow::Result<bool> {
         );
     }
     report.print();
-    let path = args
-        .json
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("herald-bench-{}.json", report.scenario)));
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("JSON report: {}", path.display());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON report: {}", path.display());
+    }
     if let Some(h) = rig.herald.take() {
         h.stop().await?;
     }

@@ -113,3 +113,26 @@ async fn crash_smoke_sigkills_herald_and_still_loses_and_doubles_nothing() {
         "{r}"
     );
 }
+
+/// Without `--json` the report is the table only: no file appears in the
+/// directory the bench was run from.
+#[tokio::test]
+async fn without_json_the_bench_writes_no_file() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["bench", "steady", "--duration-seconds", "1", "--rate", "50"])
+        .args(["--sim-ceiling-seconds", "0", "--quiet"])
+        .current_dir(cwd.path())
+        .output()
+        .await
+        .expect("herald bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("OK: nothing lost"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(cwd.path())
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the bench left {left:?} behind");
+}

@@ -253,3 +253,109 @@ async fn dlq_lists_and_replays_from_the_command_line() {
     assert!(ok);
     assert!(out.trim().is_empty(), "none left: {out}");
 }
+
+/// `keys` and `dlq` with a data directory that holds no store refuse it,
+/// naming the path, instead of making a new empty store there (a key made
+/// there would be unknown to the running server).
+#[tokio::test]
+async fn commands_refuse_a_store_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("herald-dta");
+    for args in [
+        vec!["keys", "create", "--tenant", "acme"],
+        vec!["dlq", "list"],
+        vec!["dlq", "replay", "--all"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&missing)
+            .output()
+            .await
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(&missing.join("herald.db").display().to_string()),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed a key or a list");
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+    // Asked to, `keys create --init` makes the store of a new deployment.
+    let key = create_key(
+        "acme",
+        &[
+            "--init".as_ref(),
+            "--data-dir".as_ref(),
+            missing.as_os_str(),
+        ],
+    )
+    .await;
+    assert!(key.starts_with("hrld_"), "{key}");
+    assert!(missing.join("herald.db").is_file());
+}
+
+/// Logs written to a pipe or file are plain text, and `serve` says it is
+/// listening once.
+#[tokio::test]
+async fn serve_logs_plain_text_off_a_terminal_and_announces_itself_once() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HERALD_DEV_API_KEY", DEV_KEY)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    let listening = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.starts_with("herald listening on ");
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    // What follows right after, too (a second announcement would be here).
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line);
+        }
+    })
+    .await;
+    assert!(listening, "{seen:?}");
+    assert!(
+        seen.iter().all(|l| !l.contains('\u{1b}')),
+        "ANSI escapes in a piped log: {seen:?}"
+    );
+    let announcements = seen
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().contains("listening"))
+        .count();
+    assert_eq!(announcements, 1, "{seen:?}");
+    let help = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["keys", "create", "--help"])
+        .output()
+        .await
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let (_, after) = help
+        .rsplit_once("--tenant <TENANT>")
+        .expect("--tenant in help");
+    assert!(
+        after
+            .trim_start()
+            .starts_with("The tenant the key belongs to"),
+        "--tenant has no description: {help}"
+    );
+}

@@ -187,7 +187,11 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
     let cfg = dir.path().join("herald.toml");
     let sim_url = format!("http://{sim_addr}");
     std::fs::write(&cfg, config(&sim_url, &store_url, kafka.unwrap_or(""))).expect("config");
-    let key = create_key("cluster", &["--config".as_ref(), cfg.as_os_str()]).await;
+    let key = create_key(
+        "cluster",
+        &["--init".as_ref(), "--config".as_ref(), cfg.as_os_str()],
+    )
+    .await;
 
     let (_api1, base1) = node(&cfg, "api", None).await;
     let (_api2, base2) = node(&cfg, "api", None).await;

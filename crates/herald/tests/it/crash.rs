@@ -198,7 +198,11 @@ async fn sigkill_mid_flight_loses_nothing_and_delivers_nothing_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("herald.toml");
     std::fs::write(&cfg, config(&format!("http://{sim_addr}"), dir.path())).expect("config");
-    let key = create_key("crash", &["--config".as_ref(), cfg.as_os_str()]).await;
+    let key = create_key(
+        "crash",
+        &["--init".as_ref(), "--config".as_ref(), cfg.as_os_str()],
+    )
+    .await;
 
     let (mut herald, base) = serve(&cfg).await;
     // Submit in the background; the kill cuts it off.

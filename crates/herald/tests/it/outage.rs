@@ -462,3 +462,54 @@ async fn a_full_disk_makes_the_node_unready_until_space_is_freed() {
     assert_eq!(post_timed(&s, &email(9_999)).await.0, 202);
     s.stop().await;
 }
+
+/// Requests that wait for a provider's only concurrency slot: each one's
+/// `webhook-timestamp` and SigV4 date are made when it leaves, not when its
+/// delivery began, so a backlog never sends a stale (refusable) request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_and_timestamps_are_made_when_the_request_leaves() {
+    let s = TestServer::start_with(|c| {
+        for name in ["webhook", "sns"] {
+            c.providers.get_mut(name).expect("provider").max_concurrency = Some(1);
+        }
+        // SMS straight to SNS.
+        c.channels
+            .get_mut(&herald_core::model::Channel::Sms)
+            .expect("sms")
+            .providers = vec!["sns".into()];
+    })
+    .await;
+    let slow = herald_sim::Fault {
+        latency_min_ms: 400,
+        latency_max_ms: 450,
+        ..herald_sim::Fault::default()
+    };
+    s.fault("webhook", slow.clone());
+    s.fault("sns", slow);
+    for i in 0..8 {
+        let hook = json!({"channels": ["webhook", "sms"],
+            "recipient": {"webhook_url": format!("{}/hooks/t/{i}", s.sim_url),
+                "phone": format!("+1415999{i:04}")},
+            "content": {"text": "event"}});
+        let (status, _, v) = s.post("/v1/notifications", &hook).await;
+        assert_eq!(status, 202, "{v}");
+    }
+    s.wait_delivered(16, Duration::from_secs(30)).await;
+    let entries = s.sim.entries();
+    let waited = entries.iter().map(|e| e.received_at_ms).max().unwrap_or(0)
+        - entries.iter().map(|e| e.received_at_ms).min().unwrap_or(0);
+    assert!(
+        waited >= 2_000,
+        "the last requests waited for the slot: {waited} ms"
+    );
+    for e in &entries {
+        let stamped = e.stamped_at_ms.expect("a timestamp");
+        // Whole seconds on the wire: up to one second of rounding down.
+        let age = e.received_at_ms - stamped;
+        assert!(
+            (0..1_500).contains(&age),
+            "{} request stamped {age} ms before it arrived",
+            e.vendor
+        );
+    }
+}
