@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod fleet;
+mod fuzz;
 mod hostile;
 mod idempotency;
 mod outage;
