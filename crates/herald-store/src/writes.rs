@@ -209,6 +209,40 @@ impl WriteHealth {
             .err()
             .unwrap_or_else(|| StoreError::Unavailable("the store does not take writes now".into()))
     }
+
+    /// The answers for a batch of `n` that is not to be tried now (writes
+    /// fail, and it is not this batch's turn to try), or `None`: try it.
+    pub(crate) fn refuse(&self, n: usize) -> Option<Vec<Result<Response, StoreError>>> {
+        if self.should_try() {
+            return None;
+        }
+        let e = self.refusal();
+        Some((0..n).map(|_| Err(e.clone())).collect())
+    }
+
+    /// Notes how a batch of `n` went and gives its answers; `Err` when the
+    /// batch broke on one of its requests and each must be replayed alone
+    /// (`fails_whole`).
+    pub(crate) fn settle(
+        &self,
+        applied: Result<Vec<Response>, StoreError>,
+        n: usize,
+    ) -> Result<Vec<Result<Response, StoreError>>, StoreError> {
+        match applied {
+            Ok(results) => {
+                self.succeeded();
+                Ok(results.into_iter().map(Ok).collect())
+            }
+            Err(e) => {
+                self.failed(&e);
+                if fails_whole(&e, n) {
+                    Ok((0..n).map(|_| Err(e.clone())).collect())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
 }
 
 /// Whether a batch that failed with `e` fails as a whole, every request

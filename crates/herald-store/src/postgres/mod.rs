@@ -107,15 +107,20 @@ impl PostgresStore {
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
         match tokio::time::timeout(self.timeout, f(&mut conn)).await {
             Ok(done) => done,
-            Err(_) => {
-                conn.close_on_drop();
-                Err(StoreError::Unavailable(format!(
-                    "no answer from PostgreSQL within {} ms",
-                    self.timeout.as_millis()
-                )))
-            }
+            Err(_) => Err(cut_off(&mut conn, self.timeout)),
         }
     }
+}
+
+/// The error for a call that did not answer within `timeout`, whose
+/// connection is closed rather than returned to the pool: cut off
+/// mid-call, it would hang (or confuse) the next caller.
+fn cut_off(conn: &mut sqlx::pool::PoolConnection<Postgres>, timeout: Duration) -> StoreError {
+    conn.close_on_drop();
+    StoreError::Unavailable(format!(
+        "no answer from PostgreSQL within {} ms",
+        timeout.as_millis()
+    ))
 }
 
 /// Whether the database at `url` holds Herald's tables (without creating

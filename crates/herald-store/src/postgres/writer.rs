@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::rows::{db_err, Columns};
 use crate::writes::{
-    answer, fails_whole, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request,
-    Response, WriteHealth,
+    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
+    WriteHealth,
 };
 
 type Queue = Arc<Mutex<mpsc::Receiver<(Request, Reply)>>>;
@@ -59,25 +59,13 @@ impl Writer {
             }
             let started = std::time::Instant::now();
             let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-            if !self.health.should_try() {
-                let e = self.health.refusal();
-                answer(
-                    replies,
-                    requests.iter().map(|_| Err(e.clone())).collect(),
-                    started,
-                );
+            if let Some(refused) = self.health.refuse(requests.len()) {
+                answer(replies, refused, started);
                 continue;
             }
             let applied = self.apply(&requests).await;
-            match &applied {
-                Ok(_) => self.health.succeeded(),
-                Err(e) => self.health.failed(e),
-            }
-            let results = match applied {
-                Ok(results) => results.into_iter().map(Ok).collect(),
-                Err(e) if fails_whole(&e, requests.len()) => {
-                    requests.iter().map(|_| Err(e.clone())).collect()
-                }
+            let results = match self.health.settle(applied, requests.len()) {
+                Ok(results) => results,
                 Err(e) => {
                     tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
                     let mut results = Vec::with_capacity(requests.len());
@@ -99,14 +87,7 @@ impl Writer {
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
         match tokio::time::timeout(self.timeout, apply(&mut conn, requests, self.outbox)).await {
             Ok(done) => done,
-            Err(_) => {
-                // Cut off mid-transaction: never hand it to anyone again.
-                conn.close_on_drop();
-                Err(StoreError::Unavailable(format!(
-                    "no answer from PostgreSQL within {} ms",
-                    self.timeout.as_millis()
-                )))
-            }
+            Err(_) => Err(super::cut_off(&mut conn, self.timeout)),
         }
     }
 }

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::writes::{
-    answer, fails_whole, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request,
-    Response, WriteHealth,
+    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
+    WriteHealth,
 };
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
@@ -111,25 +111,13 @@ fn run(
     while rx.blocking_recv_many(&mut batch, max_batch) > 0 {
         let started = std::time::Instant::now();
         let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-        if !health.should_try() {
-            let e = health.refusal();
-            answer(
-                replies,
-                requests.iter().map(|_| Err(e.clone())).collect(),
-                started,
-            );
+        if let Some(refused) = health.refuse(requests.len()) {
+            answer(replies, refused, started);
             continue;
         }
         let applied = apply(&mut conn, &requests, outbox);
-        match &applied {
-            Ok(_) => health.succeeded(),
-            Err(e) => health.failed(e),
-        }
-        let results = match applied {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(e) if fails_whole(&e, requests.len()) => {
-                requests.iter().map(|_| Err(e.clone())).collect()
-            }
+        let results = match health.settle(applied, requests.len()) {
+            Ok(results) => results,
             Err(e) => {
                 tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
                 requests

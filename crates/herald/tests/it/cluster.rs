@@ -153,19 +153,7 @@ async fn a_fleet_on_postgres_and_kafka_loses_nothing_and_sends_nothing_twice_whe
 }
 
 async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
-    let url = url.to_owned();
-    let admin = sqlx::PgPool::connect(&url)
-        .await
-        .expect("connect to PostgreSQL");
-    for sql in [
-        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        format!("CREATE SCHEMA {schema}"),
-    ] {
-        sqlx::query(&sql).execute(&admin).await.expect("schema");
-    }
-    admin.close().await;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let store_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    let store_url = crate::utils::fresh_schema(url, schema).await;
 
     let sim = Sim::new(Some(SEED));
     let (sim_addr, _sim_task) = sim

@@ -248,17 +248,8 @@ pub async fn postgres_behind_proxy(schema: &str) -> Option<(Proxy, String)> {
         );
         return None;
     };
-    let admin = sqlx::PgPool::connect(&url)
-        .await
-        .expect("connect to PostgreSQL");
-    for sql in [
-        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-        format!("CREATE SCHEMA {schema}"),
-    ] {
-        sqlx::query(&sql).execute(&admin).await.expect("schema");
-    }
-    admin.close().await;
-    let mut parsed = url::Url::parse(&url).expect("a postgres:// URL");
+    let in_schema = crate::utils::fresh_schema(&url, schema).await;
+    let mut parsed = url::Url::parse(&in_schema).expect("a postgres:// URL");
     let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
     let port = parsed.port().unwrap_or(5432);
     let upstream = tokio::net::lookup_host((host.as_str(), port))
@@ -269,8 +260,5 @@ pub async fn postgres_behind_proxy(schema: &str) -> Option<(Proxy, String)> {
     let proxy = Proxy::start(upstream).await;
     parsed.set_host(Some("127.0.0.1")).expect("host");
     parsed.set_port(Some(proxy.addr.port())).expect("port");
-    let mut through = parsed.to_string();
-    through.push(if through.contains('?') { '&' } else { '?' });
-    through.push_str(&format!("options=-c%20search_path%3D{schema}"));
-    Some((proxy, through))
+    Some((proxy, parsed.to_string()))
 }

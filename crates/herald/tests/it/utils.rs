@@ -240,3 +240,20 @@ pub async fn create_key(tenant: &str, store_args: &[&std::ffi::OsStr]) -> String
         .trim()
         .to_owned()
 }
+
+/// Makes `schema` afresh in the PostgreSQL database at `url`; returns the
+/// URL that puts a connection in it.
+pub async fn fresh_schema(url: &str, schema: &str) -> String {
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .expect("connect to PostgreSQL");
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.expect("schema");
+    }
+    admin.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
