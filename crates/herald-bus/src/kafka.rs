@@ -23,7 +23,7 @@ use futures_util::FutureExt;
 use herald_core::bus::{Bus, BusError};
 use herald_core::events::{NotificationRequested, OutboxEvent};
 use herald_core::model::{Channel, Priority};
-use herald_core::store::{ClaimedDelivery, Store};
+use herald_core::store::{Claim, ClaimedDelivery, Outbox, Queue};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -129,7 +129,7 @@ impl KafkaProbe {
 }
 
 pub struct Relay {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Outbox>,
     pub producer: FutureProducer,
     pub topic_prefix: String,
     /// This relay's name in the lease (unique per process).
@@ -269,7 +269,7 @@ fn headers(e: &OutboxEvent) -> OwnedHeaders {
 /// also sweeps the store once every `sweep`, which is how they re-enter.
 /// The sweep leaves new work to Kafka until it has waited a sweep interval.
 pub struct KafkaBus {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Queue>,
     lease: Duration,
     sweep: Duration,
     lanes: HashMap<Channel, [LaneBuffer; 4]>,
@@ -304,7 +304,7 @@ impl KafkaBus {
     /// Starts the consumers for `channels`; they stop with `shutdown` or
     /// `close`.
     pub fn start(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Queue>,
         opts: &KafkaOptions,
         channels: &[Channel],
         lease: Duration,
@@ -412,7 +412,7 @@ fn consumer(
 
 struct LaneConsumer {
     consumer: StreamConsumer,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Queue>,
     channel: Channel,
     lane: Priority,
     lease: Duration,
@@ -663,14 +663,14 @@ impl Bus for KafkaBus {
             let lease_ms = herald_core::ms(self.lease);
             out.extend(
                 self.store
-                    .sweep(
+                    .claim(Claim {
                         channel,
-                        priority,
-                        limit - out.len(),
-                        now,
+                        lane: priority,
+                        limit: limit - out.len(),
+                        now_ms: now,
                         lease_ms,
-                        now - sweep_ms,
-                    )
+                        settled_before_ms: now - sweep_ms,
+                    })
                     .await?,
             );
         }

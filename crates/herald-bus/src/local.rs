@@ -9,11 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_core::bus::{Bus, BusError};
 use herald_core::model::{Channel, Priority};
-use herald_core::store::{ClaimedDelivery, Store};
+use herald_core::store::{Claim, ClaimedDelivery, Queue};
 use tokio::sync::Notify;
 
 pub struct LocalBus {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Queue>,
     lease: Duration,
     wake: [Notify; 4],
 }
@@ -21,7 +21,7 @@ pub struct LocalBus {
 impl LocalBus {
     /// `lease`: how long a claimed delivery is held before another worker
     /// may take it over (it must outlast a vendor call's timeout).
-    pub fn new(store: Arc<dyn Store>, lease: Duration) -> Self {
+    pub fn new(store: Arc<dyn Queue>, lease: Duration) -> Self {
         Self {
             store,
             lease,
@@ -61,7 +61,13 @@ impl Bus for LocalBus {
         let lease_ms = herald_core::ms(self.lease);
         Ok(self
             .store
-            .claim(channel, priority, limit, herald_core::now_ms(), lease_ms)
+            .claim(Claim::new(
+                channel,
+                priority,
+                limit,
+                herald_core::now_ms(),
+                lease_ms,
+            ))
             .await?)
     }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use herald_bus::kafka::{producer, KafkaBus, KafkaOptions, Relay};
 use herald_core::bus::Bus;
 use herald_core::model::{Channel, DeliveryState, Priority};
-use herald_core::store::{NewNotification, Store};
+use herald_core::store::roles::*;
+use herald_core::store::{Claim, NewNotification};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -301,13 +302,13 @@ async fn a_deferred_lane_gives_its_claims_back_and_takes_no_more_until_taken_fro
     // What was given back waits in the store for a sweep, due and not in
     // doubt.
     let swept = store
-        .claim(
+        .claim(Claim::new(
             Channel::Email,
             Priority::Normal,
             64,
             herald_core::now_ms(),
             60_000,
-        )
+        ))
         .await
         .expect("claim");
     assert_eq!(swept.len(), 10);

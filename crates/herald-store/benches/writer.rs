@@ -7,8 +7,9 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use herald_core::model::{Channel, NotificationRequest, Priority};
+use herald_core::store::roles::*;
 use herald_core::store::{
-    AttemptRecord, CallRecord, ClaimedDelivery, NewDelivery, NewNotification, Next, Store,
+    AttemptRecord, CallRecord, Claim, ClaimedDelivery, NewDelivery, NewNotification, Next,
 };
 use herald_store::{SqliteOptions, SqliteStore};
 
@@ -98,7 +99,7 @@ fn claim_and_record(c: &mut Criterion) {
                 // A lease of 0: the rows are due again at once, so the queue
                 // never runs dry (a re-claim does the same work as a claim).
                 let claimed = store
-                    .claim(Channel::Email, Priority::Normal, BATCH, now, 0)
+                    .claim(Claim::new(Channel::Email, Priority::Normal, BATCH, now, 0))
                     .await
                     .expect("claim");
                 assert_eq!(claimed.len(), BATCH, "the queue ran dry");
@@ -115,7 +116,13 @@ fn claim_and_record(c: &mut Criterion) {
                         .await
                         .expect("create");
                     store
-                        .claim(Channel::Email, Priority::Normal, BATCH, now, LEASE_MS)
+                        .claim(Claim::new(
+                            Channel::Email,
+                            Priority::Normal,
+                            BATCH,
+                            now,
+                            LEASE_MS,
+                        ))
                         .await
                         .expect("claim")
                 })

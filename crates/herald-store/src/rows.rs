@@ -6,10 +6,10 @@ use std::str::FromStr;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptView, DeadLetter, DeadLetterCursor, DeadLetterFilter, DeliverySummary, DeliveryView,
-    NotificationView, QueueDepth, StoreError,
+    AttemptView, DeadLetter, DeliverySummary, DeliveryView, NotificationView, QueueDepth,
+    StoreError,
 };
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 
 /// An error from sqlx as the store's: a row it cannot read is corrupt, a
 /// constraint the operation breaks is the operation's fault (rejected),
@@ -38,7 +38,7 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
 
 /// The column types Herald's tables use, read the same way from either
 /// database's rows.
-pub(crate) trait Columns {
+pub trait Columns {
     fn text(&self, col: &str) -> Result<String, StoreError>;
     fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
     fn int(&self, col: &str) -> Result<i64, StoreError>;
@@ -198,51 +198,4 @@ pub(crate) fn outbox_event(row: &impl Columns) -> Result<OutboxEvent, StoreError
         traceparent: row.opt_text("traceparent")?,
         payload: row.text("payload")?,
     })
-}
-
-/// The dead-letter listing, oldest death first, for either database: the
-/// filter's conditions and the page's cursor become bound parameters.
-pub(crate) fn dead_letters_query<'a, DB>(
-    f: &DeadLetterFilter,
-    after: Option<DeadLetterCursor>,
-    limit: usize,
-) -> QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    uuid::Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut q = QueryBuilder::new(
-        "SELECT d.id, d.notification_id, n.tenant_id, d.channel, d.target, d.priority, d.provider, \
-             d.attempts, d.last_error, d.updated_at_ms, n.accepted_at_ms \
-         FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
-         WHERE d.state = 'dead'",
-    );
-    if let Some(t) = &f.tenant_id {
-        q.push(" AND n.tenant_id = ").push_bind(t.clone());
-    }
-    if let Some(c) = f.channel {
-        q.push(" AND d.channel = ").push_bind(c.as_str());
-    }
-    if let Some(p) = &f.provider {
-        q.push(" AND d.provider = ").push_bind(p.clone());
-    }
-    if let Some(since) = f.since_ms {
-        q.push(" AND d.updated_at_ms >= ").push_bind(since);
-    }
-    if let Some(until) = f.until_ms {
-        q.push(" AND d.updated_at_ms < ").push_bind(until);
-    }
-    if let Some(c) = after {
-        q.push(" AND (d.updated_at_ms, d.id) > (")
-            .push_bind(c.dead_at_ms)
-            .push(", ")
-            .push_bind(c.id)
-            .push(")");
-    }
-    q.push(" ORDER BY d.updated_at_ms, d.id LIMIT ")
-        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-    q
 }

@@ -1,18 +1,18 @@
-//! What both stores' group-commit writers take and answer, and the queue
-//! callers reach them through. A writer takes whatever has queued up (up to
-//! its batch size), applies it in one transaction and answers each caller
-//! only after the commit.
+//! What both stores' group-commit writers share: the queue callers reach
+//! them through (typed: each operation gets its own kind of answer), the
+//! writers' health (fail fast while the store does not take writes), and
+//! what recording an attempt or a notification's outbox row writes. A
+//! writer takes whatever has queued up (up to its batch size), applies it in
+//! one transaction and answers each caller only after the commit.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_core::model::{Channel, Priority};
-use herald_core::store::{
-    AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, NewNotification, ReplayOutcome,
-    StoreError,
-};
+use herald_core::store::{AttemptRecord, NewNotification, StoreError};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::ops::Op;
 
 /// Seconds each group commit took (its statements and the fsync).
 pub const COMMIT_SECONDS: &str = "herald_store_commit_seconds";
@@ -22,110 +22,60 @@ pub const COMMIT_OPERATIONS: &str = "herald_store_commit_operations";
 /// the commit); label `op`.
 pub const WRITE_SECONDS: &str = "herald_store_write_seconds";
 
-pub(crate) enum Request {
-    Create(Vec<NewNotification>),
-    Claim(ClaimArgs),
-    ClaimIds {
-        ids: Vec<uuid::Uuid>,
-        now_ms: i64,
-        lease_ms: i64,
-    },
-    Record(Vec<AttemptRecord>),
-    Release {
-        leases: Vec<(uuid::Uuid, i64)>,
-        started: bool,
-    },
-    AddKey(AddKeyArgs),
-    ReplayOne {
-        tenant_id: Option<String>,
-        id: uuid::Uuid,
-    },
-    ReplayMany {
-        filter: DeadLetterFilter,
-        limit: usize,
-    },
-    Expire {
-        now_ms: i64,
-    },
-    Purge {
-        before_ms: i64,
-        limit: usize,
-    },
-    RelayLease {
-        holder: String,
-        now_ms: i64,
-        lease_ms: i64,
-    },
-    OutboxPublished(Vec<i64>),
-    NoteCall {
-        id: uuid::Uuid,
-        lease_token: i64,
-        provider: String,
-    },
-    /// A small real write (a padded row in `health_probe`), to learn
-    /// whether the store takes writes again after they failed.
-    Probe,
+/// Where a writer sends an operation's answer.
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// One queued operation, and its answer once applied (kept until the
+/// batch commits: a batch that fails after it was applied answers with the
+/// failure instead).
+pub struct Pending<O: Op> {
+    pub op: O,
+    out: Option<O::Output>,
+    reply: Reply<O::Output>,
 }
 
-impl Request {
-    /// For metrics.
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Request::Create(_) => "create",
-            Request::Claim(_) | Request::ClaimIds { .. } => "claim",
-            Request::Record(_) => "record",
-            Request::Release { .. } => "release",
-            Request::AddKey(_) => "add_key",
-            Request::ReplayOne { .. } | Request::ReplayMany { .. } => "replay",
-            Request::Expire { .. } => "expire",
-            Request::Purge { .. } => "purge",
-            Request::RelayLease { .. } => "relay_lease",
-            Request::OutboxPublished(_) => "outbox_published",
-            Request::NoteCall { .. } => "note_call",
-            Request::Probe => "probe",
+impl<O: Op> Pending<O> {
+    pub(crate) fn new(op: O, reply: Reply<O::Output>) -> Self {
+        Self {
+            op,
+            out: None,
+            reply,
         }
     }
 
-    /// The attempt records of a batch, all together: a writer applies them
-    /// first, so a delivery finishing and being re-claimed in one batch ends
-    /// up re-claimed only if it did not finish.
-    pub(crate) fn records(batch: &[Request]) -> impl Iterator<Item = &AttemptRecord> {
-        batch
-            .iter()
-            .filter_map(|r| match r {
-                Request::Record(v) => Some(v.iter()),
-                _ => None,
-            })
-            .flatten()
+    /// Keeps what applying the operation gave (until the commit).
+    pub(crate) fn applied(&mut self, out: O::Output) {
+        self.out = Some(out);
+    }
+
+    /// Answers the caller: what it was applied to, if its transaction
+    /// committed; the failure otherwise. A caller that went away (its
+    /// request cancelled) no longer needs it.
+    pub(crate) fn answer(self, committed: Result<(), StoreError>) {
+        let answer = committed.and_then(|()| {
+            self.out
+                .ok_or_else(|| StoreError::Unavailable("the write was not applied".into()))
+        });
+        let _ = self.reply.send(answer);
     }
 }
 
-pub(crate) enum Response {
-    Created(Vec<CreateResult>),
-    Claimed(Vec<ClaimedDelivery>),
-    Done,
-    Tenant(String),
-    Replay(ReplayOutcome),
-    Count(u64),
+/// A backend's queued write, with the operation's type erased (each
+/// backend's writer has its own trait for it: `sqlite::writer::Job`,
+/// `postgres::writer::Job`).
+pub trait Backend: Send + Sync + 'static {
+    type Job: Send + 'static;
 }
 
-pub(crate) type Reply = oneshot::Sender<Result<Response, StoreError>>;
-
-pub(crate) struct ClaimArgs {
-    pub channel: Channel,
-    pub priority: Priority,
-    pub limit: usize,
-    pub now_ms: i64,
-    pub lease_ms: i64,
-    /// A `queued` delivery counts only if untouched since this (`i64::MAX`:
-    /// always); retries and run-out leases always count.
-    pub settled_before_ms: i64,
+/// A backend that can apply `O`: how a pending `O` joins its queue.
+pub trait Runs<O: Op>: Backend {
+    fn job(pending: Pending<O>) -> Self::Job;
 }
 
-pub(crate) struct AddKeyArgs {
-    pub tenant_name: String,
-    pub key_hash: Vec<u8>,
-    pub label: String,
+/// Records a group commit's metrics.
+pub(crate) fn committed(operations: usize, started: std::time::Instant) {
+    metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(COMMIT_OPERATIONS).record(operations as f64);
 }
 
 /// While writes fail for the store's own reasons, a writer tries a batch
@@ -135,7 +85,7 @@ const TRY_EVERY_WHILE_FAILING: Duration = Duration::from_millis(250);
 /// Whether the store takes writes, as its writers last found, shared by
 /// the writers (which fail fast while it does not) and readiness.
 #[derive(Default)]
-pub(crate) struct WriteHealth {
+pub struct WriteHealth {
     /// 0 while writes succeed; else when they began to fail (Unix ms).
     failing_since_ms: AtomicI64,
     /// When a writer last tried a batch while failing (Unix ms).
@@ -210,39 +160,41 @@ impl WriteHealth {
             .unwrap_or_else(|| StoreError::Unavailable("the store does not take writes now".into()))
     }
 
-    /// The answers for a batch of `n` that is not to be tried now (writes
-    /// fail, and it is not this batch's turn to try), or `None`: try it.
-    pub(crate) fn refuse(&self, n: usize) -> Option<Vec<Result<Response, StoreError>>> {
-        if self.should_try() {
-            return None;
-        }
-        let e = self.refusal();
-        Some((0..n).map(|_| Err(e.clone())).collect())
+    /// `Some(error)` when a batch is not to be tried now: writes fail, and
+    /// it is not this batch's turn to try. Every request in it fails with
+    /// the error, at once.
+    pub(crate) fn refuses(&self) -> Option<StoreError> {
+        (!self.should_try()).then(|| self.refusal())
     }
 
-    /// Notes how a batch of `n` went and gives its answers; `Err` when the
-    /// batch broke on one of its requests and each must be replayed alone
-    /// (`fails_whole`).
-    pub(crate) fn settle(
-        &self,
-        applied: Result<Vec<Response>, StoreError>,
-        n: usize,
-    ) -> Result<Vec<Result<Response, StoreError>>, StoreError> {
+    /// Notes how a batch of `n` went, and what its requests are answered.
+    pub(crate) fn settle(&self, applied: Result<(), StoreError>, n: usize) -> Settled {
         match applied {
-            Ok(results) => {
+            Ok(()) => {
                 self.succeeded();
-                Ok(results.into_iter().map(Ok).collect())
+                Settled::Committed
             }
             Err(e) => {
                 self.failed(&e);
                 if fails_whole(&e, n) {
-                    Ok((0..n).map(|_| Err(e.clone())).collect())
+                    Settled::Failed(e)
                 } else {
-                    Err(e)
+                    Settled::ReplayEach(e)
                 }
             }
         }
     }
+}
+
+/// How a batch ended, for its requests.
+pub(crate) enum Settled {
+    /// Each request gets what it was applied to.
+    Committed,
+    /// Each request fails with this.
+    Failed(StoreError),
+    /// One request broke the batch (this error): each is applied again in
+    /// its own transaction, so only the failing one fails.
+    ReplayEach(StoreError),
 }
 
 /// Whether a batch that failed with `e` fails as a whole, every request
@@ -252,28 +204,6 @@ impl WriteHealth {
 /// replayed one request at a time instead, so only that one fails.
 pub(crate) fn fails_whole(e: &StoreError, n: usize) -> bool {
     n == 1 || e.is_outage()
-}
-
-/// Answers each caller of a batch with its own result: the batch's, if it
-/// committed; if not, each request's own when replayed alone (so only a
-/// failing one fails). Records the commit metrics.
-pub(crate) fn answer(
-    replies: Vec<Reply>,
-    results: Vec<Result<Response, StoreError>>,
-    started: std::time::Instant,
-) {
-    metrics::histogram!(COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-    metrics::histogram!(COMMIT_OPERATIONS).record(replies.len() as f64);
-    for (reply, result) in replies.into_iter().zip(results) {
-        // A caller that went away (request cancelled) no longer needs it.
-        let _ = reply.send(result);
-    }
-}
-
-/// The writer answers each request with its own kind of response; anything
-/// else is a bug in the writer, reported rather than panicking.
-fn mismatch() -> StoreError {
-    StoreError::Corrupt("the store writer answered with the wrong kind of response".into())
 }
 
 /// `call`, or `Unavailable` if it takes longer than `timeout`.
@@ -292,31 +222,40 @@ pub(crate) async fn bounded<T>(
 }
 
 /// The sending side of a store's writer queue. Cheap to clone.
-#[derive(Clone)]
-pub(crate) struct WriteQueue {
-    pub(crate) tx: mpsc::Sender<(Request, Reply)>,
+pub struct WriteQueue<B: Backend> {
+    pub(crate) tx: mpsc::Sender<B::Job>,
     pub(crate) health: Arc<WriteHealth>,
     /// The longest a caller waits for its write (queueing and commit).
     pub(crate) timeout: Duration,
 }
 
-impl WriteQueue {
-    /// Queues a write and waits for its commit, at most `timeout`: a caller
+impl<B: Backend> Clone for WriteQueue<B> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            health: self.health.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<B: Backend> WriteQueue<B> {
+    /// Queues `op` and waits for its commit, at most `timeout`: a caller
     /// never waits on a store that does not answer. (A write that timed out
     /// may still commit later; a client retries it with its idempotency key.)
-    async fn write(&self, request: Request) -> Result<Response, StoreError> {
+    pub(crate) async fn run<O: Op>(&self, op: O) -> Result<O::Output, StoreError>
+    where
+        B: Runs<O>,
+    {
         let started = std::time::Instant::now();
-        let op = request.name();
-        let (tx, rx) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
+        let job = B::job(Pending::new(op, reply));
         let done = bounded(self.timeout, async {
-            self.tx
-                .send((request, tx))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
+            self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
         })
         .await;
-        metrics::histogram!(WRITE_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(WRITE_SECONDS, "op" => O::NAME).record(started.elapsed().as_secs_f64());
         done
     }
 
@@ -327,89 +266,18 @@ impl WriteQueue {
     /// `Ok` if the store takes writes: at once while the writers find it
     /// does; while they find it does not, only if a probe write succeeds
     /// now (so a node that is idle notices the store is back).
-    pub(crate) async fn check(&self) -> Result<(), StoreError> {
+    pub(crate) async fn check(&self) -> Result<(), StoreError>
+    where
+        B: Runs<crate::ops::Probe>,
+    {
         if self.is_closed() {
             return Err(StoreError::Closed);
         }
         if self.health.check().is_ok() {
             return Ok(());
         }
-        self.done(Request::Probe).await?;
+        self.run(crate::ops::Probe).await?;
         self.health.check()
-    }
-
-    pub(crate) async fn create(
-        &self,
-        batch: Vec<NewNotification>,
-    ) -> Result<Vec<CreateResult>, StoreError> {
-        match self.write(Request::Create(batch)).await? {
-            Response::Created(r) => Ok(r),
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub(crate) async fn claim(&self, args: ClaimArgs) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.claimed(Request::Claim(args)).await
-    }
-
-    pub(crate) async fn claimed(
-        &self,
-        request: Request,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        match self.write(request).await? {
-            Response::Claimed(r) => Ok(r),
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub(crate) async fn done(&self, request: Request) -> Result<(), StoreError> {
-        match self.write(request).await? {
-            Response::Done => Ok(()),
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub(crate) async fn count(&self, request: Request) -> Result<u64, StoreError> {
-        match self.write(request).await? {
-            Response::Count(n) => Ok(n),
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub(crate) async fn replay_one(
-        &self,
-        tenant_id: Option<&str>,
-        id: uuid::Uuid,
-    ) -> Result<ReplayOutcome, StoreError> {
-        let req = Request::ReplayOne {
-            tenant_id: tenant_id.map(str::to_owned),
-            id,
-        };
-        match self.write(req).await? {
-            Response::Replay(r) => Ok(r),
-            _ => Err(mismatch()),
-        }
-    }
-
-    pub(crate) async fn relay_lease(
-        &self,
-        holder: &str,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let req = Request::RelayLease {
-            holder: holder.to_owned(),
-            now_ms,
-            lease_ms,
-        };
-        Ok(self.count(req).await? == 1)
-    }
-
-    pub(crate) async fn add_key(&self, args: AddKeyArgs) -> Result<String, StoreError> {
-        match self.write(Request::AddKey(args)).await? {
-            Response::Tenant(t) => Ok(t),
-            _ => Err(mismatch()),
-        }
     }
 }
 

@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use herald_core::lease::Lease;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::store::roles::*;
 use herald_core::store::{
-    AttemptRecord, CallRecord, ClaimedDelivery, NewDelivery, NewNotification, Next, ReplayOutcome,
-    Store,
+    AttemptRecord, CallRecord, Claim, ClaimedDelivery, NewDelivery, NewNotification, Next,
+    ReplayOutcome,
 };
 use herald_store::{SqliteOptions, SqliteStore};
 use proptest::prelude::*;
@@ -208,7 +209,7 @@ async fn run(ops: Vec<Op>, ttl_ms: Option<i64>) -> Result<(), TestCaseError> {
                     store.claim_ids(vec![key], now, LEASE_MS).await
                 } else {
                     store
-                        .claim(Channel::Sms, Priority::High, 10, now, LEASE_MS)
+                        .claim(Claim::new(Channel::Sms, Priority::High, 10, now, LEASE_MS))
                         .await
                 }
                 .expect("claim");

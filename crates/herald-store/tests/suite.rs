@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::store::roles::*;
 use herald_core::store::{
-    AttemptRecord, CallRecord, ClaimedDelivery, CreateResult, DeadLetterCursor, DeadLetterFilter,
-    IdempotencyRecord, NewDelivery, NewNotification, Next, ReplayOutcome, Store, StoredResponse,
+    AttemptRecord, CallRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterCursor,
+    DeadLetterFilter, IdempotencyRecord, NewDelivery, NewNotification, Next, ReplayOutcome,
+    StoredResponse,
 };
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
@@ -173,12 +175,18 @@ async fn claims_by_channel_and_lane(store: &dyn Store) {
     assert_eq!(r, vec![CreateResult::Created, CreateResult::Created]);
 
     let none = store
-        .claim(Channel::Push, Priority::Low, 10, now, 30_000)
+        .claim(Claim::new(Channel::Push, Priority::Low, 10, now, 30_000))
         .await
         .expect("claim");
     assert!(none.is_empty());
     let c = store
-        .claim(Channel::Sms, Priority::Critical, 10, now, 30_000)
+        .claim(Claim::new(
+            Channel::Sms,
+            Priority::Critical,
+            10,
+            now,
+            30_000,
+        ))
         .await
         .expect("claim");
     assert_eq!(c.len(), 1);
@@ -190,7 +198,13 @@ async fn claims_by_channel_and_lane(store: &dyn Store) {
 
     // Claimed once: not claimable again while the lease holds.
     let again = store
-        .claim(Channel::Sms, Priority::Critical, 10, now + 1, 30_000)
+        .claim(Claim::new(
+            Channel::Sms,
+            Priority::Critical,
+            10,
+            now + 1,
+            30_000,
+        ))
         .await
         .expect("claim");
     assert!(again.is_empty());
@@ -231,13 +245,25 @@ async fn future_work_waits(store: &dyn Store) {
     n.due_at_ms = 5_000;
     store.create(vec![n]).await.expect("create");
     assert!(store
-        .claim(Channel::Email, Priority::Normal, 10, 4_999, 1_000)
+        .claim(Claim::new(
+            Channel::Email,
+            Priority::Normal,
+            10,
+            4_999,
+            1_000
+        ))
         .await
         .expect("claim")
         .is_empty());
     assert_eq!(
         store
-            .claim(Channel::Email, Priority::Normal, 10, 5_000, 1_000)
+            .claim(Claim::new(
+                Channel::Email,
+                Priority::Normal,
+                10,
+                5_000,
+                1_000
+            ))
             .await
             .expect("claim")
             .len(),
@@ -249,12 +275,12 @@ async fn expired_lease_is_claimed_again_and_old_holder_cannot_write(store: &dyn 
     let n = new_notification("t1", request(Priority::High, &["email"]), 1_000);
     store.create(vec![n.clone()]).await.expect("create");
     let first = store
-        .claim(Channel::Email, Priority::High, 1, 1_000, 100)
+        .claim(Claim::new(Channel::Email, Priority::High, 1, 1_000, 100))
         .await
         .expect("claim");
     assert_eq!(first.len(), 1);
     let second = store
-        .claim(Channel::Email, Priority::High, 1, 1_200, 100)
+        .claim(Claim::new(Channel::Email, Priority::High, 1, 1_200, 100))
         .await
         .expect("claim");
     assert_eq!(second.len(), 1, "lease expired at 1100");
@@ -288,7 +314,7 @@ async fn released_work_is_claimable_at_once(store: &dyn Store) {
     let n = new_notification("t1", request(Priority::Normal, &["sms"]), 1_000);
     store.create(vec![n]).await.expect("create");
     let c = store
-        .claim(Channel::Sms, Priority::Normal, 5, 1_000, 60_000)
+        .claim(Claim::new(Channel::Sms, Priority::Normal, 5, 1_000, 60_000))
         .await
         .expect("claim");
     assert_eq!(c.len(), 1);
@@ -297,13 +323,13 @@ async fn released_work_is_claimable_at_once(store: &dyn Store) {
         .await
         .expect("release");
     let again = store
-        .claim(
+        .claim(Claim::new(
             Channel::Sms,
             Priority::Normal,
             5,
             herald_core::now_ms(),
             60_000,
-        )
+        ))
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
@@ -321,25 +347,46 @@ async fn a_sweep_leaves_new_work_and_takes_run_out_leases(store: &dyn Store) {
     let held = new_notification("t1", request(Priority::High, &["email"]), 1_000);
     store.create(vec![fresh, held]).await.expect("create");
     let leased = store
-        .claim(Channel::Email, Priority::High, 5, 2_000, 100)
+        .claim(Claim::new(Channel::Email, Priority::High, 5, 2_000, 100))
         .await
         .expect("claim");
     assert_eq!(leased.len(), 1);
 
     // At 5 s: the SMS delivery, stored at 1 s, has not sat since 0.5 s.
     let early = store
-        .sweep(Channel::Sms, Priority::High, 5, 5_000, 60_000, 500)
+        .claim(Claim {
+            channel: Channel::Sms,
+            lane: Priority::High,
+            limit: 5,
+            now_ms: 5_000,
+            lease_ms: 60_000,
+            settled_before_ms: 500,
+        })
         .await
         .expect("sweep");
     assert!(early.is_empty(), "new work is left to Kafka");
     let expired = store
-        .sweep(Channel::Email, Priority::High, 5, 5_000, 60_000, 500)
+        .claim(Claim {
+            channel: Channel::Email,
+            lane: Priority::High,
+            limit: 5,
+            now_ms: 5_000,
+            lease_ms: 60_000,
+            settled_before_ms: 500,
+        })
         .await
         .expect("sweep");
     assert_eq!(expired.len(), 1, "a run-out lease is taken at once");
     assert!(expired[0].in_doubt);
     let settled = store
-        .sweep(Channel::Sms, Priority::High, 5, 5_000, 60_000, 1_000)
+        .claim(Claim {
+            channel: Channel::Sms,
+            lane: Priority::High,
+            limit: 5,
+            now_ms: 5_000,
+            lease_ms: 60_000,
+            settled_before_ms: 1_000,
+        })
         .await
         .expect("sweep");
     assert_eq!(settled.len(), 1, "work that sat a sweep interval is taken");
@@ -418,7 +465,13 @@ async fn failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt(store: &
     let n = new_notification("t1", request(Priority::Critical, &["sms"]), 1_000);
     store.create(vec![n.clone()]).await.expect("create");
     let c = store
-        .claim(Channel::Sms, Priority::Critical, 1, 1_000, 60_000)
+        .claim(Claim::new(
+            Channel::Sms,
+            Priority::Critical,
+            1,
+            1_000,
+            60_000,
+        ))
         .await
         .expect("claim");
     // Every circuit open: deferred, no call made.
@@ -430,12 +483,24 @@ async fn failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt(store: &
     };
     store.record(vec![deferred]).await.expect("record");
     let early = store
-        .claim(Channel::Sms, Priority::Critical, 1, 1_999, 60_000)
+        .claim(Claim::new(
+            Channel::Sms,
+            Priority::Critical,
+            1,
+            1_999,
+            60_000,
+        ))
         .await
         .expect("claim");
     assert!(early.is_empty(), "deferred until 2000");
     let c = store
-        .claim(Channel::Sms, Priority::Critical, 1, 2_000, 60_000)
+        .claim(Claim::new(
+            Channel::Sms,
+            Priority::Critical,
+            1,
+            2_000,
+            60_000,
+        ))
         .await
         .expect("claim");
     assert_eq!(c[0].attempt, 1, "the deferral gave its attempt back");
@@ -484,7 +549,7 @@ async fn a_pin_holds_for_later_attempts(store: &dyn Store) {
     let n = new_notification("t1", request(Priority::High, &["sms"]), 1_000);
     store.create(vec![n]).await.expect("create");
     let c = store
-        .claim(Channel::Sms, Priority::High, 1, 1_000, 60_000)
+        .claim(Claim::new(Channel::Sms, Priority::High, 1, 1_000, 60_000))
         .await
         .expect("claim");
     assert_eq!(c[0].pinned_provider, None);
@@ -492,7 +557,7 @@ async fn a_pin_holds_for_later_attempts(store: &dyn Store) {
     rec.pin = Some("twilio".into());
     store.record(vec![rec]).await.expect("record");
     let c = store
-        .claim(Channel::Sms, Priority::High, 1, 1_100, 60_000)
+        .claim(Claim::new(Channel::Sms, Priority::High, 1, 1_100, 60_000))
         .await
         .expect("claim");
     assert_eq!(c[0].pinned_provider.as_deref(), Some("twilio"));
@@ -503,7 +568,7 @@ async fn a_takeover_is_in_doubt_and_knows_the_backup_being_called(store: &dyn St
     let n = new_notification("t1", request(Priority::High, &["sms"]), 1_000);
     store.create(vec![n]).await.expect("create");
     let first = store
-        .claim(Channel::Sms, Priority::High, 1, 1_000, 100)
+        .claim(Claim::new(Channel::Sms, Priority::High, 1, 1_000, 100))
         .await
         .expect("claim");
     assert!(!first[0].in_doubt, "a fresh claim");
@@ -513,7 +578,7 @@ async fn a_takeover_is_in_doubt_and_knows_the_backup_being_called(store: &dyn St
         .expect("note");
     // The holder dies; the lease expires; another takes over.
     let second = store
-        .claim(Channel::Sms, Priority::High, 1, 1_200, 100)
+        .claim(Claim::new(Channel::Sms, Priority::High, 1, 1_200, 100))
         .await
         .expect("claim");
     assert!(second[0].in_doubt);
@@ -528,7 +593,7 @@ async fn a_takeover_is_in_doubt_and_knows_the_backup_being_called(store: &dyn St
         .await
         .expect("record");
     let third = store
-        .claim(Channel::Sms, Priority::High, 1, 1_300, 100)
+        .claim(Claim::new(Channel::Sms, Priority::High, 1, 1_300, 100))
         .await
         .expect("claim");
     assert!(!third[0].in_doubt, "a recorded attempt settles the doubt");
@@ -539,7 +604,13 @@ async fn a_takeover_is_in_doubt_and_knows_the_backup_being_called(store: &dyn St
         .await
         .expect("release");
     let fourth = store
-        .claim(Channel::Sms, Priority::High, 1, herald_core::now_ms(), 100)
+        .claim(Claim::new(
+            Channel::Sms,
+            Priority::High,
+            1,
+            herald_core::now_ms(),
+            100,
+        ))
         .await
         .expect("claim");
     assert!(fourth[0].in_doubt);
@@ -551,7 +622,7 @@ async fn kill(store: &dyn Store, tenant: &str, channel: &str, at: i64) -> Claime
     store.create(vec![n]).await.expect("create");
     let ch: Channel = channel.parse().expect("channel");
     let c = store
-        .claim(ch, Priority::Normal, 1, at, 60_000)
+        .claim(Claim::new(ch, Priority::Normal, 1, at, 60_000))
         .await
         .expect("claim");
     let provider = if ch == Channel::Sms {
@@ -642,13 +713,13 @@ async fn dead_letters_are_listed_paged_filtered_and_replayed(store: &dyn Store) 
         ReplayOutcome::NotDead(DeliveryState::Queued)
     );
     let again = store
-        .claim(
+        .claim(Claim::new(
             Channel::Sms,
             Priority::Normal,
             10,
             herald_core::now_ms(),
             60_000,
-        )
+        ))
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
@@ -689,7 +760,13 @@ async fn waiting_deliveries_expire_without_a_claim(store: &dyn Store) {
         .iter()
         .all(|d| d.state == DeliveryState::Expired));
     let left = store
-        .claim(Channel::Sms, Priority::Critical, 10, 6_000, 60_000)
+        .claim(Claim::new(
+            Channel::Sms,
+            Priority::Critical,
+            10,
+            6_000,
+            60_000,
+        ))
         .await
         .expect("claim");
     assert_eq!(left.len(), 1);
@@ -713,7 +790,7 @@ async fn finished_notifications_are_purged_with_everything_they_hold(store: &dyn
         .await
         .expect("create");
     let claimed = store
-        .claim(Channel::Email, Priority::High, 10, now, 60_000)
+        .claim(Claim::new(Channel::Email, Priority::High, 10, now, 60_000))
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);
@@ -865,7 +942,13 @@ async fn all_claimable(store: &dyn Store, expected: usize) {
         expected as u64
     );
     let all = store
-        .claim(Channel::Email, Priority::Normal, 1_000, 2_000, 1_000)
+        .claim(Claim::new(
+            Channel::Email,
+            Priority::Normal,
+            1_000,
+            2_000,
+            1_000,
+        ))
         .await
         .expect("claim");
     assert_eq!(all.len(), expected);

@@ -9,7 +9,7 @@ use anyhow::Context;
 use herald_bus::kafka::{KafkaBus, KafkaOptions, KafkaProbe, Relay};
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
-use herald_core::store::Store;
+use herald_core::store::{Reports, Store, Tenants};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,8 @@ pub const SANDBOX_TENANT: &str = "sandbox";
 pub struct Running {
     pub addr: SocketAddr,
     pub store: Arc<dyn Store>,
+    /// Tooling's reads of the same store (the demo's report).
+    pub reports: Arc<dyn Reports>,
     state: Arc<AppState>,
     bus: Arc<dyn Bus>,
     /// Only on nodes with the worker role.
@@ -39,8 +41,14 @@ pub struct Running {
     http: tokio::task::JoinHandle<()>,
 }
 
+/// What the factory opens: a store in all its roles, and its reads for
+/// tooling.
+pub trait Backend: Store + Reports {}
+
+impl<T: Store + Reports> Backend for T {}
+
 /// The one factory for the store backend named in config.
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     match cfg.store.kind {
         StoreKind::Sqlite => {
             let path = cfg.sqlite_path();
@@ -75,7 +83,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// that read or change a running Herald's store (`keys`, `dlq`), where a
 /// mistyped `--data-dir` or URL must not quietly make a new, empty one
 /// (a key created there would be unknown to the server).
-pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     match cfg.store.kind {
         StoreKind::Sqlite => {
             let path = cfg.sqlite_path();
@@ -135,12 +143,12 @@ fn bus(
 
 /// Adds an API key for a tenant (creating the tenant if needed).
 pub async fn add_key(
-    store: &Arc<dyn Store>,
+    tenants: &dyn Tenants,
     tenant: &str,
     key: &str,
     label: &str,
 ) -> anyhow::Result<String> {
-    Ok(store
+    Ok(tenants
         .add_api_key(tenant, &api::hash_key(key), label)
         .await?)
 }
@@ -153,9 +161,11 @@ impl Running {
         listener: TcpListener,
         dev_key: Option<&str>,
     ) -> anyhow::Result<Running> {
-        let store = open_store(&cfg).await?;
+        let backend = open_store(&cfg).await?;
+        let reports: Arc<dyn Reports> = backend.clone();
+        let store: Arc<dyn Store> = backend;
         if let Some(k) = dev_key {
-            add_key(&store, SANDBOX_TENANT, k, "sandbox").await?;
+            add_key(store.as_ref(), SANDBOX_TENANT, k, "sandbox").await?;
         }
         let lease = Duration::from_secs(cfg.engine.lease_seconds);
         let stop_fleet = CancellationToken::new();
@@ -234,6 +244,7 @@ impl Running {
         Ok(Running {
             addr,
             store,
+            reports,
             state,
             bus,
             engine,

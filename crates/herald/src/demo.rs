@@ -308,7 +308,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         .and_then(|ps| ps.iter().find(|p| p["name"] == "twilio"))
         .map(|p| p["circuit"]["state"].as_str().unwrap_or("?").to_owned())
         .unwrap_or_else(|| "?".into());
-    let summaries = herald.store.delivery_summaries().await?;
+    let summaries = herald.reports.delivery_summaries().await?;
     herald.shutdown().await;
 
     let ok = report(

@@ -257,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 app::open_existing_store(&cfg).await?
             };
             let key = herald::api::generate_key();
-            let id = app::add_key(&s, name, &key, "cli").await?;
+            let id = app::add_key(s.as_ref(), name, &key, "cli").await?;
             eprintln!("created a key for tenant {name} ({id}); it is shown once:");
             println!("{key}");
             Ok(std::process::ExitCode::SUCCESS)

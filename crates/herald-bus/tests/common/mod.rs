@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use herald_bus::kafka::mock_cluster;
 use herald_core::model::{NotificationRequest, Priority};
-use herald_core::store::{NewDelivery, NewNotification, Store};
+use herald_core::store::roles::*;
+use herald_core::store::{NewDelivery, NewNotification};
 use herald_store::{SqliteOptions, SqliteStore};
 use rdkafka::mocking::MockCluster;
 

@@ -12,32 +12,90 @@
 //! pool.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::model::DeliveryState;
 use herald_core::store::{
-    AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
+    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
     NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use sqlx::{Acquire, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::ops::{self, Op};
 use crate::rows::{db_err, Columns};
 use crate::writes::{
-    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
-    WriteHealth,
+    committed, v7_floor, Backend, OutboxRow, Outcome, Pending, Runs, Settled, WriteHealth,
 };
 
-type Queue = Arc<Mutex<mpsc::Receiver<(Request, Reply)>>>;
+/// What every operation may need besides its own data.
+pub struct Ctx {
+    /// Creates also write their notifications' events to the outbox.
+    pub outbox: bool,
+}
+
+/// An operation PostgreSQL applies inside a writer's transaction.
+pub trait PgOp: Op {
+    fn apply(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<Self::Output, StoreError>> + Send;
+    /// Attempt records: every record of a batch goes in one statement,
+    /// before the batch's other writes (`ops::Record`).
+    fn records(&self) -> &[AttemptRecord] {
+        &[]
+    }
+}
+
+type Applying<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// A queued operation with its type erased, as a writer handles it.
+pub trait Job: Send + Sync {
+    fn records(&self) -> &[AttemptRecord];
+    fn apply<'a>(&'a mut self, tx: &'a mut PgConnection, ctx: &'a Ctx) -> Applying<'a>;
+    fn answer(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+impl<O: PgOp> Job for Pending<O> {
+    fn records(&self) -> &[AttemptRecord] {
+        self.op.records()
+    }
+
+    fn apply<'a>(&'a mut self, tx: &'a mut PgConnection, ctx: &'a Ctx) -> Applying<'a> {
+        Box::pin(async move {
+            let out = self.op.apply(tx, ctx).await?;
+            self.applied(out);
+            Ok(())
+        })
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), StoreError>) {
+        (*self).answer(committed)
+    }
+}
+
+impl Backend for super::Postgres {
+    type Job = Box<dyn Job>;
+}
+
+impl<O: PgOp> Runs<O> for super::Postgres {
+    fn job(pending: Pending<O>) -> Box<dyn Job> {
+        Box::new(pending)
+    }
+}
+
+type Queue = Arc<Mutex<mpsc::Receiver<Box<dyn Job>>>>;
 
 /// How a writer works: its pool, what it takes and how long it may take.
 pub(super) struct Writer {
     pub pool: PgPool,
     pub queue: Queue,
     pub max_batch: usize,
-    /// Creates also write their notifications' events to the outbox.
-    pub outbox: bool,
+    pub ctx: Ctx,
     pub health: Arc<WriteHealth>,
     /// The longest one transaction may take.
     pub timeout: Duration,
@@ -58,139 +116,194 @@ impl Writer {
                 break;
             }
             let started = std::time::Instant::now();
-            let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-            if let Some(refused) = self.health.refuse(requests.len()) {
-                answer(replies, refused, started);
+            let mut jobs: Vec<Box<dyn Job>> = std::mem::take(&mut batch);
+            let n = jobs.len();
+            if let Some(e) = self.health.refuses() {
+                jobs.into_iter().for_each(|j| j.answer(Err(e.clone())));
+                committed(n, started);
                 continue;
             }
-            let applied = self.apply(&requests).await;
-            let results = match self.health.settle(applied, requests.len()) {
-                Ok(results) => results,
-                Err(e) => {
-                    tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
-                    let mut results = Vec::with_capacity(requests.len());
-                    for r in &requests {
-                        let one = self.apply(std::slice::from_ref(r)).await;
-                        results.push(one.and_then(|mut v| v.pop().ok_or(StoreError::Closed)));
+            let applied = self.apply(&mut jobs).await;
+            match self.health.settle(applied, n) {
+                Settled::Committed => jobs.into_iter().for_each(|j| j.answer(Ok(()))),
+                Settled::Failed(e) => jobs.into_iter().for_each(|j| j.answer(Err(e.clone()))),
+                Settled::ReplayEach(e) => {
+                    tracing::warn!(error = %e, ops = n, "group commit failed; replaying each operation alone");
+                    for mut job in jobs {
+                        let alone = self.apply(std::slice::from_mut(&mut job)).await;
+                        job.answer(alone);
                     }
-                    results
                 }
-            };
-            answer(replies, results, started);
+            }
+            committed(n, started);
         }
         tracing::debug!("store writer stopped");
     }
 
-    /// Applies every request in one transaction, all or nothing, within
-    /// the timeout (the pool bounds the wait for a connection).
-    async fn apply(&self, requests: &[Request]) -> Result<Vec<Response>, StoreError> {
+    /// Applies every job in one transaction, all or nothing, within the
+    /// timeout (the pool bounds the wait for a connection).
+    async fn apply(&self, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        match tokio::time::timeout(self.timeout, apply(&mut conn, requests, self.outbox)).await {
+        match tokio::time::timeout(self.timeout, apply(&mut conn, jobs, &self.ctx)).await {
             Ok(done) => done,
             Err(_) => Err(super::cut_off(&mut conn, self.timeout)),
         }
     }
 }
 
-/// Applies every request in one transaction; all or nothing.
+/// Applies every job in one transaction, all or nothing: every attempt
+/// record in one statement first (`ops::Record`), then each job in order.
 async fn apply(
     conn: &mut PgConnection,
-    requests: &[Request],
-    outbox: bool,
-) -> Result<Vec<Response>, StoreError> {
+    jobs: &mut [Box<dyn Job>],
+    ctx: &Ctx,
+) -> Result<(), StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    // Attempt records first (see `Request::records`).
-    record(&mut tx, Request::records(requests)).await?;
-    let mut out = Vec::with_capacity(requests.len());
-    for r in requests {
-        out.push(match r {
-            Request::Create(batch) => Response::Created(create(&mut tx, batch, outbox).await?),
-            Request::Claim(args) => Response::Claimed(claim(&mut tx, args).await?),
-            Request::ClaimIds {
-                ids,
-                now_ms,
-                lease_ms,
-            } => Response::Claimed(claim_ids(&mut tx, ids, *now_ms, *lease_ms).await?),
-            Request::Record(_) => Response::Done,
-            Request::Release { leases, started } => {
-                release(&mut tx, leases, *started).await?;
-                Response::Done
-            }
-            Request::AddKey(args) => Response::Tenant(add_key(&mut tx, args).await?),
-            Request::ReplayOne { tenant_id, id } => {
-                Response::Replay(replay_one(&mut tx, tenant_id.as_deref(), *id).await?)
-            }
-            Request::ReplayMany { filter, limit } => {
-                Response::Count(replay_many(&mut tx, filter, *limit).await?)
-            }
-            Request::Expire { now_ms } => Response::Count(expire(&mut tx, *now_ms).await?),
-            Request::Purge { before_ms, limit } => {
-                Response::Count(purge(&mut tx, *before_ms, *limit).await?)
-            }
-            Request::RelayLease {
-                holder,
-                now_ms,
-                lease_ms,
-            } => {
-                // RETURNING gives a row only if this holder has the lease now.
-                let held = sqlx::query(
-                    "INSERT INTO relay_lease (id, holder, until_ms) VALUES (1, $1, $2 + $3) \
-                     ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms \
-                     WHERE relay_lease.holder = EXCLUDED.holder OR relay_lease.until_ms < $2 \
-                     RETURNING holder",
-                )
-                .bind(holder)
-                .bind(now_ms)
-                .bind(lease_ms)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                Response::Count(u64::from(held.is_some()))
-            }
-            Request::OutboxPublished(seqs) => {
-                sqlx::query("UPDATE outbox SET published_at_ms = $1 WHERE seq = ANY($2)")
-                    .bind(herald_core::now_ms())
-                    .bind(seqs)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                Response::Done
-            }
-            Request::NoteCall {
-                id,
-                lease_token,
-                provider,
-            } => {
-                sqlx::query(
-                    "UPDATE deliveries SET calling = $1 \
-                     WHERE id = $2 AND lease_token = $3 AND state = 'sending'",
-                )
-                .bind(provider)
-                .bind(id)
-                .bind(lease_token)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                Response::Done
-            }
-            Request::Probe => {
-                // A few pages of random bytes (TOAST would squeeze zeros).
-                let pad: Vec<u8> = (0..16 * 1024).map(|_| rand::random::<u8>()).collect();
-                sqlx::query(
-                    "INSERT INTO health_probe (id, at_ms, pad) VALUES (1, $1, $2) \
-                     ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms, pad = EXCLUDED.pad",
-                )
-                .bind(herald_core::now_ms())
-                .bind(pad)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                Response::Done
-            }
-        });
+    record(&mut tx, jobs.iter().flat_map(|j| j.records())).await?;
+    for job in jobs.iter_mut() {
+        job.apply(&mut tx, ctx).await?;
     }
-    tx.commit().await.map_err(db_err)?;
-    Ok(out)
+    tx.commit().await.map_err(db_err)
+}
+
+impl PgOp for ops::Create {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &Ctx,
+    ) -> Result<Vec<CreateResult>, StoreError> {
+        create(tx, &self.0, ctx.outbox).await
+    }
+}
+
+impl PgOp for ops::ClaimDue {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        _: &Ctx,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        claim(tx, &self.0).await
+    }
+}
+
+impl PgOp for ops::ClaimIds {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        _: &Ctx,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        claim_ids(tx, &self.ids, self.now_ms, self.lease_ms).await
+    }
+}
+
+impl PgOp for ops::Record {
+    fn records(&self) -> &[AttemptRecord] {
+        &self.0
+    }
+
+    async fn apply(&self, _: &mut PgConnection, _: &Ctx) -> Result<(), StoreError> {
+        Ok(()) // applied with the batch's other records, first
+    }
+}
+
+impl PgOp for ops::Release {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<(), StoreError> {
+        release(tx, &self.leases, self.started).await
+    }
+}
+
+impl PgOp for ops::NoteCall {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deliveries SET calling = $1 \
+             WHERE id = $2 AND lease_token = $3 AND state = 'sending'",
+        )
+        .bind(&self.provider)
+        .bind(self.id)
+        .bind(self.lease_token)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+impl PgOp for ops::AddKey {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<String, StoreError> {
+        add_key(tx, self).await
+    }
+}
+
+impl PgOp for ops::ReplayOne {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<ReplayOutcome, StoreError> {
+        replay_one(tx, self.tenant_id.as_deref(), self.id).await
+    }
+}
+
+impl PgOp for ops::ReplayMany {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<u64, StoreError> {
+        replay_many(tx, &self.filter, self.limit).await
+    }
+}
+
+impl PgOp for ops::Expire {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<u64, StoreError> {
+        expire(tx, self.now_ms).await
+    }
+}
+
+impl PgOp for ops::Purge {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<u64, StoreError> {
+        purge(tx, self.before_ms, self.limit).await
+    }
+}
+
+impl PgOp for ops::RelayLease {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<bool, StoreError> {
+        // RETURNING gives a row only if this holder has the lease now.
+        let held = sqlx::query(
+            "INSERT INTO relay_lease (id, holder, until_ms) VALUES (1, $1, $2 + $3) \
+             ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms \
+             WHERE relay_lease.holder = EXCLUDED.holder OR relay_lease.until_ms < $2 \
+             RETURNING holder",
+        )
+        .bind(&self.holder)
+        .bind(self.now_ms)
+        .bind(self.lease_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(held.is_some())
+    }
+}
+
+impl PgOp for ops::OutboxPublished {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET published_at_ms = $1 WHERE seq = ANY($2)")
+            .bind(herald_core::now_ms())
+            .bind(&self.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+impl PgOp for ops::Probe {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<(), StoreError> {
+        // A few pages of random bytes (TOAST would squeeze zeros).
+        let pad: Vec<u8> = (0..16 * 1024).map(|_| rand::random::<u8>()).collect();
+        sqlx::query(
+            "INSERT INTO health_probe (id, at_ms, pad) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms, pad = EXCLUDED.pad",
+        )
+        .bind(herald_core::now_ms())
+        .bind(pad)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 async fn create(
@@ -445,7 +558,7 @@ async fn take_keys(
     Ok(out)
 }
 
-async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, StoreError> {
+async fn claim(tx: &mut PgConnection, a: &Claim) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let token: i64 = rand::random();
     // SKIP LOCKED: rows another node is claiming right now are left to it.
     // The SET's `d.state` is the row before the update: taking over a
@@ -468,7 +581,7 @@ async fn claim(tx: &mut PgConnection, a: &ClaimArgs) -> Result<Vec<ClaimedDelive
     .bind(a.lease_ms)
     .bind(token)
     .bind(a.channel.as_str())
-    .bind(a.priority.index() as i64)
+    .bind(a.lane.index() as i64)
     .bind(i64::try_from(a.limit).unwrap_or(i64::MAX))
     .bind(a.settled_before_ms)
     .fetch_all(&mut *tx)
@@ -813,7 +926,7 @@ async fn release(
     Ok(())
 }
 
-async fn add_key(tx: &mut PgConnection, a: &AddKeyArgs) -> Result<String, StoreError> {
+async fn add_key(tx: &mut PgConnection, a: &ops::AddKey) -> Result<String, StoreError> {
     let now = herald_core::now_ms();
     sqlx::query(
         "INSERT INTO tenants (id, name, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",

@@ -27,13 +27,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ops::{self, Op};
 use crate::writes::{
-    answer, v7_floor, AddKeyArgs, ClaimArgs, OutboxRow, Outcome, Reply, Request, Response,
-    WriteHealth,
+    committed, v7_floor, Backend, OutboxRow, Outcome, Pending, Runs, Settled, WriteHealth,
 };
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
-    AttemptRecord, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
+    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
     NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -59,7 +59,7 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
 /// Returns once the connection is open (or could not be).
 pub(super) async fn start(
     path: &Path,
-    rx: mpsc::Receiver<(Request, Reply)>,
+    rx: mpsc::Receiver<Box<dyn Job>>,
     max_batch: usize,
     outbox: bool,
     health: Arc<WriteHealth>,
@@ -71,7 +71,7 @@ pub(super) async fn start(
         .spawn(move || match open(&path) {
             Ok(conn) => {
                 let _ = ready_tx.send(Ok(()));
-                run(conn, rx, max_batch, outbox, &health);
+                run(conn, rx, max_batch, Ctx { outbox }, &health);
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(sql_err(e)));
@@ -99,113 +99,201 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// `outbox`: creates also write their notifications' events to the outbox.
+/// What every operation may need besides its own data.
+pub struct Ctx {
+    /// Creates also write their notifications' events to the outbox.
+    pub outbox: bool,
+}
+
+/// An operation SQLite applies, inside the writer's transaction, on the
+/// writer thread.
+pub trait SqliteOp: Op {
+    fn apply(&self, tx: &Transaction<'_>, ctx: &Ctx) -> Result<Self::Output, StoreError>;
+    /// Attempt records, applied before the batch's other writes (`ops::Record`).
+    fn records(&self) -> &[AttemptRecord] {
+        &[]
+    }
+}
+
+/// A queued operation with its type erased, as the writer handles it.
+pub trait Job: Send + Sync {
+    fn records(&self) -> &[AttemptRecord];
+    fn apply(&mut self, tx: &Transaction<'_>, ctx: &Ctx) -> Result<(), StoreError>;
+    fn answer(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+impl<O: SqliteOp> Job for Pending<O> {
+    fn records(&self) -> &[AttemptRecord] {
+        self.op.records()
+    }
+
+    fn apply(&mut self, tx: &Transaction<'_>, ctx: &Ctx) -> Result<(), StoreError> {
+        let out = self.op.apply(tx, ctx)?;
+        self.applied(out);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), StoreError>) {
+        (*self).answer(committed)
+    }
+}
+
+impl Backend for super::Sqlite {
+    type Job = Box<dyn Job>;
+}
+
+impl<O: SqliteOp> Runs<O> for super::Sqlite {
+    fn job(pending: Pending<O>) -> Box<dyn Job> {
+        Box::new(pending)
+    }
+}
+
 fn run(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<(Request, Reply)>,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
     max_batch: usize,
-    outbox: bool,
+    ctx: Ctx,
     health: &WriteHealth,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.blocking_recv_many(&mut batch, max_batch) > 0 {
         let started = std::time::Instant::now();
-        let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.drain(..).unzip();
-        if let Some(refused) = health.refuse(requests.len()) {
-            answer(replies, refused, started);
+        let mut jobs: Vec<Box<dyn Job>> = std::mem::take(&mut batch);
+        let n = jobs.len();
+        if let Some(e) = health.refuses() {
+            jobs.into_iter().for_each(|j| j.answer(Err(e.clone())));
+            committed(n, started);
             continue;
         }
-        let applied = apply(&mut conn, &requests, outbox);
-        let results = match health.settle(applied, requests.len()) {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::warn!(error = %e, ops = requests.len(), "group commit failed; replaying each operation alone");
-                requests
-                    .iter()
-                    .map(|r| {
-                        apply(&mut conn, std::slice::from_ref(r), outbox)
-                            .and_then(|mut v| v.pop().ok_or(StoreError::Closed))
-                    })
-                    .collect()
+        let applied = apply(&mut conn, &mut jobs, &ctx);
+        match health.settle(applied, n) {
+            Settled::Committed => jobs.into_iter().for_each(|j| j.answer(Ok(()))),
+            Settled::Failed(e) => jobs.into_iter().for_each(|j| j.answer(Err(e.clone()))),
+            Settled::ReplayEach(e) => {
+                tracing::warn!(error = %e, ops = n, "group commit failed; replaying each operation alone");
+                for mut job in jobs {
+                    let alone = apply(&mut conn, std::slice::from_mut(&mut job), &ctx);
+                    job.answer(alone);
+                }
             }
-        };
-        answer(replies, results, started);
+        }
+        committed(n, started);
     }
     tracing::debug!("store writer stopped");
 }
 
-/// Applies every request in one transaction; all or nothing.
-fn apply(
-    conn: &mut Connection,
-    requests: &[Request],
-    outbox: bool,
-) -> Result<Vec<Response>, StoreError> {
+/// Applies every job in one transaction, all or nothing: attempt records
+/// first (`ops::Record`), then each job in order.
+fn apply(conn: &mut Connection, jobs: &mut [Box<dyn Job>], ctx: &Ctx) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err)?;
-    // Attempt records first (see `Request::records`).
-    let records = Request::records(requests);
-    record(&tx, records)?;
-    let mut out = Vec::with_capacity(requests.len());
-    for r in requests {
-        out.push(match r {
-            Request::Create(batch) => Response::Created(create(&tx, batch, outbox)?),
-            Request::Claim(args) => Response::Claimed(claim(&tx, args)?),
-            Request::ClaimIds {
-                ids,
-                now_ms,
-                lease_ms,
-            } => Response::Claimed(claim_ids(&tx, ids, *now_ms, *lease_ms)?),
-            Request::Record(_) => Response::Done,
-            Request::Release { leases, started } => {
-                release(&tx, leases, *started)?;
-                Response::Done
-            }
-            Request::AddKey(args) => Response::Tenant(add_key(&tx, args)?),
-            Request::ReplayOne { tenant_id, id } => {
-                Response::Replay(replay_one(&tx, tenant_id.as_deref(), *id)?)
-            }
-            Request::ReplayMany { filter, limit } => {
-                Response::Count(replay_many(&tx, filter, *limit)?)
-            }
-            Request::Expire { now_ms } => Response::Count(expire(&tx, *now_ms)?),
-            Request::Purge { before_ms, limit } => Response::Count(purge(&tx, *before_ms, *limit)?),
-            Request::RelayLease {
-                holder,
-                now_ms,
-                lease_ms,
-            } => Response::Count(relay_lease(&tx, holder, *now_ms, *lease_ms)?),
-            Request::OutboxPublished(seqs) => {
-                let now = herald_core::now_ms();
-                let mut mark = tx
-                    .prepare_cached("UPDATE outbox SET published_at_ms = ?1 WHERE seq = ?2")
-                    .map_err(sql_err)?;
-                for seq in seqs {
-                    mark.execute(params![now, seq]).map_err(sql_err)?;
-                }
-                Response::Done
-            }
-            Request::NoteCall {
-                id,
-                lease_token,
-                provider,
-            } => {
-                tx.prepare_cached(
-                    "UPDATE deliveries SET calling = ?1 \
-                     WHERE id = ?2 AND lease_token = ?3 AND state = 'sending'",
-                )
-                .and_then(|mut s| s.execute(params![provider, id, lease_token]))
-                .map_err(sql_err)?;
-                Response::Done
-            }
-            Request::Probe => {
-                probe(&tx)?;
-                Response::Done
-            }
-        });
+    record(&tx, jobs.iter().flat_map(|j| j.records()))?;
+    for job in jobs.iter_mut() {
+        job.apply(&tx, ctx)?;
     }
-    tx.commit().map_err(sql_err)?;
-    Ok(out)
+    tx.commit().map_err(sql_err)
+}
+
+impl SqliteOp for ops::Create {
+    fn apply(&self, tx: &Transaction<'_>, ctx: &Ctx) -> Result<Vec<CreateResult>, StoreError> {
+        create(tx, &self.0, ctx.outbox)
+    }
+}
+
+impl SqliteOp for ops::ClaimDue {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        claim(tx, &self.0)
+    }
+}
+
+impl SqliteOp for ops::ClaimIds {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        claim_ids(tx, &self.ids, self.now_ms, self.lease_ms)
+    }
+}
+
+impl SqliteOp for ops::Record {
+    fn records(&self) -> &[AttemptRecord] {
+        &self.0
+    }
+
+    fn apply(&self, _: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
+        Ok(()) // applied with the batch's other records, first
+    }
+}
+
+impl SqliteOp for ops::Release {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
+        release(tx, &self.leases, self.started)
+    }
+}
+
+impl SqliteOp for ops::NoteCall {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "UPDATE deliveries SET calling = ?1 \
+             WHERE id = ?2 AND lease_token = ?3 AND state = 'sending'",
+        )
+        .and_then(|mut s| s.execute(params![self.provider, self.id, self.lease_token]))
+        .map_err(sql_err)?;
+        Ok(())
+    }
+}
+
+impl SqliteOp for ops::AddKey {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<String, StoreError> {
+        add_key(tx, self)
+    }
+}
+
+impl SqliteOp for ops::ReplayOne {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<ReplayOutcome, StoreError> {
+        replay_one(tx, self.tenant_id.as_deref(), self.id)
+    }
+}
+
+impl SqliteOp for ops::ReplayMany {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<u64, StoreError> {
+        replay_many(tx, &self.filter, self.limit)
+    }
+}
+
+impl SqliteOp for ops::Expire {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<u64, StoreError> {
+        expire(tx, self.now_ms)
+    }
+}
+
+impl SqliteOp for ops::Purge {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<u64, StoreError> {
+        purge(tx, self.before_ms, self.limit)
+    }
+}
+
+impl SqliteOp for ops::RelayLease {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<bool, StoreError> {
+        relay_lease(tx, &self.holder, self.now_ms, self.lease_ms)
+    }
+}
+
+impl SqliteOp for ops::OutboxPublished {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
+        let now = herald_core::now_ms();
+        let mut mark = tx
+            .prepare_cached("UPDATE outbox SET published_at_ms = ?1 WHERE seq = ?2")
+            .map_err(sql_err)?;
+        for seq in &self.0 {
+            mark.execute(params![now, seq]).map_err(sql_err)?;
+        }
+        Ok(())
+    }
+}
+
+impl SqliteOp for ops::Probe {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
+        probe(tx)
+    }
 }
 
 /// A write that needs new pages: a row padded to a few pages, replaced.
@@ -322,14 +410,14 @@ fn create(
     Ok(results)
 }
 
-/// Takes or renews the relay lease (see `Store::relay_lease`): 1 if
+/// Takes or renews the relay lease (see `Outbox::relay_lease`): whether
 /// `holder` has it now.
 fn relay_lease(
     tx: &Transaction<'_>,
     holder: &str,
     now_ms: i64,
     lease_ms: i64,
-) -> Result<u64, StoreError> {
+) -> Result<bool, StoreError> {
     let changed = tx
         .prepare_cached(
             "INSERT INTO relay_lease (id, holder, until_ms) VALUES (1, ?1, ?2 + ?3) \
@@ -338,7 +426,7 @@ fn relay_lease(
         )
         .and_then(|mut s| s.execute(params![holder, now_ms, lease_ms]))
         .map_err(sql_err)?;
-    Ok(changed as u64)
+    Ok(changed == 1)
 }
 
 fn key_holder(
@@ -367,7 +455,7 @@ fn key_holder(
     })
 }
 
-fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, StoreError> {
+fn claim(tx: &Transaction<'_>, a: &Claim) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let token: i64 = rand::random();
     let mut take = tx
         .prepare_cached(
@@ -389,7 +477,7 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
             a.lease_ms,
             token,
             a.channel.as_str(),
-            a.priority.index() as i64,
+            a.lane.index() as i64,
             limit,
             a.settled_before_ms
         ])
@@ -401,7 +489,7 @@ fn claim(tx: &Transaction<'_>, a: &ClaimArgs) -> Result<Vec<ClaimedDelivery>, St
             token,
             a.now_ms + a.lease_ms,
             a.channel,
-            a.priority,
+            a.lane,
         )?);
     }
     drop(rows);
@@ -722,7 +810,7 @@ fn release(
     Ok(())
 }
 
-fn add_key(tx: &Transaction<'_>, a: &AddKeyArgs) -> Result<String, StoreError> {
+fn add_key(tx: &Transaction<'_>, a: &ops::AddKey) -> Result<String, StoreError> {
     let now = herald_core::now_ms();
     tx.execute(
         "INSERT INTO tenants (id, name, created_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",

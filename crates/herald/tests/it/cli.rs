@@ -156,7 +156,7 @@ async fn dlq(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test]
 async fn dlq_lists_and_replays_from_the_command_line() {
-    use herald_core::store::{AttemptRecord, NewDelivery, NewNotification, Next};
+    use herald_core::store::{AttemptRecord, Claim, NewDelivery, NewNotification, Next};
     let dir = tempfile::tempdir().expect("tempdir");
     // Two dead deliveries (an email and an SMS) of tenant "acme", written
     // through the store the way the engine would.
@@ -201,7 +201,13 @@ async fn dlq_lists_and_replays_from_the_command_line() {
             .await
             .expect("create");
         let c = store
-            .claim(ch, herald_core::Priority::Normal, 1, now, 60_000)
+            .claim(Claim::new(
+                ch,
+                herald_core::Priority::Normal,
+                1,
+                now,
+                60_000,
+            ))
             .await
             .expect("claim");
         store

@@ -94,7 +94,7 @@ impl TestServer {
     pub async fn key_for(&self, tenant: &str) -> String {
         let key = herald::api::generate_key();
         let store = &self.running.as_ref().expect("running").store;
-        herald::app::add_key(store, tenant, &key, "test")
+        herald::app::add_key(store.as_ref(), tenant, &key, "test")
             .await
             .expect("key added");
         key

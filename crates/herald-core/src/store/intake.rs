@@ -1,0 +1,105 @@
+//! `Intake`: notifications in (the API), and read back (the status API).
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::model::{Channel, DeliveryState, NotificationRequest};
+
+/// One delivery to create with its notification.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: uuid::Uuid,
+    pub channel: Channel,
+    /// Push device index (0 for other channels).
+    pub target: u32,
+}
+
+/// The response stored with an idempotency key, replayed on a repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// SHA-256 of the canonical request, to tell a replay from a conflict.
+    pub request_hash: Vec<u8>,
+    pub response: StoredResponse,
+}
+
+/// A notification to store durably, with its deliveries, in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: uuid::Uuid,
+    pub tenant_id: String,
+    pub request: NotificationRequest,
+    pub accepted_at_ms: i64,
+    /// When the first attempt is due (`send_at`, or now).
+    pub due_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub deliveries: Vec<NewDelivery>,
+    /// Written in the same transaction; if the key is already taken nothing
+    /// is written and the existing record is returned.
+    pub idempotency: Option<(String, IdempotencyRecord)>,
+    /// The request's correlation id (`x-request-id`) and W3C trace context,
+    /// carried in the bus event's headers.
+    pub correlation_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateResult {
+    Created,
+    KeyTaken(IdempotencyRecord),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub provider: Option<String>,
+    pub outcome: String,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryView {
+    pub id: uuid::Uuid,
+    pub channel: Channel,
+    pub target: u32,
+    pub state: DeliveryState,
+    pub provider: Option<String>,
+    pub vendor_message_id: Option<String>,
+    pub last_error: Option<String>,
+    pub sent_at_ms: Option<i64>,
+    pub updated_at_ms: i64,
+    pub attempts: Vec<AttemptView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotificationView {
+    pub id: uuid::Uuid,
+    pub tenant_id: String,
+    pub request: NotificationRequest,
+    pub accepted_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[async_trait]
+pub trait Intake: Send + Sync {
+    /// Stores each notification with its deliveries, durably, before
+    /// returning. A notification whose idempotency key its tenant already
+    /// used (earlier, or earlier in this batch) is not stored: its result is
+    /// the record that holds the key.
+    async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError>;
+    /// `None` when absent or owned by another tenant.
+    async fn notification(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+    ) -> Result<Option<NotificationView>, StoreError>;
+}

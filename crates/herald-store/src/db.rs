@@ -1,0 +1,224 @@
+//! The store's roles (`herald_core::store`), implemented once for both
+//! databases: writes go to the backend's group-commit writers as typed
+//! operations (`ops`), reads run the shared SQL (`reads`). A backend
+//! provides only how to apply each operation and how to run a read.
+
+use async_trait::async_trait;
+use herald_core::events::OutboxEvent;
+use herald_core::store::{
+    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
+    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, NewNotification,
+    NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants,
+    Upkeep,
+};
+
+use crate::ops;
+use crate::reads::{self, Reader};
+use crate::writes::{Runs, WriteQueue};
+
+/// A database backend: it applies every write operation and runs reads.
+/// (Public in name only: the module is private, so nothing outside the
+/// crate can implement it.)
+pub trait Database:
+    Runs<ops::Create>
+    + Runs<ops::ClaimDue>
+    + Runs<ops::ClaimIds>
+    + Runs<ops::Record>
+    + Runs<ops::Release>
+    + Runs<ops::NoteCall>
+    + Runs<ops::AddKey>
+    + Runs<ops::ReplayOne>
+    + Runs<ops::ReplayMany>
+    + Runs<ops::Expire>
+    + Runs<ops::Purge>
+    + Runs<ops::RelayLease>
+    + Runs<ops::OutboxPublished>
+    + Runs<ops::Probe>
+{
+    type Reader: Reader;
+}
+
+/// A store on a database: its read side and its writers' queue.
+pub struct Db<D: Database> {
+    pub(crate) reads: D::Reader,
+    pub(crate) writes: WriteQueue<D>,
+}
+
+#[async_trait]
+impl<D: Database> Intake for Db<D> {
+    async fn create(&self, batch: Vec<NewNotification>) -> Result<Vec<CreateResult>, StoreError> {
+        self.writes.run(ops::Create(batch)).await
+    }
+
+    async fn notification(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+    ) -> Result<Option<NotificationView>, StoreError> {
+        reads::notification(&self.reads, tenant_id, id).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Queue for Db<D> {
+    async fn claim(&self, claim: Claim) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.writes.run(ops::ClaimDue(claim)).await
+    }
+
+    async fn claim_ids(
+        &self,
+        ids: Vec<uuid::Uuid>,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let op = ops::ClaimIds {
+            ids,
+            now_ms,
+            lease_ms,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn record(&self, attempts: Vec<AttemptRecord>) -> Result<(), StoreError> {
+        self.writes.run(ops::Record(attempts)).await
+    }
+
+    async fn release(
+        &self,
+        leases: Vec<(uuid::Uuid, i64)>,
+        started: bool,
+    ) -> Result<(), StoreError> {
+        self.writes.run(ops::Release { leases, started }).await
+    }
+
+    async fn note_call(
+        &self,
+        id: uuid::Uuid,
+        lease_token: i64,
+        provider: &str,
+    ) -> Result<(), StoreError> {
+        let provider = provider.to_owned();
+        let op = ops::NoteCall {
+            id,
+            lease_token,
+            provider,
+        };
+        self.writes.run(op).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Depths for Db<D> {
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        reads::queue_depths(&self.reads).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Upkeep for Db<D> {
+    async fn expire_overdue(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.writes.run(ops::Expire { now_ms }).await
+    }
+
+    async fn purge_finished(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        self.writes.run(ops::Purge { before_ms, limit }).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Outbox for Db<D> {
+    async fn relay_lease(
+        &self,
+        holder: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let holder = holder.to_owned();
+        let op = ops::RelayLease {
+            holder,
+            now_ms,
+            lease_ms,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        reads::outbox_pending(&self.reads, limit).await
+    }
+
+    async fn outbox_published(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        self.writes.run(ops::OutboxPublished(seqs)).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> DeadLetters for Db<D> {
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        reads::dead_letters(&self.reads, filter, after, limit).await
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        tenant_id: Option<&str>,
+        id: uuid::Uuid,
+    ) -> Result<ReplayOutcome, StoreError> {
+        let tenant_id = tenant_id.map(str::to_owned);
+        self.writes.run(ops::ReplayOne { tenant_id, id }).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let filter = filter.clone();
+        self.writes.run(ops::ReplayMany { filter, limit }).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Tenants for Db<D> {
+    async fn tenant_id(&self, name: &str) -> Result<Option<String>, StoreError> {
+        reads::tenant_id(&self.reads, name).await
+    }
+
+    async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
+        reads::tenant_for_key(&self.reads, key_hash).await
+    }
+
+    async fn add_api_key(
+        &self,
+        tenant_name: &str,
+        key_hash: &[u8],
+        label: &str,
+    ) -> Result<String, StoreError> {
+        let op = ops::AddKey {
+            tenant_name: tenant_name.to_owned(),
+            key_hash: key_hash.to_vec(),
+            label: label.to_owned(),
+        };
+        self.writes.run(op).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Health for Db<D> {
+    /// Reads answer and writes are taken (after a failed write, a probe
+    /// write must succeed), each within the store's timeout.
+    async fn ping(&self) -> Result<(), StoreError> {
+        reads::ping(&self.reads).await?;
+        self.writes.check().await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Reports for Db<D> {
+    async fn delivery_summaries(&self) -> Result<Vec<DeliverySummary>, StoreError> {
+        reads::delivery_summaries(&self.reads).await
+    }
+}

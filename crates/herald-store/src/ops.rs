@@ -1,0 +1,118 @@
+//! The store's writes, one type each, with the type of its answer: what a
+//! caller queues for a group-commit writer. Each backend applies each of
+//! them in its own SQL (`sqlite/writer.rs`, `postgres/writer.rs`); a
+//! writer answers an operation with exactly its `Output`, so a wrong answer
+//! is a compile error, not a run-time surprise.
+//!
+//! Adding a write: a struct here with its `Op` impl, the role trait's
+//! method (`herald_core::store`) and its line in `db.rs`, and its SQL in
+//! each backend's writer.
+
+use herald_core::store::{
+    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter, NewNotification,
+    ReplayOutcome,
+};
+
+/// A write the store's writers apply in a group commit.
+pub trait Op: Send + Sync + 'static {
+    type Output: Send + Sync + 'static;
+    /// For metrics (`herald_store_write_seconds{op}`).
+    const NAME: &'static str;
+}
+
+macro_rules! op {
+    ($ty:ty, $out:ty, $name:literal) => {
+        impl Op for $ty {
+            type Output = $out;
+            const NAME: &'static str = $name;
+        }
+    };
+}
+
+/// Notifications with their deliveries (and idempotency keys, and outbox
+/// events when the bus is Kafka).
+pub struct Create(pub Vec<NewNotification>);
+op!(Create, Vec<CreateResult>, "create");
+
+/// Due deliveries of one channel and lane, leased.
+pub struct ClaimDue(pub Claim);
+op!(ClaimDue, Vec<ClaimedDelivery>, "claim");
+
+/// Named deliveries, leased if waiting and due (a bus event's).
+pub struct ClaimIds {
+    pub ids: Vec<uuid::Uuid>,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+}
+op!(ClaimIds, Vec<ClaimedDelivery>, "claim");
+
+/// Attempts recorded, each moving its delivery on if its lease holds.
+/// Writers apply a batch's records before its other writes, so a delivery
+/// finishing and being claimed again in one batch ends up claimed again
+/// only if it did not finish.
+pub struct Record(pub Vec<AttemptRecord>);
+op!(Record, (), "record");
+
+/// Leases given back.
+pub struct Release {
+    pub leases: Vec<(uuid::Uuid, i64)>,
+    pub started: bool,
+}
+op!(Release, (), "release");
+
+/// A note that a leased delivery is about to go to a backup provider.
+pub struct NoteCall {
+    pub id: uuid::Uuid,
+    pub lease_token: i64,
+    pub provider: String,
+}
+op!(NoteCall, (), "note_call");
+
+/// An API key for a tenant (made if new); answers the tenant's id.
+pub struct AddKey {
+    pub tenant_name: String,
+    pub key_hash: Vec<u8>,
+    pub label: String,
+}
+op!(AddKey, String, "add_key");
+
+pub struct ReplayOne {
+    pub tenant_id: Option<String>,
+    pub id: uuid::Uuid,
+}
+op!(ReplayOne, ReplayOutcome, "replay");
+
+pub struct ReplayMany {
+    pub filter: DeadLetterFilter,
+    pub limit: usize,
+}
+op!(ReplayMany, u64, "replay");
+
+/// Waiting deliveries past their TTL, expired.
+pub struct Expire {
+    pub now_ms: i64,
+}
+op!(Expire, u64, "expire");
+
+/// Finished notifications made before `before_ms`, deleted.
+pub struct Purge {
+    pub before_ms: i64,
+    pub limit: usize,
+}
+op!(Purge, u64, "purge");
+
+/// The outbox relay's lease, taken or renewed: whether `holder` has it.
+pub struct RelayLease {
+    pub holder: String,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+}
+op!(RelayLease, bool, "relay_lease");
+
+pub struct OutboxPublished(pub Vec<i64>);
+op!(OutboxPublished, (), "outbox_published");
+
+/// A small real write (a padded row in `health_probe`), to learn whether
+/// the store takes writes again after they failed.
+pub struct Probe;
+op!(Probe, (), "probe");

@@ -1,0 +1,204 @@
+//! The store's reads, written once for both databases: the SQL (with `$n`
+//! placeholders, which each backend's `Reader` runs its own way) and how
+//! rows become views (`rows.rs`). Only running a statement differs by
+//! backend; a new read is a function here and its line in `db.rs`.
+
+use async_trait::async_trait;
+use herald_core::events::OutboxEvent;
+use herald_core::store::{
+    AttemptView, DeadLetter, DeadLetterCursor, DeadLetterFilter, DeliverySummary, NotificationView,
+    QueueDepth, StoreError,
+};
+
+use crate::rows::{self, Columns};
+
+/// A value bound to a `$n` placeholder.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Int(i64),
+    Text(String),
+    Uuid(uuid::Uuid),
+    Bytes(Vec<u8>),
+}
+
+/// How a database runs a read, within the store's timeout: the one part of
+/// reading that is each backend's own.
+#[async_trait]
+pub trait Reader: Send + Sync + 'static {
+    type Row: Columns + Send + Sync;
+    async fn rows(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<Self::Row>, StoreError>;
+}
+
+pub(crate) async fn notification<R: Reader>(
+    r: &R,
+    tenant_id: &str,
+    id: uuid::Uuid,
+) -> Result<Option<NotificationView>, StoreError> {
+    let found = r
+        .rows(
+            "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications \
+             WHERE id = $1 AND tenant_id = $2",
+            vec![Arg::Uuid(id), Arg::Text(tenant_id.to_owned())],
+        )
+        .await?;
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    let deliveries = r
+        .rows(
+            "SELECT id, channel, target, state, provider, vendor_message_id, last_error, \
+                 sent_at_ms, updated_at_ms \
+             FROM deliveries WHERE notification_id = $1 ORDER BY channel, target",
+            vec![Arg::Uuid(id)],
+        )
+        .await?;
+    let mut views = Vec::with_capacity(deliveries.len());
+    for d in &deliveries {
+        let attempts = attempts_of(r, d.uuid("id")?).await?;
+        views.push(rows::delivery(d, attempts)?);
+    }
+    Ok(Some(rows::notification(id, row, views)?))
+}
+
+async fn attempts_of<R: Reader>(
+    r: &R,
+    delivery: uuid::Uuid,
+) -> Result<Vec<AttemptView>, StoreError> {
+    r.rows(
+        "SELECT attempt, provider, started_at_ms, latency_ms, outcome, status_code, error \
+         FROM attempts WHERE delivery_id = $1 ORDER BY started_at_ms, attempt",
+        vec![Arg::Uuid(delivery)],
+    )
+    .await?
+    .iter()
+    .map(rows::attempt)
+    .collect()
+}
+
+pub(crate) async fn queue_depths<R: Reader>(r: &R) -> Result<Vec<QueueDepth>, StoreError> {
+    r.rows(
+        "SELECT channel, priority, COUNT(*) AS n FROM deliveries \
+         WHERE state IN ('queued', 'retry_scheduled', 'sending') GROUP BY channel, priority",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(rows::queue_depth)
+    .collect()
+}
+
+pub(crate) async fn delivery_summaries<R: Reader>(
+    r: &R,
+) -> Result<Vec<DeliverySummary>, StoreError> {
+    r.rows(
+        "SELECT d.channel, d.priority, d.state, d.provider, n.accepted_at_ms, d.sent_at_ms \
+         FROM deliveries d JOIN notifications n ON n.id = d.notification_id",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(rows::delivery_summary)
+    .collect()
+}
+
+/// The listing, oldest death first: the filter's conditions and the page's
+/// cursor become bound parameters.
+pub(crate) async fn dead_letters<R: Reader>(
+    r: &R,
+    f: &DeadLetterFilter,
+    after: Option<DeadLetterCursor>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut sql = String::from(
+        "SELECT d.id, d.notification_id, n.tenant_id, d.channel, d.target, d.priority, \
+             d.provider, d.attempts, d.last_error, d.updated_at_ms, n.accepted_at_ms \
+         FROM deliveries d JOIN notifications n ON n.id = d.notification_id \
+         WHERE d.state = 'dead'",
+    );
+    let mut args = Vec::new();
+    let mut bind = |sql: &mut String, cond: &str, arg: Arg| {
+        args.push(arg);
+        sql.push_str(&cond.replace("$?", &format!("${}", args.len())));
+    };
+    if let Some(t) = &f.tenant_id {
+        bind(&mut sql, " AND n.tenant_id = $?", Arg::Text(t.clone()));
+    }
+    if let Some(c) = f.channel {
+        bind(
+            &mut sql,
+            " AND d.channel = $?",
+            Arg::Text(c.as_str().into()),
+        );
+    }
+    if let Some(p) = &f.provider {
+        bind(&mut sql, " AND d.provider = $?", Arg::Text(p.clone()));
+    }
+    if let Some(since) = f.since_ms {
+        bind(&mut sql, " AND d.updated_at_ms >= $?", Arg::Int(since));
+    }
+    if let Some(until) = f.until_ms {
+        bind(&mut sql, " AND d.updated_at_ms < $?", Arg::Int(until));
+    }
+    if let Some(c) = after {
+        // Keyset paging: strictly after the last row of the previous page.
+        bind(
+            &mut sql,
+            " AND (d.updated_at_ms, d.id) > ($?",
+            Arg::Int(c.dead_at_ms),
+        );
+        bind(&mut sql, ", $?)", Arg::Uuid(c.id));
+    }
+    bind(
+        &mut sql,
+        " ORDER BY d.updated_at_ms, d.id LIMIT $?",
+        Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+    );
+    r.rows(&sql, args)
+        .await?
+        .iter()
+        .map(rows::dead_letter)
+        .collect()
+}
+
+pub(crate) async fn outbox_pending<R: Reader>(
+    r: &R,
+    limit: usize,
+) -> Result<Vec<OutboxEvent>, StoreError> {
+    r.rows(
+        "SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload FROM outbox \
+         WHERE published_at_ms IS NULL ORDER BY lane, seq LIMIT $1",
+        vec![Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX))],
+    )
+    .await?
+    .iter()
+    .map(rows::outbox_event)
+    .collect()
+}
+
+pub(crate) async fn tenant_id<R: Reader>(r: &R, name: &str) -> Result<Option<String>, StoreError> {
+    let found = r
+        .rows(
+            "SELECT id FROM tenants WHERE name = $1",
+            vec![Arg::Text(name.to_owned())],
+        )
+        .await?;
+    found.first().map(|row| row.text("id")).transpose()
+}
+
+pub(crate) async fn tenant_for_key<R: Reader>(
+    r: &R,
+    key_hash: &[u8],
+) -> Result<Option<String>, StoreError> {
+    let found = r
+        .rows(
+            "SELECT tenant_id FROM api_keys WHERE key_hash = $1",
+            vec![Arg::Bytes(key_hash.to_vec())],
+        )
+        .await?;
+    found.first().map(|row| row.text("tenant_id")).transpose()
+}
+
+/// The database answers a read.
+pub(crate) async fn ping<R: Reader>(r: &R) -> Result<(), StoreError> {
+    r.rows("SELECT 1 AS one", vec![]).await.map(|_| ())
+}
