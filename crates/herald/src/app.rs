@@ -186,6 +186,7 @@ impl Running {
             Some(Engine::start(
                 &cfg,
                 store.clone(),
+                store.clone(),
                 bus.clone(),
                 accounts.clone(),
                 outbound,

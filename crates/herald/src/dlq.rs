@@ -3,7 +3,9 @@
 
 use base64::Engine as _;
 use herald_core::model::Channel;
-use herald_core::store::{DeadLetter, DeadLetterCursor, DeadLetterFilter, ReplayOutcome, Store};
+use herald_core::store::{
+    DeadLetter, DeadLetterCursor, DeadLetterFilter, DeadLetters, ReplayOutcome, Tenants,
+};
 use serde_json::json;
 
 /// Most dead letters one page holds, and one bulk replay moves.
@@ -78,10 +80,10 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     /// The store filter, with the tenant's name looked up.
-    pub async fn resolve(&self, store: &dyn Store) -> anyhow::Result<DeadLetterFilter> {
+    pub async fn resolve(&self, tenants: &dyn Tenants) -> anyhow::Result<DeadLetterFilter> {
         let tenant_id = match &self.tenant {
             Some(name) => Some(
-                store
+                tenants
                     .tenant_id(name)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("--tenant: no tenant is named {name:?}"))?,
@@ -186,7 +188,7 @@ pub fn print(page: &[DeadLetter], json_lines: bool) {
 }
 
 pub async fn replay_one(
-    store: &dyn Store,
+    store: &dyn DeadLetters,
     tenant_id: Option<&str>,
     id: uuid::Uuid,
 ) -> anyhow::Result<std::process::ExitCode> {

@@ -243,7 +243,7 @@ pub async fn accept(
     }
 
     if !batch.is_empty() {
-        match state.store.create(batch).await {
+        match state.intake.create(batch).await {
             Ok(results) => {
                 for ((idx, hash, response, prio), result) in pending.into_iter().zip(results) {
                     out[idx] = Some(match result {

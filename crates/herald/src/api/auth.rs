@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine as _;
-use herald_core::store::Store;
+use herald_core::store::Tenants;
 use sha2::{Digest, Sha256};
 
 use super::problem::ApiError;
@@ -39,14 +39,14 @@ pub struct KeyCache {
 impl KeyCache {
     pub async fn tenant(
         &self,
-        store: &Arc<dyn Store>,
+        tenants: &dyn Tenants,
         key: &str,
     ) -> Result<Option<String>, ApiError> {
         let hash = hash_key(key);
         if let Some(t) = self.lock().get(&hash) {
             return Ok(Some(t.clone()));
         }
-        let tenant = store.tenant_for_key(&hash).await?;
+        let tenant = tenants.tenant_for_key(&hash).await?;
         if let Some(t) = &tenant {
             let mut known = self.lock();
             if known.len() > 100_000 {
@@ -88,7 +88,7 @@ impl FromRequestParts<Arc<AppState>> for Tenant {
             .and_then(bearer_token)
             .filter(|k| k.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
-        match state.keys.tenant(&state.store, key).await? {
+        match state.keys.tenant(state.tenants.as_ref(), key).await? {
             Some(t) => Ok(Tenant(t)),
             None => Err(ApiError::Unauthorized),
         }

@@ -25,7 +25,7 @@ use axum::Router;
 use axum::{extract, middleware};
 use herald_core::bus::Bus;
 use herald_core::model::Channel;
-use herald_core::store::Store;
+use herald_core::store::{DeadLetters, Depths, Health, Intake, Store, Tenants};
 use herald_core::validate::Limits;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -39,7 +39,12 @@ use crate::engine::accounts::Accounts;
 use crate::render::Templates;
 
 pub struct AppState {
-    pub store: Arc<dyn Store>,
+    /// The store, by the roles the API uses.
+    pub intake: Arc<dyn Intake>,
+    pub tenants: Arc<dyn Tenants>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+    pub depths: Arc<dyn Depths>,
+    pub health: Arc<dyn Health>,
     pub bus: Arc<dyn Bus>,
     pub accounts: Arc<Accounts>,
     pub limits: Limits,
@@ -67,7 +72,11 @@ impl AppState {
     ) -> Self {
         let server = &cfg.server;
         Self {
-            store,
+            intake: store.clone(),
+            tenants: store.clone(),
+            dead_letters: store.clone(),
+            depths: store.clone(),
+            health: store,
             bus,
             accounts,
             limits: cfg.limits(),

@@ -155,7 +155,7 @@ pub async fn get(
     };
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let view = state
-        .store
+        .intake
         .notification(&tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;

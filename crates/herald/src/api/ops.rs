@@ -38,7 +38,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    let store = match tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await {
+    let store = match tokio::time::timeout(PROBE_TIMEOUT, state.health.ping()).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
             "the store did not answer within {} ms",
@@ -67,7 +67,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// circuit states from the breakers.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.accounts.publish_gauges(herald_core::now_ms());
-    match state.store.queue_depths().await {
+    match state.depths.queue_depths().await {
         Ok(depths) => {
             for ch in &state.channels {
                 for lane in herald_core::Priority::ALL {

@@ -7,7 +7,7 @@ use herald_core::lease::Lease;
 use herald_core::model::{Channel, Content, NotificationRequest};
 use herald_core::provider::{Address, OutboundMessage, Outcome};
 use herald_core::routing::LaneRules;
-use herald_core::store::{AttemptRecord, ClaimedDelivery, Next, Store};
+use herald_core::store::{AttemptRecord, ClaimedDelivery, Next, Queue};
 use rand::Rng;
 use tracing::Instrument;
 
@@ -19,7 +19,7 @@ use crate::telemetry as m;
 
 /// What every delivery task shares.
 pub struct Shared {
-    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
     pub accounts: Arc<Accounts>,
     pub outbound: Outbound,
     /// Routing and retry rules, by `Priority::index()`.
@@ -91,7 +91,7 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
 /// called, the outcome is held and written when the store answers again
 /// (`unwritten.rs`), so the call is not made a second time.
 async fn write(shared: &Shared, record: AttemptRecord) {
-    let Err(e) = shared.store.record(vec![record.clone()]).await else {
+    let Err(e) = shared.queue.record(vec![record.clone()]).await else {
         return;
     };
     metrics::counter!(m::STORE_ERRORS).increment(1);
@@ -174,7 +174,7 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
             // A backup may take it: say so first, so a holder that dies
             // mid-call leaves the next one knowing where it may already be.
             if let Err(e) = shared
-                .store
+                .queue
                 .note_call(d.id, d.lease_token, account.name())
                 .await
             {

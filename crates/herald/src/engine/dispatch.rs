@@ -178,7 +178,7 @@ impl Dispatcher {
         if !held.is_empty() {
             let leases: Vec<_> = held.values().map(|h| (h.delivery, h.lease)).collect();
             tracing::warn!(channel = %self.channel, count = leases.len(), "releasing deliveries that did not finish in time");
-            if let Err(e) = self.shared.store.release(leases, true).await {
+            if let Err(e) = self.shared.queue.release(leases, true).await {
                 tracing::error!(error = %e, "release failed; the leases will expire instead");
             }
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::bus::Bus;
-use herald_core::store::Store;
+use herald_core::store::{Queue, Upkeep};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,14 +40,15 @@ impl Engine {
     /// over the configured accounts, and the expiry sweep.
     pub fn start(
         cfg: &Config,
-        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        upkeep: Arc<dyn Upkeep>,
         bus: Arc<dyn Bus>,
         accounts: Arc<Accounts>,
         outbound: Outbound,
         templates: Arc<Templates>,
     ) -> anyhow::Result<Engine> {
         let shared = Arc::new(Shared {
-            store,
+            queue,
             accounts,
             outbound,
             lanes: cfg.lane_rules(),
@@ -74,12 +75,12 @@ impl Engine {
         let stop_outcomes = CancellationToken::new();
         let outcomes = tokio::spawn(unwritten::keep_writing(
             shared.unwritten.clone(),
-            shared.store.clone(),
+            shared.queue.clone(),
             Duration::from_secs(cfg.engine.shutdown_grace_seconds),
             stop_outcomes.clone(),
         ));
         pools.spawn(housekeeping(
-            shared.store.clone(),
+            upkeep,
             Duration::from_millis(cfg.engine.poll_interval_ms),
             Duration::from_secs(cfg.store.retention_hours * 3600),
             shutdown.child_token(),
@@ -109,7 +110,7 @@ impl Engine {
 /// once a minute deletes finished notifications older than `retention`
 /// (zero: never).
 async fn housekeeping(
-    store: Arc<dyn Store>,
+    store: Arc<dyn Upkeep>,
     every: Duration,
     retention: Duration,
     shutdown: CancellationToken,
@@ -141,7 +142,7 @@ async fn housekeeping(
 /// Deletes finished notifications older than `retention`, a batch at a time
 /// (each its own short transaction, so claims and records are not held up),
 /// until a batch comes back short.
-async fn purge(store: &dyn Store, retention: Duration, shutdown: &CancellationToken) {
+async fn purge(store: &dyn Upkeep, retention: Duration, shutdown: &CancellationToken) {
     const BATCH: usize = 1_000;
     let before = herald_core::now_ms() - herald_core::ms(retention);
     let mut total = 0;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use herald_core::store::{AttemptRecord, Store, StoreError};
+use herald_core::store::{AttemptRecord, Queue, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry as m;
@@ -69,7 +69,7 @@ impl Unwritten {
     /// Writes what is held. What the store refuses as unreadable (a bug,
     /// not an outage) is dropped with an error so it cannot block the rest;
     /// on any other failure everything stays held.
-    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
+    pub async fn flush(&self, store: &dyn Queue) -> Result<usize, StoreError> {
         let batch: Vec<AttemptRecord> = self.lock().values().cloned().collect();
         if batch.is_empty() {
             return Ok(0);
@@ -114,7 +114,7 @@ impl Unwritten {
 /// then once more, for up to `grace`.
 pub async fn keep_writing(
     unwritten: std::sync::Arc<Unwritten>,
-    store: std::sync::Arc<dyn Store>,
+    store: std::sync::Arc<dyn Queue>,
     grace: Duration,
     shutdown: CancellationToken,
 ) {
