@@ -12,10 +12,12 @@ mod reads;
 mod rows;
 mod writes;
 
+pub mod memory;
 pub mod postgres;
 pub mod sqlite;
 
 pub use db::Db;
+pub use memory::MemoryStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use writes::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};

@@ -155,17 +155,30 @@ async fn state(store: &dyn Store, tenant: &str, notification: uuid::Uuid) -> Del
         .state
 }
 
-async fn run(ops: Vec<Op>, ttl_ms: Option<i64>) -> Result<(), TestCaseError> {
+/// The stores the property runs against: SQLite, and the in-memory one.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Memory,
+}
+
+async fn run(ops: Vec<Op>, ttl_ms: Option<i64>, backend: Backend) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&SqliteOptions {
-        path: dir.path().join("herald.db"),
-        max_batch: 64,
-        read_connections: 1,
-        outbox: false,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .expect("open");
+    let store: Box<dyn Store> = match backend {
+        Backend::Sqlite => Box::new(
+            SqliteStore::open(&SqliteOptions {
+                path: dir.path().join("herald.db"),
+                max_batch: 64,
+                read_connections: 1,
+                outbox: false,
+                timeout: Duration::from_secs(5),
+            })
+            .await
+            .expect("open"),
+        ),
+        Backend::Memory => Box::new(herald_store::MemoryStore::new(false)),
+    };
+    let store = store.as_ref();
     let mut now = herald_core::now_ms();
     let req: NotificationRequest = serde_json::from_value(serde_json::json!({
         "priority": "high", "channels": ["sms"],
@@ -257,11 +270,11 @@ async fn run(ops: Vec<Op>, ttl_ms: Option<i64>) -> Result<(), TestCaseError> {
                 let Some(held) = workers[worker].take() else {
                     continue;
                 };
-                let before = state(&store, "t", notification).await;
+                let before = state(store, "t", notification).await;
                 let rec = record_of(&held, now);
                 let wants = rec.next.state();
                 store.record(vec![rec]).await.expect("record");
-                let after = state(&store, "t", notification).await;
+                let after = state(store, "t", notification).await;
                 if current == Some(held.claim.lease_token) {
                     prop_assert_eq!(after, wants, "the holder's record was not applied");
                     sent_recorded |= wants == DeliveryState::Sent;
@@ -303,7 +316,7 @@ async fn run(ops: Vec<Op>, ttl_ms: Option<i64>) -> Result<(), TestCaseError> {
         }
         // The store's view agrees with what the model saw recorded.
         if sent_recorded {
-            prop_assert_eq!(state(&store, "t", notification).await, DeliveryState::Sent);
+            prop_assert_eq!(state(store, "t", notification).await, DeliveryState::Sent);
         }
     }
     Ok(())
@@ -339,7 +352,9 @@ fn a_stale_holder_never_calls_after_the_next_one_sent() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(ops, None)).expect("holds");
+    for backend in [Backend::Sqlite, Backend::Memory] {
+        rt.block_on(run(ops.clone(), None, backend)).expect("holds");
+    }
 }
 
 fn cases() -> u32 {
@@ -365,6 +380,18 @@ proptest! {
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(run(ops, ttl_ms))?;
+        rt.block_on(run(ops, ttl_ms, Backend::Sqlite))?;
+    }
+
+    #[test]
+    fn the_in_memory_store_keeps_the_same_promise(
+        ops in prop::collection::vec(op(), 1..40),
+        ttl_ms in prop::option::of(500i64..20_000),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run(ops, ttl_ms, Backend::Memory))?;
     }
 }

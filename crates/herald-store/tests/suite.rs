@@ -889,6 +889,15 @@ macro_rules! suite {
                 }
             )*
         }
+        mod memory_backend {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let store = herald_store::MemoryStore::new(false);
+                    super::$check(&store).await;
+                }
+            )*
+        }
         mod postgres_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1119,4 +1128,18 @@ async fn postgres_the_outbox_holds_each_stored_event_until_published() {
     if let Some(store) = postgres_with("outbox", true).await {
         the_outbox_holds_each_stored_event_until_published(&store).await;
     }
+}
+
+#[tokio::test]
+async fn memory_the_outbox_holds_each_stored_event_until_published() {
+    the_outbox_holds_each_stored_event_until_published(&herald_store::MemoryStore::new(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_concurrent_writers_lose_nothing_and_a_failing_write_fails_alone() {
+    let store: Arc<dyn Store> = Arc::new(herald_store::MemoryStore::new(false));
+    concurrent_creates(store.clone()).await;
+    all_claimable(store.as_ref(), 400).await;
+    let store: Arc<dyn Store> = Arc::new(herald_store::MemoryStore::new(false));
+    a_failing_write_fails_alone(store).await;
 }

@@ -124,7 +124,10 @@ pub async fn list(
         None => None,
     };
     let limit = args.limit.unwrap_or(dlq::DEFAULT_PAGE);
-    let page = state.dead_letters.dead_letters(&filter, after, limit).await?;
+    let page = state
+        .dead_letters
+        .dead_letters(&filter, after, limit)
+        .await?;
     let next = (page.len() == limit)
         .then(|| page.last().map(dlq::cursor_after))
         .flatten();
@@ -164,7 +167,11 @@ pub async fn replay_one(
         return Err(ApiError::NotFound);
     };
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    match state.dead_letters.replay_dead_letter(Some(&tenant), id).await? {
+    match state
+        .dead_letters
+        .replay_dead_letter(Some(&tenant), id)
+        .await?
+    {
         ReplayOutcome::Replayed => {
             state.bus.announce(&Channel::ALL);
             Ok((
@@ -194,7 +201,10 @@ pub async fn replay_many(
     }
     let filter = args.filter(&tenant, &state)?;
     let limit = args.limit.unwrap_or(dlq::MAX_PAGE);
-    let replayed = state.dead_letters.replay_dead_letters(&filter, limit).await?;
+    let replayed = state
+        .dead_letters
+        .replay_dead_letters(&filter, limit)
+        .await?;
     if replayed > 0 {
         state.bus.announce(&Channel::ALL);
     }
