@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use herald_core::bus::{Bus, BusError};
 use herald_core::events::{NotificationRequested, OutboxEvent};
+use herald_core::lanes::Lanes;
 use herald_core::model::{Channel, Priority};
 use herald_core::store::{Claim, ClaimedDelivery, Outbox, Queue};
 use rdkafka::config::ClientConfig;
@@ -194,10 +195,10 @@ impl Relay {
         }
         // Queue them all, in order, then await the acknowledgements: the
         // idempotent producer keeps each partition's order across retries.
-        let topics = Priority::ALL.map(|lane| topic(&self.topic_prefix, lane));
+        let topics = Lanes::from_fn(|lane| topic(&self.topic_prefix, lane));
         let mut acks = Vec::with_capacity(events.len());
         for e in &events {
-            let record = FutureRecord::to(&topics[e.lane.index()])
+            let record = FutureRecord::to(&topics[e.lane])
                 .key(&e.key)
                 .payload(&e.payload)
                 .headers(headers(e));
@@ -272,7 +273,7 @@ pub struct KafkaBus {
     store: Arc<dyn Queue>,
     lease: Duration,
     sweep: Duration,
-    lanes: HashMap<Channel, [LaneBuffer; 4]>,
+    lanes: HashMap<Channel, Lanes<LaneBuffer>>,
     wake: HashMap<Channel, Arc<Notify>>,
     consumers: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
     /// Stops the consumers: `close`, or the token given to `start`.
@@ -341,9 +342,9 @@ impl KafkaBus {
                     swept_at_ms: AtomicI64::new(herald_core::now_ms()),
                 });
             }
-            let buffers: [LaneBuffer; 4] = buffers
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("four lanes"))?;
+            let mut buffers = buffers.into_iter();
+            let mut next = || buffers.next().ok_or_else(|| anyhow::anyhow!("four lanes"));
+            let buffers = Lanes::from([next()?, next()?, next()?, next()?]);
             lanes.insert(channel, buffers);
             wake.insert(channel, notify);
         }
@@ -637,7 +638,7 @@ impl Bus for KafkaBus {
             // Closed: what is left in the buffers is given back.
             return Ok(Vec::new());
         }
-        let lane = &lanes[priority.index()];
+        let lane = &lanes[priority];
         lane.deferred.store(false, Ordering::Relaxed);
         let mut out = Vec::new();
         {
@@ -696,7 +697,7 @@ impl Bus for KafkaBus {
 
     async fn defer(&self, channel: Channel, priority: Priority) {
         if let Some(lanes) = self.lanes.get(&channel) {
-            let lane = &lanes[priority.index()];
+            let lane = &lanes[priority];
             lane.deferred.store(true, Ordering::Relaxed);
             self.give_back([lane]).await;
         }

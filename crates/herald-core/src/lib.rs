@@ -1,5 +1,7 @@
 //! Herald's domain: types, the delivery state machine, validation, policies
-//! (lanes, retries, circuit breaker, routing) and the `Store`, `Bus` and `Provider` extension points.
+//! (lanes and their routing, the pool's shares, retries, the circuit
+//! breaker, leases) and the store's roles, the `Bus` and `Provider`
+//! extension points.
 //! No I/O lives here.
 
 pub mod breaker;
@@ -8,9 +10,9 @@ pub mod events;
 pub mod lanes;
 pub mod lease;
 pub mod model;
+pub mod pool;
 pub mod provider;
 pub mod retry;
-pub mod routing;
 pub mod secret;
 pub mod store;
 pub mod validate;

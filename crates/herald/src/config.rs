@@ -11,10 +11,10 @@ use anyhow::bail;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use herald_core::breaker::BreakerSettings;
-use herald_core::lanes::LanePolicy;
+use herald_core::lanes::{Failover, LaneRules, Lanes};
 use herald_core::model::{Channel, Priority};
+use herald_core::pool::PoolPolicy;
 use herald_core::retry::RetryPolicy;
-use herald_core::routing::{Failover, LaneRules};
 use herald_core::secret::Secret;
 use herald_core::validate::Limits;
 use herald_providers::ProviderConfig;
@@ -469,12 +469,12 @@ impl Config {
         Ok(())
     }
 
-    pub fn lane_policy(&self, channel: Channel) -> Option<LanePolicy> {
+    pub fn pool_policy(&self, channel: Channel) -> Option<PoolPolicy> {
         let c = self
             .channels
             .get(&channel)
             .filter(|c| !c.providers.is_empty())?;
-        Some(LanePolicy {
+        Some(PoolPolicy {
             concurrency: c.concurrency,
             reserved_critical: c.reserved_critical,
             low_max_share: c.low_max_share,
@@ -511,9 +511,9 @@ impl Config {
             .collect()
     }
 
-    /// Routing and retry rules, indexed by `Priority::index()`.
-    pub fn lane_rules(&self) -> [LaneRules; 4] {
-        Priority::ALL.map(|lane| {
+    /// Routing and retry rules per lane.
+    pub fn lane_rules(&self) -> Lanes<LaneRules> {
+        Lanes::from_fn(|lane| {
             let l = self.lanes.get(lane);
             LaneRules {
                 failover: l.failover,
@@ -619,12 +619,9 @@ mod tests {
         assert_eq!(s.max_concurrency, None);
         assert_eq!(s.breaker.open_ms, 60_000);
         let rules = cfg.lane_rules();
-        assert_eq!(
-            rules[Priority::Critical.index()].failover,
-            Failover::OnFailure
-        );
-        assert!(rules[Priority::Critical.index()].failover_ambiguous);
-        assert_eq!(rules[Priority::Low.index()].failover, Failover::Never);
+        assert_eq!(rules[Priority::Critical].failover, Failover::OnFailure);
+        assert!(rules[Priority::Critical].failover_ambiguous);
+        assert_eq!(rules[Priority::Low].failover, Failover::Never);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use herald_core::lanes::{LaneRules, Lanes};
 use herald_core::lease::Lease;
 use herald_core::model::{Channel, Content, NotificationRequest};
 use herald_core::provider::{Address, OutboundMessage, Outcome};
-use herald_core::routing::LaneRules;
 use herald_core::store::{AttemptRecord, ClaimedDelivery, Next, Queue};
 use rand::Rng;
 use tracing::Instrument;
@@ -22,8 +22,8 @@ pub struct Shared {
     pub queue: Arc<dyn Queue>,
     pub accounts: Arc<Accounts>,
     pub outbound: Outbound,
-    /// Routing and retry rules, by `Priority::index()`.
-    pub lanes: [LaneRules; 4],
+    /// Routing and retry rules per lane.
+    pub lanes: Lanes<LaneRules>,
     pub templates: Arc<Templates>,
     /// Outcomes the store could not take yet, written when it answers.
     pub unwritten: Arc<Unwritten>,
@@ -130,7 +130,7 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     if d.expires_at_ms.is_some_and(|e| started_at_ms >= e) {
         return end(rec, Next::Expired, "expired before it could be sent".into());
     }
-    let lane = &shared.lanes[d.priority.index()];
+    let lane = &shared.lanes[d.priority];
     let (route, pin) = route_for(&shared.accounts, lane, d);
     rec.pin = pin;
     if route.is_empty() {

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use herald_core::breaker::CircuitState;
 use herald_core::bus::Bus;
-use herald_core::lanes::LanePolicy;
+use herald_core::lanes::Lanes;
 use herald_core::model::{Channel, Priority};
+use herald_core::pool::PoolPolicy;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +19,7 @@ use super::deliver::{deliver, Shared};
 
 pub struct Dispatcher {
     pub channel: Channel,
-    pub policy: LanePolicy,
+    pub policy: PoolPolicy,
     pub claim_batch: usize,
     pub poll: Duration,
     pub grace: Duration,
@@ -37,7 +38,7 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut held: HashMap<Id, Held> = HashMap::new();
-        let mut in_flight = [0usize; 4];
+        let mut in_flight: Lanes<usize> = Lanes::default();
         let mut backoff = Duration::from_millis(50);
         tracing::info!(channel = %self.channel, concurrency = self.policy.concurrency, "worker pool started");
 
@@ -58,7 +59,7 @@ impl Dispatcher {
                     Ok(batch) => {
                         more |= batch.len() == room;
                         for d in batch {
-                            in_flight[lane.index()] += 1;
+                            in_flight[lane] += 1;
                             let (delivery, lease) = (d.id, d.lease_token);
                             let handle = tasks.spawn(deliver(self.shared.clone(), d));
                             held.insert(
@@ -125,7 +126,7 @@ impl Dispatcher {
         let Some(primary) = route.first() else {
             return false;
         };
-        let rules = &self.shared.lanes[lane.index()];
+        let rules = &self.shared.lanes[lane];
         if rules.skips_open_circuits() {
             route.iter().all(open)
         } else {
@@ -137,7 +138,7 @@ impl Dispatcher {
         &self,
         done: Result<(Id, ()), tokio::task::JoinError>,
         held: &mut HashMap<Id, Held>,
-        in_flight: &mut [usize; 4],
+        in_flight: &mut Lanes<usize>,
     ) {
         let id = match done {
             Ok((id, ())) => id,
@@ -149,7 +150,7 @@ impl Dispatcher {
             }
         };
         if let Some(h) = held.remove(&id) {
-            in_flight[h.lane.index()] = in_flight[h.lane.index()].saturating_sub(1);
+            in_flight[h.lane] = in_flight[h.lane].saturating_sub(1);
         }
     }
 

@@ -58,7 +58,7 @@ impl Engine {
         let shutdown = CancellationToken::new();
         let mut pools = JoinSet::new();
         for ch in cfg.worker_channels() {
-            let Some(policy) = cfg.lane_policy(ch) else {
+            let Some(policy) = cfg.pool_policy(ch) else {
                 continue;
             };
             let d = Dispatcher {
