@@ -4,6 +4,7 @@
 //! extension points.
 //! No I/O lives here.
 
+pub mod attempt;
 pub mod breaker;
 pub mod bus;
 pub mod events;

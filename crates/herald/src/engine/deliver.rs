@@ -3,15 +3,16 @@
 
 use std::sync::Arc;
 
+use herald_core::attempt::{plan, Walk};
 use herald_core::lanes::{LaneRules, Lanes};
 use herald_core::lease::Lease;
 use herald_core::model::{Channel, Content, NotificationRequest};
-use herald_core::provider::{Address, OutboundMessage, Outcome};
+use herald_core::provider::{Address, OutboundMessage};
 use herald_core::store::{AttemptRecord, ClaimedDelivery, Next, Queue};
 use rand::Rng;
 use tracing::Instrument;
 
-use super::accounts::{Account, Accounts, Try};
+use super::accounts::{Accounts, Try};
 use super::outbound::{Outbound, TargetError};
 use super::unwritten::Unwritten;
 use crate::render::Templates;
@@ -28,10 +29,6 @@ pub struct Shared {
     /// Outcomes the store could not take yet, written when it answers.
     pub unwritten: Arc<Unwritten>,
 }
-
-/// The longest a deferred delivery (every usable circuit open) waits past
-/// the reopening time, spread so the probes are not met by a stampede.
-const DEFER_SPREAD_MS: f64 = 1_000.0;
 
 pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
     let span = tracing::info_span!(
@@ -109,6 +106,9 @@ async fn write(shared: &Shared, record: AttemptRecord) {
     }
 }
 
+/// One attempt: the decisions are `herald_core::attempt`'s (the plan, the
+/// walk along it, where the delivery goes next); here are the effects —
+/// rendering, the DNS check, the note before a failover, the guarded call.
 async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     let started_at_ms = herald_core::now_ms();
     let mut rec = AttemptRecord {
@@ -131,9 +131,19 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
         return end(rec, Next::Expired, "expired before it could be sent".into());
     }
     let lane = &shared.lanes[d.priority];
-    let (route, pin) = route_for(&shared.accounts, lane, d);
-    rec.pin = pin;
-    if route.is_empty() {
+    let route = shared.accounts.route(d.channel);
+    let names: Vec<&str> = route.iter().map(|a| a.name()).collect();
+    let plan = plan(
+        &names,
+        lane,
+        d.pinned_provider.as_deref(),
+        d.in_doubt,
+        d.calling.as_deref(),
+    );
+    if let Some(note) = &plan.note {
+        tracing::warn!("{note}");
+    }
+    if plan.providers.is_empty() {
         let why = format!("no provider is configured for {}", d.channel);
         return end(rec, Next::Failed, why);
     }
@@ -144,8 +154,8 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     let lease = Lease {
         until_ms: d.lease_until_ms,
     };
-
-    let mut last: Option<Outcome> = None;
+    let mut walk = Walk::new(lane, plan.pin);
+    let mut go = true;
     if let Address::Webhook(url) = &msg.address {
         match shared.outbound.check_webhook_target(url).await {
             Ok(()) => {}
@@ -155,20 +165,18 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
             // Not resolvable now (DNS down or slow): the destination's
             // trouble, retried like a connection that failed.
             Err(TargetError::Unresolved(why)) => {
-                last = Some(Outcome::Transient {
-                    reason: why,
-                    ambiguous: false,
-                })
+                walk.unreachable(why);
+                go = false;
             }
         }
     }
-
-    let mut usable_again_at: Option<i64> = None;
-    let mut lease_run_out = false;
-    let mut skipped = Vec::new();
-    let primary = shared.accounts.route(d.channel).first().map(|a| a.name());
-    let route = if last.is_some() { &[][..] } else { &route[..] };
-    for (i, account) in route.iter().enumerate() {
+    let primary = names.first().copied();
+    let planned = &plan.providers;
+    for (n, &i) in planned.iter().enumerate() {
+        if !go {
+            break;
+        }
+        let account = &route[i];
         tracing::Span::current().record("provider", account.name());
         if Some(account.name()) != primary {
             // A backup may take it: say so first, so a holder that dies
@@ -179,104 +187,35 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
                 .await
             {
                 tracing::warn!(error = %e, provider = account.name(), "cannot note the failover; retrying later instead");
-                skipped.push(format!(
-                    "{}: the failover could not be noted",
-                    account.name()
-                ));
+                let why = format!("{}: the failover could not be noted", account.name());
+                walk.must_stop(why, false);
                 break;
             }
         }
-        match account.call(&mut msg, lease).await {
+        go = match account.call(&mut msg, lease).await {
             Try::LeaseRunOut { why } => {
                 metrics::counter!(m::LEASE_RUN_OUT, "channel" => d.channel.as_str()).increment(1);
                 tracing::warn!(provider = account.name(), "{why}; giving the delivery back");
-                skipped.push(why);
-                lease_run_out = true;
-                break;
+                walk.must_stop(why, true);
+                false
             }
-            Try::Skipped { retry_at_ms, why } => {
-                usable_again_at = Some(usable_again_at.map_or(retry_at_ms, |t| t.min(retry_at_ms)));
-                skipped.push(why);
-                if !lane.skips_open_circuits() {
-                    break;
-                }
-            }
+            Try::Skipped { retry_at_ms, why } => walk.skipped(retry_at_ms, why),
             Try::Called { outcome, call } => {
                 rec.calls.push(call);
-                if lane.pins_after(&outcome) {
-                    rec.pin = Some(account.name().to_owned());
-                }
-                let more = i + 1 < route.len();
-                let go_on = more && lane.fails_over_after(&outcome);
-                last = Some(outcome);
-                if !go_on {
-                    break;
-                }
+                walk.called(account.name(), outcome, n + 1 < planned.len())
             }
-        }
+        };
     }
-
     let now = herald_core::now_ms();
     let jitter: f64 = rand::thread_rng().gen();
+    // (If the lease is already another worker's, the record is refused, as
+    // it should be.)
+    let c = walk.finish(d.attempt, now, d.expires_at_ms, jitter);
     rec.ended_at_ms = now;
-    match last {
-        Some(outcome) => {
-            rec.error = outcome.reason().map(str::to_owned);
-            rec.next = lane
-                .retry
-                .next(&outcome, d.attempt, now, d.expires_at_ms, jitter);
-        }
-        None if lease_run_out => {
-            // Nothing was sent, and this claim may no longer send: back in
-            // the queue at once, for a claim with a fresh lease. Not an
-            // attempt. (If the lease is already another worker's, this
-            // record is refused, as it should be.)
-            rec.error = Some(skipped.join("; "));
-            rec.next = Next::Deferred(now);
-        }
-        None => {
-            // No provider was called: wait for the first to be usable again.
-            // Not an attempt, so it does not use up the delivery's tries.
-            let at = usable_again_at.unwrap_or(now) + (jitter * DEFER_SPREAD_MS) as i64;
-            rec.error = Some(skipped.join("; "));
-            rec.next = match d.expires_at_ms {
-                Some(exp) if at >= exp => Next::Expired,
-                _ => Next::Deferred(at),
-            };
-        }
-    }
+    rec.next = c.next;
+    rec.error = c.error;
+    rec.pin = c.pin;
     rec
-}
-
-/// The route for this delivery, and the provider to pin it to (if this
-/// attempt starts a pin): the channel's route; or only the provider it is
-/// pinned to (an earlier ambiguous outcome it may not fail over from); or,
-/// when it is taken over in doubt (its last holder may have been mid-call)
-/// and the lane may not fail over from an ambiguous outcome, only the
-/// provider that was being called — the primary unless a backup was noted.
-fn route_for(
-    accounts: &Accounts,
-    lane: &LaneRules,
-    d: &ClaimedDelivery,
-) -> (Vec<Arc<Account>>, Option<String>) {
-    let route = accounts.route(d.channel);
-    let only = |name: &str| route.iter().find(|a| a.name() == name).cloned();
-    if let Some(pin) = &d.pinned_provider {
-        if let Some(a) = only(pin) {
-            return (vec![a], None);
-        }
-        tracing::warn!(pinned = %pin, "the pinned provider is no longer on the route; using the whole route");
-    } else if d.in_doubt && !lane.failover_ambiguous {
-        let held = d
-            .calling
-            .as_deref()
-            .or_else(|| route.first().map(|a| a.name()));
-        if let Some(a) = held.and_then(only) {
-            let name = a.name().to_owned();
-            return (vec![a], Some(name));
-        }
-    }
-    (route.to_vec(), None)
 }
 
 /// The vendor-neutral message for this delivery, or why there cannot be one.
