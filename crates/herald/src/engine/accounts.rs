@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::fleet::Fleet;
-use super::outbound::{self, Outbound};
+use super::outbound::{Http, Outbound, Transport};
 use crate::config::{Config, ProviderGuards};
 use crate::telemetry as m;
 
@@ -43,7 +43,7 @@ pub struct Account {
     pub provider: Arc<dyn Provider>,
     pub channel: Channel,
     guards: ProviderGuards,
-    client: reqwest::Client,
+    transport: Arc<dyn Transport>,
     scope: Scope,
     /// Shares the send rate and open circuits with the other nodes.
     fleet: Option<Arc<Fleet>>,
@@ -180,7 +180,7 @@ impl Account {
     fn new(
         name: &str,
         cfg: &Config,
-        outbound: &Outbound,
+        transports: &Transports<'_>,
         fleet: Option<Arc<Fleet>>,
     ) -> anyhow::Result<Arc<Account>> {
         let settings = cfg
@@ -190,7 +190,7 @@ impl Account {
         let provider = herald_providers::from_config(name, &settings.account)?;
         let guards = cfg.provider_guards(name);
         let channel = settings.account.channel();
-        let client = outbound.client(&guards, channel == Channel::Webhook)?;
+        let transport = transports(name, &guards, channel)?;
         let scope = if channel == Channel::Webhook {
             let max = NonZeroUsize::new(cfg.webhooks.max_destinations).unwrap_or(NonZeroUsize::MIN);
             Scope::Destination(Mutex::new(LruCache::new(max)))
@@ -207,7 +207,7 @@ impl Account {
             provider,
             channel,
             guards,
-            client,
+            transport,
             scope,
             fleet,
         };
@@ -319,7 +319,9 @@ impl Account {
                 return Try::Called { outcome, call };
             }
         };
-        let (result, took) = outbound::send(&self.client, req, self.guards.request_timeout).await;
+        let sending = tokio::time::Instant::now();
+        let result = self.transport.send(req, self.guards.request_timeout).await;
+        let took = sending.elapsed();
         let (outcome, status) = match result {
             Ok(resp) => (self.provider.classify(&resp), Some(resp.status.as_u16())),
             Err(transport) => (transport, None),
@@ -527,10 +529,31 @@ pub struct Accounts {
     all: Vec<Arc<Account>>,
 }
 
+/// How each account reaches its vendor: given the account's name, guards
+/// and channel, its transport.
+pub type Transports<'a> =
+    dyn Fn(&str, &ProviderGuards, Channel) -> anyhow::Result<Arc<dyn Transport>> + 'a;
+
 impl Accounts {
+    /// The accounts on the routes of `cfg`, each over HTTP with a client of
+    /// its own (webhooks with the guarded resolver).
     pub fn from_config(
         cfg: &Config,
         outbound: &Outbound,
+        fleet: Option<Arc<Fleet>>,
+    ) -> anyhow::Result<Accounts> {
+        let http = |_: &str, guards: &ProviderGuards, channel: Channel| {
+            let client = outbound.client(guards, channel == Channel::Webhook)?;
+            Ok(Arc::new(Http(client)) as Arc<dyn Transport>)
+        };
+        Self::with_transports(cfg, &http, fleet)
+    }
+
+    /// The accounts on the routes of `cfg`, each reaching its vendor the
+    /// way `transports` says (a script, in the engine's tests).
+    pub fn with_transports(
+        cfg: &Config,
+        transports: &Transports<'_>,
         fleet: Option<Arc<Fleet>>,
     ) -> anyhow::Result<Accounts> {
         let mut by_name: BTreeMap<&str, Arc<Account>> = BTreeMap::new();
@@ -541,7 +564,7 @@ impl Accounts {
                 let account = match by_name.get(name.as_str()) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = Account::new(name, cfg, outbound, fleet.clone())?;
+                        let a = Account::new(name, cfg, transports, fleet.clone())?;
                         by_name.insert(name, a.clone());
                         a
                     }
@@ -655,7 +678,11 @@ mod tests {
             .expect("defaults")
             .into_sandbox("http://127.0.0.1:1");
         let outbound = Outbound::new(&cfg.http, cfg.limits());
-        Account::new("webhook", &cfg, &outbound, None).expect("account")
+        let http = |_: &str, guards: &ProviderGuards, channel: Channel| {
+            let client = outbound.client(guards, channel == Channel::Webhook)?;
+            Ok(Arc::new(Http(client)) as Arc<dyn Transport>)
+        };
+        Account::new("webhook", &cfg, &http, None).expect("account")
     }
 
     #[test]

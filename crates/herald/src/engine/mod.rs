@@ -5,6 +5,8 @@ mod deliver;
 mod dispatch;
 pub mod fleet;
 pub mod outbound;
+#[cfg(test)]
+mod tests;
 mod unwritten;
 
 use std::sync::Arc;

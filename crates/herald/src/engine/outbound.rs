@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::provider::{Outcome, VendorRequest, VendorResponse};
@@ -112,17 +112,23 @@ impl Outbound {
     }
 }
 
-/// Sends and returns the vendor's answer, or the transport failure as an
-/// outcome, and how long it took. A timeout after the request went out is
-/// ambiguous: the vendor may have accepted it.
-pub async fn send(
-    client: &reqwest::Client,
-    req: VendorRequest,
-    timeout: Duration,
-) -> (Result<VendorResponse, Outcome>, Duration) {
-    let started = Instant::now();
-    let result = exchange(client, req, timeout).await;
-    (result, started.elapsed())
+/// How a built vendor request reaches the vendor: over HTTP (`Http`) in
+/// production, by a script in the engine's tests. The answer, or the
+/// transport's failure as an outcome (a timeout after the request went out
+/// is ambiguous: the vendor may have accepted it).
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    async fn send(&self, req: VendorRequest, timeout: Duration) -> Result<VendorResponse, Outcome>;
+}
+
+/// HTTP with one provider account's keep-alive client.
+pub struct Http(pub reqwest::Client);
+
+#[async_trait::async_trait]
+impl Transport for Http {
+    async fn send(&self, req: VendorRequest, timeout: Duration) -> Result<VendorResponse, Outcome> {
+        exchange(&self.0, req, timeout).await
+    }
 }
 
 async fn exchange(

@@ -1,0 +1,336 @@
+//! The engine's loop with no I/O: the in-memory store, the local bus,
+//! vendors answered by a script, and tokio's clock paused (Herald's clock
+//! follows it on this thread), so a 60 s circuit passes in milliseconds.
+//! What is checked is what a user would: which vendor got which request,
+//! and where each delivery ended.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_bus::LocalBus;
+use herald_core::bus::Bus;
+use herald_core::model::{Channel, DeliveryState, NotificationRequest};
+use herald_core::provider::{Outcome, VendorRequest, VendorResponse};
+use herald_core::store::{Intake, NewDelivery, NewNotification};
+use herald_store::MemoryStore;
+
+use super::accounts::Accounts;
+use super::outbound::{Outbound, Transport};
+use super::Engine;
+use crate::config::{Config, ProviderGuards};
+use crate::render::Templates;
+
+/// How a scripted vendor answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    Up = 0,
+    /// 503 to everything.
+    Down = 1,
+    /// Takes the request and never answers in time: an ambiguous timeout.
+    TimesOut = 2,
+}
+
+/// A vendor the test scripts: how it answers now, and every request's
+/// idempotency key it got.
+#[derive(Default)]
+struct Vendor {
+    mode: AtomicU8,
+    keys: Mutex<Vec<String>>,
+}
+
+impl Vendor {
+    fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.keys.lock().map(|k| k.len()).unwrap_or(0)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.keys.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+}
+
+/// One account's transport: its vendor's script, answering in its wire
+/// format.
+struct Scripted {
+    account: String,
+    vendor: Arc<Vendor>,
+}
+
+#[async_trait::async_trait]
+impl Transport for Scripted {
+    async fn send(
+        &self,
+        req: VendorRequest,
+        _timeout: Duration,
+    ) -> Result<VendorResponse, Outcome> {
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if let Ok(mut keys) = self.vendor.keys.lock() {
+            keys.push(key);
+        }
+        // A vendor's answer takes a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (status, body) = match self.vendor.mode.load(Ordering::SeqCst) {
+            0 if self.account == "sns" => (
+                200,
+                "<PublishResponse><PublishResult><MessageId>m-1</MessageId></PublishResult></PublishResponse>",
+            ),
+            0 => (201, r#"{"sid": "SM1", "status": "queued"}"#),
+            1 => (503, ""),
+            _ => {
+                return Err(Outcome::Transient {
+                    reason: "timed out waiting for the vendor".into(),
+                    ambiguous: true,
+                })
+            }
+        };
+        Ok(VendorResponse {
+            status: http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        })
+    }
+}
+
+struct Rig {
+    store: Arc<MemoryStore>,
+    bus: Arc<dyn Bus>,
+    engine: Option<Engine>,
+    vendors: HashMap<&'static str, Arc<Vendor>>,
+    _clock: herald_core::clock::Guard,
+}
+
+impl Rig {
+    /// The sandbox's config (SMS: Twilio, then SNS), short retries.
+    fn start() -> Rig {
+        let started = tokio::time::Instant::now();
+        let base = herald_core::now_ms();
+        let clock = herald_core::clock::set_for_this_thread(move || {
+            base + herald_core::ms(tokio::time::Instant::now().duration_since(started))
+        });
+        let mut cfg = Config::load(None)
+            .expect("defaults")
+            .into_sandbox("http://127.0.0.1:1");
+        for lane in cfg.lanes.all_mut() {
+            lane.retry_base_ms = 100;
+            lane.retry_cap_ms = 500;
+        }
+        cfg.engine.poll_interval_ms = 50;
+        let vendors: HashMap<&'static str, Arc<Vendor>> = ["twilio", "sns"]
+            .into_iter()
+            .map(|n| (n, Arc::new(Vendor::default())))
+            .collect();
+        let scripts = vendors.clone();
+        let transports = move |name: &str, _: &ProviderGuards, _: Channel| {
+            let vendor = scripts.get(name).cloned().unwrap_or_default();
+            Ok(Arc::new(Scripted {
+                account: name.to_owned(),
+                vendor,
+            }) as Arc<dyn Transport>)
+        };
+        let accounts =
+            Arc::new(Accounts::with_transports(&cfg, &transports, None).expect("accounts"));
+        let store = Arc::new(MemoryStore::new(false));
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(
+            store.clone(),
+            Duration::from_secs(cfg.engine.lease_seconds),
+        ));
+        let templates = Arc::new(Templates::new(&cfg.templates).expect("templates"));
+        let outbound = Outbound::new(&cfg.http, cfg.limits());
+        let engine = Engine::start(
+            &cfg,
+            store.clone(),
+            store.clone(),
+            bus.clone(),
+            accounts,
+            outbound,
+            templates,
+        )
+        .expect("engine");
+        Rig {
+            store,
+            bus,
+            engine: Some(engine),
+            vendors,
+            _clock: clock,
+        }
+    }
+
+    fn vendor(&self, name: &str) -> &Vendor {
+        &self.vendors[name]
+    }
+
+    /// An SMS in `lane`, accepted as the API would.
+    async fn sms(&self, lane: &str) -> uuid::Uuid {
+        let request: NotificationRequest = serde_json::from_value(serde_json::json!({
+            "priority": lane, "channels": ["sms"],
+            "recipient": {"phone": "+14155550100"}, "content": {"text": "code 123456"}
+        }))
+        .expect("request");
+        let now = herald_core::now_ms();
+        let id = uuid::Uuid::now_v7();
+        self.store
+            .create(vec![NewNotification {
+                id,
+                tenant_id: "t".into(),
+                request,
+                accepted_at_ms: now,
+                due_at_ms: now,
+                expires_at_ms: None,
+                deliveries: vec![NewDelivery {
+                    id: uuid::Uuid::now_v7(),
+                    channel: Channel::Sms,
+                    target: 0,
+                }],
+                idempotency: None,
+                correlation_id: None,
+                traceparent: None,
+            }])
+            .await
+            .expect("create");
+        self.bus.announce(&[Channel::Sms]);
+        id
+    }
+
+    async fn state(&self, id: uuid::Uuid) -> (DeliveryState, Option<String>) {
+        let v = self
+            .store
+            .notification("t", id)
+            .await
+            .expect("read")
+            .expect("exists");
+        (v.deliveries[0].state, v.deliveries[0].provider.clone())
+    }
+
+    /// Lets the engine run until `f` holds, for at most `within` of
+    /// (paused, so instant) time.
+    async fn until<F: std::future::Future<Output = bool>>(
+        &self,
+        within: Duration,
+        mut f: impl FnMut() -> F,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if f().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f().await
+    }
+
+    async fn sent(&self, id: uuid::Uuid) -> bool {
+        self.state(id).await.0 == DeliveryState::Sent
+    }
+
+    async fn stop(mut self) {
+        if let Some(e) = self.engine.take() {
+            e.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_failures_open_the_circuit_critical_fails_over_low_waits_and_a_probe_closes_it() {
+    let rig = Rig::start();
+    rig.vendor("twilio").set(Mode::Down);
+
+    // Critical fails over to SNS at once, in the same attempt.
+    let mut critical = Vec::new();
+    for _ in 0..5 {
+        critical.push(rig.sms("critical").await);
+    }
+    for id in &critical {
+        assert!(rig.until(Duration::from_secs(5), || rig.sent(*id)).await);
+        assert_eq!(rig.state(*id).await.1.as_deref(), Some("sns"));
+    }
+    assert_eq!(rig.vendor("twilio").calls(), 5);
+
+    // Five failures opened Twilio's circuit: the next critical SMS goes
+    // straight to SNS.
+    let sixth = rig.sms("critical").await;
+    assert!(rig.until(Duration::from_secs(5), || rig.sent(sixth)).await);
+    assert_eq!(
+        rig.vendor("twilio").calls(),
+        5,
+        "an open circuit is not called"
+    );
+    assert_eq!(rig.vendor("sns").calls(), 6);
+
+    // Low waits for its primary: not sent, not even tried, for 30 s.
+    let low = rig.sms("low").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(rig.state(low).await.0, DeliveryState::Queued);
+    assert_eq!(rig.vendor("twilio").calls(), 5);
+    assert_eq!(rig.vendor("sns").calls(), 6, "low never fails over");
+
+    // Twilio is back; once the circuit's 60 s are up a probe goes out,
+    // succeeds and closes it, and the low SMS goes through Twilio.
+    rig.vendor("twilio").set(Mode::Up);
+    assert!(rig.until(Duration::from_secs(40), || rig.sent(low)).await);
+    assert_eq!(rig.state(low).await.1.as_deref(), Some("twilio"));
+    assert_eq!(rig.vendor("twilio").calls(), 6, "one probe");
+    let after = rig.sms("normal").await;
+    assert!(rig.until(Duration::from_secs(5), || rig.sent(after)).await);
+    assert_eq!(
+        rig.state(after).await.1.as_deref(),
+        Some("twilio"),
+        "closed"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ambiguous_timeout_pins_the_delivery_to_its_vendor_under_the_same_key() {
+    let rig = Rig::start();
+    // High may fail over, but not after an ambiguous outcome: the retry
+    // stays with Twilio, under the same key.
+    rig.vendor("twilio").set(Mode::TimesOut);
+    let id = rig.sms("high").await;
+    assert!(
+        rig.until(Duration::from_secs(5), || async {
+            rig.vendor("twilio").calls() >= 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rig.vendor("twilio").set(Mode::Up);
+    assert!(rig.until(Duration::from_secs(10), || rig.sent(id)).await);
+    assert_eq!(rig.state(id).await.1.as_deref(), Some("twilio"));
+    assert_eq!(rig.vendor("sns").calls(), 0, "never failed over");
+    let keys = rig.vendor("twilio").keys();
+    assert!(keys.len() >= 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k == &keys[0]), "one key: {keys:?}");
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vendor_down_for_good_makes_a_dead_letter_after_the_lanes_attempts() {
+    let rig = Rig::start();
+    rig.vendor("twilio").set(Mode::Down);
+    rig.vendor("sns").set(Mode::Down);
+    // Normal: no failover on a 503, five attempts, then dead.
+    let id = rig.sms("normal").await;
+    assert!(
+        rig.until(Duration::from_secs(30), || async {
+            rig.state(id).await.0 == DeliveryState::Dead
+        })
+        .await,
+        "{:?}",
+        rig.state(id).await
+    );
+    assert_eq!(rig.vendor("twilio").calls(), 5);
+    assert_eq!(rig.vendor("sns").calls(), 0);
+    rig.stop().await;
+}
