@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use crate::model::{Channel, Content, NotificationRequest};
 
 /// One broken rule: the JSON path of the field and the reason.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {
     pub field: String,

@@ -6,7 +6,6 @@ use herald_core::model::Channel;
 use herald_core::store::{
     DeadLetter, DeadLetterCursor, DeadLetterFilter, DeadLetters, ReplayOutcome, Tenants,
 };
-use serde_json::json;
 
 /// Most dead letters one page holds, and one bulk replay moves.
 pub const MAX_PAGE: usize = 1_000;
@@ -23,21 +22,6 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
         .map_err(|e| format!("must be an RFC 3339 time such as 2026-11-21T10:00:00Z ({e})"))
-}
-
-pub fn view(d: &DeadLetter) -> serde_json::Value {
-    json!({
-        "id": d.id,
-        "notification_id": d.notification_id,
-        "channel": d.channel,
-        "device": (d.channel == herald_core::Channel::Push).then_some(d.target),
-        "priority": d.priority,
-        "provider": d.provider,
-        "attempts": d.attempts,
-        "last_error": d.last_error,
-        "dead_at": rfc3339(d.dead_at_ms),
-        "created_at": rfc3339(d.accepted_at_ms),
-    })
 }
 
 /// The opaque cursor for the page after `d`.
@@ -164,7 +148,8 @@ impl RawFilter<'_> {
 pub fn print(page: &[DeadLetter], json_lines: bool) {
     if json_lines {
         for d in page {
-            println!("{}", view(d));
+            let out = crate::api::types::DeadLetterOut::from(d);
+            println!("{}", serde_json::to_string(&out).unwrap_or_default());
         }
         return;
     }

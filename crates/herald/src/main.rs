@@ -110,6 +110,9 @@ enum Command {
         #[arg(long, default_value = "herald")]
         topic_prefix: String,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json`
+    /// serves; docs/openapi.json is this).
+    Openapi,
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -263,6 +266,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq(command).await,
+        Command::Openapi => {
+            print!("{}", herald::api::openapi::document());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Serve {
             store,
             listen,

@@ -11,7 +11,6 @@ use herald_core::store::{
     CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoredResponse,
 };
 use herald_core::validate::{validate, validate_rendered};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::problem::ApiError;
@@ -193,7 +192,7 @@ pub async fn accept(
         let id = uuid::Uuid::now_v7();
         let response = StoredResponse {
             status: 202,
-            body: json!({"id": id, "status": "accepted"}).to_string(),
+            body: serde_json::to_string(&super::types::Accepted::new(id)).unwrap_or_default(),
         };
         let starts = req
             .send_at

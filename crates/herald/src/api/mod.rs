@@ -6,10 +6,12 @@ mod auth;
 mod json;
 mod limits;
 mod notifications;
+pub mod openapi;
 mod ops;
 pub mod problem;
 mod resilience;
 pub mod server;
+pub mod types;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -110,6 +112,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
             .route("/v1/dead-letters", get(resilience::list))
             .route("/v1/dead-letters/replay", post(resilience::replay_many))
             .route("/v1/dead-letters/{id}/replay", post(resilience::replay_one))
+            .route("/openapi.json", get(openapi::openapi_json))
     } else {
         Router::new()
     };

@@ -10,17 +10,16 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_core::model::{Channel, NotificationRequest};
-use herald_core::store::{NotificationView, StoredResponse};
+use herald_core::model::NotificationRequest;
+use herald_core::store::StoredResponse;
 use herald_core::validate::check_idempotency_key;
-use serde_json::json;
 
 use super::accept::{accept, Accepted, Trace};
 use super::auth::Tenant;
 use super::json::{body, parse};
 use super::problem::{problem_response, ApiError};
+use super::types::{self, BatchItem, BatchOut, NotificationOut};
 use super::AppState;
-use crate::dlq::rfc3339;
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
@@ -33,6 +32,30 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// Accept a notification: stored durably, then delivered on each channel.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    tag = "notifications",
+    request_body = NotificationRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1–255 printable ASCII characters, per tenant: a repeat with the same body answers the original response (Idempotent-Replayed: true)"),
+    ),
+    responses(
+        (status = 202, description = "Stored durably", body = types::Accepted,
+            headers(("Location" = String, description = "The notification's status URL"))),
+        (status = 400, description = "The body is not one well-formed JSON document", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over server.max_body_bytes", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this Idempotency-Key is still being processed", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule (errors names each), or the key was used with another body", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the tenant's rate limit; Retry-After says when", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -84,6 +107,25 @@ struct BatchBody {
     notifications: Vec<Box<serde_json::value::RawValue>>,
 }
 
+/// Accept up to `server.max_batch_items` notifications at once: one result
+/// per item, in order; one bad item does not sink the others.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/batch",
+    tag = "notifications",
+    request_body = types::BatchIn,
+    responses(
+        (status = 200, description = "One result per item", body = BatchOut),
+        (status = 400, description = "The body is not one well-formed JSON document", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over server.max_body_bytes", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The batch is empty, too large or not of this shape", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the tenant's rate limit; Retry-After says when", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn batch(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -122,32 +164,54 @@ pub async fn batch(
         })
         .collect();
     let trace = Trace::of(&headers);
-    let results: Vec<serde_json::Value> = accept(&state, &tenant, &trace, items)
+    let results = accept(&state, &tenant, &trace, items)
         .await
         .into_iter()
         .map(|a| match a {
             Accepted::Stored { response, replayed } => {
-                let mut v: serde_json::Value =
-                    serde_json::from_str(&response.body).unwrap_or_default();
-                if replayed {
-                    v["replayed"] = json!(true);
+                match serde_json::from_str::<types::Accepted>(&response.body) {
+                    Ok(stored) => BatchItem::Accepted {
+                        id: stored.id,
+                        status: stored.status,
+                        replayed: replayed.then_some(true),
+                    },
+                    Err(e) => BatchItem::Refused {
+                        error: ApiError::Store(herald_core::store::StoreError::Corrupt(format!(
+                            "a stored response does not read back: {e}"
+                        )))
+                        .problem(),
+                    },
                 }
-                v
             }
             Accepted::Refused(e) => {
                 e.count();
-                json!({"error": e.problem()})
+                BatchItem::Refused { error: e.problem() }
             }
         })
         .collect();
-    Ok((StatusCode::OK, Json(json!({ "results": results }))).into_response())
+    Ok((StatusCode::OK, Json(BatchOut { results })).into_response())
 }
 
+/// A notification, with one entry per channel (per device for push) and
+/// every attempt.
+#[utoipa::path(
+    get,
+    path = "/v1/notifications/{id}",
+    tag = "notifications",
+    params(("id" = String, Path, description = "The notification's id")),
+    responses(
+        (status = 200, description = "The notification", body = NotificationOut),
+        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such notification for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<NotificationOut>, ApiError> {
     // An id that is not a UUID (or not even UTF-8) cannot exist: the same
     // 404 as any other miss.
     let Ok(Path(id)) = id else {
@@ -159,57 +223,7 @@ pub async fn get(
         .notification(&tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(view_json(&view)))
-}
-
-fn view_json(v: &NotificationView) -> serde_json::Value {
-    let done = v.deliveries.iter().all(|d| d.state.is_terminal());
-    let deliveries: Vec<serde_json::Value> = v
-        .deliveries
-        .iter()
-        .map(|d| {
-            let attempts: Vec<serde_json::Value> = d
-                .attempts
-                .iter()
-                .map(|a| {
-                    json!({
-                        "attempt": a.attempt,
-                        "at": rfc3339(a.at_ms),
-                        "provider": a.provider,
-                        "outcome": a.outcome,
-                        "status_code": a.status_code,
-                        "latency_ms": a.latency_ms,
-                        "error": a.error,
-                    })
-                })
-                .collect();
-            let mut e = json!({
-                "delivery_id": d.id,
-                "channel": d.channel,
-                "state": d.state,
-                "provider": d.provider,
-                "vendor_message_id": d.vendor_message_id,
-                "attempts": attempts,
-                "last_error": d.last_error,
-                "sent_at": d.sent_at_ms.map(rfc3339),
-                "updated_at": rfc3339(d.updated_at_ms),
-            });
-            if d.channel == Channel::Push {
-                e["device"] = json!(d.target);
-            }
-            e
-        })
-        .collect();
-    json!({
-        "id": v.id,
-        "status": if done { "completed" } else { "in_progress" },
-        "priority": v.request.priority,
-        "category": v.request.category,
-        "created_at": rfc3339(v.accepted_at_ms),
-        "expires_at": v.expires_at_ms.map(rfc3339),
-        "metadata": v.request.metadata,
-        "channels": deliveries,
-    })
+    Ok(Json(NotificationOut::from(&view)))
 }
 
 /// Any unmatched route: a problem document, not an empty 404.

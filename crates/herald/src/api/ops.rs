@@ -9,15 +9,20 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use super::problem::{problem_response, Problem};
+use super::types::{Health, Readiness};
 use super::AppState;
 use crate::telemetry as m;
 
 /// The process is up.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// How long readiness waits for each dependency to answer: a load
@@ -30,13 +35,19 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// probe write succeeds), and Kafka answers where this node uses it
 /// (workers and relays; the local bus is the store). Each dependency is
 /// reported, "ok" or why not.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Draining, or a dependency is not answering", body = Readiness),
+    ))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "draining"})),
-        )
-            .into_response();
+        let draining = Readiness {
+            status: "draining".into(),
+            store: None,
+            bus: None,
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(draining)).into_response();
     }
     let store = match tokio::time::timeout(PROBE_TIMEOUT, state.health.ping()).await {
         Ok(r) => r.map_err(|e| e.to_string()),
@@ -51,11 +62,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     };
     let ready = store.is_ok() && bus.is_ok();
     let report = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
-    let body = Json(json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "store": report(store),
-        "bus": report(bus),
-    }));
+    let body = Json(Readiness {
+        status: if ready { "ready" } else { "unavailable" }.into(),
+        store: Some(report(store)),
+        bus: Some(report(bus)),
+    });
     if ready {
         body.into_response()
     } else {
@@ -65,6 +76,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// Prometheus text format. Queue depths are read from the store per scrape,
 /// circuit states from the breakers.
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.accounts.publish_gauges(herald_core::now_ms());
     match state.depths.queue_depths().await {

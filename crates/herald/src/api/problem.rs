@@ -35,9 +35,10 @@ pub enum ApiError {
     NotDead(uuid::Uuid, herald_core::DeliveryState),
 }
 
-/// The problem document.
-#[derive(Debug, Clone, Serialize)]
+/// The problem document (RFC 9457): every error Herald sends.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// A stable URN per error, `urn:herald:problem:<slug>`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,

@@ -18,54 +18,37 @@ use serde_json::json;
 use super::auth::Tenant;
 use super::json::{body, parse};
 use super::problem::ApiError;
+use super::types::{
+    DeadLetterOut, DeadLettersOut, ProviderOut, ProvidersOut, ReplayFilter, Replayed, ReplayedMany,
+};
 use super::AppState;
-use crate::dlq::{self, rfc3339};
+use crate::dlq;
 
+/// Every provider account on a route, with its circuit (per destination
+/// for webhooks).
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    tag = "providers",
+    responses(
+        (status = 200, description = "The providers", body = ProvidersOut),
+        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn providers(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
-) -> Json<serde_json::Value> {
+) -> Json<ProvidersOut> {
     let now = herald_core::now_ms();
-    let list: Vec<serde_json::Value> = state
+    let providers = state
         .accounts
         .views(now, Some(&tenant))
         .into_iter()
-        .map(|a| {
-            let circuit = |c: &herald_core::breaker::BreakerView| {
-                json!({
-                    "state": c.state,
-                    "consecutive_failures": c.consecutive_failures,
-                    "opened_at": c.opened_at_ms.map(rfc3339),
-                    "reopens_at": c.reopens_at_ms.map(rfc3339),
-                })
-            };
-            let mut v = json!({
-                "name": a.name,
-                "vendor": a.vendor,
-                "channel": a.channel,
-                "circuit": circuit(&a.circuit),
-                "rate_limit_per_second": a.rate_limit_per_second,
-                "max_concurrency": a.max_concurrency,
-                "in_flight": a.in_flight,
-                "request_timeout_ms": a.request_timeout_ms,
-            });
-            if let Some(d) = &a.destinations {
-                let open: Vec<serde_json::Value> = d
-                    .open
-                    .iter()
-                    .map(|o| json!({"origin": o.origin, "circuit": circuit(&o.circuit)}))
-                    .collect();
-                v["destinations"] = json!({
-                    "tracked": d.tracked,
-                    "max_tracked": d.max_tracked,
-                    "open_count": d.open_count,
-                    "open": open,
-                });
-            }
-            v
-        })
+        .map(ProviderOut::from)
         .collect();
-    Json(json!({ "providers": list }))
+    Json(ProvidersOut { providers })
 }
 
 /// The filter fields, as a query string (list) or a JSON body (bulk replay).
@@ -109,11 +92,32 @@ impl FilterArgs {
     }
 }
 
+/// The tenant's dead letters, oldest death first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    tag = "dead letters",
+    params(
+        ("channel" = Option<String>, Query, description = "email, sms, push or webhook"),
+        ("provider" = Option<String>, Query, description = "The provider of the last attempt"),
+        ("since" = Option<String>, Query, description = "Died at or after (RFC 3339)"),
+        ("until" = Option<String>, Query, description = "Died before (RFC 3339)"),
+        ("limit" = Option<u32>, Query, description = "1 to 1,000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page", body = DeadLettersOut),
+        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter is unknown, repeated or out of range", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     RawQuery(query): RawQuery,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeadLettersOut>, ApiError> {
     let args: FilterArgs = serde_urlencoded_args(query.as_deref().unwrap_or(""))?;
     let filter = args.filter(&tenant, &state)?;
     let after = match &args.cursor {
@@ -131,8 +135,10 @@ pub async fn list(
     let next = (page.len() == limit)
         .then(|| page.last().map(dlq::cursor_after))
         .flatten();
-    let items: Vec<_> = page.iter().map(dlq::view).collect();
-    Ok(Json(json!({ "dead_letters": items, "next_cursor": next })))
+    Ok(Json(DeadLettersOut {
+        dead_letters: page.iter().map(DeadLetterOut::from).collect(),
+        next_cursor: next,
+    }))
 }
 
 /// Query strings are parsed strictly: an unknown or repeated parameter is a
@@ -158,6 +164,22 @@ fn serde_urlencoded_args(q: &str) -> Result<FilterArgs, ApiError> {
     })
 }
 
+/// Put one dead letter back in the queue: same delivery id (so the same
+/// vendor key), fresh attempts.
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/{id}/replay",
+    tag = "dead letters",
+    params(("id" = String, Path, description = "The dead letter's (delivery's) id")),
+    responses(
+        (status = 202, description = "Queued again", body = Replayed),
+        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such delivery for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The delivery is not dead", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn replay_one(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
@@ -174,25 +196,50 @@ pub async fn replay_one(
     {
         ReplayOutcome::Replayed => {
             state.bus.announce(&Channel::ALL);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"id": id, "status": "queued"})),
-            )
-                .into_response())
+            let replayed = Replayed {
+                id,
+                status: "queued".into(),
+            };
+            Ok((StatusCode::ACCEPTED, Json(replayed)).into_response())
         }
         ReplayOutcome::NotFound => Err(ApiError::NotFound),
         ReplayOutcome::NotDead(s) => Err(ApiError::NotDead(id, s)),
     }
 }
 
+/// Put the oldest dead letters matching a filter back in the queue.
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/replay",
+    tag = "dead letters",
+    request_body = ReplayFilter,
+    responses(
+        (status = 200, description = "How many were queued again", body = ReplayedMany),
+        (status = 400, description = "The body is not one well-formed JSON document", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over server.max_body_bytes", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A filter field is unknown or out of range", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn replay_many(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReplayedMany>, ApiError> {
     let bytes = body(&headers, raw, state.max_body_bytes)?;
-    let args: FilterArgs = parse(&bytes, "")?;
+    let f: ReplayFilter = parse(&bytes, "")?;
+    let args = FilterArgs {
+        channel: f.channel,
+        provider: f.provider,
+        since: f.since,
+        until: f.until,
+        limit: f.limit,
+        cursor: f.cursor,
+    };
     if args.cursor.is_some() {
         return Err(ApiError::field(
             "cursor",
@@ -208,5 +255,5 @@ pub async fn replay_many(
     if replayed > 0 {
         state.bus.announce(&Channel::ALL);
     }
-    Ok(Json(json!({ "replayed": replayed })))
+    Ok(Json(ReplayedMany { replayed }))
 }

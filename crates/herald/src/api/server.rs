@@ -398,13 +398,15 @@ fn replacement(status: u16) -> Vec<u8> {
 }
 
 fn problem_json(status: u16, kind: &str, title: &str, detail: &str) -> String {
-    serde_json::json!({
-        "type": format!("urn:herald:problem:{kind}"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-    })
-    .to_string()
+    let problem = super::problem::Problem {
+        kind: format!("urn:herald:problem:{kind}"),
+        title: title.into(),
+        status,
+        detail: detail.into(),
+        errors: Vec::new(),
+        errors_total: None,
+    };
+    serde_json::to_string(&problem).unwrap_or_default()
 }
 
 impl AsyncRead for Watched {

@@ -1,0 +1,335 @@
+//! What the API takes and gives, as types: every response body is one of
+//! these (no `json!` building), and the OpenAPI document (`openapi.rs`) is
+//! generated from them, so the two cannot drift apart. Requests are the
+//! domain's own `NotificationRequest` (herald-core, with its schema).
+
+use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::store::{AttemptView, DeadLetter, DeliveryView, NotificationView};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::dlq::rfc3339;
+use crate::engine::accounts::AccountView;
+
+/// `202` to a notification: stored, durably.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub id: uuid::Uuid,
+    /// Always `accepted`.
+    #[schema(example = "accepted")]
+    pub status: String,
+}
+
+impl Accepted {
+    pub fn new(id: uuid::Uuid) -> Self {
+        Self {
+            id,
+            status: "accepted".into(),
+        }
+    }
+}
+
+/// `POST /v1/notifications/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    /// 1 to `server.max_batch_items` notifications; each may carry its own
+    /// `idempotency_key`.
+    pub notifications: Vec<NotificationRequest>,
+}
+
+/// One result per item, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchOut {
+    pub results: Vec<BatchItem>,
+}
+
+/// An item's result: accepted (or replayed from its idempotency key), or
+/// refused with a problem.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Accepted {
+        id: uuid::Uuid,
+        /// Always `accepted`.
+        status: String,
+        /// Present and true when the item's idempotency key answered with
+        /// an earlier result.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replayed: Option<bool>,
+    },
+    Refused {
+        error: super::problem::Problem,
+    },
+}
+
+/// `GET /v1/notifications/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationOut {
+    pub id: uuid::Uuid,
+    /// `completed` once every delivery has finished, else `in_progress`.
+    #[schema(example = "in_progress")]
+    pub status: String,
+    pub priority: Priority,
+    pub category: Option<String>,
+    /// When it was accepted (RFC 3339).
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// One per channel; one per device for push.
+    pub channels: Vec<DeliveryOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryOut {
+    /// Also the idempotency key every vendor gets for it.
+    pub delivery_id: uuid::Uuid,
+    pub channel: Channel,
+    /// Push only: which of the recipient's devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
+    pub state: DeliveryState,
+    pub provider: Option<String>,
+    pub vendor_message_id: Option<String>,
+    pub attempts: Vec<AttemptOut>,
+    pub last_error: Option<String>,
+    pub sent_at: Option<String>,
+    pub updated_at: String,
+}
+
+/// One call to a vendor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptOut {
+    pub attempt: u32,
+    pub at: String,
+    pub provider: Option<String>,
+    /// `accepted`, `transient`, `rate_limited` or `permanent`.
+    pub outcome: String,
+    pub status_code: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+impl From<&NotificationView> for NotificationOut {
+    fn from(v: &NotificationView) -> Self {
+        let done = v.deliveries.iter().all(|d| d.state.is_terminal());
+        NotificationOut {
+            id: v.id,
+            status: if done { "completed" } else { "in_progress" }.into(),
+            priority: v.request.priority,
+            category: v.request.category.clone(),
+            created_at: rfc3339(v.accepted_at_ms),
+            expires_at: v.expires_at_ms.map(rfc3339),
+            metadata: v.request.metadata.clone(),
+            channels: v.deliveries.iter().map(DeliveryOut::from).collect(),
+        }
+    }
+}
+
+impl From<&DeliveryView> for DeliveryOut {
+    fn from(d: &DeliveryView) -> Self {
+        DeliveryOut {
+            delivery_id: d.id,
+            channel: d.channel,
+            device: (d.channel == Channel::Push).then_some(d.target),
+            state: d.state,
+            provider: d.provider.clone(),
+            vendor_message_id: d.vendor_message_id.clone(),
+            attempts: d.attempts.iter().map(AttemptOut::from).collect(),
+            last_error: d.last_error.clone(),
+            sent_at: d.sent_at_ms.map(rfc3339),
+            updated_at: rfc3339(d.updated_at_ms),
+        }
+    }
+}
+
+impl From<&AttemptView> for AttemptOut {
+    fn from(a: &AttemptView) -> Self {
+        AttemptOut {
+            attempt: a.attempt,
+            at: rfc3339(a.at_ms),
+            provider: a.provider.clone(),
+            outcome: a.outcome.clone(),
+            status_code: a.status_code,
+            latency_ms: a.latency_ms,
+            error: a.error.clone(),
+        }
+    }
+}
+
+/// `GET /v1/providers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProvidersOut {
+    pub providers: Vec<ProviderOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderOut {
+    pub name: String,
+    pub vendor: String,
+    pub channel: Channel,
+    pub circuit: CircuitOut,
+    /// Webhook providers only: circuits kept per destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<DestinationsOut>,
+    pub rate_limit_per_second: Option<u32>,
+    pub max_concurrency: Option<usize>,
+    pub in_flight: Option<usize>,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CircuitOut {
+    /// `closed`, `open` or `half_open`.
+    #[schema(example = "closed")]
+    pub state: String,
+    pub consecutive_failures: u32,
+    pub opened_at: Option<String>,
+    pub reopens_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationsOut {
+    pub tracked: usize,
+    pub max_tracked: usize,
+    /// Open or half-open destinations, every tenant's.
+    pub open_count: usize,
+    /// The asking tenant's own (at most 20).
+    pub open: Vec<OpenDestinationOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenDestinationOut {
+    /// `https://hooks.example.com:443`
+    pub origin: String,
+    pub circuit: CircuitOut,
+}
+
+impl From<&herald_core::breaker::BreakerView> for CircuitOut {
+    fn from(c: &herald_core::breaker::BreakerView) -> Self {
+        CircuitOut {
+            state: c.state.as_str().into(),
+            consecutive_failures: c.consecutive_failures,
+            opened_at: c.opened_at_ms.map(rfc3339),
+            reopens_at: c.reopens_at_ms.map(rfc3339),
+        }
+    }
+}
+
+impl From<AccountView> for ProviderOut {
+    fn from(a: AccountView) -> Self {
+        ProviderOut {
+            name: a.name,
+            vendor: a.vendor.into(),
+            channel: a.channel,
+            circuit: CircuitOut::from(&a.circuit),
+            destinations: a.destinations.map(|d| DestinationsOut {
+                tracked: d.tracked,
+                max_tracked: d.max_tracked,
+                open_count: d.open_count,
+                open: d
+                    .open
+                    .iter()
+                    .map(|o| OpenDestinationOut {
+                        origin: o.origin.clone(),
+                        circuit: CircuitOut::from(&o.circuit),
+                    })
+                    .collect(),
+            }),
+            rate_limit_per_second: a.rate_limit_per_second,
+            max_concurrency: a.max_concurrency,
+            in_flight: a.in_flight,
+            request_timeout_ms: u64::try_from(a.request_timeout_ms).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// `GET /v1/dead-letters`: a page, oldest death first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLettersOut {
+    pub dead_letters: Vec<DeadLetterOut>,
+    /// Pass back as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterOut {
+    /// The delivery id (also its vendor idempotency key).
+    pub id: uuid::Uuid,
+    pub notification_id: uuid::Uuid,
+    pub channel: Channel,
+    /// Push only: which device.
+    pub device: Option<u32>,
+    pub priority: Priority,
+    pub provider: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub dead_at: String,
+    pub created_at: String,
+}
+
+impl From<&DeadLetter> for DeadLetterOut {
+    fn from(d: &DeadLetter) -> Self {
+        DeadLetterOut {
+            id: d.id,
+            notification_id: d.notification_id,
+            channel: d.channel,
+            device: (d.channel == Channel::Push).then_some(d.target),
+            priority: d.priority,
+            provider: d.provider.clone(),
+            attempts: d.attempts,
+            last_error: d.last_error.clone(),
+            dead_at: rfc3339(d.dead_at_ms),
+            created_at: rfc3339(d.accepted_at_ms),
+        }
+    }
+}
+
+/// `POST /v1/dead-letters/replay`: which dead letters, oldest first.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFilter {
+    pub channel: Option<String>,
+    pub provider: Option<String>,
+    /// Died at or after (RFC 3339).
+    pub since: Option<String>,
+    /// Died before (RFC 3339).
+    pub until: Option<String>,
+    /// 1 to 1,000 (the default).
+    pub limit: Option<usize>,
+    /// Not taken here (bulk replay has no pages); refused if given.
+    pub cursor: Option<String>,
+}
+
+/// `202` to a replay of one dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub id: uuid::Uuid,
+    /// Always `queued`.
+    #[schema(example = "queued")]
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayedMany {
+    pub replayed: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// `GET /readyz`: each dependency `ok`, or why not.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, `unavailable` or `draining`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+}
