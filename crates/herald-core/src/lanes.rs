@@ -20,6 +20,12 @@ impl<T> Lanes<T> {
         Lanes(Priority::ALL.map(&mut f))
     }
 
+    /// A value for each lane, highest first, or the first lane's error.
+    pub fn try_from_fn<E>(mut f: impl FnMut(Priority) -> Result<T, E>) -> Result<Self, E> {
+        let [critical, high, normal, low] = Priority::ALL;
+        Ok(Lanes([f(critical)?, f(high)?, f(normal)?, f(low)?]))
+    }
+
     /// The values, highest lane first.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.0.iter()

@@ -1,7 +1,8 @@
 //! Herald's domain: types, the delivery state machine, validation, policies
 //! (lanes and their routing, the pool's shares, retries, the circuit
 //! breaker, leases) and the store's roles, the `Bus` and `Provider`
-//! extension points.
+//! extension points, and the narrow interfaces through which a node reports
+//! on its parts (`status`).
 //! No I/O lives here.
 
 pub mod attempt;
@@ -15,6 +16,7 @@ pub mod pool;
 pub mod provider;
 pub mod retry;
 pub mod secret;
+pub mod status;
 pub mod store;
 pub mod validate;
 

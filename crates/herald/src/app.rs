@@ -9,6 +9,7 @@ use anyhow::Context;
 use herald_bus::kafka::{KafkaBus, KafkaOptions, KafkaProbe, Relay};
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
+use herald_core::status::BusHealth;
 use herald_core::store::{Reports, Store, Tenants};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
@@ -173,7 +174,11 @@ impl Running {
         let templates = Arc::new(Templates::new(&cfg.templates)?);
         let outbound = Outbound::new(&cfg.http, cfg.limits());
         let fleet = Fleet::start(&cfg.redis, stop_fleet.clone())?;
-        let accounts = Arc::new(Accounts::from_config(&cfg, &outbound, fleet.clone())?);
+        let accounts = Arc::new(Accounts::over_http(
+            &cfg.account_settings(),
+            &outbound,
+            fleet.clone(),
+        )?);
         if let (Some(fleet), true) = (fleet, cfg.has_role(Role::Worker)) {
             tokio::spawn(fleet::follow_circuits(
                 fleet,
@@ -184,7 +189,7 @@ impl Running {
         }
         let engine = if cfg.has_role(Role::Worker) {
             Some(Engine::start(
-                &cfg,
+                &cfg.engine_settings(),
                 store.clone(),
                 store.clone(),
                 bus.clone(),
@@ -216,13 +221,22 @@ impl Running {
                 );
             }
         }
-        let mut state = AppState::new(&cfg, store.clone(), bus.clone(), accounts, templates);
         // API nodes only write the outbox (in the store); workers and relays
         // need the cluster itself to be useful.
-        if cfg.kafka.enabled() && (cfg.has_role(Role::Worker) || cfg.has_role(Role::Relay)) {
-            state.kafka = Some(KafkaProbe::new(&kafka_options(&cfg))?);
-        }
-        let state = Arc::new(state);
+        let bus_health =
+            if cfg.kafka.enabled() && (cfg.has_role(Role::Worker) || cfg.has_role(Role::Relay)) {
+                Some(Arc::new(KafkaProbe::new(&kafka_options(&cfg))?) as Arc<dyn BusHealth>)
+            } else {
+                None
+            };
+        let parts = api::Parts {
+            store: store.clone(),
+            bus: bus.clone(),
+            providers: accounts,
+            templates,
+            bus_health,
+        };
+        let state = Arc::new(AppState::new(cfg.api_settings(), parts));
         let app = api::router(
             state.clone(),
             Duration::from_millis(cfg.server.request_timeout_ms),

@@ -20,6 +20,10 @@ use herald_core::validate::Limits;
 use herald_providers::ProviderConfig;
 use serde::Deserialize;
 
+use crate::api::ApiSettings;
+use crate::engine::accounts::{AccountSettings, AccountsSettings};
+use crate::engine::EngineSettings;
+
 /// The documented defaults, compiled in.
 pub const DEFAULTS: &str = include_str!("../../../config/herald.example.toml");
 
@@ -563,6 +567,62 @@ impl Config {
             allow_loopback_webhooks: self.webhooks.allow_loopback,
             allow_private_webhooks: self.webhooks.allow_private,
             ..Limits::default()
+        }
+    }
+
+    /// The engine's slice: lanes, this node's pools, claim and poll
+    /// timing, shutdown grace and retention.
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            lanes: self.lane_rules(),
+            pools: self
+                .worker_channels()
+                .into_iter()
+                .filter_map(|ch| Some((ch, self.pool_policy(ch)?)))
+                .collect(),
+            claim_batch: self.engine.claim_batch,
+            poll: Duration::from_millis(self.engine.poll_interval_ms),
+            grace: Duration::from_secs(self.engine.shutdown_grace_seconds),
+            retention: Duration::from_secs(self.store.retention_hours * 3600),
+        }
+    }
+
+    /// Each enabled channel's route of accounts, with their guards.
+    pub fn account_settings(&self) -> AccountsSettings {
+        let routes = self
+            .enabled_channels()
+            .into_iter()
+            .map(|ch| {
+                let route = self.channels[&ch]
+                    .providers
+                    .iter()
+                    .filter_map(|name| {
+                        Some(AccountSettings {
+                            name: name.clone(),
+                            account: self.providers.get(name)?.account.clone(),
+                            guards: self.provider_guards(name),
+                        })
+                    })
+                    .collect();
+                (ch, route)
+            })
+            .collect();
+        AccountsSettings {
+            routes,
+            max_destinations: self.webhooks.max_destinations,
+        }
+    }
+
+    /// The API's slice: request limits, the enabled channels, tenants'
+    /// rate limit.
+    pub fn api_settings(&self) -> ApiSettings {
+        ApiSettings {
+            limits: self.limits(),
+            channels: self.enabled_channels().into_iter().collect(),
+            max_body_bytes: self.server.max_body_bytes,
+            max_batch_items: self.server.max_batch_items,
+            rate_limit_per_second: self.server.rate_limit_per_second,
+            rate_limit_burst: self.server.rate_limit_burst,
         }
     }
 

@@ -27,6 +27,7 @@ use axum::Router;
 use axum::{extract, middleware};
 use herald_core::bus::Bus;
 use herald_core::model::Channel;
+use herald_core::status::{BusHealth, ProviderStatus};
 use herald_core::store::{DeadLetters, Depths, Health, Intake, Store, Tenants};
 use herald_core::validate::Limits;
 use tower::ServiceBuilder;
@@ -36,9 +37,32 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{generate_key, hash_key};
 
-use crate::config::Config;
-use crate::engine::accounts::Accounts;
 use crate::render::Templates;
+
+/// The API's own settings, from `[server]`, `[webhooks]` and the enabled
+/// channels (`Config::api_settings`).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub limits: Limits,
+    /// Channels with a provider: a notification for another is refused.
+    pub channels: HashSet<Channel>,
+    pub max_body_bytes: usize,
+    pub max_batch_items: usize,
+    /// Per tenant; 0 for no limit.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+}
+
+/// What the API reaches: the store by the roles it uses, the bus, and the
+/// node's other parts through the narrow interfaces they report by.
+pub struct Parts {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub providers: Arc<dyn ProviderStatus>,
+    pub templates: Arc<Templates>,
+    /// On nodes that use Kafka themselves (workers, relays): /readyz asks it.
+    pub bus_health: Option<Arc<dyn BusHealth>>,
+}
 
 pub struct AppState {
     /// The store, by the roles the API uses.
@@ -48,7 +72,8 @@ pub struct AppState {
     pub depths: Arc<dyn Depths>,
     pub health: Arc<dyn Health>,
     pub bus: Arc<dyn Bus>,
-    pub accounts: Arc<Accounts>,
+    pub providers: Arc<dyn ProviderStatus>,
+    pub bus_health: Option<Arc<dyn BusHealth>>,
     pub limits: Limits,
     pub templates: Arc<Templates>,
     pub channels: HashSet<Channel>,
@@ -60,41 +85,33 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set when shutdown begins: /readyz turns 503 so load balancers drain.
     pub draining: AtomicBool,
-    /// On nodes that use Kafka themselves (workers, relays): /readyz asks it.
-    pub kafka: Option<herald_bus::kafka::KafkaProbe>,
 }
 
 impl AppState {
-    pub fn new(
-        cfg: &Config,
-        store: Arc<dyn Store>,
-        bus: Arc<dyn Bus>,
-        accounts: Arc<Accounts>,
-        templates: Arc<Templates>,
-    ) -> Self {
-        let server = &cfg.server;
+    pub fn new(settings: ApiSettings, parts: Parts) -> Self {
+        let store = parts.store;
         Self {
             intake: store.clone(),
             tenants: store.clone(),
             dead_letters: store.clone(),
             depths: store.clone(),
             health: store,
-            bus,
-            accounts,
-            limits: cfg.limits(),
-            templates,
-            channels: cfg.enabled_channels().into_iter().collect(),
-            max_body_bytes: server.max_body_bytes,
-            max_batch_items: server.max_batch_items,
+            bus: parts.bus,
+            providers: parts.providers,
+            bus_health: parts.bus_health,
+            limits: settings.limits,
+            templates: parts.templates,
+            channels: settings.channels,
+            max_body_bytes: settings.max_body_bytes,
+            max_batch_items: settings.max_batch_items,
             keys: auth::KeyCache::default(),
             in_flight: accept::InFlight::default(),
             limiter: limits::TenantLimiter::new(
-                server.rate_limit_per_second,
-                server.rate_limit_burst,
+                settings.rate_limit_per_second,
+                settings.rate_limit_burst,
             ),
             metrics: crate::telemetry::metrics(),
             draining: AtomicBool::new(false),
-            kafka: None,
         }
     }
 }

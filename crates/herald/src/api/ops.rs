@@ -16,7 +16,6 @@ use super::AppState;
 use crate::telemetry as m;
 
 /// The process is up.
-/// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Up", body = Health)))]
 pub async fn healthz() -> Json<Health> {
@@ -56,8 +55,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             PROBE_TIMEOUT.as_millis()
         )),
     };
-    let bus = match &state.kafka {
-        Some(probe) => probe.check(PROBE_TIMEOUT).await,
+    let bus = match &state.bus_health {
+        Some(probe) => probe.check(PROBE_TIMEOUT).await.map_err(|e| e.to_string()),
         None => Ok(()),
     };
     let ready = store.is_ok() && bus.is_ok();
@@ -76,11 +75,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// Prometheus text format. Queue depths are read from the store per scrape,
 /// circuit states from the breakers.
-/// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    state.accounts.publish_gauges(herald_core::now_ms());
+    state.providers.publish_gauges(herald_core::now_ms());
     match state.depths.queue_depths().await {
         Ok(depths) => {
             for ch in &state.channels {

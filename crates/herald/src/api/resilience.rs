@@ -43,7 +43,7 @@ pub async fn providers(
 ) -> Json<ProvidersOut> {
     let now = herald_core::now_ms();
     let providers = state
-        .accounts
+        .providers
         .views(now, Some(&tenant))
         .into_iter()
         .map(ProviderOut::from)

@@ -4,12 +4,12 @@
 //! domain's own `NotificationRequest` (herald-core, with its schema).
 
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::status::AccountView;
 use herald_core::store::{AttemptView, DeadLetter, DeliveryView, NotificationView};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::dlq::rfc3339;
-use crate::engine::accounts::AccountView;
 
 /// `202` to a notification: stored, durably.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -17,21 +17,20 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use herald_core::breaker::{
-    Admission, Breaker, BreakerView, CircuitState, Health, Ticket, Transition,
-};
+use herald_core::breaker::{Admission, Breaker, CircuitState, Health, Ticket, Transition};
 use herald_core::lease::Lease;
 use herald_core::model::Channel;
 use herald_core::provider::{Address, OutboundMessage, Outcome, Provider};
+use herald_core::status::{AccountView, DestinationsView, OpenDestination, ProviderStatus};
 use herald_core::store::CallRecord;
+use herald_providers::ProviderConfig;
 use lru::LruCache;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::fleet::Fleet;
 use super::outbound::{Http, Outbound, Transport};
-use crate::config::{Config, ProviderGuards};
+use crate::config::ProviderGuards;
 use crate::telemetry as m;
 
 /// The longest a call waits in-process for the vendor's send rate; beyond
@@ -111,40 +110,6 @@ pub enum Try {
     LeaseRunOut { why: String },
 }
 
-/// What `GET /v1/providers` shows for one account.
-#[derive(Debug, Serialize)]
-pub struct AccountView {
-    pub name: String,
-    pub vendor: &'static str,
-    pub channel: Channel,
-    pub circuit: BreakerView,
-    /// For accounts guarded per destination (webhooks): how many are
-    /// tracked and whose circuits are open.
-    pub destinations: Option<DestinationsView>,
-    pub rate_limit_per_second: Option<u32>,
-    pub max_concurrency: Option<usize>,
-    pub in_flight: Option<usize>,
-    pub request_timeout_ms: u128,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DestinationsView {
-    pub tracked: usize,
-    pub max_tracked: usize,
-    /// Destinations whose circuits are open or half-open, every tenant's.
-    pub open_count: usize,
-    /// The asking tenant's own (at most 20): another tenant's endpoints are
-    /// not its business.
-    pub open: Vec<OpenDestination>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct OpenDestination {
-    /// The endpoint's origin, `https://hooks.example.com:443`.
-    pub origin: String,
-    pub circuit: BreakerView,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing holding these locks panics midway; a poisoned lock is sound.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -178,21 +143,18 @@ impl Guard {
 
 impl Account {
     fn new(
-        name: &str,
-        cfg: &Config,
+        settings: &AccountSettings,
+        max_destinations: usize,
         transports: &Transports<'_>,
         fleet: Option<Arc<Fleet>>,
     ) -> anyhow::Result<Arc<Account>> {
-        let settings = cfg
-            .providers
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("providers.{name}: not configured"))?;
+        let name = settings.name.as_str();
         let provider = herald_providers::from_config(name, &settings.account)?;
-        let guards = cfg.provider_guards(name);
+        let guards = settings.guards.clone();
         let channel = settings.account.channel();
         let transport = transports(name, &guards, channel)?;
         let scope = if channel == Channel::Webhook {
-            let max = NonZeroUsize::new(cfg.webhooks.max_destinations).unwrap_or(NonZeroUsize::MIN);
+            let max = NonZeroUsize::new(max_destinations).unwrap_or(NonZeroUsize::MIN);
             Scope::Destination(Mutex::new(LruCache::new(max)))
         } else {
             metrics::gauge!(m::CIRCUIT_STATE, "provider" => name.to_owned())
@@ -529,16 +491,34 @@ pub struct Accounts {
     all: Vec<Arc<Account>>,
 }
 
+/// One account's own settings: the vendor's (its `kind` and keys) and the
+/// guards around its calls, defaults filled in.
+#[derive(Debug, Clone)]
+pub struct AccountSettings {
+    pub name: String,
+    pub account: ProviderConfig,
+    pub guards: ProviderGuards,
+}
+
+/// The accounts' settings (`Config::account_settings`): each enabled
+/// channel's route, the primary first.
+#[derive(Debug, Clone)]
+pub struct AccountsSettings {
+    pub routes: BTreeMap<Channel, Vec<AccountSettings>>,
+    /// Webhook destinations whose guards are tracked at once.
+    pub max_destinations: usize,
+}
+
 /// How each account reaches its vendor: given the account's name, guards
 /// and channel, its transport.
 pub type Transports<'a> =
     dyn Fn(&str, &ProviderGuards, Channel) -> anyhow::Result<Arc<dyn Transport>> + 'a;
 
 impl Accounts {
-    /// The accounts on the routes of `cfg`, each over HTTP with a client of
-    /// its own (webhooks with the guarded resolver).
-    pub fn from_config(
-        cfg: &Config,
+    /// The accounts on their routes, each over HTTP with a client of its
+    /// own (webhooks with the guarded resolver).
+    pub fn over_http(
+        settings: &AccountsSettings,
         outbound: &Outbound,
         fleet: Option<Arc<Fleet>>,
     ) -> anyhow::Result<Accounts> {
@@ -546,32 +526,37 @@ impl Accounts {
             let client = outbound.client(guards, channel == Channel::Webhook)?;
             Ok(Arc::new(Http(client)) as Arc<dyn Transport>)
         };
-        Self::with_transports(cfg, &http, fleet)
+        Self::with_transports(settings, &http, fleet)
     }
 
-    /// The accounts on the routes of `cfg`, each reaching its vendor the
-    /// way `transports` says (a script, in the engine's tests).
+    /// The accounts on their routes, each reaching its vendor the way
+    /// `transports` says (a script, in the engine's tests).
     pub fn with_transports(
-        cfg: &Config,
+        settings: &AccountsSettings,
         transports: &Transports<'_>,
         fleet: Option<Arc<Fleet>>,
     ) -> anyhow::Result<Accounts> {
         let mut by_name: BTreeMap<&str, Arc<Account>> = BTreeMap::new();
         let mut routes = BTreeMap::new();
-        for ch in cfg.enabled_channels() {
+        for (ch, route_settings) in &settings.routes {
             let mut route = Vec::new();
-            for name in &cfg.channels[&ch].providers {
-                let account = match by_name.get(name.as_str()) {
+            for account in route_settings {
+                let account = match by_name.get(account.name.as_str()) {
                     Some(a) => a.clone(),
                     None => {
-                        let a = Account::new(name, cfg, transports, fleet.clone())?;
-                        by_name.insert(name, a.clone());
+                        let a = Account::new(
+                            account,
+                            settings.max_destinations,
+                            transports,
+                            fleet.clone(),
+                        )?;
+                        by_name.insert(&account.name, a.clone());
                         a
                     }
                 };
                 route.push(account);
             }
-            routes.insert(ch, route);
+            routes.insert(*ch, route);
         }
         Ok(Accounts {
             routes,
@@ -603,16 +588,16 @@ impl Accounts {
         let t = lock(&g.breaker).opened_elsewhere(opened_at_ms, herald_core::now_ms());
         a.transitioned(g, t, Some("opened by another node"));
     }
+}
 
-    /// Every account as `tenant_id` may see it.
-    pub fn views(&self, now_ms: i64, tenant_id: Option<&str>) -> Vec<AccountView> {
+impl ProviderStatus for Accounts {
+    fn views(&self, now_ms: i64, tenant_id: Option<&str>) -> Vec<AccountView> {
         self.all.iter().map(|a| a.view(now_ms, tenant_id)).collect()
     }
 
-    /// Refreshes the circuit gauges (an open circuit whose time is up reads
-    /// half-open before any probe has run), and for accounts guarded per
-    /// destination, how many destinations' circuits are open.
-    pub fn publish_gauges(&self, now_ms: i64) {
+    /// Also, for accounts guarded per destination, how many destinations'
+    /// circuits are open.
+    fn publish_gauges(&self, now_ms: i64) {
         for a in &self.all {
             match &a.scope {
                 Scope::Account(_) => {
@@ -631,6 +616,7 @@ impl Accounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use herald_core::model::Priority;
     use herald_core::provider::OutboundMessage;
 
@@ -682,7 +668,9 @@ mod tests {
             let client = outbound.client(guards, channel == Channel::Webhook)?;
             Ok(Arc::new(Http(client)) as Arc<dyn Transport>)
         };
-        Account::new("webhook", &cfg, &http, None).expect("account")
+        let settings = cfg.account_settings();
+        let webhook = &settings.routes[&Channel::Webhook][0];
+        Account::new(webhook, settings.max_destinations, &http, None).expect("account")
     }
 
     #[test]

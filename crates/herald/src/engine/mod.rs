@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::bus::Bus;
+use herald_core::lanes::{LaneRules, Lanes};
+use herald_core::model::Channel;
+use herald_core::pool::PoolPolicy;
 use herald_core::store::{Queue, Upkeep};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::render::Templates;
 use accounts::Accounts;
 pub use deliver::Shared;
@@ -29,6 +31,24 @@ use unwritten::Unwritten;
 /// hundred bytes each, so tens of megabytes at most.
 const MAX_UNWRITTEN: usize = 100_000;
 
+/// The engine's own settings (`Config::engine_settings`).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Routing and retry rules per lane.
+    pub lanes: Lanes<LaneRules>,
+    /// The channels this node delivers, and how each one's pool is divided
+    /// among the lanes.
+    pub pools: Vec<(Channel, PoolPolicy)>,
+    /// Deliveries claimed per lane at a time.
+    pub claim_batch: usize,
+    /// How often an idle pool looks for work, and the housekeeping tick.
+    pub poll: Duration,
+    /// How long shutdown waits for calls in flight.
+    pub grace: Duration,
+    /// Finished notifications older than this are deleted (zero: never).
+    pub retention: Duration,
+}
+
 pub struct Engine {
     pools: JoinSet<()>,
     shutdown: CancellationToken,
@@ -38,10 +58,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts a pool per channel this node delivers (`Config::worker_channels`)
-    /// over the configured accounts, and the expiry sweep.
+    /// Starts a pool per channel in `settings.pools` over the accounts, the
+    /// expiry sweep and the retention purge.
     pub fn start(
-        cfg: &Config,
+        settings: &EngineSettings,
         queue: Arc<dyn Queue>,
         upkeep: Arc<dyn Upkeep>,
         bus: Arc<dyn Bus>,
@@ -53,22 +73,19 @@ impl Engine {
             queue,
             accounts,
             outbound,
-            lanes: cfg.lane_rules(),
+            lanes: settings.lanes.clone(),
             templates,
             unwritten: Arc::new(Unwritten::new(MAX_UNWRITTEN)),
         });
         let shutdown = CancellationToken::new();
         let mut pools = JoinSet::new();
-        for ch in cfg.worker_channels() {
-            let Some(policy) = cfg.pool_policy(ch) else {
-                continue;
-            };
+        for (channel, policy) in &settings.pools {
             let d = Dispatcher {
-                channel: ch,
-                policy,
-                claim_batch: cfg.engine.claim_batch,
-                poll: Duration::from_millis(cfg.engine.poll_interval_ms),
-                grace: Duration::from_secs(cfg.engine.shutdown_grace_seconds),
+                channel: *channel,
+                policy: policy.clone(),
+                claim_batch: settings.claim_batch,
+                poll: settings.poll,
+                grace: settings.grace,
                 bus: bus.clone(),
                 shared: shared.clone(),
             };
@@ -78,13 +95,13 @@ impl Engine {
         let outcomes = tokio::spawn(unwritten::keep_writing(
             shared.unwritten.clone(),
             shared.queue.clone(),
-            Duration::from_secs(cfg.engine.shutdown_grace_seconds),
+            settings.grace,
             stop_outcomes.clone(),
         ));
         pools.spawn(housekeeping(
             upkeep,
-            Duration::from_millis(cfg.engine.poll_interval_ms),
-            Duration::from_secs(cfg.store.retention_hours * 3600),
+            settings.poll,
+            settings.retention,
             shutdown.child_token(),
         ));
         Ok(Engine {

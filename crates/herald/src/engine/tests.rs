@@ -139,8 +139,10 @@ impl Rig {
                 vendor,
             }) as Arc<dyn Transport>)
         };
-        let accounts =
-            Arc::new(Accounts::with_transports(&cfg, &transports, None).expect("accounts"));
+        let accounts = Arc::new(
+            Accounts::with_transports(&cfg.account_settings(), &transports, None)
+                .expect("accounts"),
+        );
         let store = Arc::new(MemoryStore::new(false));
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(
             store.clone(),
@@ -149,7 +151,7 @@ impl Rig {
         let templates = Arc::new(Templates::new(&cfg.templates).expect("templates"));
         let outbound = Outbound::new(&cfg.http, cfg.limits());
         let engine = Engine::start(
-            &cfg,
+            &cfg.engine_settings(),
             store.clone(),
             store.clone(),
             bus.clone(),

@@ -1,17 +1,4 @@
-//! Kafka, the fleet's bus: the outbox relay and the consumers. Each notification's
-//! `NotificationRequested` event is written to the outbox in the same
-//! transaction as the notification (the store does that when opened with
-//! `outbox`); the relay publishes unpublished events, the highest lane's
-//! first and in outbox order within a lane, with the idempotent producer
-//! (`enable.idempotence`, `acks=all`), and then marks them published. One topic per lane, `{prefix}.notifications.{lane}`;
-//! the key is the recipient, so one recipient's events keep their order;
-//! headers carry the tenant, the correlation id and W3C `traceparent`.
-//!
-//! Any number of nodes may run the relay: one at a time holds the store's
-//! relay lease and publishes; the others wait, and take over when a holder
-//! stops renewing it. Delivery is at least once: a relay that dies between
-//! publishing and marking leaves those events to be published again, which
-//! consumers absorb (a delivery row moves into `sending` once).
+//! The workers' side of the Kafka bus: a consumer per channel and lane.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -21,240 +8,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use herald_core::bus::{Bus, BusError};
-use herald_core::events::{NotificationRequested, OutboxEvent};
+use herald_core::events::NotificationRequested;
 use herald_core::lanes::Lanes;
 use herald_core::model::{Channel, Priority};
-use herald_core::store::{Claim, ClaimedDelivery, Outbox, Queue};
+use herald_core::store::{Claim, ClaimedDelivery, Queue};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// The relay's published events (label `lane`).
-pub const PUBLISHED: &str = "herald_bus_published_total";
-/// 1 while a lane's consumer is paused because its buffer is full (labels
-/// `channel`, `lane`).
-pub const PAUSED: &str = "herald_bus_lane_paused";
-
-#[derive(Debug, Clone)]
-pub struct KafkaOptions {
-    /// `host:port,host:port`
-    pub brokers: String,
-    /// Topics are `{prefix}.notifications.{lane}`.
-    pub topic_prefix: String,
-    /// Consumer groups are `{prefix}-{channel}`.
-    pub group_prefix: String,
-}
-
-/// The lane's topic.
-pub fn topic(prefix: &str, lane: Priority) -> String {
-    format!("{prefix}.notifications.{}", lane.as_str())
-}
-
-/// librdkafka's mock cluster, `brokers` strong, with the four lane topics
-/// made (`partitions` each, replicated up to three times). It speaks the
-/// real Kafka protocol over TCP and keeps everything in memory: a Kafka to
-/// run the fleet against where there is none (tests, benchmarks,
-/// `herald kafka-mock`), never one to keep data in.
-pub fn mock_cluster(
-    brokers: i32,
-    partitions: i32,
-    topic_prefix: &str,
-) -> anyhow::Result<MockCluster<'static, DefaultProducerContext>> {
-    let cluster = MockCluster::new(brokers).map_err(|e| anyhow::anyhow!("mock cluster: {e}"))?;
-    for lane in Priority::ALL {
-        let name = topic(topic_prefix, lane);
-        cluster
-            .create_topic(&name, partitions, brokers.min(3))
-            .map_err(|e| anyhow::anyhow!("creating {name} on the mock cluster: {e}"))?;
-    }
-    Ok(cluster)
-}
-
-/// The idempotent producer the relay publishes with.
-pub fn producer(opts: &KafkaOptions) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .map_err(|e| anyhow::anyhow!("kafka producer for {}: {e}", opts.brokers))
-}
-
-/// Whether the cluster answers, for readiness: a metadata request for the
-/// lane topics on a client of its own (the consumers' and the relay's are
-/// busy with their work, and a readiness probe must not disturb them).
-#[derive(Clone)]
-pub struct KafkaProbe {
-    client: FutureProducer,
-    topic: String,
-}
-
-impl KafkaProbe {
-    pub fn new(opts: &KafkaOptions) -> anyhow::Result<KafkaProbe> {
-        let client = ClientConfig::new()
-            .set("bootstrap.servers", &opts.brokers)
-            .create()
-            .map_err(|e| anyhow::anyhow!("kafka client for {}: {e}", opts.brokers))?;
-        Ok(KafkaProbe {
-            client,
-            topic: topic(&opts.topic_prefix, Priority::Critical),
-        })
-    }
-
-    /// `Ok` when a broker answered within `timeout` and knows the critical
-    /// lane's topic; otherwise why not.
-    pub async fn check(&self, timeout: Duration) -> Result<(), String> {
-        let probe = self.clone();
-        // librdkafka's metadata call blocks its thread.
-        let answer = tokio::task::spawn_blocking(move || {
-            probe
-                .client
-                .client()
-                .fetch_metadata(Some(&probe.topic), timeout)
-        })
-        .await
-        .map_err(|e| format!("kafka probe: {e}"))?;
-        let metadata = answer.map_err(|e| format!("kafka: {e}"))?;
-        match metadata.topics().first() {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-            _ => Err(format!("kafka: topic {} not found", self.topic)),
-        }
-    }
-}
-
-pub struct Relay {
-    pub store: Arc<dyn Outbox>,
-    pub producer: FutureProducer,
-    pub topic_prefix: String,
-    /// This relay's name in the lease (unique per process).
-    pub holder: String,
-    /// Events read and published at a time.
-    pub batch: usize,
-    /// How long the lease lasts without renewal: a stopped relay's successor
-    /// waits this long.
-    pub lease: Duration,
-    /// How long to wait when there is nothing to publish, or the lease is
-    /// another relay's.
-    pub idle: Duration,
-}
-
-impl Relay {
-    pub async fn run(self, shutdown: CancellationToken) {
-        let lease_ms = herald_core::ms(self.lease);
-        // Until when this relay holds the lease, as far as it knows. It is
-        // renewed once half of it has passed, not at every batch: under
-        // load the store's writers are the relay's slowest step.
-        let mut held_until = 0;
-        tracing::info!(holder = %self.holder, "outbox relay started");
-        while !shutdown.is_cancelled() {
-            let now = herald_core::now_ms();
-            if held_until - now <= lease_ms / 2 {
-                held_until = match self.store.relay_lease(&self.holder, now, lease_ms).await {
-                    Ok(true) => now + lease_ms,
-                    Ok(false) => 0,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "relay lease failed; retrying");
-                        0
-                    }
-                };
-            }
-            let published = if held_until > now {
-                self.publish_batch().await
-            } else {
-                0
-            };
-            if published < self.batch {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.idle) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-        }
-        tracing::info!(holder = %self.holder, "outbox relay stopped");
-    }
-
-    /// Publishes the next batch of pending events and marks those Kafka
-    /// acknowledged; returns how many were read.
-    async fn publish_batch(&self) -> usize {
-        let events = match self.store.outbox_pending(self.batch).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the outbox failed; retrying");
-                return 0;
-            }
-        };
-        if events.is_empty() {
-            return 0;
-        }
-        // Queue them all, in order, then await the acknowledgements: the
-        // idempotent producer keeps each partition's order across retries.
-        let topics = Lanes::from_fn(|lane| topic(&self.topic_prefix, lane));
-        let mut acks = Vec::with_capacity(events.len());
-        for e in &events {
-            let record = FutureRecord::to(&topics[e.lane])
-                .key(&e.key)
-                .payload(&e.payload)
-                .headers(headers(e));
-            acks.push((e.seq, e.lane, self.producer.send_result(record)));
-        }
-        let mut done = Vec::with_capacity(events.len());
-        for (seq, lane, queued) in acks {
-            let acked = match queued {
-                Ok(ack) => matches!(ack.await, Ok(Ok(_))),
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, seq, "could not queue an event; it stays in the outbox");
-                    false
-                }
-            };
-            if acked {
-                metrics::counter!(PUBLISHED, "lane" => lane.as_str()).increment(1);
-                done.push(seq);
-            } else {
-                tracing::warn!(
-                    seq,
-                    "kafka did not acknowledge an event; it will be published again"
-                );
-            }
-        }
-        if let Err(e) = self.store.outbox_published(done).await {
-            // Published but not marked: published again later, at least once.
-            tracing::warn!(error = %e, "marking events published failed");
-        }
-        events.len()
-    }
-}
-
-fn headers(e: &OutboxEvent) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new()
-        .insert(Header {
-            key: "event",
-            value: Some(herald_core::events::NOTIFICATION_REQUESTED),
-        })
-        .insert(Header {
-            key: "tenant",
-            value: Some(e.tenant_id.as_str()),
-        });
-    if let Some(id) = &e.correlation_id {
-        h = h.insert(Header {
-            key: "x-request-id",
-            value: Some(id.as_str()),
-        });
-    }
-    if let Some(tp) = &e.traceparent {
-        h = h.insert(Header {
-            key: "traceparent",
-            value: Some(tp.as_str()),
-        });
-    }
-    h
-}
+use super::{topic, KafkaError, KafkaOptions, PAUSED};
 
 /// The Kafka bus, the workers' side: for each channel this node delivers,
 /// one consumer per lane topic, all in the channel's consumer group
@@ -311,15 +75,14 @@ impl KafkaBus {
         lease: Duration,
         sweep: Duration,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<KafkaBus> {
+    ) -> Result<KafkaBus, KafkaError> {
         let mut lanes = HashMap::new();
         let mut wake = HashMap::new();
         let mut consumers = tokio::task::JoinSet::new();
         let stop = shutdown.child_token();
         for &channel in channels {
             let notify = Arc::new(Notify::new());
-            let mut buffers = Vec::with_capacity(4);
-            for lane in Priority::ALL {
+            let buffers = Lanes::try_from_fn(|lane| {
                 let (tx, rx) = mpsc::channel(BUFFER);
                 let deferred = Arc::new(AtomicBool::new(false));
                 let consumer = consumer(opts, channel, lane)?;
@@ -334,17 +97,14 @@ impl KafkaBus {
                     deferred: deferred.clone(),
                 };
                 consumers.spawn(lane_consumer.run(stop.clone()));
-                buffers.push(LaneBuffer {
+                Ok::<_, KafkaError>(LaneBuffer {
                     rx: tokio::sync::Mutex::new(rx),
                     deferred,
                     // The first sweep comes a `sweep` after the start:
                     // until then, work comes through Kafka.
                     swept_at_ms: AtomicI64::new(herald_core::now_ms()),
-                });
-            }
-            let mut buffers = buffers.into_iter();
-            let mut next = || buffers.next().ok_or_else(|| anyhow::anyhow!("four lanes"));
-            let buffers = Lanes::from([next()?, next()?, next()?, next()?]);
+                })
+            })?;
             lanes.insert(channel, buffers);
             wake.insert(channel, notify);
         }
@@ -387,7 +147,7 @@ fn consumer(
     opts: &KafkaOptions,
     channel: Channel,
     lane: Priority,
-) -> anyhow::Result<StreamConsumer> {
+) -> Result<StreamConsumer, KafkaError> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &opts.brokers)
         .set(
@@ -405,9 +165,10 @@ fn consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .create()
-        .map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", opts.brokers))?;
-    c.subscribe(&[&topic(&opts.topic_prefix, lane)])
-        .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", topic(&opts.topic_prefix, lane)))?;
+        .map_err(|source| opts.client_error(source))?;
+    let topic = topic(&opts.topic_prefix, lane);
+    c.subscribe(&[&topic])
+        .map_err(|source| KafkaError::Subscribe { topic, source })?;
     Ok(c)
 }
 

@@ -1,0 +1,70 @@
+//! What a running node says about its parts, through interfaces narrow
+//! enough for the API to depend on: the provider accounts as their
+//! circuits and guards stand ([`ProviderStatus`], implemented by the
+//! engine's accounts), and whether the bus's own cluster answers
+//! ([`BusHealth`], implemented by the Kafka probe). The store reports its
+//! own through its `Health` role.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::breaker::BreakerView;
+use crate::model::Channel;
+
+/// One provider account as `GET /v1/providers` shows it.
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    pub name: String,
+    pub vendor: &'static str,
+    pub channel: Channel,
+    pub circuit: BreakerView,
+    /// For accounts guarded per destination (webhooks): how many are
+    /// tracked and whose circuits are open.
+    pub destinations: Option<DestinationsView>,
+    pub rate_limit_per_second: Option<u32>,
+    pub max_concurrency: Option<usize>,
+    pub in_flight: Option<usize>,
+    pub request_timeout_ms: u128,
+}
+
+#[derive(Debug, Clone)]
+pub struct DestinationsView {
+    pub tracked: usize,
+    pub max_tracked: usize,
+    /// Destinations whose circuits are open or half-open, every tenant's.
+    pub open_count: usize,
+    /// The asking tenant's own (at most 20): another tenant's endpoints are
+    /// not its business.
+    pub open: Vec<OpenDestination>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenDestination {
+    /// The endpoint's origin, `https://hooks.example.com:443`.
+    pub origin: String,
+    pub circuit: BreakerView,
+}
+
+/// The provider accounts, as their circuits and guards stand now.
+pub trait ProviderStatus: Send + Sync {
+    /// Every account as `tenant_id` may see it (another tenant's webhook
+    /// destinations are counted, never named).
+    fn views(&self, now_ms: i64, tenant_id: Option<&str>) -> Vec<AccountView>;
+    /// Brings the circuit gauges up to date (a circuit whose open time is
+    /// up reads half-open before any probe has run), for a metrics scrape.
+    fn publish_gauges(&self, now_ms: i64);
+}
+
+/// Why a dependency is not ready, in words for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
+
+/// Whether the bus's own cluster answers, for readiness (a bus that is the
+/// store has none of its own and needs no probe).
+#[async_trait]
+pub trait BusHealth: Send + Sync {
+    /// `Ok` when the cluster answered within `timeout`; otherwise why not.
+    async fn check(&self, timeout: Duration) -> Result<(), NotReady>;
+}
