@@ -179,7 +179,7 @@ pub fn validate(
     }
     if let Some(u) = &r.webhook_url {
         if let Err(why) = check_webhook_url(u, limits) {
-            errs.add("recipient.webhook_url", why);
+            errs.add("recipient.webhook_url", why.0);
         }
     }
 
@@ -473,22 +473,28 @@ fn is_locale(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// Why a webhook URL is refused, in words for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlRefused(pub String);
+
 /// Syntax and, for literal addresses, the private/loopback policy. Host names
 /// are checked again against what they resolve to at send time.
-pub fn check_webhook_url(s: &str, limits: &Limits) -> Result<(), String> {
+pub fn check_webhook_url(s: &str, limits: &Limits) -> Result<(), UrlRefused> {
+    let refuse = |why: &str| Err(UrlRefused(why.to_owned()));
     if s.len() > 2048 {
-        return Err("at most 2048 bytes".into());
+        return refuse("at most 2048 bytes");
     }
-    let url = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    let url = url::Url::parse(s).map_err(|e| UrlRefused(format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err("must be http or https".into());
+        return refuse("must be http or https");
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials".into());
+        return refuse("must not carry credentials");
     }
     let host = match url.host() {
         Some(h) => h,
-        None => return Err("must name a host".into()),
+        None => return refuse("must name a host"),
     };
     let ip = match host {
         url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
@@ -501,7 +507,7 @@ pub fn check_webhook_url(s: &str, limits: &Limits) -> Result<(), String> {
         url::Host::Domain(_) => None,
     };
     match ip {
-        Some(ip) => address_allowed(ip, limits).map_err(str::to_owned),
+        Some(ip) => address_allowed(ip, limits).map_err(|why| UrlRefused(why.to_owned())),
         None => Ok(()),
     }
 }

@@ -47,6 +47,7 @@ impl ProviderConfig {
     }
 }
 
+/// An account's settings are wrong: which account, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("providers.{name}: {reason}")]
 pub struct ConfigError {
@@ -54,18 +55,23 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    pub fn new(name: &str, reason: String) -> ConfigError {
+        ConfigError {
+            name: name.to_owned(),
+            reason,
+        }
+    }
+}
+
 /// The one factory: a configured account becomes an adapter.
 pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Arc<dyn Provider>, ConfigError> {
-    let err = |reason: String| ConfigError {
-        name: name.to_owned(),
-        reason,
-    };
     Ok(match cfg {
-        ProviderConfig::Sendgrid(c) => Arc::new(SendGrid::new(name, c.clone()).map_err(err)?),
-        ProviderConfig::Twilio(c) => Arc::new(Twilio::new(name, c.clone()).map_err(err)?),
-        ProviderConfig::Sns(c) => Arc::new(Sns::new(name, c.clone()).map_err(err)?),
-        ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone()).map_err(err)?),
-        ProviderConfig::Webhook(c) => Arc::new(Webhook::new(name, c.clone()).map_err(err)?),
+        ProviderConfig::Sendgrid(c) => Arc::new(SendGrid::new(name, c.clone())?),
+        ProviderConfig::Twilio(c) => Arc::new(Twilio::new(name, c.clone())?),
+        ProviderConfig::Sns(c) => Arc::new(Sns::new(name, c.clone())?),
+        ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone())?),
+        ProviderConfig::Webhook(c) => Arc::new(Webhook::new(name, c.clone())?),
     })
 }
 

@@ -28,8 +28,17 @@ pub struct Fault {
     pub hang_ms: Option<u64>,
 }
 
+/// A fault the simulator cannot play, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    #[error("unknown vendor {0:?}; one of {VENDORS:?}", VENDORS = crate::VENDORS)]
+    UnknownVendor(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl Fault {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FaultError> {
         for (name, r) in [
             ("error_rate", self.error_rate),
             ("rate_limit_rate", self.rate_limit_rate),
@@ -37,15 +46,21 @@ impl Fault {
             ("latency_tail_rate", self.latency_tail_rate),
         ] {
             if !(0.0..=1.0).contains(&r) {
-                return Err(format!("{name} must be between 0 and 1"));
+                return Err(FaultError::Invalid(format!(
+                    "{name} must be between 0 and 1"
+                )));
             }
         }
         if self.latency_min_ms > self.latency_max_ms {
-            return Err("latency_min_ms must not exceed latency_max_ms".into());
+            return Err(FaultError::Invalid(
+                "latency_min_ms must not exceed latency_max_ms".into(),
+            ));
         }
         if let Some(s) = self.error_status {
             if !(400..=599).contains(&s) {
-                return Err("error_status must be a 4xx or 5xx status".into());
+                return Err(FaultError::Invalid(
+                    "error_status must be a 4xx or 5xx status".into(),
+                ));
             }
         }
         Ok(())

@@ -26,8 +26,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-pub use faults::Fault;
 use faults::Verdict;
+pub use faults::{Fault, FaultError};
 pub use ledger::{Entry, VendorStats};
 use ledger::{Ledger, Original};
 use vendors::Emulated;
@@ -114,9 +114,9 @@ impl Sim {
         lock(&self.inner.ledger).entries().to_vec()
     }
 
-    pub fn set_fault(&self, vendor: &str, fault: Fault) -> Result<(), String> {
+    pub fn set_fault(&self, vendor: &str, fault: Fault) -> Result<(), FaultError> {
         if !VENDORS.contains(&vendor) {
-            return Err(format!("unknown vendor {vendor:?}; one of {VENDORS:?}"));
+            return Err(FaultError::UnknownVendor(vendor.to_owned()));
         }
         fault.validate()?;
         lock(&self.inner.faults).insert(vendor.to_owned(), fault);
@@ -334,7 +334,7 @@ async fn set_fault(State(sim): State<Sim>, body: Bytes) -> Response {
     };
     match sim.set_fault(&vendor, fault) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e).into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
     }
 }
 

@@ -14,13 +14,13 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptRecord, AttemptView, Claim, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
-    DeadLetterFilter, DeadLetters, DeliverySummary, DeliveryView, Depths, Health,
+    AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetter,
+    DeadLetterCursor, DeadLetterFilter, DeadLetters, DeliverySummary, DeliveryView, Depths, Health,
     IdempotencyRecord, Intake, NewNotification, NotificationView, Outbox, Queue, QueueDepth,
     ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
 };
 
-use crate::writes::{v7_floor, OutboxRow, Outcome};
+use crate::writes::{v7_floor, OutboxRow, RowChange};
 
 /// The store in memory. `outbox`: creates also write outbox events (as a
 /// database store does when the bus is Kafka).
@@ -205,10 +205,13 @@ impl Intake for MemoryStore {
                     .iter()
                     .any(|d| s.deliveries.contains_key(&d.id))
             {
-                return Err(StoreError::Rejected(format!(
-                    "notification {} or one of its deliveries exists already",
-                    n.id
-                )));
+                return Err(StoreError::Rejected(
+                    format!(
+                        "notification {} or one of its deliveries exists already",
+                        n.id
+                    )
+                    .into(),
+                ));
             }
         }
         let mut results = Vec::with_capacity(batch.len());
@@ -222,7 +225,7 @@ impl Intake for MemoryStore {
                 s.keys.insert(k, rec.clone());
             }
             let payload = serde_json::to_string(&n.request)
-                .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?;
+                .map_err(|e| StoreError::Corrupt(Cause::new("request does not serialize", e)))?;
             if self.outbox {
                 let row = OutboxRow::of(&n)?;
                 let seq = s.outbox.keys().next_back().map_or(1, |s| s + 1);
@@ -376,7 +379,7 @@ impl Queue for MemoryStore {
         // Refused as a whole, as a transaction would be, before any change.
         let outcomes = attempts
             .iter()
-            .map(Outcome::of)
+            .map(RowChange::of)
             .collect::<Result<Vec<_>, _>>()?;
         let mut s = self.lock();
         for (r, o) in attempts.iter().zip(outcomes) {
@@ -402,7 +405,7 @@ impl Queue for MemoryStore {
                 continue;
             }
             d.state = o.state.parse().map_err(|_| {
-                StoreError::Corrupt(format!("delivery {}: state {}", r.delivery_id, o.state))
+                StoreError::Corrupt(format!("delivery {}: state {}", r.delivery_id, o.state).into())
             })?;
             d.due_at_ms = o.due_at_ms;
             d.lease_token = None;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptView, DeadLetter, DeliverySummary, DeliveryView, NotificationView, QueueDepth,
+    AttemptView, Cause, DeadLetter, DeliverySummary, DeliveryView, NotificationView, QueueDepth,
     StoreError,
 };
 use sqlx::Row;
@@ -20,7 +20,7 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(Cause::of(e)),
         sqlx::Error::Database(d)
             if matches!(
                 d.kind(),
@@ -30,9 +30,9 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
                     | ErrorKind::CheckViolation
             ) =>
         {
-            StoreError::Rejected(e.to_string())
+            StoreError::Rejected(Cause::of(e))
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Unavailable(Cause::of(e)),
     }
 }
 
@@ -49,18 +49,18 @@ pub trait Columns {
     fn parsed<T: FromStr>(&self, col: &str) -> Result<T, StoreError> {
         let s = self.text(col)?;
         s.parse()
-            .map_err(|_| StoreError::Corrupt(format!("column {col} holds {s:?}")))
+            .map_err(|_| StoreError::Corrupt(format!("column {col} holds {s:?}").into()))
     }
 
     fn priority(&self) -> Result<Priority, StoreError> {
         let p = self.int("priority")?;
-        Priority::from_index(p).ok_or_else(|| StoreError::Corrupt(format!("priority {p}")))
+        Priority::from_index(p).ok_or_else(|| StoreError::Corrupt(format!("priority {p}").into()))
     }
 
     /// A non-negative count or number that fits a u32.
     fn small(&self, col: &str) -> Result<u32, StoreError> {
         let n = self.int(col)?;
-        u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("column {col} holds {n}")))
+        u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("column {col} holds {n}").into()))
     }
 }
 
@@ -96,7 +96,7 @@ pub(crate) fn notification(
     deliveries: Vec<DeliveryView>,
 ) -> Result<NotificationView, StoreError> {
     let request: NotificationRequest = serde_json::from_str(&row.text("payload")?)
-        .map_err(|e| StoreError::Corrupt(format!("notification {id}: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("notification {id}: {e}").into()))?;
     Ok(NotificationView {
         id,
         tenant_id: row.text("tenant_id")?,
@@ -191,7 +191,7 @@ pub(crate) fn outbox_event(row: &impl Columns) -> Result<OutboxEvent, StoreError
     Ok(OutboxEvent {
         seq: row.int("seq")?,
         lane: Priority::from_index(lane)
-            .ok_or_else(|| StoreError::Corrupt(format!("outbox lane {lane}")))?,
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox lane {lane}").into()))?,
         key: row.text("key")?,
         tenant_id: row.text("tenant_id")?,
         correlation_id: row.opt_text("correlation_id")?,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_core::store::{AttemptRecord, NewNotification, StoreError};
+use herald_core::store::{AttemptRecord, Cause, NewNotification, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ops::Op;
@@ -148,9 +148,9 @@ impl WriteHealth {
             .map(|e| e.clone())
             .unwrap_or_default();
         let secs = (herald_core::now_ms() - since).max(0) / 1000;
-        Err(StoreError::Unavailable(format!(
-            "writes have failed for {secs} s: {last}"
-        )))
+        Err(StoreError::Unavailable(
+            format!("writes have failed for {secs} s: {last}").into(),
+        ))
     }
 
     /// The answer for every request of a batch not tried.
@@ -214,10 +214,9 @@ pub(crate) async fn bounded<T>(
     tokio::time::timeout(timeout, call)
         .await
         .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "no answer from the store within {} ms",
-                timeout.as_millis()
-            )))
+            Err(StoreError::Unavailable(
+                format!("no answer from the store within {} ms", timeout.as_millis()).into(),
+            ))
         })
 }
 
@@ -283,7 +282,7 @@ impl<B: Backend> WriteQueue<B> {
 
 /// What recording an attempt writes to its delivery, worked out once for
 /// both stores; refused if the state machine has no such move.
-pub(crate) struct Outcome<'a> {
+pub(crate) struct RowChange<'a> {
     pub state: &'static str,
     /// When the delivery is due again (retries), else when the attempt ended.
     pub due_at_ms: i64,
@@ -293,17 +292,20 @@ pub(crate) struct Outcome<'a> {
     pub uncount: i64,
 }
 
-impl<'a> Outcome<'a> {
+impl<'a> RowChange<'a> {
     pub(crate) fn of(r: &'a AttemptRecord) -> Result<Self, StoreError> {
         use herald_core::model::DeliveryState;
         use herald_core::store::Next;
         // Only the state machine's moves out of `sending` may be recorded.
         let state = r.next.state();
         if !DeliveryState::Sending.can_move_to(state) {
-            return Err(StoreError::Corrupt(format!(
-                "delivery {}: sending → {state} is not a transition of the state machine",
-                r.delivery_id
-            )));
+            return Err(StoreError::Corrupt(
+                format!(
+                    "delivery {}: sending → {state} is not a transition of the state machine",
+                    r.delivery_id
+                )
+                .into(),
+            ));
         }
         let ended = r.ended_at_ms;
         let (due_at_ms, sent_at_ms, vendor_id) = match &r.next {
@@ -332,7 +334,7 @@ impl OutboxRow {
     pub(crate) fn of(n: &NewNotification) -> Result<Self, StoreError> {
         use herald_core::events::{recipient_key, NotificationRequested};
         let payload = serde_json::to_string(&NotificationRequested::of(n))
-            .map_err(|e| StoreError::Corrupt(format!("event does not serialize: {e}")))?;
+            .map_err(|e| StoreError::Corrupt(Cause::new("event does not serialize", e)))?;
         Ok(Self {
             lane: n.request.priority.index() as i64,
             key: recipient_key(n),

@@ -17,11 +17,16 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A time that is not RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be an RFC 3339 time such as 2026-11-21T10:00:00Z ({0})")]
+pub struct BadTime(#[source] chrono::ParseError);
+
 /// An RFC 3339 time as Unix milliseconds.
-pub fn parse_time(s: &str) -> Result<i64, String> {
+pub fn parse_time(s: &str) -> Result<i64, BadTime> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("must be an RFC 3339 time such as 2026-11-21T10:00:00Z ({e})"))
+        .map_err(BadTime)
 }
 
 /// The opaque cursor for the page after `d`.
@@ -124,7 +129,7 @@ impl RawFilter<'_> {
             v.and_then(|s| match parse_time(s) {
                 Ok(ms) => Some(ms),
                 Err(why) => {
-                    errors.push((field, why));
+                    errors.push((field, why.to_string()));
                     None
                 }
             })

@@ -10,6 +10,8 @@
 //! Tooling-only reads (`Reports`: every delivery, for the demo and the
 //! benchmark) are not part of `Store`.
 
+use std::sync::Arc;
+
 mod dead_letters;
 mod intake;
 mod outbox;
@@ -39,13 +41,13 @@ pub enum StoreError {
     /// Down, unreachable, out of disk, too slow: nothing is wrong with the
     /// operation, and it may succeed once the store is back.
     #[error("the store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     #[error("the store holds data it cannot read: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
     /// The store refused this operation itself (a constraint it breaks):
     /// trying it again will not help.
     #[error("the store refused the operation: {0}")]
-    Rejected(String),
+    Rejected(#[source] Cause),
     #[error("the store is shutting down")]
     Closed,
 }
@@ -55,6 +57,60 @@ impl StoreError {
     /// operation may succeed later.
     pub fn is_outage(&self) -> bool {
         matches!(self, StoreError::Unavailable(_) | StoreError::Closed)
+    }
+}
+
+/// What went wrong, in words, and the driver's own error where there is
+/// one (kept as the source, so a caller or a log can walk down to it).
+/// Shared, so a `StoreError` stays cheap to clone: a writer hands one
+/// failure to every caller of a batch.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    what: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// `what` happened because of `source` (said as `what: source`).
+    pub fn new(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause {
+            what: format!("{what}: {source}"),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The driver's error itself, in its own words.
+    pub fn of(source: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause {
+            what: source.to_string(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(what: String) -> Cause {
+        Cause { what, source: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(what: &str) -> Cause {
+        Cause::from(what.to_owned())
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -75,4 +131,29 @@ pub trait Store:
 impl<T> Store for T where
     T: Intake + Queue + Outbox + Upkeep + DeadLetters + Tenants + Health + 'static
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_store_error_keeps_the_drivers_error_as_its_source() {
+        let disk = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+        let e = StoreError::Unavailable(Cause::new("migrations failed", disk));
+        assert_eq!(
+            e.to_string(),
+            "the store is unavailable: migrations failed: disk full"
+        );
+        let cause = e.source().expect("the cause");
+        let io = cause.source().expect("the driver's error");
+        assert_eq!(
+            io.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::StorageFull)
+        );
+        assert!(e.clone().is_outage(), "clones keep their meaning");
+        let plain = StoreError::Corrupt("priority 9".into());
+        assert!(plain.source().is_some_and(|c| c.source().is_none()));
+    }
 }

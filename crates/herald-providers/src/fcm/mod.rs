@@ -37,7 +37,12 @@ pub struct Fcm {
 }
 
 impl Fcm {
-    pub fn new(name: &str, cfg: FcmConfig) -> Result<Self, String> {
+    /// The adapter for account `name`, or what is wrong with its settings.
+    pub fn new(name: &str, cfg: FcmConfig) -> Result<Self, crate::ConfigError> {
+        Self::checked(name, cfg).map_err(|reason| crate::ConfigError::new(name, reason))
+    }
+
+    fn checked(name: &str, cfg: FcmConfig) -> Result<Self, String> {
         if cfg.project_id.is_empty() || cfg.access_token.is_empty() {
             return Err("project_id and access_token are required".into());
         }

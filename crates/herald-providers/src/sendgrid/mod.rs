@@ -37,7 +37,12 @@ pub struct SendGrid {
 }
 
 impl SendGrid {
-    pub fn new(name: &str, cfg: SendGridConfig) -> Result<Self, String> {
+    /// The adapter for account `name`, or what is wrong with its settings.
+    pub fn new(name: &str, cfg: SendGridConfig) -> Result<Self, crate::ConfigError> {
+        Self::checked(name, cfg).map_err(|reason| crate::ConfigError::new(name, reason))
+    }
+
+    fn checked(name: &str, cfg: SendGridConfig) -> Result<Self, String> {
         if cfg.api_key.is_empty() {
             return Err("api_key is required".into());
         }

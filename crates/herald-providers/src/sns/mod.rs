@@ -78,7 +78,12 @@ const PERMANENT_CODES: &[&str] = &[
 ];
 
 impl Sns {
-    pub fn new(name: &str, cfg: SnsConfig) -> Result<Self, String> {
+    /// The adapter for account `name`, or what is wrong with its settings.
+    pub fn new(name: &str, cfg: SnsConfig) -> Result<Self, crate::ConfigError> {
+        Self::checked(name, cfg).map_err(|reason| crate::ConfigError::new(name, reason))
+    }
+
+    fn checked(name: &str, cfg: SnsConfig) -> Result<Self, String> {
         if cfg.access_key_id.is_empty() || cfg.secret_access_key.is_empty() {
             return Err("access_key_id and secret_access_key are required".into());
         }

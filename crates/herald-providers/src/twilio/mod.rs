@@ -55,7 +55,12 @@ const PERMANENT_CODES: &[u32] = &[
 const RATE_LIMITED_CODES: &[u32] = &[20429, 14107];
 
 impl Twilio {
-    pub fn new(name: &str, cfg: TwilioConfig) -> Result<Self, String> {
+    /// The adapter for account `name`, or what is wrong with its settings.
+    pub fn new(name: &str, cfg: TwilioConfig) -> Result<Self, crate::ConfigError> {
+        Self::checked(name, cfg).map_err(|reason| crate::ConfigError::new(name, reason))
+    }
+
+    fn checked(name: &str, cfg: TwilioConfig) -> Result<Self, String> {
         if cfg.account_sid.is_empty() || cfg.auth_token.is_empty() {
             return Err("account_sid and auth_token are required".into());
         }

@@ -33,7 +33,12 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn new(name: &str, cfg: WebhookConfig) -> Result<Self, String> {
+    /// The adapter for account `name`, or what is wrong with its settings.
+    pub fn new(name: &str, cfg: WebhookConfig) -> Result<Self, crate::ConfigError> {
+        Self::checked(name, cfg).map_err(|reason| crate::ConfigError::new(name, reason))
+    }
+
+    fn checked(name: &str, cfg: WebhookConfig) -> Result<Self, String> {
         let raw = cfg.signing_secret.expose();
         let b64 = raw.strip_prefix("whsec_").unwrap_or(raw);
         let key = B64

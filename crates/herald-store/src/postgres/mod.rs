@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::store::StoreError;
+use herald_core::store::{Cause, StoreError};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Mutex};
@@ -64,7 +64,7 @@ impl Db<Postgres> {
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(Cause::new("migrations failed", e)))?;
         let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
         let queue = Arc::new(Mutex::new(rx));
         let health = Arc::new(WriteHealth::default());
@@ -129,10 +129,13 @@ impl Reader for PgReader {
 /// mid-call, it would hang (or confuse) the next caller.
 fn cut_off(conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>, timeout: Duration) -> StoreError {
     conn.close_on_drop();
-    StoreError::Unavailable(format!(
-        "no answer from PostgreSQL within {} ms",
-        timeout.as_millis()
-    ))
+    StoreError::Unavailable(
+        format!(
+            "no answer from PostgreSQL within {} ms",
+            timeout.as_millis()
+        )
+        .into(),
+    )
 }
 
 /// Whether the database at `url` holds Herald's tables (without creating

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use herald_core::model::DeliveryState;
 use herald_core::store::{
-    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
-    NewNotification, ReplayOutcome, StoreError, StoredResponse,
+    AttemptRecord, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter,
+    IdempotencyRecord, NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use sqlx::{Acquire, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, Mutex};
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, Mutex};
 use crate::ops::{self, Op};
 use crate::rows::{db_err, Columns};
 use crate::writes::{
-    committed, v7_floor, Backend, OutboxRow, Outcome, Pending, Runs, Settled, WriteHealth,
+    committed, v7_floor, Backend, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
 };
 
 /// What every operation may need besides its own data.
@@ -432,7 +432,7 @@ impl NotificationColumns {
         self.priority.push(n.request.priority.index() as i64);
         self.payload.push(
             serde_json::to_string(&n.request)
-                .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?,
+                .map_err(|e| StoreError::Corrupt(Cause::new("request does not serialize", e)))?,
         );
         self.accepted_at_ms.push(n.accepted_at_ms);
         self.expires_at_ms.push(n.expires_at_ms);
@@ -550,7 +550,7 @@ async fn take_keys(
             request_hash: row.try_get("request_hash").map_err(db_err)?,
             response: StoredResponse {
                 status: u16::try_from(status)
-                    .map_err(|_| StoreError::Corrupt(format!("status {status}")))?,
+                    .map_err(|_| StoreError::Corrupt(format!("status {status}").into()))?,
                 body: row.text("response_body")?,
             },
         });
@@ -671,9 +671,9 @@ async fn leased(
         by_id.insert(row.uuid("id")?, row);
     }
     for c in &mut claimed {
-        let row = by_id
-            .get(&c.notification_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery {} has no notification", c.id)))?;
+        let row = by_id.get(&c.notification_id).ok_or_else(|| {
+            StoreError::Corrupt(format!("delivery {} has no notification", c.id).into())
+        })?;
         c.tenant_id = row.text("tenant_id")?;
         c.payload = row.text("payload")?;
         c.accepted_at_ms = row.int("accepted_at_ms")?;
@@ -715,7 +715,7 @@ async fn record(
     }
     let (mut c, mut m) = (Calls::default(), Moves::default());
     for r in records {
-        let o = Outcome::of(r)?;
+        let o = RowChange::of(r)?;
         for call in &r.calls {
             c.delivery.push(r.delivery_id);
             c.attempt.push(i64::from(r.attempt));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_core::store::StoreError;
+use herald_core::store::{Cause, StoreError};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -49,7 +49,7 @@ impl Db<Sqlite> {
     pub async fn open(opts: &SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                StoreError::Unavailable(Cause::new(&format!("cannot create {}", dir.display()), e))
             })?;
         }
         let connect = SqliteConnectOptions::new()
@@ -64,7 +64,7 @@ impl Db<Sqlite> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&mut migrate)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("migrations failed: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(Cause::new("migrations failed", e)))?;
         // The writer opens its own connection (rusqlite, on its own thread).
         migrate.close().await.map_err(db_err)?;
         let pool = SqlitePoolOptions::new()

@@ -29,12 +29,12 @@ use std::time::Duration;
 
 use crate::ops::{self, Op};
 use crate::writes::{
-    committed, v7_floor, Backend, OutboxRow, Outcome, Pending, Runs, Settled, WriteHealth,
+    committed, v7_floor, Backend, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
 };
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
-    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter, IdempotencyRecord,
-    NewNotification, ReplayOutcome, StoreError, StoredResponse,
+    AttemptRecord, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter,
+    IdempotencyRecord, NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -45,13 +45,13 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::InvalidColumnType(..)
-        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(Cause::of(e)),
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            StoreError::Rejected(e.to_string())
+            StoreError::Rejected(Cause::of(e))
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Unavailable(Cause::of(e)),
     }
 }
 
@@ -77,7 +77,7 @@ pub(super) async fn start(
                 let _ = ready_tx.send(Err(sql_err(e)));
             }
         })
-        .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+        .map_err(|e| StoreError::Unavailable(Cause::new("cannot start the store writer", e)))?;
     ready_rx.await.map_err(|_| StoreError::Closed)?
 }
 
@@ -358,7 +358,7 @@ fn create(
             }
         }
         let payload = serde_json::to_string(&n.request)
-            .map_err(|e| StoreError::Corrupt(format!("request does not serialize: {e}")))?;
+            .map_err(|e| StoreError::Corrupt(Cause::new("request does not serialize", e)))?;
         let priority = n.request.priority.index() as i64;
         insert_notification
             .execute(params![
@@ -449,7 +449,7 @@ fn key_holder(
         request_hash,
         response: StoredResponse {
             status: u16::try_from(status)
-                .map_err(|_| StoreError::Corrupt(format!("status {status}")))?,
+                .map_err(|_| StoreError::Corrupt(format!("status {status}").into()))?,
             body,
         },
     })
@@ -555,12 +555,12 @@ fn claim_ids(
             .map_err(sql_err)?;
         if let Some(row) = rows.next().map_err(sql_err)? {
             let channel: String = row.get(7).map_err(sql_err)?;
-            let channel = channel
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("delivery {id}: channel {channel:?}")))?;
+            let channel = channel.parse().map_err(|_| {
+                StoreError::Corrupt(format!("delivery {id}: channel {channel:?}").into())
+            })?;
             let priority: i64 = row.get(8).map_err(sql_err)?;
             let priority = Priority::from_index(priority).ok_or_else(|| {
-                StoreError::Corrupt(format!("delivery {id}: priority {priority}"))
+                StoreError::Corrupt(format!("delivery {id}: priority {priority}").into())
             })?;
             claimed.push(leased(row, token, now_ms + lease_ms, channel, priority)?);
         }
@@ -599,7 +599,9 @@ fn with_notifications(
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()
             .map_err(sql_err)?
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery {} has no notification", c.id)))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("delivery {} has no notification", c.id).into())
+            })?;
         seen.insert(id, i);
     }
     Ok(claimed)
@@ -634,7 +636,7 @@ fn record<'a>(
         )
         .map_err(sql_err)?;
     for r in records {
-        let o = Outcome::of(r)?;
+        let o = RowChange::of(r)?;
         for c in &r.calls {
             log.execute(params![
                 r.delivery_id,
@@ -749,7 +751,7 @@ fn replay_one(
     };
     let state: DeliveryState = state
         .parse()
-        .map_err(|_| StoreError::Corrupt(format!("delivery {id} has state {state:?}")))?;
+        .map_err(|_| StoreError::Corrupt(format!("delivery {id} has state {state:?}").into()))?;
     if state != DeliveryState::Dead {
         return Ok(ReplayOutcome::NotDead(state));
     }

@@ -176,9 +176,9 @@ pub async fn batch(
                         replayed: replayed.then_some(true),
                     },
                     Err(e) => BatchItem::Refused {
-                        error: ApiError::Store(herald_core::store::StoreError::Corrupt(format!(
-                            "a stored response does not read back: {e}"
-                        )))
+                        error: ApiError::Store(herald_core::store::StoreError::Corrupt(
+                            format!("a stored response does not read back: {e}").into(),
+                        ))
                         .problem(),
                     },
                 }

@@ -61,7 +61,7 @@ pub struct Accepted {
 
 /// What one stream did.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct LoadResult {
     pub accepted: Vec<Accepted>,
     /// Items Herald refused for good (a 4xx other than a conflict or throttle).
     pub refused: Vec<(u64, String)>,
@@ -73,9 +73,9 @@ pub struct Outcome {
     pub finished: Option<Instant>,
 }
 
-impl Outcome {
+impl LoadResult {
     /// Adds another connection's or stream's results to these.
-    pub fn absorb(&mut self, other: Outcome) {
+    pub fn absorb(&mut self, other: LoadResult) {
         self.accepted.extend(other.accepted);
         self.refused.extend(other.refused);
         self.api_ms.extend(other.api_ms);
@@ -88,7 +88,7 @@ const GIVE_UP: Duration = Duration::from_secs(90);
 
 impl Stream {
     /// Runs the stream to its end; `bar` counts acknowledged notifications.
-    pub async fn run(self, client: Client, bar: ProgressBar) -> anyhow::Result<Outcome> {
+    pub async fn run(self, client: Client, bar: ProgressBar) -> anyhow::Result<LoadResult> {
         let per_request = match self.endpoint {
             Endpoint::Batch => self.batch_size.max(1) as u64,
             Endpoint::Single => 1,
@@ -101,7 +101,7 @@ impl Stream {
             let (stream, next, client, bar) =
                 (stream.clone(), next.clone(), client.clone(), bar.clone());
             tasks.spawn(async move {
-                let mut out = Outcome::default();
+                let mut out = LoadResult::default();
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let offset = k * per_request;
@@ -127,9 +127,9 @@ impl Stream {
                 anyhow::Ok(out)
             });
         }
-        let mut all = Outcome {
+        let mut all = LoadResult {
             started: Some(started),
-            ..Outcome::default()
+            ..LoadResult::default()
         };
         while let Some(done) = tasks.join_next().await {
             all.absorb(done??);
@@ -143,7 +143,7 @@ impl Stream {
         &self,
         client: &Client,
         mut numbers: Vec<u64>,
-        out: &mut Outcome,
+        out: &mut LoadResult,
     ) -> anyhow::Result<()> {
         let since = Instant::now();
         let mut pause = Duration::from_millis(50);

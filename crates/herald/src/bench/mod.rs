@@ -24,7 +24,7 @@ use indicatif::{MultiProgress, ProgressBar};
 use serde_json::json;
 
 use crate::progress;
-use load::{Client, Endpoint, Outcome, Stream};
+use load::{Client, Endpoint, LoadResult, Stream};
 use process::{Herald, Usage};
 use report::{deliveries, per_second, Machine, ProcessFigures, Report};
 use vendors::Vendors;
@@ -280,7 +280,7 @@ async fn run_scenario(args: BenchArgs) -> anyhow::Result<bool> {
         connections: args.connections,
     };
     let mut figures = std::collections::BTreeMap::new();
-    let outcome: Outcome = match args.scenario {
+    let outcome: LoadResult = match args.scenario {
         Scenario::Steady => {
             mixed(args.rate, 0)
                 .run(rig.client.clone(), accepted_bar.clone())

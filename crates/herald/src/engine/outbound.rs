@@ -94,7 +94,7 @@ impl Outbound {
     /// `RESOLVE_TIMEOUT`.
     pub async fn check_webhook_target(&self, url: &str) -> Result<(), TargetError> {
         herald_core::validate::check_webhook_url(url, &self.limits)
-            .map_err(TargetError::Refused)?;
+            .map_err(|why| TargetError::Refused(why.0))?;
         let parsed = url::Url::parse(url).map_err(|e| TargetError::Refused(e.to_string()))?;
         if let Some(url::Host::Domain(d)) = parsed.host() {
             let port = parsed.port_or_known_default().unwrap_or(443);
