@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::store::{
     AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
-    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, NewNotification,
-    NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants,
-    Upkeep,
+    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag,
+    NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome, Reports,
+    StoreError, Tenants, Upkeep,
 };
 
 use crate::ops;
@@ -111,6 +111,10 @@ impl<D: Database> Queue for Db<D> {
 impl<D: Database> Depths for Db<D> {
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
         reads::queue_depths(&self.reads).await
+    }
+
+    async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError> {
+        reads::oldest_due(&self.reads, now_ms).await
     }
 }
 

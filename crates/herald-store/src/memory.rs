@@ -16,8 +16,8 @@ use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
     AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetter,
     DeadLetterCursor, DeadLetterFilter, DeadLetters, DeliverySummary, DeliveryView, Depths, Health,
-    IdempotencyRecord, Intake, NewNotification, NotificationView, Outbox, Queue, QueueDepth,
-    ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
+    IdempotencyRecord, Intake, LaneLag, NewNotification, NotificationView, Outbox, Queue,
+    QueueDepth, ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
 };
 
 use crate::writes::{v7_floor, OutboxRow, RowChange};
@@ -482,6 +482,25 @@ impl Depths for MemoryStore {
                 channel,
                 priority,
                 pending,
+            })
+            .collect())
+    }
+
+    async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError> {
+        let s = self.lock();
+        let mut oldest: BTreeMap<(Channel, Priority), i64> = BTreeMap::new();
+        for d in s.deliveries.values() {
+            if d.waiting() && d.due_at_ms <= now_ms {
+                let at = oldest.entry((d.channel, d.priority)).or_insert(d.due_at_ms);
+                *at = (*at).min(d.due_at_ms);
+            }
+        }
+        Ok(oldest
+            .into_iter()
+            .map(|((channel, priority), oldest_due_at_ms)| LaneLag {
+                channel,
+                priority,
+                oldest_due_at_ms,
             })
             .collect())
     }

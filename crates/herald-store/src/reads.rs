@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::store::{
-    AttemptView, DeadLetter, DeadLetterCursor, DeadLetterFilter, DeliverySummary, NotificationView,
-    QueueDepth, StoreError,
+    AttemptView, DeadLetter, DeadLetterCursor, DeadLetterFilter, DeliverySummary, LaneLag,
+    NotificationView, QueueDepth, StoreError,
 };
 
 use crate::rows::{self, Columns};
@@ -84,6 +84,19 @@ pub(crate) async fn queue_depths<R: Reader>(r: &R) -> Result<Vec<QueueDepth>, St
     .await?
     .iter()
     .map(rows::queue_depth)
+    .collect()
+}
+
+pub(crate) async fn oldest_due<R: Reader>(r: &R, now_ms: i64) -> Result<Vec<LaneLag>, StoreError> {
+    r.rows(
+        "SELECT channel, priority, MIN(due_at_ms) AS oldest FROM deliveries \
+         WHERE state IN ('queued', 'retry_scheduled') AND due_at_ms <= $1 \
+         GROUP BY channel, priority",
+        vec![Arg::Int(now_ms)],
+    )
+    .await?
+    .iter()
+    .map(rows::lane_lag)
     .collect()
 }
 

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptView, Cause, DeadLetter, DeliverySummary, DeliveryView, NotificationView, QueueDepth,
-    StoreError,
+    AttemptView, Cause, DeadLetter, DeliverySummary, DeliveryView, LaneLag, NotificationView,
+    QueueDepth, StoreError,
 };
 use sqlx::Row;
 
@@ -149,6 +149,15 @@ pub(crate) fn queue_depth(row: &impl Columns) -> Result<QueueDepth, StoreError> 
         channel: row.parsed("channel")?,
         priority: row.priority()?,
         pending: u64::try_from(row.int("n")?).unwrap_or(0),
+    })
+}
+
+/// `SELECT channel, priority, MIN(due_at_ms) AS oldest`
+pub(crate) fn lane_lag(row: &impl Columns) -> Result<LaneLag, StoreError> {
+    Ok(LaneLag {
+        channel: row.parsed("channel")?,
+        priority: row.priority()?,
+        oldest_due_at_ms: row.int("oldest")?,
     })
 }
 

@@ -9,8 +9,8 @@ use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::roles::*;
 use herald_core::store::{
     AttemptRecord, CallRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterCursor,
-    DeadLetterFilter, IdempotencyRecord, NewDelivery, NewNotification, Next, ReplayOutcome,
-    StoredResponse,
+    DeadLetterFilter, IdempotencyRecord, LaneLag, NewDelivery, NewNotification, Next,
+    ReplayOutcome, StoredResponse,
 };
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
@@ -773,6 +773,49 @@ async fn waiting_deliveries_expire_without_a_claim(store: &dyn Store) {
     assert_eq!(left[0].notification_id, never.id, "no expiry: waits on");
 }
 
+async fn each_lane_says_how_long_its_oldest_due_delivery_has_waited(store: &dyn Store) {
+    let first = new_notification("t1", request(Priority::Normal, &["sms"]), 1_000);
+    let second = new_notification("t1", request(Priority::Normal, &["sms"]), 3_000);
+    let critical = new_notification("t2", request(Priority::Critical, &["sms", "email"]), 2_000);
+    let mut later = new_notification("t1", request(Priority::Low, &["email"]), 1_000);
+    later.due_at_ms = 9_000;
+    store
+        .create(vec![first, second, critical, later])
+        .await
+        .expect("create");
+    let lag = |mut v: Vec<LaneLag>| {
+        v.sort_by_key(|l| (l.channel.as_str(), l.priority));
+        v.into_iter()
+            .map(|l| (l.channel, l.priority, l.oldest_due_at_ms))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lag(store.oldest_due(5_000).await.expect("read")),
+        vec![
+            (Channel::Email, Priority::Critical, 2_000),
+            (Channel::Sms, Priority::Critical, 2_000),
+            (Channel::Sms, Priority::Normal, 1_000),
+        ],
+        "not yet due (the low email) is not lag"
+    );
+    // Taken deliveries no longer wait: the normal lane's oldest is the
+    // second one now.
+    let taken = store
+        .claim(Claim::new(Channel::Sms, Priority::Normal, 1, 5_000, 60_000))
+        .await
+        .expect("claim");
+    assert_eq!(taken.len(), 1);
+    let now = lag(store.oldest_due(9_000).await.expect("read"));
+    assert!(
+        now.contains(&(Channel::Sms, Priority::Normal, 3_000)),
+        "{now:?}"
+    );
+    assert!(
+        now.contains(&(Channel::Email, Priority::Low, 9_000)),
+        "{now:?}"
+    );
+}
+
 async fn finished_notifications_are_purged_with_everything_they_hold(store: &dyn Store) {
     let rec = IdempotencyRecord {
         request_hash: vec![7],
@@ -926,6 +969,7 @@ suite!(
     a_takeover_is_in_doubt_and_knows_the_backup_being_called,
     finished_notifications_are_purged_with_everything_they_hold,
     a_bus_consumer_claims_named_deliveries_once,
+    each_lane_says_how_long_its_oldest_due_delivery_has_waited,
 );
 
 /// 400 creates at once, each its own request: all land (group commit
