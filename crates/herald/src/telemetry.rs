@@ -13,6 +13,9 @@ pub const ATTEMPT_SECONDS: &str = "herald_attempt_duration_seconds";
 pub const DELIVERIES: &str = "herald_deliveries_total";
 pub const ACCEPT_TO_VENDOR_SECONDS: &str = "herald_accept_to_vendor_seconds";
 pub const QUEUE_DEPTH: &str = "herald_queue_depth";
+/// How long the lane's longest-waiting due delivery has waited (labels
+/// `channel`, `lane`; 0 when nothing due waits).
+pub const QUEUE_LAG_SECONDS: &str = "herald_queue_lag_seconds";
 pub const STORE_ERRORS: &str = "herald_store_errors_total";
 /// 0 closed, 1 open, 2 half-open; label `provider`.
 pub const CIRCUIT_STATE: &str = "herald_provider_circuit_state";

@@ -73,8 +73,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Prometheus text format. Queue depths are read from the store per scrape,
-/// circuit states from the breakers.
+/// Prometheus text format. Queue depths and lags are read from the store
+/// per scrape, circuit states from the breakers.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -92,6 +92,22 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             }
         }
         Err(e) => tracing::warn!(error = %e, "queue depth unavailable for this scrape"),
+    }
+    let now = herald_core::now_ms();
+    match state.depths.oldest_due(now).await {
+        Ok(lags) => {
+            for ch in &state.channels {
+                for lane in herald_core::Priority::ALL {
+                    let waited_ms = lags
+                        .iter()
+                        .find(|l| l.channel == *ch && l.priority == lane)
+                        .map_or(0, |l| now.saturating_sub(l.oldest_due_at_ms));
+                    metrics::gauge!(m::QUEUE_LAG_SECONDS, "channel" => ch.as_str(), "lane" => lane.as_str())
+                        .set(waited_ms as f64 / 1000.0);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "queue lag unavailable for this scrape"),
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

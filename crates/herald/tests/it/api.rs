@@ -327,6 +327,7 @@ async fn ops_endpoints() {
         "herald_attempts_total",
         "herald_attempt_duration_seconds_bucket",
         "herald_queue_depth{channel=\"sms\",lane=\"critical\"}",
+        "herald_queue_lag_seconds{channel=\"sms\",lane=\"critical\"}",
         "herald_requests_rejected_total{type=\"not-found\"}",
     ] {
         assert!(text.contains(needle), "{needle} missing from /metrics");
