@@ -45,14 +45,12 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     responses(
         (status = 202, description = "Stored durably", body = types::Accepted,
             headers(("Location" = String, description = "The notification's status URL"))),
-        (status = 400, description = "The body is not one well-formed JSON document", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over server.max_body_bytes", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not JSON", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::BodyRefused,
+        super::problem::Unauthorized,
         (status = 409, description = "A request with this Idempotency-Key is still being processed", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks a rule (errors names each), or the key was used with another body", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the tenant's rate limit; Retry-After says when", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Throttled,
+        super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
@@ -116,13 +114,11 @@ struct BatchBody {
     request_body = types::BatchIn,
     responses(
         (status = 200, description = "One result per item", body = BatchOut),
-        (status = 400, description = "The body is not one well-formed JSON document", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over server.max_body_bytes", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not JSON", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::BodyRefused,
+        super::problem::Unauthorized,
         (status = 422, description = "The batch is empty, too large or not of this shape", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the tenant's rate limit; Retry-After says when", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Throttled,
+        super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
@@ -201,9 +197,9 @@ pub async fn batch(
     params(("id" = String, Path, description = "The notification's id")),
     responses(
         (status = 200, description = "The notification", body = NotificationOut),
-        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unauthorized,
         (status = 404, description = "No such notification for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]

@@ -51,6 +51,57 @@ pub struct Problem {
     pub errors_total: Option<usize>,
 }
 
+/// The refusals of a JSON body, before anything reads it: for the OpenAPI
+/// document of every endpoint that takes one.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyRefused {
+    #[response(
+        status = 400,
+        description = "The body is not one well-formed JSON document",
+        content_type = "application/problem+json"
+    )]
+    Malformed(Problem),
+    #[response(
+        status = 413,
+        description = "The body is over server.max_body_bytes",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "The body is not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(Problem),
+}
+
+/// `401`, for the OpenAPI document of every endpoint under `/v1`.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 401,
+    description = "No API key, or an unknown one",
+    content_type = "application/problem+json"
+)]
+pub struct Unauthorized(pub Problem);
+
+/// `429`, for the OpenAPI document of the endpoints that take notifications.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "Over the tenant's rate limit; Retry-After says when",
+    content_type = "application/problem+json"
+)]
+pub struct Throttled(pub Problem);
+
+/// `503`, for the OpenAPI document of every endpoint under `/v1`.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)",
+    content_type = "application/problem+json"
+)]
+pub struct Unavailable(pub Problem);
+
 impl ApiError {
     pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ApiError::Invalid(FieldError::new(field, reason).into())

@@ -32,8 +32,8 @@ use crate::dlq;
     tag = "providers",
     responses(
         (status = 200, description = "The providers", body = ProvidersOut),
-        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unauthorized,
+        super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
@@ -107,9 +107,9 @@ impl FilterArgs {
     ),
     responses(
         (status = 200, description = "A page", body = DeadLettersOut),
-        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unauthorized,
         (status = 422, description = "A parameter is unknown, repeated or out of range", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
@@ -173,10 +173,10 @@ fn serde_urlencoded_args(q: &str) -> Result<FilterArgs, ApiError> {
     params(("id" = String, Path, description = "The dead letter's (delivery's) id")),
     responses(
         (status = 202, description = "Queued again", body = Replayed),
-        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unauthorized,
         (status = 404, description = "No such delivery for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The delivery is not dead", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
@@ -215,12 +215,10 @@ pub async fn replay_one(
     request_body = ReplayFilter,
     responses(
         (status = 200, description = "How many were queued again", body = ReplayedMany),
-        (status = 400, description = "The body is not one well-formed JSON document", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over server.max_body_bytes", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not JSON", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::BodyRefused,
+        super::problem::Unauthorized,
         (status = 422, description = "A filter field is unknown or out of range", body = super::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unavailable, the request took too long, or the server is stopping; retry (with the same Idempotency-Key)", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
