@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::store::{
     AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
-    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag,
+    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag, LeaseToken,
     NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome, Reports,
     StoreError, Tenants, Upkeep,
 };
@@ -85,7 +85,7 @@ impl<D: Database> Queue for Db<D> {
 
     async fn release(
         &self,
-        leases: Vec<(uuid::Uuid, i64)>,
+        leases: Vec<(uuid::Uuid, LeaseToken)>,
         started: bool,
     ) -> Result<(), StoreError> {
         self.writes.run(ops::Release { leases, started }).await
@@ -94,7 +94,7 @@ impl<D: Database> Queue for Db<D> {
     async fn note_call(
         &self,
         id: uuid::Uuid,
-        lease_token: i64,
+        lease_token: LeaseToken,
         provider: &str,
     ) -> Result<(), StoreError> {
         let provider = provider.to_owned();

@@ -16,8 +16,8 @@ use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
     AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetter,
     DeadLetterCursor, DeadLetterFilter, DeadLetters, DeliverySummary, DeliveryView, Depths, Health,
-    IdempotencyRecord, Intake, LaneLag, NewNotification, NotificationView, Outbox, Queue,
-    QueueDepth, ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
+    IdempotencyRecord, Intake, LaneLag, LeaseToken, NewNotification, NotificationView, Outbox,
+    Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
 };
 
 use crate::writes::{v7_floor, OutboxRow, RowChange};
@@ -65,7 +65,7 @@ struct Delivery {
     updated_at_ms: i64,
     /// Its notification's expiry.
     expires_at_ms: Option<i64>,
-    lease_token: Option<i64>,
+    lease_token: Option<LeaseToken>,
     attempts: u32,
     provider: Option<String>,
     vendor_message_id: Option<String>,
@@ -107,7 +107,7 @@ impl MemoryStore {
 impl State {
     /// Leases `ids` (each already found claimable) until `now + lease`.
     fn lease(&mut self, ids: &[uuid::Uuid], now_ms: i64, lease_ms: i64) -> Vec<ClaimedDelivery> {
-        let token: i64 = rand::random();
+        let token = LeaseToken(rand::random());
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let Some(d) = self.deliveries.get_mut(id) else {
@@ -432,7 +432,7 @@ impl Queue for MemoryStore {
 
     async fn release(
         &self,
-        leases: Vec<(uuid::Uuid, i64)>,
+        leases: Vec<(uuid::Uuid, LeaseToken)>,
         started: bool,
     ) -> Result<(), StoreError> {
         let now = herald_core::now_ms();
@@ -455,7 +455,7 @@ impl Queue for MemoryStore {
     async fn note_call(
         &self,
         id: uuid::Uuid,
-        lease_token: i64,
+        lease_token: LeaseToken,
         provider: &str,
     ) -> Result<(), StoreError> {
         let mut s = self.lock();

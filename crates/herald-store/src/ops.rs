@@ -9,8 +9,8 @@
 //! each backend's writer.
 
 use herald_core::store::{
-    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter, NewNotification,
-    ReplayOutcome,
+    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter, LeaseToken,
+    NewNotification, ReplayOutcome,
 };
 
 /// A write the store's writers apply in a group commit.
@@ -55,7 +55,7 @@ op!(Record, (), "record");
 
 /// Leases given back.
 pub struct Release {
-    pub leases: Vec<(uuid::Uuid, i64)>,
+    pub leases: Vec<(uuid::Uuid, LeaseToken)>,
     pub started: bool,
 }
 op!(Release, (), "release");
@@ -63,7 +63,7 @@ op!(Release, (), "release");
 /// A note that a leased delivery is about to go to a backup provider.
 pub struct NoteCall {
     pub id: uuid::Uuid,
-    pub lease_token: i64,
+    pub lease_token: LeaseToken,
     pub provider: String,
 }
 op!(NoteCall, (), "note_call");

@@ -21,8 +21,8 @@ use herald_core::lease::Lease;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::roles::*;
 use herald_core::store::{
-    AttemptRecord, CallRecord, Claim, ClaimedDelivery, NewDelivery, NewNotification, Next,
-    ReplayOutcome,
+    AttemptRecord, CallRecord, Claim, ClaimedDelivery, LeaseToken, NewDelivery, NewNotification,
+    Next, ReplayOutcome,
 };
 use herald_store::{SqliteOptions, SqliteStore};
 use proptest::prelude::*;
@@ -210,7 +210,7 @@ async fn run(ops: Vec<Op>, ttl_ms: Option<i64>, backend: Backend) -> Result<(), 
     let mut workers: [Option<Held>; 2] = [None, None];
     let mut sent_recorded = false;
     // The lease the store holds the delivery under, as the model knows it.
-    let mut current: Option<i64> = None;
+    let mut current: Option<LeaseToken> = None;
     for op in ops {
         match op {
             Op::Advance { ms } => now += i64::from(ms),

@@ -37,6 +37,13 @@ impl Claim {
     }
 }
 
+/// Proves a lease: the store records a delivery's outcome, gives it back or
+/// notes a call only with the token of its current lease, so a worker whose
+/// lease was taken over cannot write over the new holder. Its own type, so
+/// it is never passed where a time or a count is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub i64);
+
 /// A delivery a worker now holds under a lease.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -50,7 +57,7 @@ pub struct ClaimedDelivery {
     /// The number of this attempt, from 1.
     pub attempt: u32,
     /// Proves the lease: results are recorded only with the current token.
-    pub lease_token: i64,
+    pub lease_token: LeaseToken,
     /// When the lease runs out (the claimer's clock): from then on another
     /// worker may take the delivery over, so no vendor call may still be
     /// running (`crate::lease`).
@@ -114,7 +121,7 @@ pub struct CallRecord {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: uuid::Uuid,
-    pub lease_token: i64,
+    pub lease_token: LeaseToken,
     pub attempt: u32,
     /// In order; empty when no vendor was called (expired, deferred, or the
     /// message could not be built).
@@ -160,7 +167,7 @@ pub trait Queue: Send + Sync {
     /// deliveries never handed to a worker (a bus's buffer).
     async fn release(
         &self,
-        leases: Vec<(uuid::Uuid, i64)>,
+        leases: Vec<(uuid::Uuid, LeaseToken)>,
         started: bool,
     ) -> Result<(), StoreError>;
     /// Notes, before the call, that a leased delivery is about to go to a
@@ -169,7 +176,7 @@ pub trait Queue: Send + Sync {
     async fn note_call(
         &self,
         id: uuid::Uuid,
-        lease_token: i64,
+        lease_token: LeaseToken,
         provider: &str,
     ) -> Result<(), StoreError>;
 }

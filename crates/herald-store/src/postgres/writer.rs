@@ -20,7 +20,7 @@ use std::time::Duration;
 use herald_core::model::DeliveryState;
 use herald_core::store::{
     AttemptRecord, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter,
-    IdempotencyRecord, NewNotification, ReplayOutcome, StoreError, StoredResponse,
+    IdempotencyRecord, LeaseToken, NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use sqlx::{Acquire, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, Mutex};
@@ -220,7 +220,7 @@ impl PgOp for ops::NoteCall {
         )
         .bind(&self.provider)
         .bind(self.id)
-        .bind(self.lease_token)
+        .bind(self.lease_token.0)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -646,7 +646,7 @@ async fn leased(
             target: row.small("target")?,
             priority: row.priority()?,
             attempt: row.small("attempts")?,
-            lease_token: token,
+            lease_token: LeaseToken(token),
             lease_until_ms: until_ms,
             accepted_at_ms: 0,
             expires_at_ms: None,
@@ -727,7 +727,7 @@ async fn record(
             c.error.push(call.error.as_deref());
         }
         m.id.push(r.delivery_id);
-        m.token.push(r.lease_token);
+        m.token.push(r.lease_token.0);
         m.state.push(o.state);
         m.due.push(o.due_at_ms);
         m.uncount.push(o.uncount);
@@ -906,10 +906,11 @@ async fn replay_many(
 
 async fn release(
     tx: &mut PgConnection,
-    leases: &[(uuid::Uuid, i64)],
+    leases: &[(uuid::Uuid, LeaseToken)],
     started: bool,
 ) -> Result<(), StoreError> {
-    let (ids, tokens): (Vec<uuid::Uuid>, Vec<i64>) = leases.iter().copied().unzip();
+    let (ids, tokens): (Vec<uuid::Uuid>, Vec<i64>) =
+        leases.iter().map(|&(id, t)| (id, t.0)).unzip();
     sqlx::query(
         "UPDATE deliveries d SET state = 'queued', due_at_ms = $1, lease_token = NULL, \
              attempts = GREATEST(d.attempts - 1, 0), updated_at_ms = $1, in_doubt = (d.in_doubt OR $4) \

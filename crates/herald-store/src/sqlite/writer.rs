@@ -34,7 +34,7 @@ use crate::writes::{
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
     AttemptRecord, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter,
-    IdempotencyRecord, NewNotification, ReplayOutcome, StoreError, StoredResponse,
+    IdempotencyRecord, LeaseToken, NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -235,7 +235,7 @@ impl SqliteOp for ops::NoteCall {
             "UPDATE deliveries SET calling = ?1 \
              WHERE id = ?2 AND lease_token = ?3 AND state = 'sending'",
         )
-        .and_then(|mut s| s.execute(params![self.provider, self.id, self.lease_token]))
+        .and_then(|mut s| s.execute(params![self.provider, self.id, self.lease_token.0]))
         .map_err(sql_err)?;
         Ok(())
     }
@@ -517,7 +517,7 @@ fn leased(
         target: u32::try_from(target).unwrap_or(0),
         priority,
         attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-        lease_token: token,
+        lease_token: LeaseToken(token),
         lease_until_ms: until_ms,
         accepted_at_ms: 0,
         expires_at_ms: None,
@@ -653,7 +653,7 @@ fn record<'a>(
         update
             .execute(params![
                 r.delivery_id,
-                r.lease_token,
+                r.lease_token.0,
                 o.state,
                 o.due_at_ms,
                 o.uncount,
@@ -793,7 +793,7 @@ fn replay_many(
 
 fn release(
     tx: &Transaction<'_>,
-    leases: &[(uuid::Uuid, i64)],
+    leases: &[(uuid::Uuid, LeaseToken)],
     started: bool,
 ) -> Result<(), StoreError> {
     let now = herald_core::now_ms();
@@ -806,7 +806,7 @@ fn release(
         .map_err(sql_err)?;
     for (id, token) in leases {
         give_back
-            .execute(params![now, id, token, started])
+            .execute(params![now, id, token.0, started])
             .map_err(sql_err)?;
     }
     Ok(())

@@ -12,6 +12,7 @@ use herald_core::bus::Bus;
 use herald_core::lanes::Lanes;
 use herald_core::model::{Channel, Priority};
 use herald_core::pool::PoolPolicy;
+use herald_core::store::LeaseToken;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +32,7 @@ pub struct Dispatcher {
 struct Held {
     lane: Priority,
     delivery: uuid::Uuid,
-    lease: i64,
+    lease: LeaseToken,
 }
 
 impl Dispatcher {

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use herald_core::store::{AttemptRecord, Queue, StoreError};
+use herald_core::store::{AttemptRecord, LeaseToken, Queue, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry as m;
@@ -74,7 +74,7 @@ impl Unwritten {
         if batch.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<(uuid::Uuid, i64)> = batch
+        let ids: Vec<(uuid::Uuid, LeaseToken)> = batch
             .iter()
             .map(|r| (r.delivery_id, r.lease_token))
             .collect();
