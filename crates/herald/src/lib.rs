@@ -1,14 +1,14 @@
-//! Herald, the binary's library: CLI commands, config, the HTTP API, the
-//! delivery engine, templates, telemetry, the demo and the bench. Integration tests
-//! start it in-process through `app::Running`.
+//! Herald, the binary's library: config and wiring (`app`), the HTTP API,
+//! the delivery engine, templates, telemetry, and the tooling around them
+//! (`tooling`: the demo and the bench). Integration tests start it
+//! in-process through `app::Running`.
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod config;
-pub mod demo;
 pub mod dlq;
 pub mod engine;
 pub mod progress;
 pub mod render;
 pub mod telemetry;
+pub mod tooling;

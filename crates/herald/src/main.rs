@@ -80,13 +80,13 @@ enum Command {
     /// Run a showcase workload through a sandbox started in-process (real
     /// HTTP, real SQLite, simulated vendors) and print a report. Exits
     /// non-zero if any notification was lost or delivered twice.
-    Demo(herald::demo::DemoArgs),
+    Demo(herald::tooling::demo::DemoArgs),
     /// Load Herald and measure it: accepted and delivered per second,
     /// accept-to-vendor latency per lane, lost and duplicated, CPU, peak RSS
     /// and bytes stored. Starts its own sandbox Herald (a child process) and
     /// simulator unless given --target. Prints a table and writes JSON; exits
     /// non-zero if anything was lost, duplicated or refused.
-    Bench(herald::bench::BenchArgs),
+    Bench(herald::tooling::bench::BenchArgs),
     /// Run the vendor simulator alone (SendGrid, Twilio, SNS, FCM and webhook
     /// endpoints, with a ledger at /_sim/ledger and faults at /_sim/faults).
     Sim {
@@ -205,12 +205,12 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
-        Command::Demo(args) => Ok(if herald::demo::run(args).await? {
+        Command::Demo(args) => Ok(if herald::tooling::demo::run(args).await? {
             std::process::ExitCode::SUCCESS
         } else {
             std::process::ExitCode::FAILURE
         }),
-        Command::Bench(args) => Ok(if herald::bench::run(args).await? {
+        Command::Bench(args) => Ok(if herald::tooling::bench::run(args).await? {
             std::process::ExitCode::SUCCESS
         } else {
             std::process::ExitCode::FAILURE

@@ -216,7 +216,7 @@ pub fn email(subject: &str) -> Value {
 /// URL. Killed when dropped.
 pub async fn spawn_serve(mut cmd: tokio::process::Command) -> (tokio::process::Child, String) {
     cmd.env("RUST_LOG", "warn");
-    herald::bench::process::spawn_serve(cmd)
+    herald::tooling::bench::process::spawn_serve(cmd)
         .await
         .expect("herald serve starts listening")
 }

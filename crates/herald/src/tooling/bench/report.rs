@@ -350,7 +350,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::workload::Kind;
+    use crate::tooling::bench::workload::Kind;
 
     fn receipt(vendor: &str, recipient: &str, at: i64) -> Receipt {
         Receipt {

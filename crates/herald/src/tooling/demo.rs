@@ -341,7 +341,8 @@ struct Totals {
 }
 
 fn percentile(sorted: &[i64], p: f64) -> String {
-    crate::bench::report::nearest_rank(sorted, p).map_or_else(|| "-".into(), |v| format!("{v} ms"))
+    crate::tooling::bench::report::nearest_rank(sorted, p)
+        .map_or_else(|| "-".into(), |v| format!("{v} ms"))
 }
 
 fn report(sim: &Sim, summaries: &[herald_core::store::DeliverySummary], t: Totals) -> bool {
