@@ -5,6 +5,7 @@
 //! on its parts (`status`).
 //! No I/O lives here.
 
+pub mod admission;
 pub mod attempt;
 pub mod breaker;
 pub mod bus;

@@ -237,6 +237,12 @@ impl Running {
             bus_health,
         };
         let state = Arc::new(AppState::new(cfg.api_settings(), parts));
+        for (lane, objective) in cfg.lane_objectives().iter() {
+            if let Some(within) = objective.within {
+                metrics::gauge!(crate::telemetry::LANE_OBJECTIVE_SECONDS, "lane" => lane.as_str())
+                    .set(within.as_secs_f64());
+            }
+        }
         let app = api::router(
             state.clone(),
             Duration::from_millis(cfg.server.request_timeout_ms),

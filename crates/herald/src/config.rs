@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::bail;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use herald_core::admission::LaneObjective;
 use herald_core::breaker::BreakerSettings;
 use herald_core::lanes::{Failover, LaneRules, Lanes};
 use herald_core::model::{Channel, Priority};
@@ -161,6 +162,10 @@ pub struct LaneConfig {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_cap_ms: u64,
+    /// Accept to vendor within this long; 0 for none (work that may wait).
+    pub objective_ms: u64,
+    /// The most deliveries the lane may hold waiting; 0 for no limit.
+    pub backlog_cap: u64,
 }
 
 impl LanesConfig {
@@ -531,6 +536,17 @@ impl Config {
         })
     }
 
+    /// What each lane promises, and how much it may hold.
+    pub fn lane_objectives(&self) -> Lanes<LaneObjective> {
+        Lanes::from_fn(|lane| {
+            let l = self.lanes.get(lane);
+            LaneObjective {
+                within: (l.objective_ms > 0).then(|| Duration::from_millis(l.objective_ms)),
+                backlog_cap: (l.backlog_cap > 0).then_some(l.backlog_cap),
+            }
+        })
+    }
+
     /// A provider's guards, its own settings over the defaults. An unknown
     /// name gets the defaults.
     pub fn provider_guards(&self, name: &str) -> ProviderGuards {
@@ -637,6 +653,19 @@ pub const SANDBOX_WEBHOOK_SECRET: &str = "whsec_aGVyYWxkLXNhbmRib3gtd2ViaG9vay1z
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_have_their_documented_objectives_and_low_a_backlog_cap() {
+        let cfg = Config::load(None).expect("defaults");
+        let o = cfg.lane_objectives();
+        let secs = |lane| o[lane].within.map(|d: Duration| d.as_millis());
+        assert_eq!(secs(Priority::Critical), Some(1_000));
+        assert_eq!(secs(Priority::High), Some(2_000));
+        assert_eq!(secs(Priority::Normal), Some(10_000));
+        assert_eq!(secs(Priority::Low), None, "low may wait");
+        assert_eq!(o[Priority::Low].backlog_cap, Some(10_000_000));
+        assert_eq!(o[Priority::Critical].backlog_cap, None);
+    }
 
     #[test]
     fn defaults_parse_and_sandbox_validates() {

@@ -328,6 +328,7 @@ async fn ops_endpoints() {
         "herald_attempt_duration_seconds_bucket",
         "herald_queue_depth{channel=\"sms\",lane=\"critical\"}",
         "herald_queue_lag_seconds{channel=\"sms\",lane=\"critical\"}",
+        "herald_lane_objective_seconds{lane=\"critical\"} 1",
         "herald_requests_rejected_total{type=\"not-found\"}",
     ] {
         assert!(text.contains(needle), "{needle} missing from /metrics");

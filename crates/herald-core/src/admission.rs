@@ -1,0 +1,318 @@
+//! Admission control by lane: whether a notification for a lane may be
+//! accepted now, judged from the lane's queue as measured (how much waits,
+//! how long the oldest due delivery has waited, how fast the lane is being
+//! delivered) against the lane's objective. Plain functions over values: the
+//! API measures, this decides.
+//!
+//! A lane with an objective (accept to vendor within so long) refuses new
+//! work while a delivery accepted now would miss it. A lane without one
+//! (work that may wait: newsletters, campaigns) accepts up to its backlog
+//! cap. The critical lane is the last to be refused: while it is behind,
+//! the lanes under it that still have work queued are refused first, to
+//! make room; critical itself is refused only when nothing else is left to
+//! shed.
+
+use std::time::Duration;
+
+use crate::lanes::Lanes;
+use crate::model::Priority;
+
+/// The longest `Retry-After` admission control asks for.
+pub const MAX_RETRY_AFTER_S: u64 = 60;
+
+/// What a lane promises, and how much it may hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneObjective {
+    /// From accept to vendor within this long; none for work that may wait.
+    pub within: Option<Duration>,
+    /// At most this many deliveries waiting; none for no limit.
+    pub backlog_cap: Option<u64>,
+}
+
+/// A lane's queue, as measured now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LaneLoad {
+    /// Deliveries waiting to be sent (queued or retry scheduled).
+    pub waiting: u64,
+    /// How long the longest-waiting due delivery has waited.
+    pub oldest_wait_ms: i64,
+    /// Deliveries of this lane sent per second, lately.
+    pub delivered_per_second: f64,
+}
+
+impl LaneLoad {
+    /// How long a delivery accepted now can expect to wait: the work ahead
+    /// of it at the rate the lane is being delivered, and never less than
+    /// what the oldest due delivery has already waited. A lane that has
+    /// work but delivers none (starting, or every route closed) is judged
+    /// by its oldest wait alone.
+    pub fn expected_wait_ms(&self) -> i64 {
+        let queued = if self.delivered_per_second > 0.0 {
+            (self.waiting as f64 / self.delivered_per_second * 1000.0) as i64
+        } else {
+            0
+        };
+        queued.max(self.oldest_wait_ms).max(0)
+    }
+
+    /// Seconds until `excess` deliveries have gone out at the lane's rate.
+    fn drain_seconds(&self, excess: u64) -> u64 {
+        if self.delivered_per_second > 0.0 {
+            (excess as f64 / self.delivered_per_second).ceil() as u64
+        } else {
+            MAX_RETRY_AFTER_S
+        }
+    }
+}
+
+/// Why a lane refuses new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Work accepted now would reach the vendor later than the objective.
+    Objective,
+    /// The lane holds as much as it may.
+    BacklogCap,
+    /// The critical lane is behind its objective: this lane gives way.
+    MakingRoom,
+}
+
+impl Refusal {
+    /// The metric label and the problem document's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Objective => "objective",
+            Refusal::BacklogCap => "backlog_cap",
+            Refusal::MakingRoom => "making_room",
+        }
+    }
+}
+
+/// Whether a lane takes new work now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    /// Refused: try again after `retry_after_s` (1 to `MAX_RETRY_AFTER_S`).
+    Refuse {
+        reason: Refusal,
+        retry_after_s: u64,
+    },
+}
+
+impl Verdict {
+    pub fn admits(&self) -> bool {
+        matches!(self, Verdict::Admit)
+    }
+}
+
+fn refuse(reason: Refusal, retry_after_s: u64) -> Verdict {
+    Verdict::Refuse {
+        reason,
+        retry_after_s: retry_after_s.clamp(1, MAX_RETRY_AFTER_S),
+    }
+}
+
+/// One lane on its own: its backlog cap, then its objective.
+pub fn judge(load: &LaneLoad, objective: &LaneObjective) -> Verdict {
+    if let Some(cap) = objective.backlog_cap {
+        if load.waiting >= cap {
+            return refuse(
+                Refusal::BacklogCap,
+                load.drain_seconds(load.waiting - cap + 1),
+            );
+        }
+    }
+    if let Some(within) = objective.within {
+        let over_ms = load.expected_wait_ms() - crate::ms(within);
+        if over_ms > 0 {
+            return refuse(Refusal::Objective, (over_ms as u64).div_ceil(1000));
+        }
+    }
+    Verdict::Admit
+}
+
+/// Every lane, with critical the last to be refused: while critical is
+/// behind its objective, every lane under it is refused to make room, and
+/// critical itself is admitted as long as a lane under it still has work
+/// waiting that giving way will shed; it is refused only when none has.
+pub fn judge_lanes(loads: &Lanes<LaneLoad>, objectives: &Lanes<LaneObjective>) -> Lanes<Verdict> {
+    let mut verdicts = Lanes::from_fn(|lane| judge(&loads[lane], &objectives[lane]));
+    let Verdict::Refuse {
+        reason: Refusal::Objective,
+        retry_after_s,
+    } = verdicts[Priority::Critical]
+    else {
+        return verdicts;
+    };
+    let below = [Priority::High, Priority::Normal, Priority::Low];
+    for lane in below {
+        if verdicts[lane].admits() {
+            verdicts[lane] = refuse(Refusal::MakingRoom, retry_after_s);
+        }
+    }
+    if below.iter().any(|&lane| loads[lane].waiting > 0) {
+        verdicts[Priority::Critical] = Verdict::Admit;
+    }
+    verdicts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(waiting: u64, oldest_wait_ms: i64, rate: f64) -> LaneLoad {
+        LaneLoad {
+            waiting,
+            oldest_wait_ms,
+            delivered_per_second: rate,
+        }
+    }
+
+    fn within(ms: u64) -> LaneObjective {
+        LaneObjective {
+            within: Some(Duration::from_millis(ms)),
+            backlog_cap: None,
+        }
+    }
+
+    #[test]
+    fn the_expected_wait_is_the_queue_at_its_rate_or_the_oldest_wait() {
+        for (l, expected) in [
+            (load(0, 0, 0.0), 0),
+            (load(0, 0, 1_000.0), 0),
+            (load(5_000, 100, 1_000.0), 5_000),
+            (load(500, 3_000, 1_000.0), 3_000),
+            (load(10, 750, 0.0), 750),
+            (load(10, -5, 0.0), 0),
+        ] {
+            assert_eq!(l.expected_wait_ms(), expected, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn a_lane_is_judged_by_its_cap_then_its_objective() {
+        let none = LaneObjective::default();
+        let capped = LaneObjective {
+            within: None,
+            backlog_cap: Some(1_000),
+        };
+        for (l, objective, verdict) in [
+            // Nothing waits, or it will be sent in time.
+            (load(0, 0, 0.0), within(1_000), Verdict::Admit),
+            (load(900, 200, 1_000.0), within(1_000), Verdict::Admit),
+            (load(1_000, 1_000, 1_000.0), within(1_000), Verdict::Admit),
+            // 12 s of work at 1,000/s against a 10 s objective: 2 s late.
+            (
+                load(12_000, 300, 1_000.0),
+                within(10_000),
+                refuse(Refusal::Objective, 2),
+            ),
+            // Not moving, and its oldest has waited past the objective.
+            (
+                load(10, 2_500, 0.0),
+                within(1_000),
+                refuse(Refusal::Objective, 2),
+            ),
+            // No objective: anything goes, up to the cap.
+            (load(5_000_000, 600_000, 10.0), none, Verdict::Admit),
+            (load(999, 0, 100.0), capped, Verdict::Admit),
+            (
+                load(1_000, 0, 100.0),
+                capped,
+                refuse(Refusal::BacklogCap, 1),
+            ),
+            (
+                load(1_500, 0, 100.0),
+                capped,
+                refuse(Refusal::BacklogCap, 6),
+            ),
+            // Retry-After stays within 1 to 60 s.
+            (
+                load(1_000_000, 0, 10.0),
+                within(1_000),
+                refuse(Refusal::Objective, MAX_RETRY_AFTER_S),
+            ),
+            (load(5, 0, 0.0), capped, Verdict::Admit),
+            (
+                load(1_000, 0, 0.0),
+                capped,
+                refuse(Refusal::BacklogCap, MAX_RETRY_AFTER_S),
+            ),
+        ] {
+            assert_eq!(judge(&l, &objective), verdict, "{l:?} {objective:?}");
+        }
+    }
+
+    fn objectives() -> Lanes<LaneObjective> {
+        Lanes::from([
+            within(1_000),
+            within(2_000),
+            within(10_000),
+            LaneObjective {
+                within: None,
+                backlog_cap: Some(1_000_000),
+            },
+        ])
+    }
+
+    #[test]
+    fn a_lane_behind_its_objective_refuses_alone_unless_it_is_critical() {
+        let loads = Lanes::from([
+            load(10, 20, 500.0),
+            load(100, 50, 1_000.0),
+            load(30_000, 8_000, 1_000.0),
+            load(200_000, 60_000, 100.0),
+        ]);
+        let v = judge_lanes(&loads, &objectives());
+        assert_eq!(v[Priority::Critical], Verdict::Admit);
+        assert_eq!(v[Priority::High], Verdict::Admit);
+        assert_eq!(v[Priority::Normal], refuse(Refusal::Objective, 20));
+        assert_eq!(v[Priority::Low], Verdict::Admit, "low may wait");
+    }
+
+    #[test]
+    fn critical_behind_makes_the_lanes_under_it_give_way_first() {
+        let loads = Lanes::from([
+            load(3_000, 1_500, 1_000.0),
+            load(0, 0, 0.0),
+            load(2_000, 400, 1_000.0),
+            load(200_000, 60_000, 100.0),
+        ]);
+        let v = judge_lanes(&loads, &objectives());
+        assert_eq!(v[Priority::Critical], Verdict::Admit);
+        assert_eq!(v[Priority::High], refuse(Refusal::MakingRoom, 2));
+        assert_eq!(v[Priority::Normal], refuse(Refusal::MakingRoom, 2));
+        assert_eq!(v[Priority::Low], refuse(Refusal::MakingRoom, 2));
+    }
+
+    #[test]
+    fn critical_is_refused_only_when_nothing_is_left_to_shed() {
+        let loads = Lanes::from([
+            load(3_000, 1_500, 1_000.0),
+            load(0, 0, 0.0),
+            load(0, 0, 0.0),
+            load(0, 0, 0.0),
+        ]);
+        let v = judge_lanes(&loads, &objectives());
+        assert_eq!(v[Priority::Critical], refuse(Refusal::Objective, 2));
+        assert!(
+            [Priority::High, Priority::Normal, Priority::Low]
+                .iter()
+                .all(|&l| v[l] == refuse(Refusal::MakingRoom, 2)),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_lane_already_refused_keeps_its_own_reason() {
+        let loads = Lanes::from([
+            load(3_000, 1_500, 1_000.0),
+            load(0, 0, 0.0),
+            load(30_000, 8_000, 1_000.0),
+            load(2_000_000, 0, 100.0),
+        ]);
+        let v = judge_lanes(&loads, &objectives());
+        assert_eq!(v[Priority::Critical], Verdict::Admit);
+        assert_eq!(v[Priority::Normal], refuse(Refusal::Objective, 20));
+        assert_eq!(v[Priority::Low], refuse(Refusal::BacklogCap, 60));
+    }
+}
