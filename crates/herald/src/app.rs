@@ -237,6 +237,16 @@ impl Running {
             bus_health,
         };
         let state = Arc::new(AppState::new(cfg.api_settings(), parts));
+        if cfg.server.admission && cfg.has_role(Role::Api) {
+            tokio::spawn(api::admission::keep_judging(
+                state.admission.clone(),
+                store.clone(),
+                cfg.enabled_channels(),
+                cfg.lane_objectives(),
+                Duration::from_millis(cfg.server.admission_refresh_ms.max(10)),
+                stop_fleet.clone(),
+            ));
+        }
         for (lane, objective) in cfg.lane_objectives().iter() {
             if let Some(within) = objective.within {
                 metrics::gauge!(crate::telemetry::LANE_OBJECTIVE_SECONDS, "lane" => lane.as_str())

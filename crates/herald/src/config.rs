@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// How long a connection with no request in progress may sit silent.
     pub idle_timeout_ms: u64,
+    /// Refuse notifications for lanes behind their objective.
+    pub admission: bool,
+    /// How often the lanes are judged.
+    pub admission_refresh_ms: u64,
 }
 
 /// `[redis]`: optional fleet-wide send rates and shared open circuits.

@@ -19,6 +19,9 @@ pub const QUEUE_LAG_SECONDS: &str = "herald_queue_lag_seconds";
 /// The lane's objective, accept to vendor (label `lane`; lanes without
 /// one are not shown).
 pub const LANE_OBJECTIVE_SECONDS: &str = "herald_lane_objective_seconds";
+/// Notifications refused by admission control (labels `lane`, `reason`:
+/// `objective`, `backlog_cap`, `making_room`).
+pub const ADMISSION_REFUSED: &str = "herald_admission_refused_total";
 pub const STORE_ERRORS: &str = "herald_store_errors_total";
 /// 0 closed, 1 open, 2 half-open; label `provider`.
 pub const CIRCUIT_STATE: &str = "herald_provider_circuit_state";

@@ -172,7 +172,12 @@ pub async fn accept(
     let mut channels: HashSet<Channel> = HashSet::new();
 
     for item in items {
-        let (req, key) = match item.and_then(|(r, k)| check(state, &r, now).map(|()| (r, k))) {
+        let admitted = |r: &NotificationRequest| state.admission.check(r.priority, &r.channels);
+        let (req, key) = match item.and_then(|(r, k)| {
+            check(state, &r, now)
+                .and_then(|()| admitted(&r))
+                .map(|()| (r, k))
+        }) {
             Ok(x) => x,
             Err(e) => {
                 out.push(Some(Accepted::Refused(e)));

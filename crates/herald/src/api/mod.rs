@@ -2,6 +2,7 @@
 //! the bus, and turn errors into problem documents in one place.
 
 mod accept;
+pub mod admission;
 mod auth;
 mod json;
 mod limits;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set when shutdown begins: /readyz turns 503 so load balancers drain.
     pub draining: AtomicBool,
+    /// Admission control's verdicts per channel and lane.
+    pub admission: Arc<admission::Gate>,
 }
 
 impl AppState {
@@ -112,6 +115,7 @@ impl AppState {
             ),
             metrics: crate::telemetry::metrics(),
             draining: AtomicBool::new(false),
+            admission: Arc::default(),
         }
     }
 }

@@ -45,6 +45,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             status: "draining".into(),
             store: None,
             bus: None,
+            shedding: Vec::new(),
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(draining)).into_response();
     }
@@ -65,6 +66,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         status: if ready { "ready" } else { "unavailable" }.into(),
         store: Some(report(store)),
         bus: Some(report(bus)),
+        shedding: state.admission.shedding(),
     });
     if ready {
         body.into_response()

@@ -33,6 +33,16 @@ pub enum ApiError {
     ShuttingDown,
     #[error("delivery {0} is {1}, not dead: only dead letters are replayed")]
     NotDead(uuid::Uuid, herald_core::DeliveryState),
+    #[error(
+        "the {} lane for {channel} cannot deliver more in time ({}); retry after {} s with the same Idempotency-Key",
+        lane.as_str(), reason.as_str(), retry_after_secs(retry_after)
+    )]
+    LaneBehind {
+        lane: herald_core::Priority,
+        channel: herald_core::Channel,
+        reason: herald_core::admission::Refusal,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// The problem document (RFC 9457): every error Herald sends.
@@ -88,7 +98,7 @@ pub struct Unauthorized(pub Problem);
 #[derive(utoipa::IntoResponses)]
 #[response(
     status = 429,
-    description = "Over the tenant's rate limit; Retry-After says when",
+    description = "Over the tenant's rate limit, or (urn:herald:problem:lane-behind) a lane the notification would join cannot deliver it within its objective; Retry-After says when",
     content_type = "application/problem+json"
 )]
 pub struct Throttled(pub Problem);
@@ -154,6 +164,11 @@ impl ApiError {
                 "Service unavailable",
             ),
             NotDead(..) => (StatusCode::CONFLICT, "not-dead", "Not a dead letter"),
+            LaneBehind { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "lane-behind",
+                "Lane behind its objective",
+            ),
         }
     }
 
@@ -211,7 +226,11 @@ impl IntoResponse for ApiError {
         let p = self.problem();
         let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = problem_response(status, &p);
-        if let ApiError::RateLimited(wait) = self {
+        if let ApiError::RateLimited(wait)
+        | ApiError::LaneBehind {
+            retry_after: wait, ..
+        } = self
+        {
             r.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(&wait)),

@@ -332,4 +332,8 @@ pub struct Readiness {
     pub store: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bus: Option<String>,
+    /// Lanes refusing new work (admission control), as `channel lane:
+    /// reason`; the node is still ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shedding: Vec<String>,
 }

@@ -69,3 +69,98 @@ async fn critical_is_delivered_before_a_low_lane_backlog() {
         "all 10 critical went out while {low_before} of 200 newsletters had: the flood did not hold them back"
     );
 }
+
+/// Admission control: a normal lane flooded past its objective refuses new
+/// normal notifications with 429, `Retry-After` and the lane named, per item
+/// in a batch too, while critical is still admitted and delivered in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_behind_its_objective_refuses_new_work_and_critical_still_goes() {
+    let s = TestServer::start_with(|c| {
+        c.server.admission = true;
+        c.server.admission_refresh_ms = 50;
+        c.lanes.normal.objective_ms = 300;
+        let sms = c
+            .channels
+            .get_mut(&herald_core::Channel::Sms)
+            .expect("sms channel");
+        sms.concurrency = 4;
+        sms.reserved_critical = 1;
+    })
+    .await;
+    s.fault(
+        "twilio",
+        Fault {
+            latency_min_ms: 100,
+            latency_max_ms: 100,
+            ..Fault::default()
+        },
+    );
+    // 300 normal SMS at 4 at a time and 100 ms each: 7 s of work, far
+    // past the lane's 300 ms objective.
+    let flood: Vec<_> = (0..300)
+        .map(|i| sms(&format!("order update {i}"), "normal"))
+        .collect();
+    let (st, _, v) = s
+        .post("/v1/notifications/batch", &json!({"notifications": flood}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    let mut refused = None;
+    for _ in 0..100 {
+        let (st, headers, v) = s
+            .post("/v1/notifications", &sms("one more", "normal"))
+            .await;
+        if st == 429 {
+            refused = Some((headers, v));
+            break;
+        }
+        assert_eq!(st, 202, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (headers, v) = refused.expect("the normal lane refuses once it is behind");
+    assert_eq!(v["type"], "urn:herald:problem:lane-behind", "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("normal lane for sms")),
+        "{v}"
+    );
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+
+    // In a batch, only the normal item is refused; critical is admitted.
+    let (st, _, v) = s
+        .post(
+            "/v1/notifications/batch",
+            &json!({"notifications": [sms("2FA code", "critical"), sms("late", "normal")]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "accepted", "{v}");
+    assert_eq!(
+        v["results"][1]["error"]["type"], "urn:herald:problem:lane-behind",
+        "{v}"
+    );
+    let critical_done = || s.sim.entries().iter().any(|e| e.summary.starts_with("2FA"));
+    assert!(
+        wait_until(Duration::from_secs(3), critical_done).await,
+        "critical delivered while the normal lane is behind"
+    );
+    let (st, ready) = s.get("/readyz").await;
+    assert_eq!(st, 200, "shedding load is not being unready: {ready}");
+    assert!(
+        ready["shedding"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x == "sms normal: objective")),
+        "{ready}"
+    );
+    let metrics = s.get_raw("/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains("herald_admission_refused_total{lane=\"normal\",reason=\"objective\"}"),
+        "refusals are counted"
+    );
+}

@@ -1,0 +1,207 @@
+//! Admission control at the API (`server.admission`): each channel's lanes
+//! are judged a few times a second from what the store reports (how much
+//! waits, how long the oldest due delivery has waited) against the lanes'
+//! objectives (`herald_core::admission`), and a notification is refused
+//! with `429` and a `Retry-After` while a lane it would join cannot deliver
+//! it in time. Every API node judges from the store, so a fleet's nodes
+//! agree without talking to each other.
+//!
+//! What the store does not answer is not a reason to refuse: the gate then
+//! keeps its last verdicts, and the intake write itself fails if the store
+//! is down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use herald_core::admission::{judge_lanes, LaneLoad, LaneObjective, Verdict};
+use herald_core::lanes::Lanes;
+use herald_core::model::{Channel, Priority};
+use herald_core::store::Depths;
+use tokio_util::sync::CancellationToken;
+
+use super::problem::ApiError;
+use crate::telemetry as m;
+
+/// The verdicts in force, per channel and lane. Admits everything until
+/// the first judgement, and always when admission control is off.
+#[derive(Default)]
+pub struct Gate {
+    verdicts: RwLock<HashMap<Channel, Lanes<Verdict>>>,
+}
+
+impl Gate {
+    /// `Ok` when every channel of the notification admits its lane.
+    pub fn check(&self, lane: Priority, channels: &[Channel]) -> Result<(), ApiError> {
+        let verdicts = self.verdicts.read().unwrap_or_else(|p| p.into_inner());
+        for ch in channels {
+            if let Some(Verdict::Refuse {
+                reason,
+                retry_after_s,
+            }) = verdicts.get(ch).map(|v| v[lane])
+            {
+                metrics::counter!(m::ADMISSION_REFUSED, "lane" => lane.as_str(), "reason" => reason.as_str())
+                    .increment(1);
+                return Err(ApiError::LaneBehind {
+                    lane,
+                    channel: *ch,
+                    reason,
+                    retry_after: Duration::from_secs(retry_after_s),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The lanes refusing now, as `channel lane: reason`.
+    pub fn shedding(&self) -> Vec<String> {
+        let verdicts = self.verdicts.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<String> = verdicts
+            .iter()
+            .flat_map(|(ch, lanes)| {
+                lanes.iter().filter_map(move |(lane, v)| match v {
+                    Verdict::Refuse { reason, .. } => {
+                        Some(format!("{ch} {}: {}", lane.as_str(), reason.as_str()))
+                    }
+                    Verdict::Admit => None,
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn set(&self, verdicts: HashMap<Channel, Lanes<Verdict>>) {
+        *self.verdicts.write().unwrap_or_else(|p| p.into_inner()) = verdicts;
+    }
+}
+
+/// Each channel's lanes as the store reports them at `now_ms`.
+pub async fn measure(
+    depths: &dyn Depths,
+    channels: &[Channel],
+    now_ms: i64,
+) -> Result<HashMap<Channel, Lanes<LaneLoad>>, herald_core::store::StoreError> {
+    let mut loads: HashMap<Channel, Lanes<LaneLoad>> =
+        channels.iter().map(|ch| (*ch, Lanes::default())).collect();
+    for d in depths.queue_depths().await? {
+        if let Some(lanes) = loads.get_mut(&d.channel) {
+            lanes[d.priority].waiting = d.pending;
+        }
+    }
+    for lag in depths.oldest_due(now_ms).await? {
+        if let Some(lanes) = loads.get_mut(&lag.channel) {
+            lanes[lag.priority].oldest_wait_ms = now_ms.saturating_sub(lag.oldest_due_at_ms);
+        }
+    }
+    Ok(loads)
+}
+
+/// Judges the lanes every `every` until `stop`. Lanes are judged by their
+/// oldest wait and backlog; the delivery rate is not measured yet, so a
+/// lane is refused once it is behind, not before (within `every`).
+pub async fn keep_judging(
+    gate: Arc<Gate>,
+    depths: Arc<dyn Depths>,
+    channels: Vec<Channel>,
+    objectives: Lanes<LaneObjective>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = herald_core::now_ms();
+        let measured = tokio::time::timeout(every.max(Duration::from_millis(100)) * 4, async {
+            measure(depths.as_ref(), &channels, now).await
+        })
+        .await;
+        match measured {
+            Ok(Ok(loads)) => gate.set(
+                loads
+                    .into_iter()
+                    .map(|(ch, l)| (ch, judge_lanes(&l, &objectives)))
+                    .collect(),
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "admission: the store did not answer; verdicts kept")
+            }
+            Err(_) => tracing::debug!("admission: the store was slow to answer; verdicts kept"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::admission::Refusal;
+    use herald_core::store::{LaneLag, QueueDepth, StoreError};
+
+    struct Reported(Vec<QueueDepth>, Vec<LaneLag>);
+
+    #[async_trait::async_trait]
+    impl Depths for Reported {
+        async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+            Ok(self.0.clone())
+        }
+        async fn oldest_due(&self, _: i64) -> Result<Vec<LaneLag>, StoreError> {
+            Ok(self.1.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_behind_refuses_its_lane_and_only_its_own() {
+        let store = Reported(
+            vec![QueueDepth {
+                channel: Channel::Sms,
+                priority: Priority::Normal,
+                pending: 40_000,
+            }],
+            vec![LaneLag {
+                channel: Channel::Sms,
+                priority: Priority::Normal,
+                oldest_due_at_ms: 1_000,
+            }],
+        );
+        let loads = measure(&store, &[Channel::Sms, Channel::Email], 13_500)
+            .await
+            .expect("measured");
+        assert_eq!(loads[&Channel::Sms][Priority::Normal].waiting, 40_000);
+        assert_eq!(
+            loads[&Channel::Sms][Priority::Normal].oldest_wait_ms,
+            12_500
+        );
+        let objectives = Lanes::from_fn(|lane| LaneObjective {
+            within: (lane == Priority::Normal).then(|| Duration::from_secs(10)),
+            backlog_cap: None,
+        });
+        let gate = Gate::default();
+        gate.set(
+            loads
+                .into_iter()
+                .map(|(ch, l)| (ch, judge_lanes(&l, &objectives)))
+                .collect(),
+        );
+        let Err(ApiError::LaneBehind {
+            lane,
+            channel,
+            reason,
+            retry_after,
+        }) = gate.check(Priority::Normal, &[Channel::Email, Channel::Sms])
+        else {
+            panic!("the normal SMS lane is 2.5 s behind");
+        };
+        assert_eq!(
+            (lane, channel, reason),
+            (Priority::Normal, Channel::Sms, Refusal::Objective)
+        );
+        assert_eq!(retry_after, Duration::from_secs(3));
+        assert!(gate.check(Priority::Normal, &[Channel::Email]).is_ok());
+        assert_eq!(gate.shedding(), vec!["sms normal: objective".to_owned()]);
+        assert!(gate.check(Priority::Critical, &[Channel::Sms]).is_ok());
+    }
+}
