@@ -32,8 +32,12 @@ pub struct LaneObjective {
 /// A lane's queue, as measured now.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LaneLoad {
-    /// Deliveries waiting to be sent (queued or retry scheduled).
+    /// Deliveries held for the lane (queued, retry scheduled or being sent,
+    /// due or not): what its backlog cap counts.
     pub waiting: u64,
+    /// Of those, the ones due now and not yet taken: the work ahead of a
+    /// delivery accepted now.
+    pub due: u64,
     /// How long the longest-waiting due delivery has waited.
     pub oldest_wait_ms: i64,
     /// Deliveries of this lane sent per second, lately.
@@ -41,14 +45,14 @@ pub struct LaneLoad {
 }
 
 impl LaneLoad {
-    /// How long a delivery accepted now can expect to wait: the work ahead
-    /// of it at the rate the lane is being delivered, and never less than
-    /// what the oldest due delivery has already waited. A lane that has
-    /// work but delivers none (starting, or every route closed) is judged
-    /// by its oldest wait alone.
+    /// How long a delivery accepted now can expect to wait: the due work
+    /// ahead of it at the rate the lane is being delivered, and never less
+    /// than what the oldest due delivery has already waited. A lane whose
+    /// rate is not known (0: starting, every route closed, or measured on
+    /// a node that does not deliver) is judged by its oldest wait alone.
     pub fn expected_wait_ms(&self) -> i64 {
         let queued = if self.delivered_per_second > 0.0 {
-            (self.waiting as f64 / self.delivered_per_second * 1000.0) as i64
+            (self.due as f64 / self.delivered_per_second * 1000.0) as i64
         } else {
             0
         };
@@ -162,6 +166,7 @@ mod tests {
     fn load(waiting: u64, oldest_wait_ms: i64, rate: f64) -> LaneLoad {
         LaneLoad {
             waiting,
+            due: waiting,
             oldest_wait_ms,
             delivered_per_second: rate,
         }
@@ -186,6 +191,19 @@ mod tests {
         ] {
             assert_eq!(l.expected_wait_ms(), expected, "{l:?}");
         }
+    }
+
+    #[test]
+    fn work_not_yet_due_is_not_ahead_of_new_work() {
+        // A million scheduled for tomorrow, ten due now.
+        let l = LaneLoad {
+            waiting: 1_000_000,
+            due: 10,
+            oldest_wait_ms: 5,
+            delivered_per_second: 100.0,
+        };
+        assert_eq!(l.expected_wait_ms(), 100);
+        assert_eq!(judge(&l, &within(1_000)), Verdict::Admit);
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //! ([`BusHealth`], implemented by the Kafka probe). The store reports its
 //! own through its `Health` role.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::breaker::BreakerView;
-use crate::model::Channel;
+use crate::lanes::Lanes;
+use crate::model::{Channel, Priority};
 
 /// One provider account as `GET /v1/providers` shows it.
 #[derive(Debug, Clone)]
@@ -54,6 +56,30 @@ pub trait ProviderStatus: Send + Sync {
     /// Brings the circuit gauges up to date (a circuit whose open time is
     /// up reads half-open before any probe has run), for a metrics scrape.
     fn publish_gauges(&self, now_ms: i64);
+}
+
+/// Deliveries this node's engine has finished (sent, failed, dead or
+/// expired), per channel and lane: how fast each lane drains, for
+/// admission control on a node that also delivers.
+#[derive(Debug, Default)]
+pub struct Throughput {
+    finished: [Lanes<AtomicU64>; 4],
+}
+
+impl Throughput {
+    fn slot(channel: Channel) -> usize {
+        Channel::ALL.iter().position(|c| *c == channel).unwrap_or(0)
+    }
+
+    /// One more delivery of `channel` and `lane` finished.
+    pub fn finished(&self, channel: Channel, lane: Priority) {
+        self.finished[Self::slot(channel)][lane].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many have finished since the process started.
+    pub fn total(&self, channel: Channel, lane: Priority) -> u64 {
+        self.finished[Self::slot(channel)][lane].load(Ordering::Relaxed)
+    }
 }
 
 /// Why a dependency is not ready, in words for an operator.

@@ -488,19 +488,23 @@ impl Depths for MemoryStore {
 
     async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError> {
         let s = self.lock();
-        let mut oldest: BTreeMap<(Channel, Priority), i64> = BTreeMap::new();
+        let mut oldest: BTreeMap<(Channel, Priority), (i64, u64)> = BTreeMap::new();
         for d in s.deliveries.values() {
             if d.waiting() && d.due_at_ms <= now_ms {
-                let at = oldest.entry((d.channel, d.priority)).or_insert(d.due_at_ms);
+                let (at, n) = oldest
+                    .entry((d.channel, d.priority))
+                    .or_insert((d.due_at_ms, 0));
                 *at = (*at).min(d.due_at_ms);
+                *n += 1;
             }
         }
         Ok(oldest
             .into_iter()
-            .map(|((channel, priority), oldest_due_at_ms)| LaneLag {
+            .map(|((channel, priority), (oldest_due_at_ms, due))| LaneLag {
                 channel,
                 priority,
                 oldest_due_at_ms,
+                due,
             })
             .collect())
     }

@@ -89,7 +89,7 @@ pub(crate) async fn queue_depths<R: Reader>(r: &R) -> Result<Vec<QueueDepth>, St
 
 pub(crate) async fn oldest_due<R: Reader>(r: &R, now_ms: i64) -> Result<Vec<LaneLag>, StoreError> {
     r.rows(
-        "SELECT channel, priority, MIN(due_at_ms) AS oldest FROM deliveries \
+        "SELECT channel, priority, MIN(due_at_ms) AS oldest, COUNT(*) AS n FROM deliveries \
          WHERE state IN ('queued', 'retry_scheduled') AND due_at_ms <= $1 \
          GROUP BY channel, priority",
         vec![Arg::Int(now_ms)],

@@ -152,12 +152,13 @@ pub(crate) fn queue_depth(row: &impl Columns) -> Result<QueueDepth, StoreError> 
     })
 }
 
-/// `SELECT channel, priority, MIN(due_at_ms) AS oldest`
+/// `SELECT channel, priority, MIN(due_at_ms) AS oldest, COUNT(*) AS n`
 pub(crate) fn lane_lag(row: &impl Columns) -> Result<LaneLag, StoreError> {
     Ok(LaneLag {
         channel: row.parsed("channel")?,
         priority: row.priority()?,
         oldest_due_at_ms: row.int("oldest")?,
+        due: u64::try_from(row.int("n")?).unwrap_or(0),
     })
 }
 

@@ -786,15 +786,15 @@ async fn each_lane_says_how_long_its_oldest_due_delivery_has_waited(store: &dyn 
     let lag = |mut v: Vec<LaneLag>| {
         v.sort_by_key(|l| (l.channel.as_str(), l.priority));
         v.into_iter()
-            .map(|l| (l.channel, l.priority, l.oldest_due_at_ms))
+            .map(|l| (l.channel, l.priority, l.oldest_due_at_ms, l.due))
             .collect::<Vec<_>>()
     };
     assert_eq!(
         lag(store.oldest_due(5_000).await.expect("read")),
         vec![
-            (Channel::Email, Priority::Critical, 2_000),
-            (Channel::Sms, Priority::Critical, 2_000),
-            (Channel::Sms, Priority::Normal, 1_000),
+            (Channel::Email, Priority::Critical, 2_000, 1),
+            (Channel::Sms, Priority::Critical, 2_000, 1),
+            (Channel::Sms, Priority::Normal, 1_000, 2),
         ],
         "not yet due (the low email) is not lag"
     );
@@ -807,11 +807,11 @@ async fn each_lane_says_how_long_its_oldest_due_delivery_has_waited(store: &dyn 
     assert_eq!(taken.len(), 1);
     let now = lag(store.oldest_due(9_000).await.expect("read"));
     assert!(
-        now.contains(&(Channel::Sms, Priority::Normal, 3_000)),
+        now.contains(&(Channel::Sms, Priority::Normal, 3_000, 1)),
         "{now:?}"
     );
     assert!(
-        now.contains(&(Channel::Email, Priority::Low, 9_000)),
+        now.contains(&(Channel::Email, Priority::Low, 9_000, 1)),
         "{now:?}"
     );
 }

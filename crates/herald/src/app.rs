@@ -9,7 +9,7 @@ use anyhow::Context;
 use herald_bus::kafka::{KafkaBus, KafkaOptions, KafkaProbe, Relay};
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
-use herald_core::status::BusHealth;
+use herald_core::status::{BusHealth, Throughput};
 use herald_core::store::{Reports, Store, Tenants};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
@@ -20,7 +20,7 @@ use crate::config::{Config, Role, StoreKind};
 use crate::engine::accounts::Accounts;
 use crate::engine::fleet::{self, Fleet};
 use crate::engine::outbound::Outbound;
-use crate::engine::Engine;
+use crate::engine::{self, Engine};
 use crate::render::Templates;
 
 /// The tenant that owns the sandbox's development key.
@@ -187,16 +187,20 @@ impl Running {
                 stop_fleet.clone(),
             ));
         }
+        // What this node's engine finishes, per lane: the rate admission
+        // control judges lanes by on a node that also delivers.
+        let throughput = Arc::new(Throughput::default());
         let engine = if cfg.has_role(Role::Worker) {
-            Some(Engine::start(
-                &cfg.engine_settings(),
-                store.clone(),
-                store.clone(),
-                bus.clone(),
-                accounts.clone(),
+            let parts = engine::Parts {
+                queue: store.clone(),
+                upkeep: store.clone(),
+                bus: bus.clone(),
+                accounts: accounts.clone(),
                 outbound,
-                templates.clone(),
-            )?)
+                templates: templates.clone(),
+                throughput: throughput.clone(),
+            };
+            Some(Engine::start(&cfg.engine_settings(), parts)?)
         } else {
             None
         };
@@ -243,6 +247,7 @@ impl Running {
                 store.clone(),
                 cfg.enabled_channels(),
                 cfg.lane_objectives(),
+                cfg.has_role(Role::Worker).then(|| throughput.clone()),
                 Duration::from_millis(cfg.server.admission_refresh_ms.max(10)),
                 stop_fleet.clone(),
             ));

@@ -187,17 +187,19 @@ pub trait Queue: Send + Sync {
 pub trait Depths: Send + Sync {
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
     /// Per channel and lane with deliveries due by `now_ms` and not yet
-    /// taken (queued or retry scheduled), when the one due longest was due.
+    /// taken (queued or retry scheduled): how many, and when the one due
+    /// longest was due.
     async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError>;
 }
 
-/// A lane's lag: its longest-waiting due delivery was due at
-/// `oldest_due_at_ms`, so it has waited `now - oldest_due_at_ms`.
+/// A lane's lag: `due` deliveries are due and waiting, the longest-waiting
+/// since `oldest_due_at_ms` (so it has waited `now - oldest_due_at_ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaneLag {
     pub channel: Channel,
     pub priority: Priority,
     pub oldest_due_at_ms: i64,
+    pub due: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 use herald_core::admission::{judge_lanes, LaneLoad, LaneObjective, Verdict};
 use herald_core::lanes::Lanes;
 use herald_core::model::{Channel, Priority};
+use herald_core::status::Throughput;
 use herald_core::store::Depths;
 use tokio_util::sync::CancellationToken;
 
@@ -92,22 +93,74 @@ pub async fn measure(
     for lag in depths.oldest_due(now_ms).await? {
         if let Some(lanes) = loads.get_mut(&lag.channel) {
             lanes[lag.priority].oldest_wait_ms = now_ms.saturating_sub(lag.oldest_due_at_ms);
+            lanes[lag.priority].due = lag.due;
         }
     }
     Ok(loads)
 }
 
-/// Judges the lanes every `every` until `stop`. Lanes are judged by their
-/// oldest wait and backlog; the delivery rate is not measured yet, so a
-/// lane is refused once it is behind, not before (within `every`).
+/// Each lane's delivery rate, from this node's engine: finished deliveries
+/// between judgements, smoothed (a quarter new, three quarters past).
+struct Rates {
+    throughput: Arc<Throughput>,
+    last: HashMap<(Channel, Priority), (u64, f64)>,
+    at: tokio::time::Instant,
+}
+
+impl Rates {
+    fn new(throughput: Arc<Throughput>, channels: &[Channel]) -> Rates {
+        let last = channels
+            .iter()
+            .flat_map(|&ch| {
+                Priority::ALL.map(|lane| ((ch, lane), (throughput.total(ch, lane), 0.0)))
+            })
+            .collect();
+        Rates {
+            throughput,
+            last,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Updates the rates and writes them into `loads`.
+    fn apply(&mut self, loads: &mut HashMap<Channel, Lanes<LaneLoad>>) {
+        let now = tokio::time::Instant::now();
+        let secs = now.duration_since(self.at).as_secs_f64();
+        if secs <= 0.0 {
+            return;
+        }
+        self.at = now;
+        for (&(ch, lane), (total, rate)) in self.last.iter_mut() {
+            let t = self.throughput.total(ch, lane);
+            let now_rate = t.saturating_sub(*total) as f64 / secs;
+            *total = t;
+            *rate = if *rate == 0.0 {
+                now_rate
+            } else {
+                0.75 * *rate + 0.25 * now_rate
+            };
+            if let Some(lanes) = loads.get_mut(&ch) {
+                lanes[lane].delivered_per_second = *rate;
+            }
+        }
+    }
+}
+
+/// Judges the lanes every `every` until `stop`. On a node that also
+/// delivers (`throughput`), a lane is judged by the due work ahead at the
+/// rate it is being delivered, so it refuses before it falls behind; on an
+/// API-only node, by how long its oldest due delivery has waited, so it
+/// refuses once it is behind (within `every`).
 pub async fn keep_judging(
     gate: Arc<Gate>,
     depths: Arc<dyn Depths>,
     channels: Vec<Channel>,
     objectives: Lanes<LaneObjective>,
+    throughput: Option<Arc<Throughput>>,
     every: Duration,
     stop: CancellationToken,
 ) {
+    let mut rates = throughput.map(|t| Rates::new(t, &channels));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -121,12 +174,15 @@ pub async fn keep_judging(
         })
         .await;
         match measured {
-            Ok(Ok(loads)) => gate.set(
+            Ok(Ok(mut loads)) => gate.set({
+                if let Some(r) = rates.as_mut() {
+                    r.apply(&mut loads);
+                }
                 loads
                     .into_iter()
                     .map(|(ch, l)| (ch, judge_lanes(&l, &objectives)))
-                    .collect(),
-            ),
+                    .collect()
+            }),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "admission: the store did not answer; verdicts kept")
             }
@@ -165,6 +221,7 @@ mod tests {
                 channel: Channel::Sms,
                 priority: Priority::Normal,
                 oldest_due_at_ms: 1_000,
+                due: 39_000,
             }],
         );
         let loads = measure(&store, &[Channel::Sms, Channel::Email], 13_500)
@@ -175,6 +232,7 @@ mod tests {
             loads[&Channel::Sms][Priority::Normal].oldest_wait_ms,
             12_500
         );
+        assert_eq!(loads[&Channel::Sms][Priority::Normal].due, 39_000);
         let objectives = Lanes::from_fn(|lane| LaneObjective {
             within: (lane == Priority::Normal).then(|| Duration::from_secs(10)),
             backlog_cap: None,
@@ -203,5 +261,30 @@ mod tests {
         assert!(gate.check(Priority::Normal, &[Channel::Email]).is_ok());
         assert_eq!(gate.shedding(), vec!["sms normal: objective".to_owned()]);
         assert!(gate.check(Priority::Critical, &[Channel::Sms]).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lanes_rate_is_what_the_engine_finished_smoothed() {
+        let throughput = Arc::new(Throughput::default());
+        let mut rates = Rates::new(throughput.clone(), &[Channel::Sms]);
+        let mut loads: HashMap<Channel, Lanes<LaneLoad>> =
+            [(Channel::Sms, Lanes::default())].into_iter().collect();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..100 {
+            throughput.finished(Channel::Sms, Priority::Normal);
+        }
+        rates.apply(&mut loads);
+        let rate = |l: &HashMap<Channel, Lanes<LaneLoad>>| {
+            l[&Channel::Sms][Priority::Normal].delivered_per_second
+        };
+        assert_eq!(rate(&loads), 100.0);
+        assert_eq!(
+            loads[&Channel::Sms][Priority::Critical].delivered_per_second,
+            0.0
+        );
+        // A second with nothing finished: down by a quarter, not to zero.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        rates.apply(&mut loads);
+        assert_eq!(rate(&loads), 75.0);
     }
 }

@@ -1,6 +1,7 @@
 //! One delivery attempt: check expiry, render, walk the channel's route
 //! (failing over as the lane allows), decide what comes next, record it.
 
+use herald_core::status::Throughput;
 use std::sync::Arc;
 
 use herald_core::attempt::{plan, Walk};
@@ -28,6 +29,8 @@ pub struct Shared {
     pub templates: Arc<Templates>,
     /// Outcomes the store could not take yet, written when it answers.
     pub unwritten: Arc<Unwritten>,
+    /// Deliveries finished, per channel and lane (admission control's rate).
+    pub throughput: Arc<Throughput>,
 }
 
 pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
@@ -54,6 +57,7 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
         let state = record.next.state();
         let provider = record.provider().unwrap_or("none").to_owned();
         if state.is_terminal() {
+            shared.throughput.finished(d.channel, d.priority);
             metrics::counter!(m::DELIVERIES, "channel" => d.channel.as_str(), "provider" => provider.clone(), "outcome" => state.as_str())
                 .increment(1);
         }

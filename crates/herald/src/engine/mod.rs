@@ -16,6 +16,7 @@ use herald_core::bus::Bus;
 use herald_core::lanes::{LaneRules, Lanes};
 use herald_core::model::Channel;
 use herald_core::pool::PoolPolicy;
+use herald_core::status::Throughput;
 use herald_core::store::{Queue, Upkeep};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -57,18 +58,32 @@ pub struct Engine {
     stop_outcomes: CancellationToken,
 }
 
+/// What the engine works with: the store by the roles it uses, the bus,
+/// the accounts and their transport, the templates, and where it counts
+/// what it finishes.
+pub struct Parts {
+    pub queue: Arc<dyn Queue>,
+    pub upkeep: Arc<dyn Upkeep>,
+    pub bus: Arc<dyn Bus>,
+    pub accounts: Arc<Accounts>,
+    pub outbound: Outbound,
+    pub templates: Arc<Templates>,
+    pub throughput: Arc<Throughput>,
+}
+
 impl Engine {
     /// Starts a pool per channel in `settings.pools` over the accounts, the
     /// expiry sweep and the retention purge.
-    pub fn start(
-        settings: &EngineSettings,
-        queue: Arc<dyn Queue>,
-        upkeep: Arc<dyn Upkeep>,
-        bus: Arc<dyn Bus>,
-        accounts: Arc<Accounts>,
-        outbound: Outbound,
-        templates: Arc<Templates>,
-    ) -> anyhow::Result<Engine> {
+    pub fn start(settings: &EngineSettings, parts: Parts) -> anyhow::Result<Engine> {
+        let Parts {
+            queue,
+            upkeep,
+            bus,
+            accounts,
+            outbound,
+            templates,
+            throughput,
+        } = parts;
         let shared = Arc::new(Shared {
             queue,
             accounts,
@@ -76,6 +91,7 @@ impl Engine {
             lanes: settings.lanes.clone(),
             templates,
             unwritten: Arc::new(Unwritten::new(MAX_UNWRITTEN)),
+            throughput,
         });
         let shutdown = CancellationToken::new();
         let mut pools = JoinSet::new();

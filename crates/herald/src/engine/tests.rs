@@ -150,16 +150,16 @@ impl Rig {
         ));
         let templates = Arc::new(Templates::new(&cfg.templates).expect("templates"));
         let outbound = Outbound::new(&cfg.http, cfg.limits());
-        let engine = Engine::start(
-            &cfg.engine_settings(),
-            store.clone(),
-            store.clone(),
-            bus.clone(),
+        let parts = super::Parts {
+            queue: store.clone(),
+            upkeep: store.clone(),
+            bus: bus.clone(),
             accounts,
             outbound,
             templates,
-        )
-        .expect("engine");
+            throughput: Arc::default(),
+        };
+        let engine = Engine::start(&cfg.engine_settings(), parts).expect("engine");
         Rig {
             store,
             bus,
