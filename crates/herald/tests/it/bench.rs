@@ -142,3 +142,48 @@ async fn without_json_the_bench_writes_no_file() {
         .collect();
     assert!(left.is_empty(), "the bench left {left:?} behind");
 }
+
+/// The overload scenario runs with admission control on, and reports what
+/// it admitted and shed per lane and what was delivered while the load
+/// lasted; what it admitted is neither lost nor doubled.
+#[tokio::test]
+async fn overload_smoke_reports_admitted_and_shed_by_lane() {
+    let (ok, r, stdout) = bench(
+        &[
+            "overload",
+            "--duration-seconds",
+            "2",
+            "--rate",
+            "300",
+            "--sim-ceiling-seconds",
+            "0",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{stdout}");
+    assert_eq!(r["scenario"], "overload", "{r}");
+    let figures = &r["scenario_figures"];
+    let admitted: u64 = figures["admitted by lane"]
+        .as_object()
+        .expect("admitted by lane")
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    let shed: u64 = figures["shed by lane"]
+        .as_object()
+        .expect("shed by lane")
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(admitted + shed, 600, "{r}");
+    assert_eq!(r["accepted"].as_u64(), Some(admitted), "{r}");
+    assert!(
+        figures["delivered/s while offered"].as_f64().is_some(),
+        "{r}"
+    );
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicated"].as_u64()),
+        (Some(0), Some(0))
+    );
+}

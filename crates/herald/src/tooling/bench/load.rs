@@ -48,6 +48,10 @@ pub struct Stream {
     pub endpoint: Endpoint,
     pub batch_size: usize,
     pub connections: usize,
+    /// A lane-behind refusal (admission control) is the item's answer, as
+    /// the overload scenario counts it; otherwise it is tried again, as a
+    /// client honouring Retry-After would.
+    pub shed_is_final: bool,
 }
 
 /// A notification Herald acknowledged.
@@ -69,6 +73,8 @@ pub struct LoadResult {
     pub api_ms: Vec<u32>,
     /// Requests sent again after no answer or a retryable error.
     pub resent: u64,
+    /// Items admission control refused (with `shed_is_final`).
+    pub shed: Vec<(u64, Kind)>,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
 }
@@ -80,6 +86,7 @@ impl LoadResult {
         self.refused.extend(other.refused);
         self.api_ms.extend(other.api_ms);
         self.resent += other.resent;
+        self.shed.extend(other.shed);
     }
 }
 
@@ -166,7 +173,8 @@ impl Stream {
                     for ((n, kind), answer) in numbers.iter().zip(kinds).zip(answers) {
                         match answer {
                             Answer::Accepted => out.accepted.push(Accepted { n: *n, kind, at_ms }),
-                            Answer::Retry => again.push(*n),
+                            Answer::Shed if self.shed_is_final => out.shed.push((*n, kind)),
+                            Answer::Retry | Answer::Shed => again.push(*n),
                             Answer::Refused(why) => out.refused.push((*n, why)),
                         }
                     }
@@ -196,6 +204,8 @@ enum Answer {
     Accepted,
     /// No decision: throttled, a key in flight, shutting down, store busy.
     Retry,
+    /// Admission control refused it: its lane is behind (a 429 too).
+    Shed,
     Refused(String),
 }
 
@@ -203,7 +213,9 @@ impl Answer {
     /// From a problem's status: 409 (the key is in flight), 429 and 5xx are
     /// worth another try; any other refusal is final.
     fn from_problem(status: u64, problem: &Value) -> Answer {
-        if status == 409 || status == 429 || status >= 500 {
+        if problem["type"] == "urn:herald:problem:lane-behind" {
+            Answer::Shed
+        } else if status == 409 || status == 429 || status >= 500 {
             Answer::Retry
         } else {
             Answer::Refused(problem.to_string())

@@ -48,6 +48,11 @@ pub enum Scenario {
     /// many pending deliveries: Herald's memory with it), then the vendor
     /// comes back and the backlog drains.
     Backlog,
+    /// The everyday mix offered at --rate (pass about three times what
+    /// `steady` delivers) with admission control on: a lane-behind 429 is
+    /// the item's answer (shed, counted per lane, not sent again), and the
+    /// latencies are those of what was admitted.
+    Overload,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -187,7 +192,13 @@ impl Rig {
         std::fs::create_dir_all(&data_dir)?;
         let key = crate::api::generate_key();
         let bin = std::env::current_exe().context("finding the herald binary")?;
-        let herald = Herald::start(&bin, &data_dir, &sim_url, &key).await?;
+        // The overload scenario is about admission control: it is on there.
+        let env: &[(&str, &str)] = if args.scenario == Scenario::Overload {
+            &[("HERALD__SERVER__ADMISSION", "true")]
+        } else {
+            &[]
+        };
+        let herald = Herald::start(&bin, &data_dir, &sim_url, &key, env).await?;
         Ok(Rig {
             pid: herald.pid(),
             client: Client {
@@ -278,6 +289,7 @@ async fn run_scenario(args: BenchArgs) -> anyhow::Result<bool> {
         endpoint: args.endpoint,
         batch_size: args.batch_size,
         connections: args.connections,
+        shed_is_final: args.scenario == Scenario::Overload,
     };
     let mut figures = std::collections::BTreeMap::new();
     let outcome: LoadResult = match args.scenario {
@@ -285,6 +297,22 @@ async fn run_scenario(args: BenchArgs) -> anyhow::Result<bool> {
             mixed(args.rate, 0)
                 .run(rig.client.clone(), accepted_bar.clone())
                 .await?
+        }
+        Scenario::Overload => {
+            let out = mixed(args.rate, 0)
+                .run(rig.client.clone(), accepted_bar.clone())
+                .await?;
+            let mut admitted: std::collections::BTreeMap<&str, u64> = Default::default();
+            let mut shed: std::collections::BTreeMap<&str, u64> = Default::default();
+            for a in &out.accepted {
+                *admitted.entry(a.kind.lane.as_str()).or_default() += 1;
+            }
+            for (_, kind) in &out.shed {
+                *shed.entry(kind.lane.as_str()).or_default() += 1;
+            }
+            figures.insert("admitted by lane".to_owned(), json!(admitted));
+            figures.insert("shed by lane".to_owned(), json!(shed));
+            out
         }
         Scenario::Flood => {
             let flood = Stream {
@@ -441,6 +469,20 @@ async fn run_scenario(args: BenchArgs) -> anyhow::Result<bool> {
     ));
     for (vendor, n) in &d.by_vendor {
         figures.insert(format!("via {vendor}"), json!(n));
+    }
+    if args.scenario == Scenario::Overload {
+        // What the vendors received while the load lasted, not after.
+        let during: u64 = d
+            .timeline
+            .iter()
+            .filter(|s| s.second < args.duration_seconds)
+            .map(|s| s.delivered)
+            .sum();
+        let per_second = during as f64 / args.duration_seconds.max(1) as f64;
+        figures.insert(
+            "delivered/s while offered".to_owned(),
+            json!(per_second.round()),
+        );
     }
 
     let finished_seconds = (d.last_ms - start_ms) as f64 / 1000.0;

@@ -59,6 +59,8 @@ struct Launch {
     listen: String,
     sim_url: String,
     key: String,
+    /// Configuration the scenario sets (`HERALD__…` variables).
+    env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -69,6 +71,7 @@ impl Launch {
             .arg(&self.data_dir)
             .args(["--listen", &self.listen, "--sim-url", &self.sim_url])
             .env("HERALD_DEV_API_KEY", &self.key)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -83,6 +86,7 @@ impl Herald {
         data_dir: &Path,
         sim_url: &str,
         key: &str,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Herald> {
         // A fixed port, so a restarted process is where clients expect it.
         let listen = {
@@ -95,6 +99,10 @@ impl Herald {
             listen,
             sim_url: sim_url.to_owned(),
             key: key.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let (child, base) = launch.spawn().await?;
         Ok(Herald {
