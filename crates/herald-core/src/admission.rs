@@ -7,15 +7,16 @@
 //! A lane with an objective (accept to vendor within so long) refuses new
 //! work while a delivery accepted now would miss it. A lane without one
 //! (work that may wait: newsletters, campaigns) accepts up to its backlog
-//! cap. The critical lane is the last to be refused: while it is behind,
-//! the lanes under it that still have work queued are refused first, to
+//! cap. The critical lane is the last to be refused: while it is behind on
+//! any channel, every lane under it on every channel is refused first, to
 //! make room; critical itself is refused only when nothing else is left to
 //! shed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::lanes::Lanes;
-use crate::model::Priority;
+use crate::model::{Channel, Priority};
 
 /// The longest `Retry-After` admission control asks for.
 pub const MAX_RETRY_AFTER_S: u64 = 60;
@@ -134,27 +135,51 @@ pub fn judge(load: &LaneLoad, objective: &LaneObjective) -> Verdict {
     Verdict::Admit
 }
 
-/// Every lane, with critical the last to be refused: while critical is
-/// behind its objective, every lane under it is refused to make room, and
-/// critical itself is admitted as long as a lane under it still has work
-/// waiting that giving way will shed; it is refused only when none has.
-pub fn judge_lanes(loads: &Lanes<LaneLoad>, objectives: &Lanes<LaneObjective>) -> Lanes<Verdict> {
-    let mut verdicts = Lanes::from_fn(|lane| judge(&loads[lane], &objectives[lane]));
-    let Verdict::Refuse {
-        reason: Refusal::Objective,
-        retry_after_s,
-    } = verdicts[Priority::Critical]
-    else {
+/// Every channel's lanes. The channels share the machine (its CPU, the
+/// store's writer), so making room for critical looks across them: while
+/// critical is behind on any channel, every lane under critical on every
+/// channel gives way, and critical is admitted wherever it is behind as
+/// long as some channel still has work under critical waiting that giving
+/// way will shed.
+pub fn judge_channels(
+    loads: &HashMap<Channel, Lanes<LaneLoad>>,
+    objectives: &Lanes<LaneObjective>,
+) -> HashMap<Channel, Lanes<Verdict>> {
+    let mut verdicts: HashMap<Channel, Lanes<Verdict>> = loads
+        .iter()
+        .map(|(ch, l)| {
+            (
+                *ch,
+                Lanes::from_fn(|lane| judge(&l[lane], &objectives[lane])),
+            )
+        })
+        .collect();
+    let behind = verdicts
+        .values()
+        .filter_map(|v| match v[Priority::Critical] {
+            Verdict::Refuse {
+                reason: Refusal::Objective,
+                retry_after_s,
+            } => Some(retry_after_s),
+            _ => None,
+        })
+        .max();
+    let Some(retry_after_s) = behind else {
         return verdicts;
     };
     let below = [Priority::High, Priority::Normal, Priority::Low];
-    for lane in below {
-        if verdicts[lane].admits() {
-            verdicts[lane] = refuse(Refusal::MakingRoom, retry_after_s);
+    let sheddable = loads
+        .values()
+        .any(|l| below.iter().any(|&lane| l[lane].waiting > 0));
+    for v in verdicts.values_mut() {
+        for lane in below {
+            if v[lane].admits() {
+                v[lane] = refuse(Refusal::MakingRoom, retry_after_s);
+            }
         }
-    }
-    if below.iter().any(|&lane| loads[lane].waiting > 0) {
-        verdicts[Priority::Critical] = Verdict::Admit;
+        if sheddable {
+            v[Priority::Critical] = Verdict::Admit;
+        }
     }
     verdicts
 }
@@ -162,6 +187,12 @@ pub fn judge_lanes(loads: &Lanes<LaneLoad>, objectives: &Lanes<LaneObjective>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One channel's lanes.
+    fn judge_lanes(loads: &Lanes<LaneLoad>, objectives: &Lanes<LaneObjective>) -> Lanes<Verdict> {
+        let one: HashMap<Channel, Lanes<LaneLoad>> = [(Channel::Sms, *loads)].into_iter().collect();
+        judge_channels(&one, objectives)[&Channel::Sms]
+    }
 
     fn load(waiting: u64, oldest_wait_ms: i64, rate: f64) -> LaneLoad {
         LaneLoad {
@@ -318,6 +349,74 @@ mod tests {
                 .all(|&l| v[l] == refuse(Refusal::MakingRoom, 2)),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn critical_behind_on_one_channel_makes_room_on_every_channel() {
+        // The SMS channel's critical lane is behind and has nothing under
+        // it; the email channel's low lane holds a flood.
+        let sms = Lanes::from([
+            load(3_000, 1_500, 1_000.0),
+            load(0, 0, 0.0),
+            load(0, 0, 0.0),
+            load(0, 0, 0.0),
+        ]);
+        let email = Lanes::from([
+            load(0, 0, 0.0),
+            load(10, 5, 1_000.0),
+            load(0, 0, 0.0),
+            load(300_000, 50_000, 3_000.0),
+        ]);
+        let loads: HashMap<Channel, Lanes<LaneLoad>> =
+            [(Channel::Sms, sms), (Channel::Email, email)]
+                .into_iter()
+                .collect();
+        let v = judge_channels(&loads, &objectives());
+        assert_eq!(v[&Channel::Sms][Priority::Critical], Verdict::Admit);
+        assert_eq!(v[&Channel::Email][Priority::Critical], Verdict::Admit);
+        for ch in [Channel::Sms, Channel::Email] {
+            for lane in [Priority::High, Priority::Normal, Priority::Low] {
+                assert_eq!(
+                    v[&ch][lane],
+                    refuse(Refusal::MakingRoom, 2),
+                    "{ch} {lane:?}"
+                );
+            }
+        }
+        // With nothing left anywhere to shed, critical itself is refused
+        // where it is behind.
+        let alone: HashMap<Channel, Lanes<LaneLoad>> = [(Channel::Sms, sms)].into_iter().collect();
+        let v = judge_channels(&alone, &objectives());
+        assert_eq!(
+            v[&Channel::Sms][Priority::Critical],
+            refuse(Refusal::Objective, 2)
+        );
+    }
+
+    #[test]
+    fn without_critical_behind_each_channel_is_judged_alone() {
+        let sms = Lanes::from([
+            load(0, 0, 0.0),
+            load(0, 0, 0.0),
+            load(30_000, 8_000, 1_000.0),
+            load(0, 0, 0.0),
+        ]);
+        let email = Lanes::from([
+            load(0, 0, 0.0),
+            load(0, 0, 0.0),
+            load(100, 10, 1_000.0),
+            load(0, 0, 0.0),
+        ]);
+        let loads: HashMap<Channel, Lanes<LaneLoad>> =
+            [(Channel::Sms, sms), (Channel::Email, email)]
+                .into_iter()
+                .collect();
+        let v = judge_channels(&loads, &objectives());
+        assert_eq!(
+            v[&Channel::Sms][Priority::Normal],
+            refuse(Refusal::Objective, 20)
+        );
+        assert_eq!(v[&Channel::Email][Priority::Normal], Verdict::Admit);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use herald_core::admission::{judge_lanes, LaneLoad, LaneObjective, Verdict};
+use herald_core::admission::{judge_channels, LaneLoad, LaneObjective, Verdict};
 use herald_core::lanes::Lanes;
 use herald_core::model::{Channel, Priority};
 use herald_core::status::Throughput;
@@ -178,10 +178,7 @@ pub async fn keep_judging(
                 if let Some(r) = rates.as_mut() {
                     r.apply(&mut loads);
                 }
-                loads
-                    .into_iter()
-                    .map(|(ch, l)| (ch, judge_lanes(&l, &objectives)))
-                    .collect()
+                judge_channels(&loads, &objectives)
             }),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "admission: the store did not answer; verdicts kept")
@@ -238,12 +235,7 @@ mod tests {
             backlog_cap: None,
         });
         let gate = Gate::default();
-        gate.set(
-            loads
-                .into_iter()
-                .map(|(ch, l)| (ch, judge_lanes(&l, &objectives)))
-                .collect(),
-        );
+        gate.set(judge_channels(&loads, &objectives));
         let Err(ApiError::LaneBehind {
             lane,
             channel,
