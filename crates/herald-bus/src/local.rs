@@ -28,15 +28,6 @@ impl LocalBus {
             wake: std::array::from_fn(|_| Notify::new()),
         }
     }
-
-    fn slot(channel: Channel) -> usize {
-        match channel {
-            Channel::Email => 0,
-            Channel::Sms => 1,
-            Channel::Push => 2,
-            Channel::Webhook => 3,
-        }
-    }
 }
 
 #[async_trait]
@@ -45,7 +36,7 @@ impl Bus for LocalBus {
         for &c in channels {
             // notify_one stores a permit, so a wake-up sent while the worker
             // is busy claiming is not lost.
-            self.wake[Self::slot(c)].notify_one();
+            self.wake[c.index()].notify_one();
         }
     }
 
@@ -72,6 +63,6 @@ impl Bus for LocalBus {
     }
 
     async fn wait(&self, channel: Channel, at_most: Duration) {
-        let _ = tokio::time::timeout(at_most, self.wake[Self::slot(channel)].notified()).await;
+        let _ = tokio::time::timeout(at_most, self.wake[channel.index()].notified()).await;
     }
 }

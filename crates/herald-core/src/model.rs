@@ -25,6 +25,16 @@ impl Channel {
         Channel::Webhook,
     ];
 
+    /// Its place in `ALL`, for per-channel arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Channel::Email => 0,
+            Channel::Sms => 1,
+            Channel::Push => 2,
+            Channel::Webhook => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",

@@ -348,13 +348,19 @@ fn a_stale_holder_never_calls_after_the_next_one_sent() {
         },
         Op::Record { worker: 0 },
     ];
-    let rt = tokio::runtime::Builder::new_current_thread()
+    for backend in [Backend::Sqlite, Backend::Memory] {
+        on_a_runtime(run(ops.clone(), None, backend)).expect("holds");
+    }
+}
+
+/// Runs a scenario to its end on a runtime of its own (proptest's cases
+/// are synchronous).
+fn on_a_runtime<T>(scenario: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    for backend in [Backend::Sqlite, Backend::Memory] {
-        rt.block_on(run(ops.clone(), None, backend)).expect("holds");
-    }
+        .expect("runtime")
+        .block_on(scenario)
 }
 
 fn cases() -> u32 {
@@ -376,11 +382,7 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
         ttl_ms in prop::option::of(500i64..20_000),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(run(ops, ttl_ms, Backend::Sqlite))?;
+        on_a_runtime(run(ops, ttl_ms, Backend::Sqlite))?;
     }
 
     #[test]
@@ -388,10 +390,6 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
         ttl_ms in prop::option::of(500i64..20_000),
     ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(run(ops, ttl_ms, Backend::Memory))?;
+        on_a_runtime(run(ops, ttl_ms, Backend::Memory))?;
     }
 }

@@ -81,35 +81,21 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.providers.publish_gauges(herald_core::now_ms());
-    match state.depths.queue_depths().await {
-        Ok(depths) => {
-            for ch in &state.channels {
-                for lane in herald_core::Priority::ALL {
-                    let n = depths
-                        .iter()
-                        .find(|d| d.channel == *ch && d.priority == lane)
-                        .map_or(0, |d| d.pending);
-                    metrics::gauge!(m::QUEUE_DEPTH, "channel" => ch.as_str(), "lane" => lane.as_str()).set(n as f64);
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "queue depth unavailable for this scrape"),
-    }
+    // The same reading of the lanes admission control judges by.
+    let channels: Vec<_> = state.channels.iter().copied().collect();
     let now = herald_core::now_ms();
-    match state.depths.oldest_due(now).await {
-        Ok(lags) => {
-            for ch in &state.channels {
-                for lane in herald_core::Priority::ALL {
-                    let waited_ms = lags
-                        .iter()
-                        .find(|l| l.channel == *ch && l.priority == lane)
-                        .map_or(0, |l| now.saturating_sub(l.oldest_due_at_ms));
-                    metrics::gauge!(m::QUEUE_LAG_SECONDS, "channel" => ch.as_str(), "lane" => lane.as_str())
-                        .set(waited_ms as f64 / 1000.0);
+    match super::admission::measure(state.depths.as_ref(), &channels, now).await {
+        Ok(loads) => {
+            for (ch, lanes) in &loads {
+                for (lane, load) in lanes.iter() {
+                    let labels = [("channel", ch.as_str()), ("lane", lane.as_str())];
+                    metrics::gauge!(m::QUEUE_DEPTH, &labels).set(load.waiting as f64);
+                    metrics::gauge!(m::QUEUE_LAG_SECONDS, &labels)
+                        .set(load.oldest_wait_ms as f64 / 1000.0);
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "queue lag unavailable for this scrape"),
+        Err(e) => tracing::warn!(error = %e, "queue depth and lag unavailable for this scrape"),
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -9,24 +9,12 @@ use crate::utils::{sms, wait_until, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn critical_is_delivered_before_a_low_lane_backlog() {
-    let s = TestServer::start_with(|c| {
-        let sms = c
-            .channels
-            .get_mut(&herald_core::Channel::Sms)
-            .expect("sms channel");
-        sms.concurrency = 4;
-        sms.reserved_critical = 1;
-        sms.low_max_share = 0.5;
+    let s = narrow_sms(50, |c| {
+        if let Some(sms) = c.channels.get_mut(&herald_core::Channel::Sms) {
+            sms.low_max_share = 0.5;
+        }
     })
     .await;
-    s.fault(
-        "twilio",
-        Fault {
-            latency_min_ms: 50,
-            latency_max_ms: 50,
-            ..Fault::default()
-        },
-    );
 
     let flood: Vec<_> = (0..200)
         .map(|i| sms(&format!("newsletter {i}"), "low"))
@@ -75,26 +63,12 @@ async fn critical_is_delivered_before_a_low_lane_backlog() {
 /// in a batch too, while critical is still admitted and delivered in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_behind_its_objective_refuses_new_work_and_critical_still_goes() {
-    let s = TestServer::start_with(|c| {
+    let s = narrow_sms(100, |c| {
         c.server.admission = true;
         c.server.admission_refresh_ms = 50;
         c.lanes.normal.objective_ms = 300;
-        let sms = c
-            .channels
-            .get_mut(&herald_core::Channel::Sms)
-            .expect("sms channel");
-        sms.concurrency = 4;
-        sms.reserved_critical = 1;
     })
     .await;
-    s.fault(
-        "twilio",
-        Fault {
-            latency_min_ms: 100,
-            latency_max_ms: 100,
-            ..Fault::default()
-        },
-    );
     // 300 normal SMS at 4 at a time and 100 ms each: 7 s of work, far
     // past the lane's 300 ms objective.
     let flood: Vec<_> = (0..300)
@@ -163,4 +137,31 @@ async fn a_lane_behind_its_objective_refuses_new_work_and_critical_still_goes() 
         metrics.contains("herald_admission_refused_total{lane=\"normal\",reason=\"objective\"}"),
         "refusals are counted"
     );
+}
+
+/// A server whose SMS pool is 4 slots (one kept for critical) and whose
+/// Twilio answers in `latency_ms`, with `tweak` on top.
+async fn narrow_sms(
+    latency_ms: u64,
+    tweak: impl FnOnce(&mut herald::config::Config),
+) -> TestServer {
+    let s = TestServer::start_with(|c| {
+        let sms = c
+            .channels
+            .get_mut(&herald_core::Channel::Sms)
+            .expect("sms channel");
+        sms.concurrency = 4;
+        sms.reserved_critical = 1;
+        tweak(c);
+    })
+    .await;
+    s.fault(
+        "twilio",
+        Fault {
+            latency_min_ms: latency_ms,
+            latency_max_ms: latency_ms,
+            ..Fault::default()
+        },
+    );
+    s
 }
