@@ -39,7 +39,9 @@ pub struct Running {
     /// Ends the Redis connection attempts and the circuit follower.
     stop_fleet: CancellationToken,
     stop_http: CancellationToken,
+    /// Where `http` runs; dropped after it ends.
     http: tokio::task::JoinHandle<()>,
+    api_runtime: api::server::ApiRuntime,
 }
 
 /// What the factory opens: a store in all its roles, and its reads for
@@ -270,7 +272,9 @@ impl Running {
             header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
         };
-        let http = tokio::spawn(api::server::serve(
+        let api_runtime = api::server::ApiRuntime::start(cfg.server.threads, cfg.server.nice)
+            .context("starting the API's threads")?;
+        let http = api_runtime.handle().spawn(api::server::serve(
             listener,
             app,
             limits,
@@ -287,6 +291,7 @@ impl Running {
             stop_http,
             stop_fleet,
             http,
+            api_runtime,
         })
     }
 
@@ -310,6 +315,7 @@ impl Running {
             }
         };
         tokio::join!(http, engine);
+        drop(self.api_runtime);
         self.stop_fleet.cancel();
         tracing::info!("herald stopped");
     }

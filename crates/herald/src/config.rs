@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// How long a connection with no request in progress may sit silent.
     pub idle_timeout_ms: u64,
+    /// The API's own runtime threads; 0 for one per core.
+    pub threads: usize,
+    /// How many nice steps below the delivery engine the API's threads run.
+    pub nice: u8,
     /// Refuse notifications for lanes behind their objective.
     pub admission: bool,
     /// How often the lanes are judged.
@@ -380,6 +384,9 @@ impl Config {
             }
         }
         let s = &self.server;
+        if s.nice > 19 {
+            bail!("server.nice: must be between 0 and 19 (a Unix nice increment)");
+        }
         if s.rate_limit_per_second > 0 && (s.rate_limit_burst as usize) < s.max_batch_items {
             bail!("server.rate_limit_burst: must be at least server.max_batch_items, or a full batch could never be accepted");
         }

@@ -12,6 +12,7 @@
 //!   nothing sent or received for `server.idle_timeout_ms` is closed.
 //! - **A bounded shutdown**: on shutdown the listener closes, requests in
 //!   progress may finish until the deadline, and whatever is left is cut.
+//! - **Its own threads, below delivery** (`ApiRuntime`): see there.
 //! - **Problem documents for hyper's own refusals**: hyper answers a request
 //!   it cannot parse (a broken request line, too many or too large headers,
 //!   a URI too long) by itself, with an empty body; `Watched` replaces that
@@ -36,6 +37,72 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::telemetry as m;
+
+/// The API's own tokio runtime (`server.threads`, `server.nice`).
+///
+/// On one runtime with the engine, a few hundred busy connections are a few
+/// hundred tasks beside the engine's, and the scheduler shares the threads
+/// among tasks: measured with wrk (256 connections, one notification per
+/// request), intake took 10,000-14,000/s while delivery got 3,300-3,700/s,
+/// and the backlog grew by the difference. On threads of its own that the
+/// kernel schedules `nice` steps lower, the API gets what delivery leaves:
+/// the same run accepted 7,400-8,600/s and delivered 87-99% of it while the
+/// load lasted (docs/benchmarks.md). An idle machine still gives the API
+/// every core; only contention is decided in delivery's favour.
+///
+/// Nice values are per thread on Linux (`setpriority` on the thread id);
+/// elsewhere the threads are separate but not lower.
+pub struct ApiRuntime(Option<tokio::runtime::Runtime>);
+
+impl ApiRuntime {
+    /// `threads` workers (0: one per core), `nice` steps below the caller's.
+    pub fn start(threads: usize, nice: u8) -> std::io::Result<ApiRuntime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 0 {
+            builder.worker_threads(threads);
+        }
+        let rt = builder
+            .thread_name("herald-api")
+            .on_thread_start(move || lower_this_thread(nice))
+            .enable_all()
+            .build()?;
+        Ok(ApiRuntime(Some(rt)))
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for ApiRuntime {
+    /// Without waiting: a runtime may not block inside another's task, and
+    /// by the time the runtime is dropped its server has ended.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority by `nice` steps.
+#[cfg(target_os = "linux")]
+fn lower_this_thread(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    let tid = rustix::thread::gettid();
+    let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    let wanted = (now + i32::from(nice)).min(19);
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), wanted) {
+        tracing::warn!(error = %e, "cannot lower the API threads' priority; they run at delivery's");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_thread(_nice: u8) {}
 
 /// The connection limits, from `[server]`.
 #[derive(Debug, Clone, Copy)]
