@@ -18,6 +18,9 @@ pub trait Op: Send + Sync + 'static {
     type Output: Send + Sync + 'static;
     /// For metrics (`herald_store_write_seconds{op}`).
     const NAME: &'static str;
+    /// A write of the delivery path (claims, records, releases): it queues
+    /// ahead of intake's and the rest (`writes::Inbox`).
+    const DELIVERY: bool = false;
 }
 
 macro_rules! op {
@@ -25,6 +28,13 @@ macro_rules! op {
         impl Op for $ty {
             type Output = $out;
             const NAME: &'static str = $name;
+        }
+    };
+    ($ty:ty, $out:ty, $name:literal, delivery) => {
+        impl Op for $ty {
+            type Output = $out;
+            const NAME: &'static str = $name;
+            const DELIVERY: bool = true;
         }
     };
 }
@@ -36,7 +46,7 @@ op!(Create, Vec<CreateResult>, "create");
 
 /// Due deliveries of one channel and lane, leased.
 pub struct ClaimDue(pub Claim);
-op!(ClaimDue, Vec<ClaimedDelivery>, "claim");
+op!(ClaimDue, Vec<ClaimedDelivery>, "claim", delivery);
 
 /// Named deliveries, leased if waiting and due (a bus event's).
 pub struct ClaimIds {
@@ -44,21 +54,21 @@ pub struct ClaimIds {
     pub now_ms: i64,
     pub lease_ms: i64,
 }
-op!(ClaimIds, Vec<ClaimedDelivery>, "claim");
+op!(ClaimIds, Vec<ClaimedDelivery>, "claim", delivery);
 
 /// Attempts recorded, each moving its delivery on if its lease holds.
 /// Writers apply a batch's records before its other writes, so a delivery
 /// finishing and being claimed again in one batch ends up claimed again
 /// only if it did not finish.
 pub struct Record(pub Vec<AttemptRecord>);
-op!(Record, (), "record");
+op!(Record, (), "record", delivery);
 
 /// Leases given back.
 pub struct Release {
     pub leases: Vec<(uuid::Uuid, LeaseToken)>,
     pub started: bool,
 }
-op!(Release, (), "release");
+op!(Release, (), "release", delivery);
 
 /// A note that a leased delivery is about to go to a backup provider.
 pub struct NoteCall {
@@ -66,7 +76,7 @@ pub struct NoteCall {
     pub lease_token: LeaseToken,
     pub provider: String,
 }
-op!(NoteCall, (), "note_call");
+op!(NoteCall, (), "note_call", delivery);
 
 /// An API key for a tenant (made if new); answers the tenant's id.
 pub struct AddKey {

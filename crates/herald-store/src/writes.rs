@@ -220,9 +220,85 @@ pub(crate) async fn bounded<T>(
         })
 }
 
+/// A writer's two queues, as it takes from them: the delivery path's
+/// writes (`Op::DELIVERY`: claims, records, releases) first, then intake's
+/// and the rest's, up to the batch size.
+///
+/// When the writer is what the machine waits on (SQLite's one writer under
+/// overload), one queue in arrival order let a few batches of creates stand
+/// between every claim and its commit, so what was accepted waited on what
+/// was being accepted. Taken first, the delivery path's writes wait for at
+/// most the commit in progress; creates wait longer instead, and the API's
+/// latency rises with them, which is the backpressure a client sees.
+pub(crate) struct Inbox<J> {
+    delivery: mpsc::Receiver<J>,
+    rest: mpsc::Receiver<J>,
+}
+
+/// A writer queue's two sides, each queue holding `capacity` operations.
+pub(crate) fn write_queues<J>(capacity: usize) -> (Senders<J>, Inbox<J>) {
+    let (delivery_tx, delivery) = mpsc::channel(capacity);
+    let (rest_tx, rest) = mpsc::channel(capacity);
+    (
+        Senders {
+            delivery: delivery_tx,
+            rest: rest_tx,
+        },
+        Inbox { delivery, rest },
+    )
+}
+
+impl<J> Inbox<J> {
+    /// Waits for an operation, then takes up to `max` into `batch`, the
+    /// delivery path's first; 0 once both queues are closed and empty.
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<J>, max: usize) -> usize {
+        let first = tokio::select! {
+            biased;
+            job = self.delivery.recv() => job,
+            job = self.rest.recv() => job,
+        };
+        let first = match first {
+            Some(job) => job,
+            // One queue is closed and empty; the other may still hold some.
+            None => match self.delivery.recv().await {
+                Some(job) => job,
+                None => match self.rest.recv().await {
+                    Some(job) => job,
+                    None => return 0,
+                },
+            },
+        };
+        batch.push(first);
+        for queue in [&mut self.delivery, &mut self.rest] {
+            while batch.len() < max {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        batch.len()
+    }
+}
+
+/// The sending sides of a writer's `Inbox`.
+pub(crate) struct Senders<J> {
+    delivery: mpsc::Sender<J>,
+    rest: mpsc::Sender<J>,
+}
+
+impl<J> Clone for Senders<J> {
+    fn clone(&self) -> Self {
+        Self {
+            delivery: self.delivery.clone(),
+            rest: self.rest.clone(),
+        }
+    }
+}
+
 /// The sending side of a store's writer queue. Cheap to clone.
 pub struct WriteQueue<B: Backend> {
-    pub(crate) tx: mpsc::Sender<B::Job>,
+    pub(crate) tx: Senders<B::Job>,
     pub(crate) health: Arc<WriteHealth>,
     /// The longest a caller waits for its write (queueing and commit).
     pub(crate) timeout: Duration,
@@ -249,8 +325,13 @@ impl<B: Backend> WriteQueue<B> {
         let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         let job = B::job(Pending::new(op, reply));
+        let queue = if O::DELIVERY {
+            &self.tx.delivery
+        } else {
+            &self.tx.rest
+        };
         let done = bounded(self.timeout, async {
-            self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+            queue.send(job).await.map_err(|_| StoreError::Closed)?;
             answer.await.map_err(|_| StoreError::Closed)?
         })
         .await;
@@ -259,7 +340,7 @@ impl<B: Backend> WriteQueue<B> {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.rest.is_closed()
     }
 
     /// `Ok` if the store takes writes: at once while the writers find it
@@ -358,6 +439,41 @@ pub(crate) fn v7_floor(ms: i64) -> uuid::Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_delivery_paths_writes_are_taken_first_and_nothing_is_left_at_close() {
+        let (tx, mut inbox) = write_queues::<&str>(16);
+        for job in ["create 1", "create 2", "create 3"] {
+            tx.rest.send(job).await.expect("open");
+        }
+        for job in ["claim", "record"] {
+            tx.delivery.send(job).await.expect("open");
+        }
+        let mut batch = Vec::new();
+        assert_eq!(inbox.recv_many(&mut batch, 3).await, 3);
+        assert_eq!(batch, ["claim", "record", "create 1"]);
+        batch.clear();
+        tx.delivery.send("release").await.expect("open");
+        drop(tx);
+        assert_eq!(inbox.recv_many(&mut batch, 10).await, 3);
+        assert_eq!(batch, ["release", "create 2", "create 3"]);
+        batch.clear();
+        assert_eq!(inbox.recv_many(&mut batch, 10).await, 0, "closed and empty");
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_for_either_queue() {
+        let (tx, mut inbox) = write_queues::<u32>(4);
+        let rest = tx.rest.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            rest.send(7).await.expect("open");
+        });
+        let mut batch = Vec::new();
+        assert_eq!(inbox.recv_many(&mut batch, 4).await, 1);
+        assert_eq!(batch, [7]);
+        drop(tx);
+    }
 
     #[test]
     fn while_writes_fail_batches_fail_at_once_but_now_and_then_one_is_tried() {

@@ -16,12 +16,12 @@ use async_trait::async_trait;
 use herald_core::store::{Cause, StoreError};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 
 use crate::db::{Database, Db};
 use crate::reads::{Arg, Reader};
 use crate::rows::db_err;
-use crate::writes::{WriteHealth, WriteQueue};
+use crate::writes::{write_queues, WriteHealth, WriteQueue};
 
 /// The PostgreSQL backend.
 pub struct Postgres;
@@ -65,7 +65,7 @@ impl Db<Postgres> {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(Cause::new("migrations failed", e)))?;
-        let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
+        let (tx, rx) = write_queues(opts.max_batch.max(1) * 4);
         let queue = Arc::new(Mutex::new(rx));
         let health = Arc::new(WriteHealth::default());
         for _ in 0..writers {

@@ -23,12 +23,12 @@ use herald_core::store::{
     IdempotencyRecord, LeaseToken, NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use sqlx::{Acquire, PgConnection, PgPool, Row};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 
 use crate::ops::{self, Op};
 use crate::rows::{db_err, Columns};
 use crate::writes::{
-    committed, v7_floor, Backend, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
+    committed, v7_floor, Backend, Inbox, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
 };
 
 /// What every operation may need besides its own data.
@@ -88,7 +88,7 @@ impl<O: PgOp> Runs<O> for super::Postgres {
     }
 }
 
-type Queue = Arc<Mutex<mpsc::Receiver<Box<dyn Job>>>>;
+type Queue = Arc<Mutex<Inbox<Box<dyn Job>>>>;
 
 /// How a writer works: its pool, what it takes and how long it may take.
 pub(super) struct Writer {

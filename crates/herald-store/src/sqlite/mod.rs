@@ -15,12 +15,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, SqlitePool};
-use tokio::sync::mpsc;
 
 use crate::db::{Database, Db};
 use crate::reads::{Arg, Reader};
 use crate::rows::db_err;
-use crate::writes::{bounded, WriteHealth, WriteQueue};
+use crate::writes::{bounded, write_queues, WriteHealth, WriteQueue};
 
 /// The SQLite backend.
 pub struct Sqlite;
@@ -73,7 +72,7 @@ impl Db<Sqlite> {
             .connect_with(connect.read_only(true))
             .await
             .map_err(db_err)?;
-        let (tx, rx) = mpsc::channel(opts.max_batch.max(1) * 4);
+        let (tx, rx) = write_queues(opts.max_batch.max(1) * 4);
         let health = Arc::new(WriteHealth::default());
         writer::start(
             &opts.path,

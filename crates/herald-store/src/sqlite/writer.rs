@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crate::ops::{self, Op};
 use crate::writes::{
-    committed, v7_floor, Backend, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
+    committed, v7_floor, Backend, Inbox, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
 };
 use herald_core::model::{Channel, DeliveryState, Priority};
 use herald_core::store::{
@@ -37,7 +37,7 @@ use herald_core::store::{
     IdempotencyRecord, LeaseToken, NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// As `rows::db_err`, for rusqlite: a full disk, an I/O error or a busy
 /// database is the store's trouble; a broken constraint the operation's.
@@ -59,7 +59,7 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
 /// Returns once the connection is open (or could not be).
 pub(super) async fn start(
     path: &Path,
-    rx: mpsc::Receiver<Box<dyn Job>>,
+    rx: Inbox<Box<dyn Job>>,
     max_batch: usize,
     outbox: bool,
     health: Arc<WriteHealth>,
@@ -150,13 +150,21 @@ impl<O: SqliteOp> Runs<O> for super::Sqlite {
 
 fn run(
     mut conn: Connection,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    mut rx: Inbox<Box<dyn Job>>,
     max_batch: usize,
     ctx: Ctx,
     health: &WriteHealth,
 ) {
+    // Only to wait on the two queues at once; nothing is spawned on it.
+    let waiter = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "the store writer cannot wait for work; it stops");
+            return;
+        }
+    };
     let mut batch = Vec::with_capacity(max_batch);
-    while rx.blocking_recv_many(&mut batch, max_batch) > 0 {
+    while waiter.block_on(rx.recv_many(&mut batch, max_batch)) > 0 {
         let started = std::time::Instant::now();
         let mut jobs: Vec<Box<dyn Job>> = std::mem::take(&mut batch);
         let n = jobs.len();
