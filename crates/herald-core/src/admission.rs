@@ -21,6 +21,14 @@ use crate::model::{Channel, Priority};
 /// The longest `Retry-After` admission control asks for.
 pub const MAX_RETRY_AFTER_S: u64 = 60;
 
+/// A lane refuses new work once a delivery accepted now would wait more
+/// than this share of its objective (in percent). Not all of it: what is
+/// admitted at the limit still waits behind the measurement's age (up to a
+/// refresh), rates that fall while it waits, and retries. Judged at the
+/// whole objective, the overload bench's admitted work missed it at p99 by
+/// 25-45% (docs/benchmarks.md); judged at half, it keeps it.
+pub const JUDGED_AT_PERCENT: i64 = 50;
+
 /// What a lane promises, and how much it may hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LaneObjective {
@@ -127,7 +135,8 @@ pub fn judge(load: &LaneLoad, objective: &LaneObjective) -> Verdict {
         }
     }
     if let Some(within) = objective.within {
-        let over_ms = load.expected_wait_ms() - crate::ms(within);
+        let over_ms =
+            load.expected_wait_ms() - crate::ms(within).saturating_mul(JUDGED_AT_PERCENT) / 100;
         if over_ms > 0 {
             return refuse(Refusal::Objective, (over_ms as u64).div_ceil(1000));
         }
@@ -245,15 +254,22 @@ mod tests {
             backlog_cap: Some(1_000),
         };
         for (l, objective, verdict) in [
-            // Nothing waits, or it will be sent in time.
+            // Nothing waits, or it will be sent within half the objective.
             (load(0, 0, 0.0), within(1_000), Verdict::Admit),
-            (load(900, 200, 1_000.0), within(1_000), Verdict::Admit),
-            (load(1_000, 1_000, 1_000.0), within(1_000), Verdict::Admit),
-            // 12 s of work at 1,000/s against a 10 s objective: 2 s late.
+            (load(900, 200, 1_000.0), within(2_000), Verdict::Admit),
+            (load(1_000, 1_000, 1_000.0), within(2_000), Verdict::Admit),
+            // Within the objective, but past half of it.
+            (
+                load(1_100, 200, 1_000.0),
+                within(2_000),
+                refuse(Refusal::Objective, 1),
+            ),
+            // 12 s of work at 1,000/s against a 10 s objective, judged at
+            // 5 s: 7 s over.
             (
                 load(12_000, 300, 1_000.0),
                 within(10_000),
-                refuse(Refusal::Objective, 2),
+                refuse(Refusal::Objective, 7),
             ),
             // Not moving, and its oldest has waited past the objective.
             (
@@ -314,7 +330,7 @@ mod tests {
         let v = judge_lanes(&loads, &objectives());
         assert_eq!(v[Priority::Critical], Verdict::Admit);
         assert_eq!(v[Priority::High], Verdict::Admit);
-        assert_eq!(v[Priority::Normal], refuse(Refusal::Objective, 20));
+        assert_eq!(v[Priority::Normal], refuse(Refusal::Objective, 25));
         assert_eq!(v[Priority::Low], Verdict::Admit, "low may wait");
     }
 
@@ -328,9 +344,9 @@ mod tests {
         ]);
         let v = judge_lanes(&loads, &objectives());
         assert_eq!(v[Priority::Critical], Verdict::Admit);
-        assert_eq!(v[Priority::High], refuse(Refusal::MakingRoom, 2));
-        assert_eq!(v[Priority::Normal], refuse(Refusal::MakingRoom, 2));
-        assert_eq!(v[Priority::Low], refuse(Refusal::MakingRoom, 2));
+        assert_eq!(v[Priority::High], refuse(Refusal::MakingRoom, 3));
+        assert_eq!(v[Priority::Normal], refuse(Refusal::MakingRoom, 3));
+        assert_eq!(v[Priority::Low], refuse(Refusal::MakingRoom, 3));
     }
 
     #[test]
@@ -342,11 +358,11 @@ mod tests {
             load(0, 0, 0.0),
         ]);
         let v = judge_lanes(&loads, &objectives());
-        assert_eq!(v[Priority::Critical], refuse(Refusal::Objective, 2));
+        assert_eq!(v[Priority::Critical], refuse(Refusal::Objective, 3));
         assert!(
             [Priority::High, Priority::Normal, Priority::Low]
                 .iter()
-                .all(|&l| v[l] == refuse(Refusal::MakingRoom, 2)),
+                .all(|&l| v[l] == refuse(Refusal::MakingRoom, 3)),
             "{v:?}"
         );
     }
@@ -378,7 +394,7 @@ mod tests {
             for lane in [Priority::High, Priority::Normal, Priority::Low] {
                 assert_eq!(
                     v[&ch][lane],
-                    refuse(Refusal::MakingRoom, 2),
+                    refuse(Refusal::MakingRoom, 3),
                     "{ch} {lane:?}"
                 );
             }
@@ -389,7 +405,7 @@ mod tests {
         let v = judge_channels(&alone, &objectives());
         assert_eq!(
             v[&Channel::Sms][Priority::Critical],
-            refuse(Refusal::Objective, 2)
+            refuse(Refusal::Objective, 3)
         );
     }
 
@@ -414,7 +430,7 @@ mod tests {
         let v = judge_channels(&loads, &objectives());
         assert_eq!(
             v[&Channel::Sms][Priority::Normal],
-            refuse(Refusal::Objective, 20)
+            refuse(Refusal::Objective, 25)
         );
         assert_eq!(v[&Channel::Email][Priority::Normal], Verdict::Admit);
     }
@@ -429,7 +445,7 @@ mod tests {
         ]);
         let v = judge_lanes(&loads, &objectives());
         assert_eq!(v[Priority::Critical], Verdict::Admit);
-        assert_eq!(v[Priority::Normal], refuse(Refusal::Objective, 20));
+        assert_eq!(v[Priority::Normal], refuse(Refusal::Objective, 25));
         assert_eq!(v[Priority::Low], refuse(Refusal::BacklogCap, 60));
     }
 }

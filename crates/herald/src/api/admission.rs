@@ -161,13 +161,13 @@ pub async fn keep_judging(
     stop: CancellationToken,
 ) {
     let mut rates = throughput.map(|t| Rates::new(t, &channels));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
+        let started = tokio::time::Instant::now();
         let now = herald_core::now_ms();
         let measured = tokio::time::timeout(every.max(Duration::from_millis(100)) * 4, async {
             measure(depths.as_ref(), &channels, now).await
@@ -185,7 +185,19 @@ pub async fn keep_judging(
             }
             Err(_) => tracing::debug!("admission: the store was slow to answer; verdicts kept"),
         }
+        wait = next_wait(every, started.elapsed());
     }
+}
+
+/// The longest the judge waits between measurements, however slow they are.
+const SLOWEST_REFRESH: Duration = Duration::from_secs(2);
+
+/// How long to wait before measuring again: `every`, or longer when a
+/// measurement took long (the depth counts read every waiting row, and a
+/// backlog of millions makes them slow), so that measuring takes at most a
+/// twentieth of the time, up to `SLOWEST_REFRESH`.
+fn next_wait(every: Duration, took: Duration) -> Duration {
+    (took * 19).clamp(every, every.max(SLOWEST_REFRESH))
 }
 
 #[cfg(test)]
@@ -204,6 +216,20 @@ mod tests {
         async fn oldest_due(&self, _: i64) -> Result<Vec<LaneLag>, StoreError> {
             Ok(self.1.clone())
         }
+    }
+
+    #[test]
+    fn a_slow_measurement_is_made_less_often_but_at_least_every_two_seconds() {
+        let every = Duration::from_millis(250);
+        assert_eq!(next_wait(every, Duration::from_millis(2)), every);
+        assert_eq!(
+            next_wait(every, Duration::from_millis(50)),
+            Duration::from_millis(950)
+        );
+        assert_eq!(next_wait(every, Duration::from_secs(1)), SLOWEST_REFRESH);
+        // A refresh set slower than the cap is kept.
+        let slow = Duration::from_secs(5);
+        assert_eq!(next_wait(slow, Duration::from_secs(1)), slow);
     }
 
     #[tokio::test]
@@ -243,13 +269,17 @@ mod tests {
             retry_after,
         }) = gate.check(Priority::Normal, &[Channel::Email, Channel::Sms])
         else {
-            panic!("the normal SMS lane is 2.5 s behind");
+            panic!("the normal SMS lane expects 12.5 s, past half its 10 s objective");
         };
         assert_eq!(
             (lane, channel, reason),
             (Priority::Normal, Channel::Sms, Refusal::Objective)
         );
-        assert_eq!(retry_after, Duration::from_secs(3));
+        assert_eq!(
+            retry_after,
+            Duration::from_secs(8),
+            "7.5 s over, rounded up"
+        );
         assert!(gate.check(Priority::Normal, &[Channel::Email]).is_ok());
         assert_eq!(gate.shedding(), vec!["sms normal: objective".to_owned()]);
         assert!(gate.check(Priority::Critical, &[Channel::Sms]).is_ok());
