@@ -45,9 +45,16 @@ impl Dispatcher {
 
         while !shutdown.is_cancelled() {
             // Claim, highest lane first, as long as claims come back full.
+            // A lane under one whose claim came back full waits for the
+            // next pass: what is due above it goes first, so under overload
+            // the pool's slots go to the lanes with objectives, and a
+            // newsletter flood is delivered as capacity allows.
             let mut more = false;
             let mut failed = false;
             for lane in Priority::ALL {
+                if more {
+                    break;
+                }
                 let room = self.policy.room(lane, &in_flight).min(self.claim_batch);
                 if room == 0 {
                     continue;

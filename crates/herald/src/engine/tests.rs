@@ -175,13 +175,21 @@ impl Rig {
 
     /// An SMS in `lane`, accepted as the API would.
     async fn sms(&self, lane: &str) -> uuid::Uuid {
+        let (id, _) = self.sms_unannounced(lane).await;
+        self.bus.announce(&[Channel::Sms]);
+        id
+    }
+
+    /// An SMS in `lane`, stored but not yet announced to the engine: the
+    /// notification's id and its delivery's (the vendor's key).
+    async fn sms_unannounced(&self, lane: &str) -> (uuid::Uuid, uuid::Uuid) {
         let request: NotificationRequest = serde_json::from_value(serde_json::json!({
             "priority": lane, "channels": ["sms"],
             "recipient": {"phone": "+14155550100"}, "content": {"text": "code 123456"}
         }))
         .expect("request");
         let now = herald_core::now_ms();
-        let id = uuid::Uuid::now_v7();
+        let (id, delivery) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         self.store
             .create(vec![NewNotification {
                 id,
@@ -191,7 +199,7 @@ impl Rig {
                 due_at_ms: now,
                 expires_at_ms: None,
                 deliveries: vec![NewDelivery {
-                    id: uuid::Uuid::now_v7(),
+                    id: delivery,
                     channel: Channel::Sms,
                     target: 0,
                 }],
@@ -201,8 +209,7 @@ impl Rig {
             }])
             .await
             .expect("create");
-        self.bus.announce(&[Channel::Sms]);
-        id
+        (id, delivery)
     }
 
     async fn state(&self, id: uuid::Uuid) -> (DeliveryState, Option<String>) {
@@ -289,6 +296,41 @@ async fn five_failures_open_the_circuit_critical_fails_over_low_waits_and_a_prob
         rig.state(after).await.1.as_deref(),
         Some("twilio"),
         "closed"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn low_waits_while_a_lane_above_it_has_more_due_than_one_claim_takes() {
+    let rig = Rig::start();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 300 high (more than two claims of 128) and 50 low, due together.
+    let mut high = std::collections::HashSet::new();
+    for _ in 0..300 {
+        high.insert(rig.sms_unannounced("high").await.1.to_string());
+    }
+    let mut low = std::collections::HashSet::new();
+    for _ in 0..50 {
+        low.insert(rig.sms_unannounced("low").await.1.to_string());
+    }
+    rig.bus.announce(&[Channel::Sms]);
+    let twilio = rig.vendor("twilio");
+    assert!(
+        rig.until(Duration::from_secs(30), || async { twilio.calls() == 350 })
+            .await
+    );
+    let keys = twilio.keys();
+    let first_low = keys
+        .iter()
+        .position(|k| low.contains(k))
+        .expect("low was sent");
+    let high_before = keys[..first_low]
+        .iter()
+        .filter(|k| high.contains(*k))
+        .count();
+    assert!(
+        high_before >= 256,
+        "low started after {high_before} high: it took slots while high had full claims waiting"
     );
     rig.stop().await;
 }
