@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::lanes::Lanes;
 use crate::model::{Channel, Priority};
+use crate::store::CountUpTo;
 
 /// The longest `Retry-After` admission control asks for.
 pub const MAX_RETRY_AFTER_S: u64 = 60;
@@ -124,6 +125,37 @@ fn refuse(reason: Refusal, retry_after_s: u64) -> Verdict {
     }
 }
 
+/// How far a lane's queue must be counted for `judge` and `judge_channels`
+/// to reach the verdict, `Retry-After` included, that they would reach on
+/// the whole count, at the lane's `rate`:
+/// - due work only for a lane with an objective and a known rate, up to
+///   what would put it `MAX_RETRY_AFTER_S` past its limit;
+/// - held work up to the cap and `MAX_RETRY_AFTER_S` of draining beyond
+///   it, and for every lane at least one (whether anything is held under
+///   critical decides whether critical may still be admitted).
+pub fn counts_needed(objective: &LaneObjective, rate: f64) -> CountUpTo {
+    let seconds_of = |s: f64| (rate.max(0.0) * s).ceil() as u64;
+    let due = match objective.within {
+        Some(within) if rate > 0.0 => {
+            let limit_ms = judged_limit_ms(within) as f64;
+            seconds_of((limit_ms / 1000.0) + MAX_RETRY_AFTER_S as f64).saturating_add(1)
+        }
+        _ => 0,
+    };
+    let waiting = match objective.backlog_cap {
+        Some(cap) => cap
+            .saturating_add(seconds_of(MAX_RETRY_AFTER_S as f64))
+            .saturating_add(1),
+        None => 1,
+    };
+    CountUpTo { due, waiting }
+}
+
+/// The longest wait a lane with objective `within` admits at.
+fn judged_limit_ms(within: Duration) -> i64 {
+    crate::ms(within).saturating_mul(JUDGED_AT_PERCENT) / 100
+}
+
 /// One lane on its own: its backlog cap, then its objective.
 pub fn judge(load: &LaneLoad, objective: &LaneObjective) -> Verdict {
     if let Some(cap) = objective.backlog_cap {
@@ -216,6 +248,43 @@ mod tests {
         LaneObjective {
             within: Some(Duration::from_millis(ms)),
             backlog_cap: None,
+        }
+    }
+
+    #[test]
+    fn counting_only_as_far_as_needed_changes_no_verdict() {
+        let objectives = objectives();
+        let rates = [0.0, 0.5, 7.0, 1_000.0, 25_000.0];
+        let counts = [0, 1, 2, 499, 5_000, 59_999, 1_000_000, 1_060_000, 9_000_000];
+        let waits = [0, 400, 600, 2_500, 70_000];
+        for lane in Priority::ALL {
+            let objective = objectives[lane];
+            for rate in rates {
+                let up_to = counts_needed(&objective, rate);
+                for &waiting in &counts {
+                    for &due in counts.iter().filter(|&&d| d <= waiting) {
+                        for oldest_wait_ms in waits {
+                            let whole = LaneLoad {
+                                waiting,
+                                due,
+                                oldest_wait_ms,
+                                delivered_per_second: rate,
+                            };
+                            let counted = LaneLoad {
+                                waiting: waiting.min(up_to.waiting),
+                                due: due.min(up_to.due),
+                                ..whole
+                            };
+                            assert_eq!(
+                                judge(&counted, &objective),
+                                judge(&whole, &objective),
+                                "{lane:?} {whole:?} counted {up_to:?}"
+                            );
+                            assert_eq!(counted.waiting > 0, whole.waiting > 0);
+                        }
+                    }
+                }
+            }
         }
     }
 

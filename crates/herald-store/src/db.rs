@@ -5,11 +5,12 @@
 
 use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
+use herald_core::model::{Channel, Priority};
 use herald_core::store::{
-    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
-    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag, LeaseToken,
-    NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome, Reports,
-    StoreError, Tenants, Upkeep,
+    AttemptRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter, DeadLetterCursor,
+    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag, LaneQueue,
+    LeaseToken, NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome,
+    Reports, StoreError, Tenants, Upkeep,
 };
 
 use crate::ops;
@@ -115,6 +116,16 @@ impl<D: Database> Depths for Db<D> {
 
     async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError> {
         reads::oldest_due(&self.reads, now_ms).await
+    }
+
+    async fn lane_queue(
+        &self,
+        channel: Channel,
+        lane: Priority,
+        now_ms: i64,
+        up_to: CountUpTo,
+    ) -> Result<LaneQueue, StoreError> {
+        reads::lane_queue(&self.reads, channel, lane, now_ms, up_to).await
     }
 }
 

@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetter,
+    AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter,
     DeadLetterCursor, DeadLetterFilter, DeadLetters, DeliverySummary, DeliveryView, Depths, Health,
-    IdempotencyRecord, Intake, LaneLag, LeaseToken, NewNotification, NotificationView, Outbox,
-    Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
+    IdempotencyRecord, Intake, LaneLag, LaneQueue, LeaseToken, NewNotification, NotificationView,
+    Outbox, Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
 };
 
 use crate::writes::{v7_floor, OutboxRow, RowChange};
@@ -490,7 +490,8 @@ impl Depths for MemoryStore {
         let s = self.lock();
         let mut oldest: BTreeMap<(Channel, Priority), (i64, u64)> = BTreeMap::new();
         for d in s.deliveries.values() {
-            if d.waiting() && d.due_at_ms <= now_ms {
+            // Leased past its lease is due again (as the SQL stores count).
+            if d.pending() && d.due_at_ms <= now_ms {
                 let (at, n) = oldest
                     .entry((d.channel, d.priority))
                     .or_insert((d.due_at_ms, 0));
@@ -507,6 +508,31 @@ impl Depths for MemoryStore {
                 due,
             })
             .collect())
+    }
+
+    async fn lane_queue(
+        &self,
+        channel: Channel,
+        lane: Priority,
+        now_ms: i64,
+        up_to: CountUpTo,
+    ) -> Result<LaneQueue, StoreError> {
+        let s = self.lock();
+        let mut q = LaneQueue::default();
+        for d in s.deliveries.values() {
+            if d.channel != channel || d.priority != lane || !d.pending() {
+                continue;
+            }
+            q.waiting = (q.waiting + 1).min(up_to.waiting);
+            if d.due_at_ms <= now_ms {
+                q.due = (q.due + 1).min(up_to.due);
+                q.oldest_due_at_ms = Some(
+                    q.oldest_due_at_ms
+                        .map_or(d.due_at_ms, |o| o.min(d.due_at_ms)),
+                );
+            }
+        }
+        Ok(q)
     }
 }
 

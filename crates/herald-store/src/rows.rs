@@ -6,8 +6,8 @@ use std::str::FromStr;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{NotificationRequest, Priority};
 use herald_core::store::{
-    AttemptView, Cause, DeadLetter, DeliverySummary, DeliveryView, LaneLag, NotificationView,
-    QueueDepth, StoreError,
+    AttemptView, Cause, DeadLetter, DeliverySummary, DeliveryView, LaneLag, LaneQueue,
+    NotificationView, QueueDepth, StoreError,
 };
 use sqlx::Row;
 
@@ -159,6 +159,15 @@ pub(crate) fn lane_lag(row: &impl Columns) -> Result<LaneLag, StoreError> {
         priority: row.priority()?,
         oldest_due_at_ms: row.int("oldest")?,
         due: u64::try_from(row.int("n")?).unwrap_or(0),
+    })
+}
+
+/// `SELECT oldest, due, waiting` (`reads::lane_queue`)
+pub(crate) fn lane_queue(row: &impl Columns) -> Result<LaneQueue, StoreError> {
+    Ok(LaneQueue {
+        oldest_due_at_ms: row.opt_int("oldest")?,
+        due: u64::try_from(row.int("due")?).unwrap_or(0),
+        waiting: u64::try_from(row.int("waiting")?).unwrap_or(0),
     })
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::roles::*;
 use herald_core::store::{
-    AttemptRecord, CallRecord, Claim, ClaimedDelivery, CreateResult, DeadLetterCursor,
-    DeadLetterFilter, IdempotencyRecord, LaneLag, NewDelivery, NewNotification, Next,
+    AttemptRecord, CallRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetterCursor,
+    DeadLetterFilter, IdempotencyRecord, LaneLag, LaneQueue, NewDelivery, NewNotification, Next,
     ReplayOutcome, StoredResponse,
 };
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
@@ -813,6 +813,50 @@ async fn each_lane_says_how_long_its_oldest_due_delivery_has_waited(store: &dyn 
     assert!(
         now.contains(&(Channel::Email, Priority::Low, 9_000, 1)),
         "{now:?}"
+    );
+
+    // One lane at a time for admission control, each count stopped at its
+    // bound; the taken one is still held.
+    let lane = |channel, lane, now_ms, due, waiting| {
+        store.lane_queue(channel, lane, now_ms, CountUpTo { due, waiting })
+    };
+    let queue = |oldest_due_at_ms, due, waiting| LaneQueue {
+        oldest_due_at_ms,
+        due,
+        waiting,
+    };
+    assert_eq!(
+        lane(Channel::Sms, Priority::Normal, 9_000, 10, 10)
+            .await
+            .expect("read"),
+        queue(Some(3_000), 1, 2)
+    );
+    assert_eq!(
+        lane(Channel::Sms, Priority::Normal, 9_000, 0, 1)
+            .await
+            .expect("read"),
+        queue(Some(3_000), 0, 1),
+        "counted only as far as asked"
+    );
+    assert_eq!(
+        lane(Channel::Email, Priority::Low, 5_000, 10, 10)
+            .await
+            .expect("read"),
+        queue(None, 0, 1),
+        "held, not yet due"
+    );
+    // A delivery whose lease ran out (taken at 5 s for 60 s) is due again.
+    assert_eq!(
+        lane(Channel::Sms, Priority::Normal, 65_001, 10, 10)
+            .await
+            .expect("read"),
+        queue(Some(3_000), 2, 2)
+    );
+    assert_eq!(
+        lane(Channel::Webhook, Priority::High, 65_001, 10, 10)
+            .await
+            .expect("read"),
+        queue(None, 0, 0)
     );
 }
 

@@ -190,6 +190,37 @@ pub trait Depths: Send + Sync {
     /// taken (queued or retry scheduled): how many, and when the one due
     /// longest was due.
     async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError>;
+    /// One lane, for admission control: when its longest-waiting due
+    /// delivery was due (waiting, or leased past its lease, by `now_ms`),
+    /// and its due and held deliveries, each counted only up to `up_to`.
+    /// A judge needs no more than changes its verdict, and counting a
+    /// backlog of millions on every refresh would cost more than the
+    /// deliveries it guards.
+    async fn lane_queue(
+        &self,
+        channel: Channel,
+        lane: Priority,
+        now_ms: i64,
+        up_to: CountUpTo,
+    ) -> Result<LaneQueue, StoreError>;
+}
+
+/// How far `Depths::lane_queue` counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountUpTo {
+    pub due: u64,
+    pub waiting: u64,
+}
+
+/// A lane's queue as `Depths::lane_queue` counted it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneQueue {
+    /// None when nothing is due.
+    pub oldest_due_at_ms: Option<i64>,
+    /// Due and not taken, up to `CountUpTo::due`.
+    pub due: u64,
+    /// Held (queued, retry scheduled or leased), up to `CountUpTo::waiting`.
+    pub waiting: u64,
 }
 
 /// A lane's lag: `due` deliveries are due and waiting, the longest-waiting
