@@ -156,7 +156,7 @@ impl CapCounts {
         let cap = cap?;
         let last = *self.last.get(&(channel, lane))?;
         let far = last < cap / 10 * 9;
-        (far && self.round % CAP_RECOUNT != 0).then_some(last)
+        (far && !self.round.is_multiple_of(CAP_RECOUNT)).then_some(last)
     }
 }
 
