@@ -240,31 +240,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         let (accepted, refused, bar) = (accepted.clone(), refused.clone(), accepted_bar.clone());
         sends.spawn(async move {
             let _permit = permit;
-            let resp = client
-                .post(url)
-                .bearer_auth(key)
-                .json(&json!({"notifications": items}))
-                .send()
-                .await
-                .context("POST /v1/notifications/batch")?;
-            let status = resp.status();
-            let body: serde_json::Value = resp.json().await.context("batch response")?;
-            anyhow::ensure!(status.is_success(), "batch refused: {status} {body}");
-            let results = body["results"].as_array().cloned().unwrap_or_default();
-            anyhow::ensure!(
-                results.len() == deliveries.len(),
-                "one result per item: {body}"
-            );
+            // Items admission control refused (their lane is behind: a 429
+            // `lane-behind`, nothing stored) are sent again after a pause,
+            // as a client honouring Retry-After would.
+            let mut pending: Vec<(serde_json::Value, usize)> =
+                items.into_iter().zip(deliveries).collect();
             let mut expected = 0;
-            for (r, d) in results.iter().zip(&deliveries) {
-                if r["status"] == "accepted" {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    expected += d;
-                } else {
-                    refused.fetch_add(1, Ordering::Relaxed);
+            for round in 0.. {
+                let body_items: Vec<&serde_json::Value> = pending.iter().map(|(b, _)| b).collect();
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"notifications": body_items}))
+                    .send()
+                    .await
+                    .context("POST /v1/notifications/batch")?;
+                let status = resp.status();
+                let body: serde_json::Value = resp.json().await.context("batch response")?;
+                anyhow::ensure!(status.is_success(), "batch refused: {status} {body}");
+                let results = body["results"].as_array().cloned().unwrap_or_default();
+                anyhow::ensure!(
+                    results.len() == pending.len(),
+                    "one result per item: {body}"
+                );
+                let mut again = Vec::new();
+                for (r, (item, d)) in results.iter().zip(pending) {
+                    if r["status"] == "accepted" {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        bar.inc(1);
+                        expected += d;
+                    } else if r["error"]["type"] == "urn:herald:problem:lane-behind" && round < 60 {
+                        again.push((item, d));
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        bar.inc(1);
+                    }
                 }
+                if again.is_empty() {
+                    break;
+                }
+                pending = again;
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            bar.inc(results.len() as u64);
             anyhow::Ok(expected)
         });
     }
