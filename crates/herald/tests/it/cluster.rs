@@ -227,22 +227,42 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
     let mut killed_at = None;
     for (b, start) in (0..NOTIFICATIONS).step_by(BATCH).enumerate() {
         let base = if b % 2 == 0 { &base1 } else { &base2 };
-        let items: Vec<Value> = (start..start + BATCH).map(notification).collect();
-        let resp = http
-            .post(format!("{base}/v1/notifications/batch"))
-            .bearer_auth(&key)
-            .json(&json!({ "notifications": items }))
-            .send()
-            .await
-            .expect("batch");
-        let (status, _, v) = decode(resp).await;
-        assert_eq!(status, 200, "{v}");
-        accepted += v["results"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["status"] == "accepted")
-            .count();
+        // Items admission control refuses (a lane behind while the relay
+        // or a worker is down: nothing stored) are sent again after a
+        // pause with the same idempotency keys, as a client honouring
+        // Retry-After would; every notification must be taken in once.
+        let mut numbers: Vec<usize> = (start..start + BATCH).collect();
+        for _ in 0..240 {
+            let items: Vec<Value> = numbers.iter().map(|&i| notification(i)).collect();
+            let resp = http
+                .post(format!("{base}/v1/notifications/batch"))
+                .bearer_auth(&key)
+                .json(&json!({ "notifications": items }))
+                .send()
+                .await
+                .expect("batch");
+            let (status, _, v) = decode(resp).await;
+            assert_eq!(status, 200, "{v}");
+            let results = v["results"].as_array().cloned().unwrap_or_default();
+            assert_eq!(results.len(), numbers.len(), "{v}");
+            let mut again = Vec::new();
+            for (r, i) in results.iter().zip(&numbers) {
+                if r["status"] == "accepted" {
+                    accepted += 1;
+                } else {
+                    assert_eq!(
+                        r["error"]["type"], "urn:herald:problem:lane-behind",
+                        "only admission control may refuse: {r}"
+                    );
+                    again.push(*i);
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            numbers = again;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         // A quarter of the way in, the relay is SIGKILLed mid-stream and a
         // new one started: it takes over once the dead one's lease lapses,
         // from the first event not marked published.
