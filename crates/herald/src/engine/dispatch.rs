@@ -45,14 +45,17 @@ impl Dispatcher {
 
         while !shutdown.is_cancelled() {
             // Claim, highest lane first, as long as claims come back full.
-            // A lane under one whose claim came back full waits for the
-            // next pass: what is due above it goes first, so under overload
-            // the pool's slots go to the lanes with objectives, and a
-            // newsletter flood is delivered as capacity allows.
+            // A lane under one that filled a whole claim batch waits for
+            // the next pass: what is due above it goes first, so under
+            // overload the pool's slots go to the lanes with objectives,
+            // and a newsletter flood is delivered as capacity allows. (A
+            // claim cut short by the pool's room says nothing of what
+            // waits; the lanes under it have no more room than it had.)
             let mut more = false;
+            let mut behind_above = false;
             let mut failed = false;
             for lane in Priority::ALL {
-                if more {
+                if behind_above {
                     break;
                 }
                 let room = self.policy.room(lane, &in_flight).min(self.claim_batch);
@@ -66,6 +69,7 @@ impl Dispatcher {
                 match self.bus.take(self.channel, lane, room).await {
                     Ok(batch) => {
                         more |= batch.len() == room;
+                        behind_above = batch.len() == self.claim_batch;
                         for d in batch {
                             in_flight[lane] += 1;
                             let (delivery, lease) = (d.id, d.lease_token);
