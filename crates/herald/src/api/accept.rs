@@ -172,11 +172,10 @@ pub async fn accept(
     let mut channels: HashSet<Channel> = HashSet::new();
 
     for item in items {
-        let admitted = |r: &NotificationRequest| state.admission.check(r.priority, &r.channels);
         let (req, key) = match item.and_then(|(r, k)| {
-            check(state, &r, now)
-                .and_then(|()| admitted(&r))
-                .map(|()| (r, k))
+            check(state, &r, now)?;
+            state.admission.check(r.priority, &r.channels)?;
+            Ok((r, k))
         }) {
             Ok(x) => x,
             Err(e) => {
