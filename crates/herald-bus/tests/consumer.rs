@@ -395,3 +395,48 @@ async fn workers_joining_and_leaving_mid_stream_take_every_delivery_once() {
     assert_eq!(twice, 0, "deliveries taken twice");
     assert_eq!(taken.len(), TOTAL, "every email delivery taken");
 }
+
+/// What only the store sweep brings (retries come due, a circuit's
+/// deferrals, deliveries given back, events lost: here, events no relay
+/// published) drains at the pace of the takes, not one pool's room per
+/// sweep interval: a sweep that comes back full is followed by another at
+/// the next take.
+#[tokio::test(flavor = "current_thread")]
+async fn the_sweep_goes_on_while_it_comes_back_full() {
+    let (_cluster, brokers) = cluster(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    let stop = CancellationToken::new();
+    // No relay: Kafka brings none of these.
+    let stored: Vec<NewNotification> = (0..80).map(notification).collect();
+    store.create(stored).await.expect("create");
+    let sweep = Duration::from_millis(300);
+    let email = KafkaBus::start(
+        store.clone(),
+        &options(&brokers, "herald"),
+        &[Channel::Email],
+        Duration::from_secs(60),
+        sweep,
+        stop.clone(),
+    )
+    .expect("bus");
+    // Settled, and the first sweep is due.
+    tokio::time::sleep(sweep * 2).await;
+
+    // Twenty normal-lane email deliveries wait; a worker with room for
+    // four takes six times in a row, well within one sweep interval.
+    let mut taken = Vec::new();
+    for _ in 0..6 {
+        taken.extend(
+            email
+                .take(Channel::Email, Priority::Normal, 4)
+                .await
+                .expect("take"),
+        );
+    }
+    stop.cancel();
+    email.close().await;
+    assert_eq!(taken.len(), 20, "every waiting delivery swept at once");
+    let unique: std::collections::HashSet<_> = taken.iter().map(|d| d.id).collect();
+    assert_eq!(unique.len(), 20, "none twice");
+}

@@ -31,8 +31,9 @@ use super::{topic, KafkaError, KafkaOptions, PAUSED};
 ///
 /// Retries coming due, leases run out (a worker died mid-call), deliveries
 /// given back and any whose event never came are not on Kafka: each lane
-/// also sweeps the store once every `sweep`, which is how they re-enter.
-/// The sweep leaves new work to Kafka until it has waited a sweep interval.
+/// also sweeps the store once every `sweep`, and again at the next take
+/// while a sweep comes back full, which is how they re-enter. The sweep
+/// leaves new work to Kafka until it has waited a sweep interval.
 pub struct KafkaBus {
     store: Arc<dyn Queue>,
     lease: Duration,
@@ -423,18 +424,26 @@ impl Bus for KafkaBus {
         {
             // New work is left to Kafka for a sweep interval.
             let lease_ms = herald_core::ms(self.lease);
-            out.extend(
-                self.store
-                    .claim(Claim {
-                        channel,
-                        lane: priority,
-                        limit: limit - out.len(),
-                        now_ms: now,
-                        lease_ms,
-                        settled_before_ms: now - sweep_ms,
-                    })
-                    .await?,
-            );
+            let room = limit - out.len();
+            let swept = self
+                .store
+                .claim(Claim {
+                    channel,
+                    lane: priority,
+                    limit: room,
+                    now_ms: now,
+                    lease_ms,
+                    settled_before_ms: now - sweep_ms,
+                })
+                .await?;
+            if swept.len() == room {
+                // A full sweep leaves more behind (a circuit's deferrals
+                // all come due at once): the next take sweeps again, so
+                // they drain at the pool's pace, not a pool's room per
+                // sweep interval.
+                lane.swept_at_ms.store(now - sweep_ms, Ordering::Relaxed);
+            }
+            out.extend(swept);
         }
         Ok(out)
     }

@@ -225,6 +225,7 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
     let mut accepted = 0;
     let unique = |sim: &Sim| sim.stats().values().map(|s| s.unique).sum::<u64>();
     let mut killed_at = None;
+    let started = Instant::now();
     for (b, start) in (0..NOTIFICATIONS).step_by(BATCH).enumerate() {
         let base = if b % 2 == 0 { &base1 } else { &base2 };
         // Items admission control refuses (a lane behind while the relay
@@ -295,9 +296,19 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
     }
 
     let expected = (NOTIFICATIONS * 2) as u64;
+    eprintln!(
+        "all taken in after {:?}, {} delivered",
+        started.elapsed(),
+        unique(&sim)
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut progress = Instant::now();
     while unique(&sim) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if progress.elapsed() >= Duration::from_secs(10) {
+            progress = Instant::now();
+            eprintln!("after {:?}: {} delivered", started.elapsed(), unique(&sim));
+        }
     }
     // A little longer, so a late duplicate would show.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
