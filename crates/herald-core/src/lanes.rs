@@ -109,7 +109,8 @@ impl LaneRules {
         }
         match outcome {
             Outcome::Transient { ambiguous, .. } => !ambiguous || self.failover_ambiguous,
-            Outcome::RateLimited { .. } => true,
+            // The vendor refused the credential before taking anything.
+            Outcome::RateLimited { .. } | Outcome::Account { .. } => true,
             Outcome::Accepted { .. } | Outcome::Permanent { .. } => false,
         }
     }
@@ -177,6 +178,11 @@ mod tests {
         assert!(!critical.fails_over_after(&Outcome::Permanent {
             reason: "bad number".into()
         }));
+        let revoked = Outcome::Account {
+            reason: "401".into(),
+        };
+        assert!(critical.fails_over_after(&revoked), "nothing was sent");
+        assert!(!critical.pins_after(&revoked));
         assert!(!critical.pins_after(&transient(true)));
     }
 

@@ -80,6 +80,12 @@ pub enum Outcome {
     },
     /// Will never succeed as sent (invalid recipient, unregistered token, ...).
     Permanent { reason: String },
+    /// The vendor refused the account, not the message: a bad, expired or
+    /// revoked credential, or one without the permission to send. Nothing
+    /// was sent. It counts against the account's circuit (critical traffic
+    /// fails over), and the message waits for the credential to be fixed
+    /// or for its TTL, without using up its attempts.
+    Account { reason: String },
 }
 
 impl Outcome {
@@ -89,6 +95,7 @@ impl Outcome {
             Outcome::Transient { .. } => "transient",
             Outcome::RateLimited { .. } => "rate_limited",
             Outcome::Permanent { .. } => "permanent",
+            Outcome::Account { .. } => "account",
         }
     }
 
@@ -97,7 +104,8 @@ impl Outcome {
             Outcome::Accepted { .. } => None,
             Outcome::Transient { reason, .. }
             | Outcome::RateLimited { reason, .. }
-            | Outcome::Permanent { reason } => Some(reason),
+            | Outcome::Permanent { reason }
+            | Outcome::Account { reason } => Some(reason),
         }
     }
 }
@@ -136,14 +144,17 @@ pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// The classification every HTTP vendor shares for statuses its own error
-/// codes do not refine: 2xx accepted, 429 throttled, 408/5xx transient, the
-/// other 4xx permanent.
+/// The classification every vendor API shares for statuses its own error
+/// codes do not refine: 2xx accepted, 429 throttled, 408/5xx transient,
+/// 401/403 the account's (the credential, not the message), the other 4xx
+/// permanent.
 pub fn classify_status(resp: &VendorResponse, reason: impl Into<String>) -> Outcome {
     let s = resp.status;
     let reason = reason.into();
     if s.is_success() {
         Outcome::Accepted { vendor_id: None }
+    } else if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN {
+        Outcome::Account { reason }
     } else if s == http::StatusCode::TOO_MANY_REQUESTS {
         Outcome::RateLimited {
             retry_after: retry_after(&resp.headers),
@@ -185,7 +196,9 @@ mod tests {
         assert_eq!(classify_status(&resp(503, None), "").label(), "transient");
         assert_eq!(classify_status(&resp(408, None), "").label(), "transient");
         assert_eq!(classify_status(&resp(400, None), "").label(), "permanent");
-        assert_eq!(classify_status(&resp(401, None), "").label(), "permanent");
+        assert_eq!(classify_status(&resp(401, None), "").label(), "account");
+        assert_eq!(classify_status(&resp(403, None), "").label(), "account");
+        assert_eq!(classify_status(&resp(404, None), "").label(), "permanent");
         assert_eq!(
             classify_status(&resp(429, Some("7")), "slow down"),
             Outcome::RateLimited {

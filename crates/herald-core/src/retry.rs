@@ -32,6 +32,17 @@ impl RetryPolicy {
                 }
             }
             Outcome::Permanent { .. } => return Next::Failed,
+            // The account's trouble, not the message's: tried again like a
+            // transient failure, but not counted as an attempt, so it
+            // waits for the credential to be fixed (its circuit soon spaces
+            // the tries) or for its TTL.
+            Outcome::Account { .. } => {
+                let at = now_ms.saturating_add(crate::ms(self.backoff(attempt, jitter)));
+                return match expires_at_ms {
+                    Some(exp) if at >= exp => Next::Expired,
+                    _ => Next::Deferred(at),
+                };
+            }
             Outcome::RateLimited {
                 retry_after: Some(after),
                 ..
@@ -102,6 +113,20 @@ mod tests {
         );
         assert_eq!(p.next(&transient(), 3, 1000, None, 0.5), Next::Dead);
         assert_eq!(p.backoff(20, 0.999), Duration::from_millis(999), "capped");
+    }
+
+    #[test]
+    fn an_account_refusal_waits_without_using_up_the_attempts() {
+        let p = policy();
+        let revoked = Outcome::Account {
+            reason: "twilio 401 (code 20003): Authenticate".into(),
+        };
+        // On the last attempt a transient failure dies; this does not.
+        assert_eq!(p.next(&transient(), 3, 1000, None, 0.5), Next::Dead);
+        assert_eq!(p.next(&revoked, 3, 1000, None, 0.5), Next::Deferred(1200));
+        assert_eq!(p.next(&revoked, 50, 1000, None, 0.5), Next::Deferred(1500));
+        // Only the TTL ends it.
+        assert_eq!(p.next(&revoked, 1, 1000, Some(1010), 0.5), Next::Expired);
     }
 
     #[test]

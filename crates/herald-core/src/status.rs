@@ -28,6 +28,17 @@ pub struct AccountView {
     pub max_concurrency: Option<usize>,
     pub in_flight: Option<usize>,
     pub request_timeout_ms: u128,
+    /// Set while the vendor refuses the account's credential.
+    pub refused: Option<Refused>,
+}
+
+/// The vendor refuses an account's credential (the account error class):
+/// since when, why (its latest answer), and how many calls it refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub since_ms: i64,
+    pub reason: String,
+    pub calls: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -53,8 +64,9 @@ pub trait ProviderStatus: Send + Sync {
     /// Every account as `tenant_id` may see it (another tenant's webhook
     /// destinations are counted, never named).
     fn views(&self, now_ms: i64, tenant_id: Option<&str>) -> Vec<AccountView>;
-    /// Brings the circuit gauges up to date (a circuit whose open time is
-    /// up reads half-open before any probe has run), for a metrics scrape.
+    /// Brings the circuit and credential gauges up to date (a circuit
+    /// whose open time is up reads half-open before any probe has run),
+    /// for a metrics scrape.
     fn publish_gauges(&self, now_ms: i64);
 }
 

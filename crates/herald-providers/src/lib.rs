@@ -111,23 +111,38 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, BuildError> {
     serde_json::to_vec(v).map_err(|e| BuildError::Invalid(format!("cannot encode body: {e}")))
 }
 
+/// A vendor's error codes by what they mean for the message.
+pub(crate) struct Codes<C: 'static> {
+    /// "Slow down".
+    pub rate_limited: &'static [C],
+    /// No retry of the same message will fix it.
+    pub permanent: &'static [C],
+    /// The account's credential (bad, expired, revoked, or not allowed to
+    /// send): the message is fine and waits.
+    pub account: &'static [C],
+}
+
 /// Classifies an error answer by the vendor's own error code when its tables
 /// know the code, and by the HTTP status otherwise.
-pub(crate) fn classify_code<C: PartialEq>(
+pub(crate) fn classify_code<C: PartialEq<K>, K: Copy>(
     resp: &herald_core::provider::VendorResponse,
-    code: Option<C>,
-    rate_limited: &[C],
-    permanent: &[C],
+    code: Option<K>,
+    codes: &Codes<C>,
     reason: String,
 ) -> herald_core::provider::Outcome {
     use herald_core::provider::{classify_status, retry_after, Outcome};
-    match code {
-        Some(c) if rate_limited.contains(&c) => Outcome::RateLimited {
+    let listed = |table: &[C]| code.is_some_and(|c| table.iter().any(|t| *t == c));
+    if listed(codes.rate_limited) {
+        Outcome::RateLimited {
             retry_after: retry_after(&resp.headers),
             reason,
-        },
-        Some(c) if permanent.contains(&c) => Outcome::Permanent { reason },
-        _ => classify_status(resp, reason),
+        }
+    } else if listed(codes.account) {
+        Outcome::Account { reason }
+    } else if listed(codes.permanent) {
+        Outcome::Permanent { reason }
+    } else {
+        classify_status(resp, reason)
     }
 }
 

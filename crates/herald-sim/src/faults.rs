@@ -22,6 +22,10 @@ pub struct Fault {
     pub retry_after_s: Option<u64>,
     /// Every request fails with 503.
     pub outage: bool,
+    /// The account's credential is refused (revoked, expired or wrong):
+    /// every request gets the vendor's own answer to that (Twilio 401 code
+    /// 20003, SNS `InvalidClientTokenId`, FCM `UNAUTHENTICATED`, ...).
+    pub credential_revoked: bool,
     /// Share of requests accepted (recorded as delivered) whose answer is then
     /// held for `hang_ms`, so the caller times out not knowing it succeeded.
     pub timeout_after_accept_rate: f64,
@@ -71,6 +75,7 @@ impl Fault {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Outage,
+    CredentialRevoked,
     Error(u16),
     RateLimited {
         retry_after_s: u64,
@@ -96,6 +101,9 @@ impl Fault {
 
     /// Decides with three uniform samples in [0, 1).
     pub fn decide(&self, a: f64, b: f64, c: f64) -> Verdict {
+        if self.credential_revoked {
+            return Verdict::CredentialRevoked;
+        }
         if self.outage {
             return Verdict::Outage;
         }

@@ -175,6 +175,10 @@ impl Sim {
                 (orig, None)
             } else {
                 match fault.decide(a, b, c) {
+                    Verdict::CredentialRevoked => {
+                        ledger.stats_mut(V::NAME).faulted += 1;
+                        return vendor.refused_credential();
+                    }
                     Verdict::Outage => {
                         ledger.stats_mut(V::NAME).faulted += 1;
                         return vendor.error(StatusCode::SERVICE_UNAVAILABLE, None);

@@ -33,6 +33,9 @@ pub trait Emulated: Send + Sync {
     /// The vendor's answer for an accepted message: status and body.
     fn accepted(&self, message_id: &str) -> (StatusCode, String);
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response;
+    /// The vendor's answer to a credential it no longer takes (revoked,
+    /// expired or wrong), in its own words.
+    fn refused_credential(&self) -> Response;
     /// The vendor's refusal of a recipient it knows to be bad.
     fn reject(&self, parsed: &Parsed) -> Option<Response>;
 }
@@ -131,6 +134,13 @@ impl Emulated for SendGrid {
         (StatusCode::ACCEPTED, String::new())
     }
 
+    fn refused_credential(&self) -> Response {
+        json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"errors": [{"message": "The provided authorization grant is invalid, expired, or revoked", "field": null, "help": null}]}),
+        )
+    }
+
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
         let msg = status.canonical_reason().unwrap_or("error");
         with_retry_after(
@@ -222,6 +232,10 @@ impl Emulated for Twilio {
     fn accepted(&self, message_id: &str) -> (StatusCode, String) {
         let body = json!({"sid": message_id, "status": "queued", "api_version": "2010-04-01"});
         (StatusCode::CREATED, body.to_string())
+    }
+
+    fn refused_credential(&self) -> Response {
+        twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate")
     }
 
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
@@ -337,6 +351,15 @@ impl Emulated for Sns {
         (StatusCode::OK, body)
     }
 
+    fn refused_credential(&self) -> Response {
+        sns_error(
+            StatusCode::FORBIDDEN,
+            "Sender",
+            "InvalidClientTokenId",
+            "The security token included in the request is invalid.",
+        )
+    }
+
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
         let r = if status == StatusCode::TOO_MANY_REQUESTS {
             sns_error(status, "Sender", "Throttled", "Rate exceeded")
@@ -419,6 +442,13 @@ impl Emulated for Fcm {
         (StatusCode::OK, body.to_string())
     }
 
+    fn refused_credential(&self) -> Response {
+        json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"code": 401, "message": "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.", "status": "UNAUTHENTICATED"}}),
+        )
+    }
+
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
         let r = if status == StatusCode::TOO_MANY_REQUESTS {
             fcm_error(
@@ -488,6 +518,10 @@ impl Emulated for Webhook {
 
     fn accepted(&self, _message_id: &str) -> (StatusCode, String) {
         (StatusCode::NO_CONTENT, String::new())
+    }
+
+    fn refused_credential(&self) -> Response {
+        (StatusCode::UNAUTHORIZED, "invalid signature").into_response()
     }
 
     fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {

@@ -26,6 +26,11 @@ pub const STORE_ERRORS: &str = "herald_store_errors_total";
 /// 0 closed, 1 open, 2 half-open; label `provider`.
 pub const CIRCUIT_STATE: &str = "herald_provider_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "herald_provider_circuit_transitions_total";
+/// 1 while the vendor refuses the account's credential (the account error
+/// class: bad, expired or revoked), else 0; label `provider`.
+pub const CREDENTIALS_REFUSED: &str = "herald_provider_credentials_refused";
+/// Calls the vendor refused for the account's credential; label `provider`.
+pub const CREDENTIAL_REFUSALS: &str = "herald_provider_credential_refusals_total";
 /// For providers guarded per destination (webhooks): destinations whose
 /// circuits are open or half-open; label `provider`.
 pub const OPEN_DESTINATIONS: &str = "herald_provider_open_destinations";

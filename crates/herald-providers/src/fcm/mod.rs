@@ -144,12 +144,16 @@ impl Provider for Fcm {
             None => format!("fcm HTTP {}", resp.status.as_u16()),
         });
         match code.as_deref() {
-            Some(
-                "UNREGISTERED"
-                | "INVALID_ARGUMENT"
-                | "SENDER_ID_MISMATCH"
-                | "THIRD_PARTY_AUTH_ERROR",
-            ) => Outcome::Permanent { reason },
+            Some("UNREGISTERED" | "INVALID_ARGUMENT" | "SENDER_ID_MISMATCH") => {
+                Outcome::Permanent { reason }
+            }
+            // The project's own credentials (the service account's token,
+            // or the APNs certificate or web push key it holds), not the
+            // message's: 401/403 `UNAUTHENTICATED`/`PERMISSION_DENIED` are
+            // the account's by their status too.
+            Some("THIRD_PARTY_AUTH_ERROR" | "UNAUTHENTICATED" | "PERMISSION_DENIED") => {
+                Outcome::Account { reason }
+            }
             Some("QUOTA_EXCEEDED") => Outcome::RateLimited {
                 retry_after: herald_core::provider::retry_after(&resp.headers),
                 reason,
@@ -263,5 +267,18 @@ mod tests {
         );
         let down = r#"{"error":{"code":503,"message":"unavailable","status":"UNAVAILABLE","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNAVAILABLE"}]}}"#;
         assert_eq!(a.classify(&response(503, &[], down)).label(), "transient");
+        // An expired or revoked access token: the account's.
+        let expired = r#"{"error":{"code":401,"message":"Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.","status":"UNAUTHENTICATED"}}"#;
+        assert_eq!(a.classify(&response(401, &[], expired)).label(), "account");
+        let apns = r#"{"error":{"code":401,"message":"Auth error from APNS or Web Push Service","status":"UNAUTHENTICATED","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"THIRD_PARTY_AUTH_ERROR"}]}}"#;
+        assert_eq!(a.classify(&response(401, &[], apns)).label(), "account");
+        let denied = r#"{"error":{"code":403,"message":"Permission 'cloudmessaging.messages.create' denied","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(a.classify(&response(403, &[], denied)).label(), "account");
+        // A token another sender registered is that token's problem.
+        let mismatch = r#"{"error":{"code":403,"message":"SenderId mismatch","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"SENDER_ID_MISMATCH"}]}}"#;
+        assert_eq!(
+            a.classify(&response(403, &[], mismatch)).label(),
+            "permanent"
+        );
     }
 }

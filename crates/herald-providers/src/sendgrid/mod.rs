@@ -242,5 +242,10 @@ mod tests {
             a.classify(&response(503, &[], "<html>")).label(),
             "transient"
         );
+        // A revoked key, or one without the Mail Send permission.
+        let revoked = r#"{"errors":[{"field":null,"message":"The provided authorization grant is invalid, expired, or revoked"}]}"#;
+        assert_eq!(a.classify(&response(401, &[], revoked)).label(), "account");
+        let denied = r#"{"errors":[{"field":null,"message":"access forbidden"}]}"#;
+        assert_eq!(a.classify(&response(403, &[], denied)).label(), "account");
     }
 }

@@ -55,27 +55,38 @@ pub struct Sns {
     cfg: SnsConfig,
 }
 
-/// Error codes that mean "slow down" (429 `Throttled`, and the Query API's
-/// common `Throttling` error, which comes with a 400).
-const RATE_LIMITED_CODES: &[&str] = &[
-    "Throttled",
-    "Throttling",
-    "ThrottlingException",
-    "KMSThrottling",
-];
-/// Error codes that no retry of the same message will fix.
-/// <https://docs.aws.amazon.com/sns/latest/api/API_Publish.html#API_Publish_Errors>
-const PERMANENT_CODES: &[&str] = &[
-    "InvalidParameter",
-    "ParameterValueInvalid",
-    "ValidationException",
-    "AuthorizationError",
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "OptedOut",
-    "EndpointDisabled",
-    "NotFound",
-];
+/// SNS's error codes by what they mean for the message. "Slow down" is
+/// 429 `Throttled`, and the Query API's common `Throttling` error, which
+/// comes with a 400.
+/// <https://docs.aws.amazon.com/sns/latest/api/API_Publish.html#API_Publish_Errors>,
+/// <https://docs.aws.amazon.com/sns/latest/api/CommonErrors.html>
+const CODES: crate::Codes<&str> = crate::Codes {
+    rate_limited: &[
+        "Throttled",
+        "Throttling",
+        "ThrottlingException",
+        "KMSThrottling",
+    ],
+    permanent: &[
+        "InvalidParameter",
+        "ParameterValueInvalid",
+        "ValidationException",
+        "OptedOut",
+        "EndpointDisabled",
+        "NotFound",
+    ],
+    account: &[
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "AuthorizationError",
+        "AccessDenied",
+        "AccessDeniedException",
+        "OptInRequired",
+    ],
+};
 
 impl Sns {
     /// The adapter for account `name`, or what is wrong with its settings.
@@ -241,7 +252,7 @@ impl Provider for Sns {
             ),
             None => format!("sns HTTP {}", resp.status.as_u16()),
         });
-        crate::classify_code(resp, code, RATE_LIMITED_CODES, PERMANENT_CODES, reason)
+        crate::classify_code(resp, code, &CODES, reason)
     }
 }
 
@@ -375,10 +386,15 @@ mod tests {
             a.classify(&err(400, "InvalidParameter")).label(),
             "permanent"
         );
-        assert_eq!(
-            a.classify(&err(403, "AuthorizationError")).label(),
-            "permanent"
-        );
+        // The account's credential, not the message: it waits.
+        for code in [
+            "InvalidClientTokenId",
+            "ExpiredToken",
+            "SignatureDoesNotMatch",
+            "AuthorizationError",
+        ] {
+            assert_eq!(a.classify(&err(403, code)).label(), "account", "{code}");
+        }
         assert_eq!(a.classify(&err(429, "Throttled")).label(), "rate_limited");
         assert_eq!(
             a.classify(&err(400, "Throttling")).label(),

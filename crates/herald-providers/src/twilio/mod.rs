@@ -40,19 +40,27 @@ pub struct Twilio {
     cfg: TwilioConfig,
 }
 
-/// Error codes that will not succeed on a retry of the same message.
+/// Twilio's error codes by what they mean for the message.
 /// <https://www.twilio.com/docs/api/errors>
-const PERMANENT_CODES: &[u32] = &[
-    21211, // invalid 'To' number
-    21408, // region not enabled
-    21610, // recipient unsubscribed (STOP)
-    21612, // 'To' not reachable via this sender
-    21614, // 'To' is not a mobile number
-    21617, // body too long
-    30004, // message blocked
-    30006, // landline or unreachable carrier
-];
-const RATE_LIMITED_CODES: &[u32] = &[20429, 14107];
+const CODES: crate::Codes<u32> = crate::Codes {
+    rate_limited: &[20429, 14107],
+    permanent: &[
+        21211, // invalid 'To' number
+        21408, // region not enabled
+        21610, // recipient unsubscribed (STOP)
+        21612, // 'To' not reachable via this sender
+        21614, // 'To' is not a mobile number
+        21617, // body too long
+        30004, // message blocked
+        30006, // landline or unreachable carrier
+    ],
+    account: &[
+        20003, // authentication error: wrong SID or token, deleted key
+        20005, // account not active (out of funds, trial not activated)
+        10001, // account is not active (suspended)
+        90010, // account is not active
+    ],
+};
 
 impl Twilio {
     /// The adapter for account `name`, or what is wrong with its settings.
@@ -140,7 +148,7 @@ impl Provider for Twilio {
             ),
             None => format!("twilio HTTP {}", resp.status.as_u16()),
         });
-        crate::classify_code(resp, code, RATE_LIMITED_CODES, PERMANENT_CODES, reason)
+        crate::classify_code(resp, code, &CODES, reason)
     }
 }
 
@@ -233,5 +241,15 @@ mod tests {
             "rate_limited"
         );
         assert_eq!(a.classify(&response(500, &[], "oops")).label(), "transient");
+        // A wrong or revoked token: Twilio's answer to it, the account's.
+        let denied = r#"{"code":20003,"message":"Authenticate","more_info":"https://www.twilio.com/docs/errors/20003","status":401}"#;
+        assert_eq!(
+            a.classify(&response(401, &[], denied)),
+            Outcome::Account {
+                reason: "twilio 401 (code 20003): Authenticate".into()
+            }
+        );
+        let inactive = r#"{"code":20005,"message":"Account not active","status":403}"#;
+        assert_eq!(a.classify(&response(403, &[], inactive)).label(), "account");
     }
 }

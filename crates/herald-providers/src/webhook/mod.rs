@@ -128,6 +128,10 @@ impl Provider for Webhook {
                 reason,
                 ambiguous: false,
             },
+            // A receiver refusing the signature is its own configuration
+            // (its circuit is the destination's, not an account's): the
+            // message fails and can be replayed, as any refusal.
+            401 | 403 => Outcome::Permanent { reason },
             _ => classify_status(resp, reason),
         }
     }

@@ -46,6 +46,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             store: None,
             bus: None,
             shedding: Vec::new(),
+            credentials: Vec::new(),
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(draining)).into_response();
     }
@@ -67,12 +68,30 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         store: Some(report(store)),
         bus: Some(report(bus)),
         shedding: state.admission.shedding(),
+        credentials: refused_credentials(state.providers.as_ref()),
     });
     if ready {
         body.into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
+}
+
+/// The accounts whose credential the vendor refuses, for `/readyz`.
+fn refused_credentials(providers: &dyn herald_core::status::ProviderStatus) -> Vec<String> {
+    providers
+        .views(herald_core::now_ms(), None)
+        .into_iter()
+        .filter_map(|a| {
+            let r = a.refused?;
+            Some(format!(
+                "{}: credential refused since {}: {}",
+                a.name,
+                crate::dlq::rfc3339(r.since_ms),
+                r.reason
+            ))
+        })
+        .collect()
 }
 
 /// Prometheus text format. Queue depths and lags are read from the store

@@ -177,6 +177,19 @@ pub struct ProviderOut {
     pub max_concurrency: Option<usize>,
     pub in_flight: Option<usize>,
     pub request_timeout_ms: u64,
+    /// Present while the vendor refuses the account's credential (bad,
+    /// expired or revoked): its messages wait, critical ones fail over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_refused: Option<RefusedOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefusedOut {
+    pub since: String,
+    /// The vendor's latest answer.
+    pub reason: String,
+    /// Calls refused since then.
+    pub calls: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -241,6 +254,11 @@ impl From<AccountView> for ProviderOut {
             max_concurrency: a.max_concurrency,
             in_flight: a.in_flight,
             request_timeout_ms: u64::try_from(a.request_timeout_ms).unwrap_or(u64::MAX),
+            credential_refused: a.refused.map(|r| RefusedOut {
+                since: rfc3339(r.since_ms),
+                reason: r.reason,
+                calls: r.calls,
+            }),
         }
     }
 }
@@ -336,4 +354,9 @@ pub struct Readiness {
     /// reason`; the node is still ready.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shedding: Vec<String>,
+    /// Provider accounts whose credential the vendor refuses, as `name:
+    /// credential refused since TIME: the vendor's answer`; the node is
+    /// still ready (it takes work, which waits or fails over).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
 }

@@ -21,7 +21,9 @@ use herald_core::breaker::{Admission, Breaker, CircuitState, Health, Ticket, Tra
 use herald_core::lease::Lease;
 use herald_core::model::Channel;
 use herald_core::provider::{Address, OutboundMessage, Outcome, Provider};
-use herald_core::status::{AccountView, DestinationsView, OpenDestination, ProviderStatus};
+use herald_core::status::{
+    AccountView, DestinationsView, OpenDestination, ProviderStatus, Refused,
+};
 use herald_core::store::CallRecord;
 use herald_providers::ProviderConfig;
 use lru::LruCache;
@@ -46,6 +48,9 @@ pub struct Account {
     scope: Scope,
     /// Shares the send rate and open circuits with the other nodes.
     fleet: Option<Arc<Fleet>>,
+    /// Set while the vendor refuses the account's credential: logged when
+    /// it starts and when it ends, not once per message.
+    refused: Mutex<Option<Refused>>,
 }
 
 /// The guards of one set of calls that fail together.
@@ -172,7 +177,9 @@ impl Account {
             transport,
             scope,
             fleet,
+            refused: Mutex::new(None),
         };
+        metrics::gauge!(m::CREDENTIALS_REFUSED, "provider" => name.to_owned()).set(0.0);
         Ok(Arc::new(account))
     }
 
@@ -290,9 +297,10 @@ impl Account {
         };
         let health = match &outcome {
             Outcome::Accepted { .. } | Outcome::Permanent { .. } => Health::Up,
-            Outcome::Transient { .. } => Health::Failing,
+            Outcome::Transient { .. } | Outcome::Account { .. } => Health::Failing,
             Outcome::RateLimited { .. } => Health::Throttled,
         };
+        self.note_credential(&outcome, started_at_ms);
         let transition = ticket.report(health);
         self.transitioned(&guard, transition, outcome.reason());
         let latency_ms = herald_core::ms(took);
@@ -302,6 +310,58 @@ impl Account {
             .increment(1);
         let call = self.call_record(&outcome, status, started_at_ms, latency_ms);
         Try::Called { outcome, call }
+    }
+
+    /// Follows whether the vendor takes the account's credential: the first
+    /// refusal is logged as an error for the account (its messages wait),
+    /// the first answer after that shows it works again (the vendor took
+    /// a message, or refused the message itself) ends it.
+    fn note_credential(&self, outcome: &Outcome, now_ms: i64) {
+        let provider = self.name();
+        match outcome {
+            Outcome::Account { reason } => {
+                metrics::counter!(m::CREDENTIAL_REFUSALS, "provider" => provider.to_owned())
+                    .increment(1);
+                let mut refused = lock(&self.refused);
+                match refused.as_mut() {
+                    Some(r) => {
+                        r.calls += 1;
+                        r.reason.clone_from(reason);
+                    }
+                    None => {
+                        tracing::error!(
+                            provider, reason = %reason,
+                            "the vendor refuses this account's credential: its messages wait for it to be fixed (or their TTL), critical ones fail over"
+                        );
+                        metrics::gauge!(m::CREDENTIALS_REFUSED, "provider" => provider.to_owned())
+                            .set(1.0);
+                        *refused = Some(Refused {
+                            since_ms: now_ms,
+                            reason: reason.clone(),
+                            calls: 1,
+                        });
+                    }
+                }
+            }
+            Outcome::Accepted { .. } | Outcome::Permanent { .. } => {
+                if let Some(r) = lock(&self.refused).take() {
+                    tracing::info!(
+                        provider,
+                        refused_calls = r.calls,
+                        refused_for_ms = now_ms - r.since_ms,
+                        "the vendor takes this account's credential again"
+                    );
+                    metrics::gauge!(m::CREDENTIALS_REFUSED, "provider" => provider.to_owned())
+                        .set(0.0);
+                }
+            }
+            Outcome::Transient { .. } | Outcome::RateLimited { .. } => {}
+        }
+    }
+
+    /// The vendor refuses the account's credential now: since when and why.
+    pub fn refused(&self) -> Option<Refused> {
+        lock(&self.refused).clone()
     }
 
     /// Takes a token from the send-rate bucket (the fleet's, through Redis,
@@ -446,6 +506,7 @@ impl Account {
             max_concurrency: max,
             in_flight: max.map(|_| in_flight),
             request_timeout_ms: self.guards.request_timeout.as_millis(),
+            refused: self.refused(),
         }
     }
 
@@ -599,6 +660,8 @@ impl ProviderStatus for Accounts {
     /// circuits are open.
     fn publish_gauges(&self, now_ms: i64) {
         for a in &self.all {
+            let refused = if a.refused().is_some() { 1.0 } else { 0.0 };
+            metrics::gauge!(m::CREDENTIALS_REFUSED, "provider" => a.name().to_owned()).set(refused);
             match &a.scope {
                 Scope::Account(_) => {
                     metrics::gauge!(m::CIRCUIT_STATE, "provider" => a.name().to_owned())

@@ -32,6 +32,9 @@ enum Mode {
     Down = 1,
     /// Takes the request and never answers in time: an ambiguous timeout.
     TimesOut = 2,
+    /// Refuses the account's credential (a revoked token), in its own
+    /// words.
+    Revoked = 3,
 }
 
 /// A vendor the test scripts: how it answers now, and every request's
@@ -88,6 +91,14 @@ impl Transport for Scripted {
             ),
             0 => (201, r#"{"sid": "SM1", "status": "queued"}"#),
             1 => (503, ""),
+            3 if self.account == "sns" => (
+                403,
+                "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidClientTokenId</Code><Message>The security token included in the request is invalid.</Message></Error></ErrorResponse>",
+            ),
+            3 => (
+                401,
+                r#"{"code": 20003, "message": "Authenticate", "status": 401}"#,
+            ),
             _ => {
                 return Err(Outcome::Transient {
                     reason: "timed out waiting for the vendor".into(),
@@ -107,6 +118,7 @@ struct Rig {
     store: Arc<MemoryStore>,
     bus: Arc<dyn Bus>,
     engine: Option<Engine>,
+    accounts: Arc<Accounts>,
     vendors: HashMap<&'static str, Arc<Vendor>>,
     _clock: herald_core::clock::Guard,
 }
@@ -154,7 +166,7 @@ impl Rig {
             queue: store.clone(),
             upkeep: store.clone(),
             bus: bus.clone(),
-            accounts,
+            accounts: accounts.clone(),
             outbound,
             templates,
             throughput: Arc::default(),
@@ -164,6 +176,7 @@ impl Rig {
             store,
             bus,
             engine: Some(engine),
+            accounts,
             vendors,
             _clock: clock,
         }
@@ -297,6 +310,65 @@ async fn five_failures_open_the_circuit_critical_fails_over_low_waits_and_a_prob
         Some("twilio"),
         "closed"
     );
+    rig.stop().await;
+}
+
+/// A revoked credential is the account's failure, not the messages': they
+/// wait (critical fails over; low, which never does, waits for its
+/// primary) without using up their attempts, the account
+/// is called about once per open period meanwhile, and every message goes
+/// out once the credential is fixed.
+#[tokio::test(start_paused = true)]
+async fn a_revoked_credential_holds_messages_until_it_is_fixed_and_fails_none() {
+    let rig = Rig::start();
+    rig.vendor("twilio").set(Mode::Revoked);
+    let mut low = Vec::new();
+    for _ in 0..8 {
+        low.push(rig.sms("low").await);
+    }
+    let critical = rig.sms("critical").await;
+    assert!(
+        rig.until(Duration::from_secs(5), || rig.sent(critical))
+            .await
+    );
+    assert_eq!(rig.state(critical).await.1.as_deref(), Some("sns"));
+
+    // Ten minutes: a 503 would have made every one a dead letter after its
+    // attempts by now.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    for id in &low {
+        assert_eq!(
+            rig.state(*id).await.0,
+            DeliveryState::RetryScheduled,
+            "waits for the credential"
+        );
+    }
+    // The first nine went out together, before the circuit opened; then
+    // one probe per 60 s open period.
+    let calls = rig.vendor("twilio").calls();
+    assert!(
+        (9..=9 + 11).contains(&calls),
+        "the circuit spaces the tries: {calls} calls in 10 minutes"
+    );
+    assert_eq!(rig.vendor("sns").calls(), 1, "low does not fail over");
+    let twilio = |rig: &Rig| {
+        rig.accounts
+            .route(Channel::Sms)
+            .iter()
+            .find(|a| a.name() == "twilio")
+            .and_then(|a| a.refused())
+    };
+    let refused = twilio(&rig).expect("the account shows the refusal");
+    assert_eq!(refused.calls, calls as u64);
+    assert!(refused.reason.contains("20003"), "{}", refused.reason);
+
+    // The token is fixed: at the next probe everything goes out.
+    rig.vendor("twilio").set(Mode::Up);
+    for id in &low {
+        assert!(rig.until(Duration::from_secs(120), || rig.sent(*id)).await);
+        assert_eq!(rig.state(*id).await.1.as_deref(), Some("twilio"));
+    }
+    assert_eq!(twilio(&rig), None, "the refusal is over");
     rig.stop().await;
 }
 

@@ -176,6 +176,94 @@ async fn critical_fails_over_at_once_and_low_waits_for_its_primary() {
     assert_eq!(s.sim.stats()["sns"].unique, 12);
 }
 
+/// A revoked credential (Twilio's own 401, code 20003) is the account's
+/// failure, not the messages': critical fails over, low waits for its
+/// primary without using up its attempts (a 503 would have made dead
+/// letters of them), the account shows it on `/v1/providers`, `/readyz`
+/// and `/metrics`, and once the key works again everything goes out, once.
+#[tokio::test]
+async fn a_revoked_credential_fails_no_message_and_shows_on_the_account() {
+    let s = TestServer::start_with(|c| {
+        c.providers
+            .get_mut("twilio")
+            .expect("twilio")
+            .circuit_open_ms = Some(500);
+        max_attempts(c, 2);
+    })
+    .await;
+    s.fault(
+        "twilio",
+        Fault {
+            credential_revoked: true,
+            ..Fault::default()
+        },
+    );
+    let (status, _, v) = s
+        .post("/v1/notifications", &sms_to("+14155580000", "critical"))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let mut low = Vec::new();
+    for i in 0..4 {
+        let (status, _, v) = s
+            .post(
+                "/v1/notifications",
+                &sms_to(&format!("+1415558{:04}", i + 1), "low"),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        low.push(v["id"].as_str().expect("id").to_owned());
+    }
+    s.wait_delivered(1, Duration::from_secs(10)).await;
+    assert_eq!(s.sim.stats()["sns"].unique, 1, "critical failed over");
+
+    // Four times as many refusals as the low SMS have attempts.
+    let refused = || s.sim.stats().get("twilio").map_or(0, |t| t.faulted);
+    assert!(
+        wait_until(Duration::from_secs(30), || refused() >= 16).await,
+        "twilio was tried again and again: {}",
+        refused()
+    );
+    for id in &low {
+        let (_, v) = s.get(&format!("/v1/notifications/{id}")).await;
+        let state = v["channels"][0]["state"].as_str().unwrap_or_default();
+        assert!(
+            ["queued", "retry_scheduled", "sending"].contains(&state),
+            "waits for the credential: {v}"
+        );
+    }
+    let (_, dead) = s.get("/v1/dead-letters").await;
+    assert_eq!(dead["dead_letters"], json!([]), "no dead letters");
+    let p = provider(&s, "twilio").await;
+    let why = p["credential_refused"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("20003"), "{p}");
+    assert!(p["credential_refused"]["calls"].as_u64() >= Some(16), "{p}");
+    let ready = s.get_raw("/readyz").await;
+    assert_eq!(ready.status(), 200, "the node still takes work");
+    let ready: Value = ready.json().await.expect("json");
+    assert!(
+        ready["credentials"][0]
+            .as_str()
+            .is_some_and(|l| l.starts_with("twilio: credential refused since")),
+        "{ready}"
+    );
+    let metrics = s.get_raw("/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains("herald_provider_credentials_refused{provider=\"twilio\"} 1"),
+        "the gauge shows it"
+    );
+
+    // The key is fixed: everything goes out through Twilio, once each.
+    s.sim.clear_faults();
+    s.wait_delivered(5, Duration::from_secs(15)).await;
+    let twilio = s.sim.stats()["twilio"];
+    assert_eq!((twilio.unique, twilio.duplicates), (4, 0));
+    assert!(provider(&s, "twilio").await["credential_refused"].is_null());
+    let metrics = s.get_raw("/metrics").await.text().await.expect("text");
+    assert!(metrics.contains("herald_provider_credentials_refused{provider=\"twilio\"} 0"));
+}
+
 #[tokio::test]
 async fn normal_fails_over_only_past_an_open_circuit() {
     let s = TestServer::start_with(|c| max_attempts(c, 100)).await;
