@@ -122,6 +122,37 @@ pub enum BuildError {
     Invalid(String),
 }
 
+/// A short-lived access token an account gets from its vendor's token
+/// endpoint (FCM's OAuth 2 token, for its service account's signed JWT),
+/// which the engine keeps per account and puts on each request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub value: crate::secret::Secret,
+    /// When it was issued and when it stops working (Unix ms).
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+impl AccessToken {
+    /// Whether to get a new one at `now_ms`: a quarter of its life before
+    /// it expires, and at most five minutes before (an hour's token is
+    /// renewed at 55 minutes).
+    pub fn needs_renewal(&self, now_ms: i64) -> bool {
+        let life = self.expires_at_ms - self.issued_at_ms;
+        let margin = (life / 4).min(5 * 60_000);
+        now_ms >= self.expires_at_ms - margin
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("issued_at_ms", &self.issued_at_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One vendor account. Implementations live in `herald-providers`.
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The account's name in config (`[providers.NAME]`); a metrics label.
@@ -130,6 +161,28 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn vendor(&self) -> &'static str;
     fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError>;
     fn classify(&self, resp: &VendorResponse) -> Outcome;
+
+    /// For an account whose credential is an access token it gets from
+    /// the vendor: the token request, its assertion signed at `now_ms`.
+    /// `None` (the default) when every request carries the credential
+    /// itself (`build`).
+    fn token_request(&self, _now_ms: i64) -> Option<Result<VendorRequest, BuildError>> {
+        None
+    }
+
+    /// The token endpoint's answer, received at `now_ms`: the token, or
+    /// what the failure means (a refused grant is the account's).
+    fn token_from(&self, resp: &VendorResponse, _now_ms: i64) -> Result<AccessToken, Outcome> {
+        Err(classify_status(resp, "this provider takes no access token"))
+    }
+
+    /// Puts the access token on a request `build` made.
+    fn authorize(&self, req: &mut VendorRequest, token: &AccessToken) -> Result<(), BuildError> {
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", token.value.expose()))
+            .map_err(|_| BuildError::Invalid("the access token is not a valid header".into()))?;
+        req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        Ok(())
+    }
 }
 
 /// Parses `Retry-After` (seconds, or an HTTP date is treated as unknown).

@@ -8,6 +8,7 @@
 //! /_sim/faults`, `POST /_sim/reset`.
 
 pub mod faults;
+pub mod google;
 pub mod ledger;
 pub mod vendors;
 
@@ -45,6 +46,9 @@ struct Inner {
     ledger: Mutex<Ledger>,
     faults: Mutex<HashMap<String, Fault>>,
     rng: Mutex<StdRng>,
+    /// The service account FCM's tokens come from, when a test trusts
+    /// one; without it FCM takes any bearer token.
+    google: Mutex<Option<google::GoogleAuth>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,6 +69,7 @@ impl Sim {
                 ledger: Mutex::new(Ledger::default()),
                 faults: Mutex::new(HashMap::new()),
                 rng: Mutex::new(rng),
+                google: Mutex::new(None),
             }),
         }
     }
@@ -75,6 +80,7 @@ impl Sim {
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
             .route("/", post(sns))
             .route("/v1/projects/{project}/messages:send", post(fcm))
+            .route("/token", post(google_token))
             .route("/hooks/{*path}", post(webhook))
             .route("/_sim/ledger", get(ledger))
             .route("/_sim/stats", get(stats))
@@ -121,6 +127,28 @@ impl Sim {
         fault.validate()?;
         lock(&self.inner.faults).insert(vendor.to_owned(), fault);
         Ok(())
+    }
+
+    /// From now on FCM takes only access tokens issued at `POST /token`
+    /// (Google's OAuth 2 token endpoint) for a JWT the service account
+    /// `email` signed with the key whose public half is `public_key_pem`;
+    /// each lasts `lifetime_s`.
+    pub fn trust_service_account(
+        &self,
+        email: &str,
+        public_key_pem: &str,
+        lifetime_s: u64,
+    ) -> Result<(), String> {
+        *lock(&self.inner.google) =
+            Some(google::GoogleAuth::new(email, public_key_pem, lifetime_s)?);
+        Ok(())
+    }
+
+    /// Access tokens issued at `POST /token`.
+    pub fn tokens_issued(&self) -> u64 {
+        lock(&self.inner.google)
+            .as_ref()
+            .map_or(0, google::GoogleAuth::issued)
     }
 
     pub fn clear_faults(&self) {
@@ -273,7 +301,22 @@ async fn fcm(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let refused = lock(&sim.inner.google)
+        .as_ref()
+        .and_then(|g| g.check(&headers, now_ms()));
+    if let Some(refused) = refused {
+        lock(&sim.inner.ledger).stats_mut("fcm").rejected += 1;
+        return refused;
+    }
     sim.handle(vendors::Fcm, &headers, &body).await
+}
+
+/// Google's OAuth 2 token endpoint (`https://oauth2.googleapis.com/token`).
+async fn google_token(State(sim): State<Sim>, body: Bytes) -> Response {
+    match lock(&sim.inner.google).as_mut() {
+        Some(g) => g.token(&body, now_ms()),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn webhook(

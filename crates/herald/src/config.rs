@@ -325,7 +325,9 @@ impl Config {
                 ProviderConfig::Fcm(c) => {
                     c.base_url = sim_base_url.into();
                     c.project_id = "herald-sandbox".into();
-                    c.access_token = Secret::new("sandbox");
+                    c.access_token = Some(Secret::new("sandbox"));
+                    c.service_account_file = None;
+                    c.service_account_json = None;
                 }
                 ProviderConfig::Webhook(c) => {
                     if c.signing_secret.is_empty() {

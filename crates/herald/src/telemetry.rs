@@ -29,6 +29,9 @@ pub const CIRCUIT_TRANSITIONS: &str = "herald_provider_circuit_transitions_total
 /// 1 while the vendor refuses the account's credential (the account error
 /// class: bad, expired or revoked), else 0; label `provider`.
 pub const CREDENTIALS_REFUSED: &str = "herald_provider_credentials_refused";
+/// Access tokens got from a vendor's token endpoint (FCM's, for its
+/// service account); label `provider`.
+pub const TOKENS_ISSUED: &str = "herald_provider_tokens_issued_total";
 /// Calls the vendor refused for the account's credential; label `provider`.
 pub const CREDENTIAL_REFUSALS: &str = "herald_provider_credential_refusals_total";
 /// For providers guarded per destination (webhooks): destinations whose

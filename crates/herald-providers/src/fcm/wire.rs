@@ -77,3 +77,21 @@ pub struct ErrorDetail {
     #[serde(rename = "errorCode", default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
 }
+
+/// Google's OAuth 2 token endpoint's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Seconds the token lasts.
+    pub expires_in: i64,
+    #[serde(default)]
+    pub token_type: String,
+}
+
+/// Google's OAuth 2 token endpoint's refusal (RFC 6749 section 5.2).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenError {
+    pub error: String,
+    #[serde(default)]
+    pub error_description: Option<String>,
+}

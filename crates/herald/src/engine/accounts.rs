@@ -20,7 +20,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_core::breaker::{Admission, Breaker, CircuitState, Health, Ticket, Transition};
 use herald_core::lease::Lease;
 use herald_core::model::Channel;
-use herald_core::provider::{Address, OutboundMessage, Outcome, Provider};
+use herald_core::provider::{AccessToken, Address, OutboundMessage, Outcome, Provider};
 use herald_core::status::{
     AccountView, DestinationsView, OpenDestination, ProviderStatus, Refused,
 };
@@ -51,6 +51,18 @@ pub struct Account {
     /// Set while the vendor refuses the account's credential: logged when
     /// it starts and when it ends, not once per message.
     refused: Mutex<Option<Refused>>,
+    /// The account's access token, for providers that get one from their
+    /// vendor (`Provider::token_request`).
+    token: Token,
+}
+
+/// An account's access token: one for every call, got once however many
+/// calls find it missing or due for renewal (they wait for the one
+/// request), and forgotten when the vendor refuses it.
+#[derive(Default)]
+struct Token {
+    current: Mutex<Option<AccessToken>>,
+    renewing: tokio::sync::Mutex<()>,
 }
 
 /// The guards of one set of calls that fail together.
@@ -113,6 +125,15 @@ pub enum Try {
     /// too little of the lease for a call to end before it runs out (after
     /// which another worker may hold the delivery and send it too).
     LeaseRunOut { why: String },
+}
+
+/// What an outcome tells the account's circuit.
+fn health(outcome: &Outcome) -> Health {
+    match outcome {
+        Outcome::Accepted { .. } | Outcome::Permanent { .. } => Health::Up,
+        Outcome::Transient { .. } | Outcome::Account { .. } => Health::Failing,
+        Outcome::RateLimited { .. } => Health::Throttled,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,7 +199,13 @@ impl Account {
             scope,
             fleet,
             refused: Mutex::new(None),
+            token: Token::default(),
         };
+        // A service account's key signs its first assertion here, so a
+        // key that cannot is refused at start-up, not at the first message.
+        if let Some(Err(e)) = account.provider.token_request(herald_core::now_ms()) {
+            anyhow::bail!("providers.{name}: {e}");
+        }
         metrics::gauge!(m::CREDENTIALS_REFUSED, "provider" => name.to_owned()).set(0.0);
         Ok(Arc::new(account))
     }
@@ -267,6 +294,18 @@ impl Account {
                 }
             }
         };
+        let token = match self.access_token().await {
+            Ok(t) => t,
+            Err(outcome) => {
+                // The token endpoint's failure is the account's call.
+                let now = herald_core::now_ms();
+                let transition = ticket.report(health(&outcome));
+                self.transitioned(&guard, transition, outcome.reason());
+                self.note_credential(&outcome, now);
+                let call = self.call_record(&outcome, None, now, 0);
+                return Try::Called { outcome, call };
+            }
+        };
         // The fence: every wait is behind us; from here the request goes out.
         let started_at_ms = herald_core::now_ms();
         if !lease.covers(started_at_ms, self.guards.request_timeout) {
@@ -278,7 +317,13 @@ impl Account {
             };
         }
         msg.now_ms = started_at_ms;
-        let req = match self.provider.build(msg) {
+        let built = self.provider.build(msg).and_then(|mut req| {
+            if let Some(t) = &token {
+                self.provider.authorize(&mut req, t)?;
+            }
+            Ok(req)
+        });
+        let req = match built {
             Ok(r) => r,
             Err(e) => {
                 let outcome = Outcome::Permanent {
@@ -295,13 +340,8 @@ impl Account {
             Ok(resp) => (self.provider.classify(&resp), Some(resp.status.as_u16())),
             Err(transport) => (transport, None),
         };
-        let health = match &outcome {
-            Outcome::Accepted { .. } | Outcome::Permanent { .. } => Health::Up,
-            Outcome::Transient { .. } | Outcome::Account { .. } => Health::Failing,
-            Outcome::RateLimited { .. } => Health::Throttled,
-        };
         self.note_credential(&outcome, started_at_ms);
-        let transition = ticket.report(health);
+        let transition = ticket.report(health(&outcome));
         self.transitioned(&guard, transition, outcome.reason());
         let latency_ms = herald_core::ms(took);
         metrics::histogram!(m::ATTEMPT_SECONDS, "channel" => self.channel.as_str(), "provider" => self.name().to_owned())
@@ -310,6 +350,45 @@ impl Account {
             .increment(1);
         let call = self.call_record(&outcome, status, started_at_ms, latency_ms);
         Try::Called { outcome, call }
+    }
+
+    /// The account's access token, if its provider uses one: the current
+    /// one, or a new one from the vendor's token endpoint when there is
+    /// none or it is due for renewal. `Err`: what getting one came to.
+    async fn access_token(&self) -> Result<Option<AccessToken>, Outcome> {
+        let fresh = |now| {
+            lock(&self.token.current)
+                .as_ref()
+                .filter(|t| !t.needs_renewal(now))
+                .cloned()
+        };
+        if let Some(t) = fresh(herald_core::now_ms()) {
+            return Ok(Some(t));
+        }
+        let _renewing = self.token.renewing.lock().await;
+        // Another call may have renewed it while this one waited.
+        let now = herald_core::now_ms();
+        if let Some(t) = fresh(now) {
+            return Ok(Some(t));
+        }
+        let req = match self.provider.token_request(now) {
+            None => return Ok(None),
+            Some(Ok(req)) => req,
+            Some(Err(e)) => {
+                return Err(Outcome::Account {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let resp = self
+            .transport
+            .send(req, self.guards.request_timeout)
+            .await?;
+        let token = self.provider.token_from(&resp, herald_core::now_ms())?;
+        tracing::info!(provider = %self.name(), expires_at_ms = token.expires_at_ms, "got a new access token");
+        metrics::counter!(m::TOKENS_ISSUED, "provider" => self.name().to_owned()).increment(1);
+        *lock(&self.token.current) = Some(token.clone());
+        Ok(Some(token))
     }
 
     /// Follows whether the vendor takes the account's credential: the first
@@ -322,6 +401,8 @@ impl Account {
             Outcome::Account { reason } => {
                 metrics::counter!(m::CREDENTIAL_REFUSALS, "provider" => provider.to_owned())
                     .increment(1);
+                // A token the vendor refuses is not used again.
+                lock(&self.token.current).take();
                 let mut refused = lock(&self.refused);
                 match refused.as_mut() {
                     Some(r) => {

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod connections;
 mod crash;
+mod credentials;
 mod delivery;
 mod faults;
 mod fleet;
