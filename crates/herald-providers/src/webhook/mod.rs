@@ -24,12 +24,19 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 pub struct WebhookConfig {
     /// `whsec_` followed by base64 of at least 24 random bytes.
     pub signing_secret: Secret,
+    /// During a rotation, the secret being retired: requests are signed
+    /// with both (Standard Webhooks lists several signatures), so a
+    /// receiver holding either verifies them; remove it once every
+    /// receiver has the new one.
+    #[serde(default)]
+    pub previous_signing_secret: Option<Secret>,
 }
 
 #[derive(Debug)]
 pub struct Webhook {
     name: String,
     key: Vec<u8>,
+    previous: Option<Vec<u8>>,
 }
 
 impl Webhook {
@@ -39,24 +46,45 @@ impl Webhook {
     }
 
     fn checked(name: &str, cfg: WebhookConfig) -> Result<Self, String> {
-        let raw = cfg.signing_secret.expose();
-        let b64 = raw.strip_prefix("whsec_").unwrap_or(raw);
-        let key = B64
-            .decode(b64)
-            .map_err(|_| "signing_secret must be whsec_ followed by base64".to_owned())?;
-        if key.len() < 24 {
-            return Err("signing_secret must hold at least 24 bytes".into());
-        }
+        let key = secret_key("signing_secret", &cfg.signing_secret)?;
+        let previous = match cfg.previous_signing_secret.filter(|s| !s.is_empty()) {
+            Some(s) => Some(secret_key("previous_signing_secret", &s)?),
+            None => None,
+        };
         Ok(Self {
             name: name.to_owned(),
             key,
+            previous,
         })
     }
 
-    /// The `webhook-signature` value for a message.
+    /// The signature with the current secret.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         sign(&self.key, id, timestamp, body)
     }
+
+    /// The `webhook-signature` value: the current secret's signature, then
+    /// the retiring one's during a rotation, separated by a space.
+    pub fn signatures(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let current = self.sign(id, timestamp, body);
+        match &self.previous {
+            Some(key) => format!("{current} {}", sign(key, id, timestamp, body)),
+            None => current,
+        }
+    }
+}
+
+/// A `whsec_` secret's key bytes, or what is wrong with `setting`.
+fn secret_key(setting: &str, secret: &Secret) -> Result<Vec<u8>, String> {
+    let raw = secret.expose();
+    let b64 = raw.strip_prefix("whsec_").unwrap_or(raw);
+    let key = B64
+        .decode(b64)
+        .map_err(|_| format!("{setting} must be whsec_ followed by base64"))?;
+    if key.len() < 24 {
+        return Err(format!("{setting} must hold at least 24 bytes"));
+    }
+    Ok(key)
 }
 
 /// Standard Webhooks signature: `v1,` + base64(HMAC-SHA256(key, "{id}.{ts}.{body}")).
@@ -105,7 +133,7 @@ impl Provider for Webhook {
             },
         };
         let body = crate::json(&event)?;
-        let signature = self.sign(&msg.delivery_key, timestamp, &body);
+        let signature = self.signatures(&msg.delivery_key, timestamp, &body);
         let ts = timestamp.to_string();
         crate::post(
             url,
@@ -151,6 +179,7 @@ mod tests {
             "webhook",
             WebhookConfig {
                 signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                previous_signing_secret: None,
             },
         )
         .expect("valid secret");
@@ -167,6 +196,7 @@ mod tests {
             "webhook",
             WebhookConfig {
                 signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                previous_signing_secret: None,
             },
         )
         .expect("valid secret");
@@ -187,12 +217,51 @@ mod tests {
         assert_eq!(body["data"]["priority"], "critical");
     }
 
+    /// During a rotation both secrets sign: a receiver holding either one
+    /// finds its signature in the list.
+    #[test]
+    fn signs_with_both_secrets_during_a_rotation() {
+        let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let new = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let hook = Webhook::new(
+            "webhook",
+            WebhookConfig {
+                signing_secret: Secret::new(new),
+                previous_signing_secret: Some(Secret::new(old)),
+            },
+        )
+        .expect("valid secrets");
+        let msg = message(
+            Channel::Webhook,
+            Address::Webhook("https://hooks.example.com/in".into()),
+        );
+        let req = hook.build(&msg).expect("builds");
+        let header = req.headers()["webhook-signature"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        let listed: Vec<&str> = header.split(' ').collect();
+        let key = |s: &str| B64.decode(&s["whsec_".len()..]).expect("base64");
+        let by = |secret: &str| sign(&key(secret), &msg.delivery_key, 1_700_000_000, req.body());
+        assert_eq!(listed, vec![by(new), by(old)], "the new one first");
+        let bad = Webhook::new(
+            "webhook",
+            WebhookConfig {
+                signing_secret: Secret::new(new),
+                previous_signing_secret: Some(Secret::new("whsec_c2hvcnQ=")),
+            },
+        )
+        .expect_err("a weak retiring secret");
+        assert!(bad.to_string().contains("previous_signing_secret"), "{bad}");
+    }
+
     #[test]
     fn refuses_weak_secrets_and_classifies() {
         let weak = Webhook::new(
             "w",
             WebhookConfig {
                 signing_secret: Secret::new("whsec_c2hvcnQ="),
+                previous_signing_secret: None,
             },
         );
         assert!(weak.is_err());
@@ -200,6 +269,7 @@ mod tests {
             "w",
             WebhookConfig {
                 signing_secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                previous_signing_secret: None,
             },
         )
         .expect("valid");
