@@ -17,6 +17,7 @@ pub mod pool;
 pub mod provider;
 pub mod retry;
 pub mod secret;
+pub mod sms;
 pub mod status;
 pub mod store;
 pub mod validate;

@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_ttl_seconds: u64,
     /// How far ahead `send_at` may be scheduled.
     pub max_schedule_seconds: i64,
+    /// The most segments an SMS may take (`channels.sms.max_segments`);
+    /// `None`: up to what the vendors take (1,600 characters).
+    pub max_sms_segments: Option<usize>,
     /// Whether a webhook URL may name a loopback host (sandbox only).
     pub allow_loopback_webhooks: bool,
     /// Whether a webhook URL may name a private-network host.
@@ -49,6 +52,7 @@ impl Default for Limits {
             max_push_tokens: 16,
             max_ttl_seconds: 30 * 24 * 3600,
             max_schedule_seconds: 30 * 24 * 3600,
+            max_sms_segments: None,
             allow_loopback_webhooks: false,
             allow_private_webhooks: false,
         }
@@ -311,16 +315,16 @@ fn check_content(
             );
         }
     }
-    if content
-        .text
-        .as_ref()
-        .is_some_and(|t| t.len() > limits.max_text_bytes)
-    {
-        errs.add(
-            field("text"),
-            format!("{why}at most {} bytes", limits.max_text_bytes),
-        );
-    }
+    let text_fits = match content.text.as_ref() {
+        Some(t) if t.len() > limits.max_text_bytes => {
+            errs.add(
+                field("text"),
+                format!("{why}at most {} bytes", limits.max_text_bytes),
+            );
+            false
+        }
+        _ => true,
+    };
     if content
         .html
         .as_ref()
@@ -351,6 +355,10 @@ fn check_content(
             _ => {}
         }
     }
+    let sms = text_fits && req.channels.contains(&Channel::Sms);
+    if let Some(text) = content.text.as_deref().filter(|_| sms) {
+        check_sms_length(text, &field("text"), why, limits, errs);
+    }
     if req.channels.contains(&Channel::Push) {
         let size = push_payload_bytes(content, req.metadata.as_ref());
         if size > MAX_PUSH_PAYLOAD_BYTES {
@@ -366,6 +374,44 @@ fn check_content(
                 ),
             );
         }
+    }
+}
+
+/// An SMS text the vendors would refuse (over 1,600 characters), or longer
+/// than the configured segments: the client hears it now, not as a failed
+/// delivery later. (Bounded work: the text is at most `max_text_bytes`.)
+fn check_sms_length(text: &str, field: &str, why: &str, limits: &Limits, errs: &mut Errors) {
+    let chars = text.chars().count();
+    if chars > crate::sms::VENDOR_MAX_CHARS {
+        errs.add(
+            field,
+            format!(
+                "{why}an SMS is at most {} characters (Twilio and Amazon SNS refuse longer); this one has {chars}",
+                crate::sms::VENDOR_MAX_CHARS
+            ),
+        );
+        return;
+    }
+    let Some(max) = limits.max_sms_segments else {
+        return;
+    };
+    let len = crate::sms::length(text);
+    if len.segments > max {
+        let per = match len.encoding {
+            crate::sms::Encoding::Gsm7 => "160 GSM-7 characters, or 153 each when split",
+            crate::sms::Encoding::Ucs2 => {
+                "70 UCS-2 characters (any character outside GSM-7, an emoji counting two), or 67 each when split"
+            }
+        };
+        errs.add(
+            field,
+            format!(
+                "{why}an SMS is at most {max} segments here (channels.sms.max_segments); this one needs {} in {} ({} units; a segment holds {per})",
+                len.segments,
+                len.encoding.as_str(),
+                len.units
+            ),
+        );
     }
 }
 
@@ -862,6 +908,46 @@ mod tests {
             errs.add(format!("f{i}"), "bad");
         }
         assert_eq!((errs.list.len(), errs.total), (MAX_REPORTED, 1_000));
+    }
+
+    #[test]
+    fn an_sms_keeps_to_what_the_vendors_take_and_to_its_segments() {
+        let mut r = base();
+        let text = |t: String| {
+            Some(Content {
+                subject: Some("s".into()),
+                text: Some(t),
+                html: None,
+            })
+        };
+        let check =
+            |r: &NotificationRequest, limits: &Limits| validate(r, limits, chrono::Utc::now());
+        r.content = text("x".repeat(1_600));
+        assert!(fields(&r).is_empty(), "1,600 characters go");
+        r.content = text("字".repeat(1_601));
+        let errs = check(&r, &Limits::default());
+        assert_eq!(errs.fields(), vec!["content.text"]);
+        assert!(errs.list[0].reason.contains("1601"), "{:?}", errs.list);
+        // A configured cap counts segments by encoding.
+        let capped = Limits {
+            max_sms_segments: Some(2),
+            ..Limits::default()
+        };
+        r.content = text("a".repeat(306));
+        assert!(check(&r, &capped).is_empty(), "2 GSM-7 segments");
+        r.content = text("a".repeat(307));
+        assert_eq!(check(&r, &capped).fields(), vec!["content.text"]);
+        r.content = text(format!("{}🔐", "a".repeat(135)));
+        let errs = check(&r, &capped);
+        assert!(
+            errs.list[0].reason.contains("3 in UCS-2 (137 units"),
+            "{:?}",
+            errs.list
+        );
+        // Only for SMS: an email may be long.
+        r.channels = vec![Channel::Email];
+        r.content = text("a".repeat(5_000));
+        assert!(check(&r, &capped).is_empty());
     }
 
     #[test]

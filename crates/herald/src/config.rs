@@ -261,6 +261,10 @@ pub struct ChannelConfig {
     pub concurrency: usize,
     pub reserved_critical: usize,
     pub low_max_share: f64,
+    /// SMS only: the most segments a text may take, refused at the API
+    /// past it (unset: up to the vendors' 1,600 characters).
+    #[serde(default)]
+    pub max_segments: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -466,6 +470,13 @@ impl Config {
             }
         }
         for (ch, c) in &self.channels {
+            match c.max_segments {
+                Some(_) if *ch != Channel::Sms => {
+                    bail!("channels.{ch}.max_segments: only SMS is counted in segments")
+                }
+                Some(0) => bail!("channels.{ch}.max_segments: must be at least 1"),
+                _ => {}
+            }
             if c.providers.is_empty() {
                 continue;
             }
@@ -593,6 +604,10 @@ impl Config {
 
     pub fn limits(&self) -> Limits {
         Limits {
+            max_sms_segments: self
+                .channels
+                .get(&Channel::Sms)
+                .and_then(|c| c.max_segments),
             allow_loopback_webhooks: self.webhooks.allow_loopback,
             allow_private_webhooks: self.webhooks.allow_private,
             ..Limits::default()

@@ -477,3 +477,73 @@ async fn each_tenant_is_rate_limited_on_its_own() {
         .await;
     assert_eq!(st, 202, "another tenant has its own bucket");
 }
+
+/// An SMS the vendors would refuse (over 1,600 characters), or longer than
+/// the configured segments, is a 422 naming `content.text` now, not a
+/// failed delivery later; the batch endpoint refuses that item alone.
+#[tokio::test]
+async fn an_sms_too_long_for_the_vendors_or_its_segments_is_refused_at_the_api() {
+    let s = TestServer::start_with(|c| {
+        c.channels
+            .get_mut(&herald_core::Channel::Sms)
+            .expect("sms")
+            .max_segments = Some(3);
+    })
+    .await;
+    let sms_of = |text: String| {
+        json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"},
+            "content": {"text": text}})
+    };
+    // Three GSM-7 segments go; a fourth is refused.
+    let (status, _, v) = s.post("/v1/notifications", &sms_of("a".repeat(459))).await;
+    assert_eq!(status, 202, "{v}");
+    let (status, _, v) = s.post("/v1/notifications", &sms_of("a".repeat(460))).await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["errors"][0]["field"], "content.text", "{v}");
+    assert!(
+        v["errors"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("4 in GSM-7")),
+        "{v}"
+    );
+    // One emoji makes it UCS-2: 202 characters are then four segments.
+    let (status, _, v) = s
+        .post(
+            "/v1/notifications",
+            &sms_of(format!("{}🔐", "a".repeat(200))),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["errors"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("UCS-2")),
+        "{v}"
+    );
+    // In a batch, only the long one is refused.
+    let (status, _, v) = s
+        .post(
+            "/v1/notifications/batch",
+            &json!({"notifications": [sms_of("short".into()), sms_of("b".repeat(500))]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["status"], "accepted", "{v}");
+    assert_ne!(v["results"][1]["status"], "accepted", "{v}");
+    assert_eq!(
+        v["results"][1]["error"]["errors"][0]["field"], "content.text",
+        "{v}"
+    );
+
+    // Without a cap, up to what the vendors take.
+    let s = TestServer::start().await;
+    let (status, _, v) = s
+        .post("/v1/notifications", &sms_of("字".repeat(1_600)))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let (status, _, v) = s
+        .post("/v1/notifications", &sms_of("字".repeat(1_601)))
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["errors"][0]["field"], "content.text", "{v}");
+}
