@@ -357,9 +357,7 @@ mod tests {
     fn permanent_errors_never_fail_over_and_throttling_does_on_failure() {
         let l = critical();
         let mut w = Walk::new(&l, None);
-        let bad = Outcome::Permanent {
-            reason: "invalid number".into(),
-        };
+        let bad = Outcome::permanent("invalid number");
         assert!(!w.called("twilio", bad, true));
         assert_eq!(w.finish(1, 1_000, None, 0.0).next, Next::Failed);
         let mut w = Walk::new(&l, None);

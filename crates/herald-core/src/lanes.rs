@@ -175,9 +175,7 @@ mod tests {
             retry_after: None,
             reason: "429".into()
         }));
-        assert!(!critical.fails_over_after(&Outcome::Permanent {
-            reason: "bad number".into()
-        }));
+        assert!(!critical.fails_over_after(&Outcome::permanent("bad number")));
         let revoked = Outcome::Account {
             reason: "401".into(),
         };

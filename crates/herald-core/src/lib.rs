@@ -20,6 +20,7 @@ pub mod secret;
 pub mod sms;
 pub mod status;
 pub mod store;
+pub mod suppression;
 pub mod validate;
 
 pub use model::{Channel, DeliveryState, NotificationRequest, Priority};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::model::{Channel, Content, Priority, PushPlatform};
+use crate::suppression::SuppressionReason;
 
 /// The address one delivery goes to, already picked out of the recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +79,14 @@ pub enum Outcome {
         retry_after: Option<Duration>,
         reason: String,
     },
-    /// Will never succeed as sent (invalid recipient, unregistered token, ...).
-    Permanent { reason: String },
+    /// Will never succeed as sent (invalid recipient, unregistered token,
+    /// ...). `gone` when the vendor says the address itself is dead (a
+    /// push token unregistered, a number that texted STOP): the engine
+    /// adds it to the tenant's suppression list, so it is not sent to again.
+    Permanent {
+        reason: String,
+        gone: Option<SuppressionReason>,
+    },
     /// The vendor refused the account, not the message: a bad, expired or
     /// revoked credential, or one without the permission to send. Nothing
     /// was sent. It counts against the account's circuit (critical traffic
@@ -89,6 +96,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A permanent failure of the message alone.
+    pub fn permanent(reason: impl Into<String>) -> Outcome {
+        Outcome::Permanent {
+            reason: reason.into(),
+            gone: None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Accepted { .. } => "accepted",
@@ -104,7 +119,7 @@ impl Outcome {
             Outcome::Accepted { .. } => None,
             Outcome::Transient { reason, .. }
             | Outcome::RateLimited { reason, .. }
-            | Outcome::Permanent { reason }
+            | Outcome::Permanent { reason, .. }
             | Outcome::Account { reason } => Some(reason),
         }
     }
@@ -219,7 +234,7 @@ pub fn classify_status(resp: &VendorResponse, reason: impl Into<String>) -> Outc
             ambiguous: false,
         }
     } else {
-        Outcome::Permanent { reason }
+        Outcome::permanent(reason)
     }
 }
 

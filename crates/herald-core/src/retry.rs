@@ -94,9 +94,7 @@ mod tests {
         let p = policy();
         let sent = p.next(&Outcome::Accepted { vendor_id: None }, 1, 0, None, 0.5);
         assert_eq!(sent, Next::Sent { vendor_id: None });
-        let bad = Outcome::Permanent {
-            reason: "invalid number".into(),
-        };
+        let bad = Outcome::permanent("invalid number");
         assert_eq!(p.next(&bad, 1, 0, None, 0.5), Next::Failed);
     }
 

@@ -120,6 +120,9 @@ pub(crate) struct Codes<C: 'static> {
     /// The account's credential (bad, expired, revoked, or not allowed to
     /// send): the message is fine and waits.
     pub account: &'static [C],
+    /// The address is dead (its owner opted out, it does not exist): the
+    /// message fails and the address goes on the suppression list.
+    pub gone: &'static [(C, herald_core::suppression::SuppressionReason)],
 }
 
 /// Classifies an error answer by the vendor's own error code when its tables
@@ -139,8 +142,17 @@ pub(crate) fn classify_code<C: PartialEq<K>, K: Copy>(
         }
     } else if listed(codes.account) {
         Outcome::Account { reason }
+    } else if let Some(&(_, why)) = codes
+        .gone
+        .iter()
+        .find(|(c, _)| code.is_some_and(|k| *c == k))
+    {
+        Outcome::Permanent {
+            reason,
+            gone: Some(why),
+        }
     } else if listed(codes.permanent) {
-        Outcome::Permanent { reason }
+        Outcome::permanent(reason)
     } else {
         classify_status(resp, reason)
     }

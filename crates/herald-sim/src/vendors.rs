@@ -2,8 +2,10 @@
 //! real vendor does, answers in the vendor's own formats, and rejects a few
 //! documented test recipients as the vendor would (docs/providers.md):
 //! - SendGrid: any address at `invalid.example` → 400;
-//! - Twilio: `+15005550001` → 400 code 21211 (Twilio's own test number);
-//! - SNS: the same number → 400 `InvalidParameter`;
+//! - Twilio: `+15005550001` → 400 code 21211, `+15005550004` → 400 code
+//!   21610 (the recipient texted STOP) (Twilio's own test numbers);
+//! - SNS: `+15005550001` → 400 `InvalidParameter`, `+15005550004` → 400
+//!   `OptedOut`;
 //! - FCM: a token starting `invalid-` → 404 `UNREGISTERED`;
 //! - webhook: a path ending `/gone` → 410.
 
@@ -248,16 +250,22 @@ impl Emulated for Twilio {
     }
 
     fn reject(&self, parsed: &Parsed) -> Option<Response> {
-        (parsed.recipient == "+15005550001").then(|| {
-            twilio_error(
+        match parsed.recipient.as_str() {
+            "+15005550001" => Some(twilio_error(
                 StatusCode::BAD_REQUEST,
                 21211,
                 &format!(
                     "The 'To' number {} is not a valid phone number.",
                     parsed.recipient
                 ),
-            )
-        })
+            )),
+            "+15005550004" => Some(twilio_error(
+                StatusCode::BAD_REQUEST,
+                21610,
+                "Attempt to send to unsubscribed recipient",
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -377,14 +385,21 @@ impl Emulated for Sns {
     }
 
     fn reject(&self, parsed: &Parsed) -> Option<Response> {
-        (parsed.recipient == "+15005550001").then(|| {
-            sns_error(
+        match parsed.recipient.as_str() {
+            "+15005550001" => Some(sns_error(
                 StatusCode::BAD_REQUEST,
                 "Sender",
                 "InvalidParameter",
                 "Invalid parameter: PhoneNumber Reason: not a valid phone number",
-            )
-        })
+            )),
+            "+15005550004" => Some(sns_error(
+                StatusCode::BAD_REQUEST,
+                "Sender",
+                "OptedOut",
+                "Phone number is opted out",
+            )),
+            _ => None,
+        }
     }
 }
 

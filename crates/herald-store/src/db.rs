@@ -12,6 +12,10 @@ use herald_core::store::{
     LeaseToken, NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome,
     Reports, StoreError, Tenants, Upkeep,
 };
+use herald_core::store::{
+    ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
+};
+use herald_core::suppression::Suppression;
 
 use crate::ops;
 use crate::reads::{self, Reader};
@@ -35,6 +39,8 @@ pub trait Database:
     + Runs<ops::RelayLease>
     + Runs<ops::OutboxPublished>
     + Runs<ops::Probe>
+    + Runs<ops::Suppress>
+    + Runs<ops::Lift>
 {
     type Reader: Reader;
 }
@@ -218,6 +224,46 @@ impl<D: Database> Tenants for Db<D> {
             label: label.to_owned(),
         };
         self.writes.run(op).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Suppressions for Db<D> {
+    async fn suppress(&self, s: Suppression) -> Result<bool, StoreError> {
+        self.writes.run(ops::Suppress(s)).await
+    }
+
+    async fn lift_suppression(
+        &self,
+        tenant_id: &str,
+        channel: Channel,
+        address: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let op = ops::Lift {
+            tenant_id: tenant_id.to_owned(),
+            channel,
+            address: address.to_owned(),
+            now_ms,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn suppressions(
+        &self,
+        filter: &SuppressionFilter,
+        after: Option<SuppressionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        reads::suppressions(&self.reads, filter, after, limit).await
+    }
+
+    async fn suppression_changes(
+        &self,
+        after: &ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<SuppressionChange>, StoreError> {
+        reads::suppression_changes(&self.reads, after, limit).await
     }
 }
 

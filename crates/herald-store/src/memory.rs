@@ -19,6 +19,10 @@ use herald_core::store::{
     IdempotencyRecord, Intake, LaneLag, LaneQueue, LeaseToken, NewNotification, NotificationView,
     Outbox, Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
 };
+use herald_core::store::{
+    ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
+};
+use herald_core::suppression::Suppression;
 
 use crate::writes::{v7_floor, OutboxRow, RowChange};
 
@@ -43,6 +47,8 @@ struct State {
     relay: Option<(String, i64)>,
     tenants: HashMap<String, String>,
     api_keys: HashMap<Vec<u8>, String>,
+    /// By (tenant, channel, address): the entry and when it was lifted.
+    suppressions: BTreeMap<(String, Channel, String), (SuppressionChange, Option<i64>)>,
 }
 
 struct Notification {
@@ -591,6 +597,8 @@ impl Upkeep for MemoryStore {
             .map(|(seq, _)| *seq)
             .take(limit)
             .collect();
+        s.suppressions
+            .retain(|_, (_, lifted)| lifted.is_none_or(|at| at >= before_ms));
         for seq in published {
             s.outbox.remove(&seq);
         }
@@ -738,6 +746,117 @@ impl Tenants for MemoryStore {
             .entry(key_hash.to_vec())
             .or_insert_with(|| tenant.clone());
         Ok(tenant)
+    }
+}
+
+#[async_trait]
+impl Suppressions for MemoryStore {
+    async fn suppress(&self, sup: Suppression) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let key = (sup.tenant_id.clone(), sup.channel, sup.address.clone());
+        let changed_at_ms = herald_core::now_ms().max(sup.created_at_ms);
+        let change = SuppressionChange {
+            suppression: sup,
+            lifted: false,
+            changed_at_ms,
+        };
+        let before = s.suppressions.insert(key, (change, None));
+        Ok(before.is_none_or(|(_, lifted)| lifted.is_some()))
+    }
+
+    async fn lift_suppression(
+        &self,
+        tenant_id: &str,
+        channel: Channel,
+        address: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let key = (tenant_id.to_owned(), channel, address.to_owned());
+        match s.suppressions.get_mut(&key) {
+            Some((change, lifted @ None)) => {
+                *lifted = Some(now_ms);
+                change.lifted = true;
+                change.changed_at_ms = herald_core::now_ms().max(now_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn suppressions(
+        &self,
+        f: &SuppressionFilter,
+        after: Option<SuppressionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        let s = self.lock();
+        let mut found: Vec<&Suppression> = s
+            .suppressions
+            .values()
+            .filter(|(_, lifted)| lifted.is_none())
+            .map(|(c, _)| &c.suppression)
+            .filter(|x| f.tenant_id.as_ref().is_none_or(|t| *t == x.tenant_id))
+            .filter(|x| f.channel.is_none_or(|c| c == x.channel))
+            .filter(|x| f.reason.is_none_or(|r| r == x.reason))
+            .filter(|x| f.address.as_ref().is_none_or(|a| *a == x.address))
+            .collect();
+        // Newest first, then by (tenant, channel, address) as the databases.
+        let order = |x: &Suppression| {
+            (
+                std::cmp::Reverse(x.created_at_ms),
+                x.tenant_id.clone(),
+                x.channel.as_str(),
+                x.address.clone(),
+            )
+        };
+        found.sort_by_key(|x| order(x));
+        Ok(found
+            .into_iter()
+            .filter(|x| {
+                after.as_ref().is_none_or(|c| {
+                    order(x)
+                        > (
+                            std::cmp::Reverse(c.created_at_ms),
+                            c.tenant_id.clone(),
+                            c.channel.as_str(),
+                            c.address.clone(),
+                        )
+                })
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn suppression_changes(
+        &self,
+        after: &ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<SuppressionChange>, StoreError> {
+        let s = self.lock();
+        let key = |c: &SuppressionChange| {
+            (
+                c.changed_at_ms,
+                c.suppression.tenant_id.clone(),
+                c.suppression.channel.as_str().to_owned(),
+                c.suppression.address.clone(),
+            )
+        };
+        let from = (
+            after.changed_at_ms,
+            after.tenant_id.clone(),
+            after.channel.clone(),
+            after.address.clone(),
+        );
+        let mut found: Vec<&SuppressionChange> = s
+            .suppressions
+            .values()
+            .map(|(c, _)| c)
+            .filter(|c| key(c) > from)
+            .collect();
+        found.sort_by_key(|c| key(c));
+        Ok(found.into_iter().take(limit).cloned().collect())
     }
 }
 

@@ -122,6 +122,20 @@ op!(RelayLease, bool, "relay_lease");
 pub struct OutboxPublished(pub Vec<i64>);
 op!(OutboxPublished, (), "outbox_published");
 
+/// An address on its tenant's suppression list (added, or given a new
+/// reason); answers whether it was not in force before.
+pub struct Suppress(pub herald_core::suppression::Suppression);
+op!(Suppress, bool, "suppress");
+
+/// A suppression lifted; answers whether there was one in force.
+pub struct Lift {
+    pub tenant_id: String,
+    pub channel: herald_core::model::Channel,
+    pub address: String,
+    pub now_ms: i64,
+}
+op!(Lift, bool, "lift_suppression");
+
 /// A small real write (a padded row in `health_probe`), to learn whether
 /// the store takes writes again after they failed.
 pub struct Probe;

@@ -7,9 +7,11 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, Priority};
 use herald_core::store::{
-    AttemptView, CountUpTo, DeadLetter, DeadLetterCursor, DeadLetterFilter, DeliverySummary,
-    LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
+    AttemptView, ChangeCursor, CountUpTo, DeadLetter, DeadLetterCursor, DeadLetterFilter,
+    DeliverySummary, LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
+    SuppressionChange, SuppressionCursor, SuppressionFilter,
 };
+use herald_core::suppression::Suppression;
 
 use crate::rows::{self, Columns};
 
@@ -212,6 +214,97 @@ pub(crate) async fn dead_letters<R: Reader>(
         .await?
         .iter()
         .map(rows::dead_letter)
+        .collect()
+}
+
+const SUPPRESSION_COLUMNS: &str = "tenant_id, channel, address, reason, detail, source, \
+     created_at_ms, changed_at_ms, lifted_at_ms";
+
+/// Suppressions in force, newest first: the filter's conditions and the
+/// page's cursor become bound parameters.
+pub(crate) async fn suppressions<R: Reader>(
+    r: &R,
+    f: &SuppressionFilter,
+    after: Option<SuppressionCursor>,
+    limit: usize,
+) -> Result<Vec<Suppression>, StoreError> {
+    let mut sql =
+        format!("SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE lifted_at_ms IS NULL");
+    let mut args = Vec::new();
+    let mut bind = |sql: &mut String, cond: &str, arg: Arg| {
+        args.push(arg);
+        sql.push_str(&cond.replace("$?", &format!("${}", args.len())));
+    };
+    if let Some(t) = &f.tenant_id {
+        bind(&mut sql, " AND tenant_id = $?", Arg::Text(t.clone()));
+    }
+    if let Some(c) = f.channel {
+        bind(&mut sql, " AND channel = $?", Arg::Text(c.as_str().into()));
+    }
+    if let Some(reason) = f.reason {
+        bind(
+            &mut sql,
+            " AND reason = $?",
+            Arg::Text(reason.as_str().into()),
+        );
+    }
+    if let Some(a) = &f.address {
+        bind(&mut sql, " AND address = $?", Arg::Text(a.clone()));
+    }
+    if let Some(c) = after {
+        // Keyset paging, newest first: older, or as old and after it.
+        bind(
+            &mut sql,
+            " AND (created_at_ms < $?",
+            Arg::Int(c.created_at_ms),
+        );
+        bind(
+            &mut sql,
+            " OR (created_at_ms = $?",
+            Arg::Int(c.created_at_ms),
+        );
+        bind(
+            &mut sql,
+            " AND (tenant_id, channel, address) > ($?",
+            Arg::Text(c.tenant_id),
+        );
+        bind(&mut sql, ", $?", Arg::Text(c.channel.as_str().into()));
+        bind(&mut sql, ", $?)))", Arg::Text(c.address));
+    }
+    bind(
+        &mut sql,
+        " ORDER BY created_at_ms DESC, tenant_id, channel, address LIMIT $?",
+        Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+    );
+    r.rows(&sql, args)
+        .await?
+        .iter()
+        .map(|row| rows::suppression_change(row).map(|c| c.suppression))
+        .collect()
+}
+
+/// Changes after the cursor, in the order of the changes index.
+pub(crate) async fn suppression_changes<R: Reader>(
+    r: &R,
+    after: &ChangeCursor,
+    limit: usize,
+) -> Result<Vec<SuppressionChange>, StoreError> {
+    let sql = format!(
+        "SELECT {SUPPRESSION_COLUMNS} FROM suppressions \
+         WHERE (changed_at_ms, tenant_id, channel, address) > ($1, $2, $3, $4) \
+         ORDER BY changed_at_ms, tenant_id, channel, address LIMIT $5"
+    );
+    let args = vec![
+        Arg::Int(after.changed_at_ms),
+        Arg::Text(after.tenant_id.clone()),
+        Arg::Text(after.channel.clone()),
+        Arg::Text(after.address.clone()),
+        Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+    ];
+    r.rows(&sql, args)
+        .await?
+        .iter()
+        .map(rows::suppression_change)
         .collect()
 }
 

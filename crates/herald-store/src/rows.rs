@@ -7,8 +7,9 @@ use herald_core::events::OutboxEvent;
 use herald_core::model::{NotificationRequest, Priority};
 use herald_core::store::{
     AttemptView, Cause, DeadLetter, DeliverySummary, DeliveryView, LaneLag, LaneQueue,
-    NotificationView, QueueDepth, StoreError,
+    NotificationView, QueueDepth, StoreError, SuppressionChange,
 };
+use herald_core::suppression::Suppression;
 use sqlx::Row;
 
 /// An error from sqlx as the store's: a row it cannot read is corrupt, a
@@ -200,6 +201,25 @@ pub(crate) fn dead_letter(row: &impl Columns) -> Result<DeadLetter, StoreError> 
         last_error: row.opt_text("last_error")?,
         dead_at_ms: row.int("updated_at_ms")?,
         accepted_at_ms: row.int("accepted_at_ms")?,
+    })
+}
+
+/// `SELECT tenant_id, channel, address, reason, detail, source,
+/// created_at_ms, changed_at_ms, lifted_at_ms FROM suppressions`
+pub(crate) fn suppression_change(row: &impl Columns) -> Result<SuppressionChange, StoreError> {
+    let lifted_at = row.opt_int("lifted_at_ms")?;
+    Ok(SuppressionChange {
+        suppression: Suppression {
+            tenant_id: row.text("tenant_id")?,
+            channel: row.parsed("channel")?,
+            address: row.text("address")?,
+            reason: row.parsed("reason")?,
+            detail: row.opt_text("detail")?,
+            source: row.text("source")?,
+            created_at_ms: row.int("created_at_ms")?,
+        },
+        lifted: lifted_at.is_some(),
+        changed_at_ms: row.int("changed_at_ms")?,
     })
 }
 

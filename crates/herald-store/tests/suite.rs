@@ -12,6 +12,8 @@ use herald_core::store::{
     DeadLetterFilter, IdempotencyRecord, LaneLag, LaneQueue, NewDelivery, NewNotification, Next,
     ReplayOutcome, StoredResponse,
 };
+use herald_core::store::{ChangeCursor, SuppressionCursor, SuppressionFilter};
+use herald_core::suppression::{Suppression, SuppressionReason};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 async fn sqlite(dir: &tempfile::TempDir) -> SqliteStore {
@@ -963,6 +965,218 @@ async fn a_bus_consumer_claims_named_deliveries_once(store: &dyn Store) {
     assert_eq!(late[0].attempt, 2);
 }
 
+fn suppression(tenant: &str, channel: Channel, address: &str, at: i64) -> Suppression {
+    Suppression {
+        tenant_id: tenant.into(),
+        channel,
+        address: address.into(),
+        reason: SuppressionReason::Bounce,
+        detail: Some("550 5.1.1 no such user".into()),
+        source: "sendgrid".into(),
+        created_at_ms: at,
+    }
+}
+
+async fn suppressions_are_kept_per_tenant_listed_newest_first_and_lifted(store: &dyn Store) {
+    let now = herald_core::now_ms();
+    let ann = suppression("t1", Channel::Email, "ann@example.com", now - 3_000);
+    assert!(store.suppress(ann.clone()).await.expect("suppress"));
+    for (i, address) in ["b@example.com", "c@example.com", "d@example.com"]
+        .into_iter()
+        .enumerate()
+    {
+        let s = suppression("t1", Channel::Email, address, now - 2_000 + i as i64);
+        assert!(store.suppress(s).await.expect("suppress"));
+    }
+    let mut sms = suppression("t1", Channel::Sms, "+15005550004", now - 1_000);
+    sms.reason = SuppressionReason::Unsubscribed;
+    assert!(store.suppress(sms.clone()).await.expect("suppress"));
+    let other = suppression("t2", Channel::Email, "ann@example.com", now);
+    assert!(store.suppress(other).await.expect("suppress"));
+
+    // Per tenant, newest first, a page at a time.
+    let t1 = SuppressionFilter {
+        tenant_id: Some("t1".into()),
+        ..SuppressionFilter::default()
+    };
+    let first = store.suppressions(&t1, None, 2).await.expect("list");
+    let addresses =
+        |page: &[Suppression]| -> Vec<String> { page.iter().map(|s| s.address.clone()).collect() };
+    assert_eq!(addresses(&first), ["+15005550004", "d@example.com"]);
+    let after = first.last().map(SuppressionCursor::after);
+    let second = store.suppressions(&t1, after, 10).await.expect("list");
+    assert_eq!(
+        addresses(&second),
+        ["c@example.com", "b@example.com", "ann@example.com"]
+    );
+    assert_eq!(second[2], ann, "kept as given");
+
+    // Filtered by channel, reason and address.
+    let by = |channel, reason, address: Option<&str>| SuppressionFilter {
+        tenant_id: Some("t1".into()),
+        channel,
+        reason,
+        address: address.map(str::to_owned),
+    };
+    let sms_only = store
+        .suppressions(&by(Some(Channel::Sms), None, None), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(sms_only, vec![sms]);
+    let unsubscribed = store
+        .suppressions(
+            &by(None, Some(SuppressionReason::Unsubscribed), None),
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(unsubscribed.len(), 1);
+    let one = store
+        .suppressions(
+            &by(Some(Channel::Email), None, Some("ann@example.com")),
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(one.len(), 1, "t2's entry for the same address is t2's");
+
+    // Added again: not new, and it takes the new reason.
+    let mut again = ann.clone();
+    again.reason = SuppressionReason::Complaint;
+    again.created_at_ms = now;
+    assert!(!store.suppress(again).await.expect("suppress"));
+    let one = store
+        .suppressions(
+            &by(Some(Channel::Email), None, Some("ann@example.com")),
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(one[0].reason, SuppressionReason::Complaint);
+
+    // Lifted: gone from the list, only once; added after a lift, new again.
+    let lift =
+        |address: &'static str| store.lift_suppression("t1", Channel::Email, address, now + 10);
+    assert!(lift("ann@example.com").await.expect("lift"));
+    assert!(!lift("ann@example.com").await.expect("lift"));
+    assert!(!lift("nobody@example.com").await.expect("lift"));
+    let left = store.suppressions(&t1, None, 10).await.expect("list");
+    assert_eq!(left.len(), 4);
+    assert!(!addresses(&left).contains(&"ann@example.com".to_owned()));
+    assert!(store.suppress(ann).await.expect("suppress"));
+    let everyone = SuppressionFilter::default();
+    assert_eq!(
+        store
+            .suppressions(&everyone, None, 100)
+            .await
+            .expect("list")
+            .len(),
+        6
+    );
+}
+
+async fn every_suppression_change_is_followed_in_order_lifts_included(store: &dyn Store) {
+    let now = herald_core::now_ms();
+    let mut read = Vec::new();
+    let mut cursor = ChangeCursor::from_ms(i64::MIN);
+    for i in 0..5 {
+        let s = suppression("t1", Channel::Push, &format!("token-{i}"), now);
+        store.suppress(s).await.expect("suppress");
+    }
+    store
+        .lift_suppression("t1", Channel::Push, "token-3", now + 1_000)
+        .await
+        .expect("lift");
+    // Two at a time, each read after the last.
+    loop {
+        let page = store
+            .suppression_changes(&cursor, 2)
+            .await
+            .expect("changes");
+        let Some(last) = page.last() else { break };
+        cursor = ChangeCursor::after(last);
+        read.extend(page);
+    }
+    assert_eq!(read.len(), 5, "every entry once, as it is now");
+    let lifted: Vec<&str> = read
+        .iter()
+        .filter(|c| c.lifted)
+        .map(|c| c.suppression.address.as_str())
+        .collect();
+    assert_eq!(lifted, ["token-3"]);
+    assert!(read
+        .windows(2)
+        .all(|w| w[0].changed_at_ms <= w[1].changed_at_ms));
+    assert_eq!(
+        read.last().map(|c| c.suppression.address.as_str()),
+        Some("token-3"),
+        "the lift is the newest change"
+    );
+    // Nothing new: nothing after the cursor.
+    assert!(store
+        .suppression_changes(&cursor, 10)
+        .await
+        .expect("changes")
+        .is_empty());
+    // The retention purge takes the lifted entry; the others stay.
+    store
+        .purge_finished(now + 2_000, 100)
+        .await
+        .expect("purge");
+    let all = store
+        .suppression_changes(&ChangeCursor::from_ms(i64::MIN), 100)
+        .await
+        .expect("changes");
+    assert_eq!(all.len(), 4);
+    assert!(all.iter().all(|c| !c.lifted));
+}
+
+async fn a_suppressed_delivery_ends_suppressed_with_why(store: &dyn Store) {
+    let now = herald_core::now_ms();
+    let n = new_notification("t1", request(Priority::Normal, &["email"]), now);
+    store.create(vec![n.clone()]).await.expect("create");
+    let claimed = store
+        .claim(Claim::new(
+            Channel::Email,
+            Priority::Normal,
+            10,
+            now,
+            60_000,
+        ))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let mut rec = attempt(&claimed[0], "none", now, Next::Suppressed);
+    rec.calls.clear();
+    rec.error = Some("the address is on the suppression list: bounce".into());
+    store.record(vec![rec]).await.expect("record");
+    let view = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(view.deliveries[0].state, DeliveryState::Suppressed);
+    assert_eq!(
+        view.deliveries[0].last_error.as_deref(),
+        Some("the address is on the suppression list: bounce")
+    );
+    // Finished: nothing claims it again.
+    let again = store
+        .claim(Claim::new(
+            Channel::Email,
+            Priority::Normal,
+            10,
+            now + 120_000,
+            60_000,
+        ))
+        .await
+        .expect("claim");
+    assert!(again.is_empty());
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -1014,6 +1228,9 @@ suite!(
     finished_notifications_are_purged_with_everything_they_hold,
     a_bus_consumer_claims_named_deliveries_once,
     each_lane_says_how_long_its_oldest_due_delivery_has_waited,
+    suppressions_are_kept_per_tenant_listed_newest_first_and_lifted,
+    every_suppression_change_is_followed_in_order_lifts_included,
+    a_suppressed_delivery_ends_suppressed_with_why,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

@@ -201,6 +201,7 @@ impl Running {
                 outbound,
                 templates: templates.clone(),
                 throughput: throughput.clone(),
+                suppressions: store.clone(),
             };
             Some(Engine::start(&cfg.engine_settings(), parts)?)
         } else {

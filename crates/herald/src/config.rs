@@ -37,6 +37,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
     pub engine: EngineConfig,
+    pub suppression: SuppressionConfig,
     pub http: HttpConfig,
     pub webhooks: WebhookPolicy,
     pub lanes: LanesConfig,
@@ -150,6 +151,14 @@ pub struct EngineConfig {
     pub poll_interval_ms: u64,
     pub claim_batch: usize,
     pub shutdown_grace_seconds: u64,
+}
+
+/// `[suppression]`: the suppression lists on the delivery path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionConfig {
+    pub refresh_interval_ms: u64,
+    pub critical_bypass: bool,
 }
 
 /// `[lanes.*]`: routing and retries per priority lane.
@@ -368,6 +377,10 @@ impl Config {
             ("engine.lease_seconds", e.lease_seconds),
             ("engine.poll_interval_ms", e.poll_interval_ms),
             ("engine.claim_batch", e.claim_batch as u64),
+            (
+                "suppression.refresh_interval_ms",
+                self.suppression.refresh_interval_ms,
+            ),
             (
                 "webhooks.max_destinations",
                 self.webhooks.max_destinations as u64,
@@ -628,6 +641,8 @@ impl Config {
             poll: Duration::from_millis(self.engine.poll_interval_ms),
             grace: Duration::from_secs(self.engine.shutdown_grace_seconds),
             retention: Duration::from_secs(self.store.retention_hours * 3600),
+            suppression_refresh: Duration::from_millis(self.suppression.refresh_interval_ms),
+            suppression_critical_bypass: self.suppression.critical_bypass,
         }
     }
 

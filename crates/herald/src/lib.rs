@@ -10,5 +10,6 @@ pub mod dlq;
 pub mod engine;
 pub mod progress;
 pub mod render;
+pub mod suppressions;
 pub mod telemetry;
 pub mod tooling;

@@ -123,6 +123,51 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Suppression lists: addresses a tenant's notifications are not sent
+    /// to (bounces, complaints, opt-outs, dead tokens, gone endpoints).
+    Suppressions {
+        #[command(subcommand)]
+        command: SuppressionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionsCommand {
+    /// List suppressed addresses, newest first.
+    List {
+        #[command(flatten)]
+        filter: herald::suppressions::ListArgs,
+        /// Most to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Put an address on a tenant's list: its deliveries end `suppressed`
+    /// without a vendor call (on running workers within about
+    /// suppression.refresh_interval_ms).
+    Add {
+        #[command(flatten)]
+        address: herald::suppressions::AddressArgs,
+        /// Why (bounce, complaint, unsubscribed, unregistered, gone, manual).
+        #[arg(long, default_value = "manual", value_parser = herald::suppressions::parse_reason)]
+        reason: herald_core::suppression::SuppressionReason,
+        /// A note kept with it.
+        #[arg(long)]
+        detail: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Lift a suppression: the address may be sent to again.
+    Remove {
+        #[command(flatten)]
+        address: herald::suppressions::AddressArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq(command).await,
+        Command::Suppressions { command } => suppressions(command).await,
         Command::Openapi => {
             print!("{}", herald::api::openapi::document());
             Ok(std::process::ExitCode::SUCCESS)
@@ -322,6 +368,36 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<std::process::ExitCode> {
             }
         }
     }
+}
+
+async fn suppressions(command: SuppressionsCommand) -> anyhow::Result<std::process::ExitCode> {
+    use herald::suppressions as cli;
+    match command {
+        SuppressionsCommand::List {
+            filter,
+            limit,
+            json,
+            store,
+        } => {
+            let s = app::open_existing_store(&store.load()?).await?;
+            cli::list(s.as_ref(), &filter, limit, json).await?;
+        }
+        SuppressionsCommand::Add {
+            address,
+            reason,
+            detail,
+            store,
+        } => {
+            let cfg = store.load()?;
+            let s = app::open_existing_store(&cfg).await?;
+            cli::add(s.as_ref(), &address, reason, detail, &cfg.limits()).await?;
+        }
+        SuppressionsCommand::Remove { address, store } => {
+            let s = app::open_existing_store(&store.load()?).await?;
+            cli::remove(s.as_ref(), &address).await?;
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `--roles` and `--channels`, when given.

@@ -57,6 +57,11 @@ pub const CONNECTIONS_REFUSED: &str = "herald_http_connections_refused_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "herald_http_connections_timed_out_total";
 /// Finished notifications deleted for being past `store.retention_hours`.
 pub const PURGED: &str = "herald_notifications_purged_total";
+/// Entries in force in this worker node's copy of the suppression lists.
+pub const SUPPRESSIONS: &str = "herald_suppressions";
+/// Addresses this node put on a suppression list because a vendor said
+/// they are gone; label `reason`.
+pub const SUPPRESSIONS_ADDED: &str = "herald_suppressions_added_total";
 /// The store's own (recorded in herald-store, named here with the rest).
 pub use herald_store::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};
 

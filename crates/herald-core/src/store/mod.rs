@@ -2,7 +2,8 @@
 //! names only the role it uses — the API takes notifications in
 //! (`Intake`), workers lease and record deliveries (`Queue`), the relay
 //! drains the outbox (`Outbox`), housekeeping expires and purges (`Upkeep`),
-//! operators handle dead letters (`DeadLetters`) and keys (`Tenants`) —
+//! operators handle dead letters (`DeadLetters`) and keys (`Tenants`),
+//! the API, CLI and engine keep suppression lists (`Suppressions`) —
 //! and `Store` is their sum, so wiring passes one value. SQLite,
 //! PostgreSQL and the in-memory store implement them all, with the same
 //! meaning (one behavioural suite runs against each).
@@ -17,6 +18,7 @@ mod intake;
 mod outbox;
 mod queue;
 mod reports;
+mod suppressions;
 mod tenants;
 mod upkeep;
 
@@ -25,6 +27,7 @@ pub use intake::*;
 pub use outbox::*;
 pub use queue::*;
 pub use reports::*;
+pub use suppressions::*;
 pub use tenants::*;
 pub use upkeep::*;
 
@@ -32,7 +35,8 @@ pub use upkeep::*;
 /// tests): `use herald_core::store::roles::*`.
 pub mod roles {
     pub use super::{
-        DeadLetters, Depths, Health, Intake, Outbox, Queue, Reports, Store, Tenants, Upkeep,
+        DeadLetters, Depths, Health, Intake, Outbox, Queue, Reports, Store, Suppressions, Tenants,
+        Upkeep,
     };
 }
 
@@ -124,12 +128,12 @@ pub trait Health: Send + Sync {
 /// Each caller narrows it to the role it uses (`Arc<dyn Store>` coerces to
 /// `Arc<dyn Queue>`, and so on).
 pub trait Store:
-    Intake + Queue + Outbox + Upkeep + DeadLetters + Tenants + Health + 'static
+    Intake + Queue + Outbox + Upkeep + DeadLetters + Tenants + Suppressions + Health + 'static
 {
 }
 
 impl<T> Store for T where
-    T: Intake + Queue + Outbox + Upkeep + DeadLetters + Tenants + Health + 'static
+    T: Intake + Queue + Outbox + Upkeep + DeadLetters + Tenants + Suppressions + Health + 'static
 {
 }
 

@@ -91,6 +91,9 @@ pub enum Next {
     Failed,
     Dead,
     Expired,
+    /// Not sent: the address is on the tenant's suppression list (the
+    /// record's error says why it was put there).
+    Suppressed,
 }
 
 impl Next {
@@ -101,6 +104,7 @@ impl Next {
             Next::Failed => DeliveryState::Failed,
             Next::Dead => DeliveryState::Dead,
             Next::Expired => DeliveryState::Expired,
+            Next::Suppressed => DeliveryState::Suppressed,
         }
     }
 }

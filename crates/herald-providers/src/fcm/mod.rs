@@ -18,6 +18,7 @@ use herald_core::provider::{
     VendorRequest, VendorResponse,
 };
 use herald_core::secret::Secret;
+use herald_core::suppression::SuppressionReason;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,7 +309,7 @@ impl Provider for Fcm {
         Err(match classify_status(resp, reason) {
             // A refused grant (a deleted key, a disabled account, a bad
             // signature or scope) is the account's, whatever its status.
-            Outcome::Permanent { reason } => Outcome::Account { reason },
+            Outcome::Permanent { reason, .. } => Outcome::Account { reason },
             other => other,
         })
     }
@@ -334,9 +335,13 @@ impl Provider for Fcm {
             None => format!("fcm HTTP {}", resp.status.as_u16()),
         });
         match code.as_deref() {
-            Some("UNREGISTERED" | "INVALID_ARGUMENT" | "SENDER_ID_MISMATCH") => {
-                Outcome::Permanent { reason }
-            }
+            // The app was uninstalled or the token expired: it will never
+            // take a message again.
+            Some("UNREGISTERED") => Outcome::Permanent {
+                reason,
+                gone: Some(SuppressionReason::Unregistered),
+            },
+            Some("INVALID_ARGUMENT" | "SENDER_ID_MISMATCH") => Outcome::permanent(reason),
             // The project's own credentials (the service account's token,
             // or the APNs certificate or web push key it holds), not the
             // message's: 401/403 `UNAUTHENTICATED`/`PERMISSION_DENIED` are

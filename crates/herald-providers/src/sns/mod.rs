@@ -20,6 +20,7 @@ use herald_core::provider::{
     Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
 };
 use herald_core::secret::Secret;
+use herald_core::suppression::SuppressionReason;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,7 +72,6 @@ const CODES: crate::Codes<&str> = crate::Codes {
         "InvalidParameter",
         "ParameterValueInvalid",
         "ValidationException",
-        "OptedOut",
         "EndpointDisabled",
         "NotFound",
     ],
@@ -86,6 +86,8 @@ const CODES: crate::Codes<&str> = crate::Codes {
         "AccessDeniedException",
         "OptInRequired",
     ],
+    // The phone number opted out of SMS from this account (a STOP reply).
+    gone: &[("OptedOut", SuppressionReason::Unsubscribed)],
 };
 
 impl Sns {

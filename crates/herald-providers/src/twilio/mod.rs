@@ -10,6 +10,7 @@ use herald_core::provider::{
     Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
 };
 use herald_core::secret::Secret;
+use herald_core::suppression::SuppressionReason;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,7 +48,6 @@ const CODES: crate::Codes<u32> = crate::Codes {
     permanent: &[
         21211, // invalid 'To' number
         21408, // region not enabled
-        21610, // recipient unsubscribed (STOP)
         21612, // 'To' not reachable via this sender
         21614, // 'To' is not a mobile number
         21617, // body too long
@@ -60,6 +60,9 @@ const CODES: crate::Codes<u32> = crate::Codes {
         10001, // account is not active (suspended)
         90010, // account is not active
     ],
+    // The recipient texted STOP to this sender: carriers require that it
+    // is not sent to again until they text START.
+    gone: &[(21610, SuppressionReason::Unsubscribed)],
 };
 
 impl Twilio {

@@ -13,6 +13,7 @@ use herald_core::provider::{
     VendorResponse,
 };
 use herald_core::secret::Secret;
+use herald_core::suppression::SuppressionReason;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -159,7 +160,13 @@ impl Provider for Webhook {
             // A receiver refusing the signature is its own configuration
             // (its circuit is the destination's, not an account's): the
             // message fails and can be replayed, as any refusal.
-            401 | 403 => Outcome::Permanent { reason },
+            401 | 403 => Outcome::permanent(reason),
+            // The receiver says the endpoint is gone for good (Standard
+            // Webhooks: stop sending to it): no message goes there again.
+            410 => Outcome::Permanent {
+                reason,
+                gone: Some(SuppressionReason::Gone),
+            },
             _ => classify_status(resp, reason),
         }
     }

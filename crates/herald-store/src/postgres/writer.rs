@@ -228,6 +228,65 @@ impl PgOp for ops::NoteCall {
     }
 }
 
+impl PgOp for ops::Suppress {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<bool, StoreError> {
+        let s = &self.0;
+        let before = sqlx::query(
+            "SELECT lifted_at_ms FROM suppressions \
+             WHERE tenant_id = $1 AND channel = $2 AND address = $3 FOR UPDATE",
+        )
+        .bind(&s.tenant_id)
+        .bind(s.channel.as_str())
+        .bind(&s.address)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let was_in_force = match before {
+            Some(row) => row.opt_int("lifted_at_ms")?.is_none(),
+            None => false,
+        };
+        sqlx::query(
+            "INSERT INTO suppressions \
+                 (tenant_id, channel, address, reason, detail, source, created_at_ms, changed_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (tenant_id, channel, address) DO UPDATE SET reason = excluded.reason, \
+                 detail = excluded.detail, source = excluded.source, \
+                 created_at_ms = excluded.created_at_ms, changed_at_ms = excluded.changed_at_ms, \
+                 lifted_at_ms = NULL",
+        )
+        .bind(&s.tenant_id)
+        .bind(s.channel.as_str())
+        .bind(&s.address)
+        .bind(s.reason.as_str())
+        .bind(&s.detail)
+        .bind(&s.source)
+        .bind(s.created_at_ms)
+        .bind(herald_core::now_ms().max(s.created_at_ms))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(!was_in_force)
+    }
+}
+
+impl PgOp for ops::Lift {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE suppressions SET lifted_at_ms = $4, changed_at_ms = $5 \
+             WHERE tenant_id = $1 AND channel = $2 AND address = $3 AND lifted_at_ms IS NULL",
+        )
+        .bind(&self.tenant_id)
+        .bind(self.channel.as_str())
+        .bind(&self.address)
+        .bind(self.now_ms)
+        .bind(herald_core::now_ms().max(self.now_ms))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
 impl PgOp for ops::AddKey {
     async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<String, StoreError> {
         add_key(tx, self).await
@@ -833,6 +892,17 @@ async fn purge(tx: &mut PgConnection, before_ms: i64, limit: usize) -> Result<u6
     sqlx::query(
         "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
              WHERE published_at_ms IS NOT NULL AND created_at_ms < $1 ORDER BY seq LIMIT $2)",
+    )
+    .bind(before_ms)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    // And suppressions lifted that long ago (every node's copy has long
+    // since followed the lift).
+    sqlx::query(
+        "DELETE FROM suppressions WHERE ctid IN (SELECT ctid FROM suppressions \
+             WHERE lifted_at_ms < $1 LIMIT $2)",
     )
     .bind(before_ms)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -298,6 +298,56 @@ impl SqliteOp for ops::OutboxPublished {
     }
 }
 
+impl SqliteOp for ops::Suppress {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<bool, StoreError> {
+        let s = &self.0;
+        let channel = s.channel.as_str();
+        let in_force: Option<Option<i64>> = tx
+            .prepare_cached(
+                "SELECT lifted_at_ms FROM suppressions \
+                 WHERE tenant_id = ?1 AND channel = ?2 AND address = ?3",
+            )
+            .and_then(|mut q| {
+                q.query_row(params![s.tenant_id, channel, s.address], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(sql_err)?;
+        tx.prepare_cached(SUPPRESS)
+            .and_then(|mut q| {
+                q.execute(params![
+                    s.tenant_id,
+                    channel,
+                    s.address,
+                    s.reason.as_str(),
+                    s.detail,
+                    s.source,
+                    s.created_at_ms,
+                    herald_core::now_ms().max(s.created_at_ms)
+                ])
+            })
+            .map_err(sql_err)?;
+        Ok(!matches!(in_force, Some(None)))
+    }
+}
+
+impl SqliteOp for ops::Lift {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<bool, StoreError> {
+        let lifted = tx
+            .prepare_cached(LIFT)
+            .and_then(|mut q| {
+                q.execute(params![
+                    self.tenant_id,
+                    self.channel.as_str(),
+                    self.address,
+                    self.now_ms,
+                    herald_core::now_ms().max(self.now_ms)
+                ])
+            })
+            .map_err(sql_err)?;
+        Ok(lifted > 0)
+    }
+}
+
 impl SqliteOp for ops::Probe {
     fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
         probe(tx)
@@ -727,15 +777,34 @@ fn purge(tx: &Transaction<'_>, before_ms: i64, limit: usize) -> Result<u64, Stor
                 .map_err(sql_err)?;
         }
     }
-    // Published events of the same age go too.
-    tx.prepare_cached(
+    // Published events of the same age go too, and suppressions lifted
+    // that long ago (every node's copy has long since followed the lift).
+    for sql in [
         "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
              WHERE published_at_ms IS NOT NULL AND created_at_ms < ?1 ORDER BY seq LIMIT ?2)",
-    )
-    .and_then(|mut s| s.execute(params![before_ms, limit]))
-    .map_err(sql_err)?;
+        "DELETE FROM suppressions WHERE rowid IN (SELECT rowid FROM suppressions \
+             WHERE lifted_at_ms < ?1 LIMIT ?2)",
+    ] {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.execute(params![before_ms, limit]))
+            .map_err(sql_err)?;
+    }
     Ok(gone.len() as u64)
 }
+
+/// Adds a suppression or gives the one there a new reason; `?8` is when
+/// the change is made.
+const SUPPRESS: &str = "INSERT INTO suppressions \
+     (tenant_id, channel, address, reason, detail, source, created_at_ms, changed_at_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+     ON CONFLICT (tenant_id, channel, address) DO UPDATE SET reason = excluded.reason, \
+         detail = excluded.detail, source = excluded.source, \
+         created_at_ms = excluded.created_at_ms, changed_at_ms = excluded.changed_at_ms, \
+         lifted_at_ms = NULL";
+
+/// Lifts a suppression in force at `?4`, a change made at `?5`.
+const LIFT: &str = "UPDATE suppressions SET lifted_at_ms = ?4, changed_at_ms = ?5 \
+     WHERE tenant_id = ?1 AND channel = ?2 AND address = ?3 AND lifted_at_ms IS NULL";
 
 /// What puts dead deliveries back in the queue: due now, attempts reset, the
 /// same id (so the same vendor key). `?1` is now; the caller adds which rows.

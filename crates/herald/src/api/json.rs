@@ -6,6 +6,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
 
+use serde_json::json;
+
 use super::problem::ApiError;
 
 /// Reads the body, mapping the size limit to 413 and checking the media type.
@@ -85,6 +87,29 @@ fn strip_position(s: &str) -> String {
         Some(i) => s[..i].to_owned(),
         None => s.to_owned(),
     }
+}
+
+/// Query strings are parsed strictly: an unknown or repeated parameter is a
+/// 422 naming it, not silently ignored (`limit` is a number, the rest text).
+pub fn query_args<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    let mut map = serde_json::Map::new();
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        let value = if k == "limit" {
+            match v.parse::<u64>() {
+                Ok(n) => json!(n),
+                Err(_) => return Err(ApiError::field("limit", "must be a whole number")),
+            }
+        } else {
+            json!(v)
+        };
+        if map.insert(k.to_string(), value).is_some() {
+            return Err(ApiError::field(k.to_string(), "is given more than once"));
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+        let msg = e.to_string();
+        ApiError::field("query", msg)
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod ops;
 pub mod problem;
 mod resilience;
 pub mod server;
+mod suppressions;
 pub mod types;
 
 use std::collections::HashSet;
@@ -29,7 +30,7 @@ use axum::{extract, middleware};
 use herald_core::bus::Bus;
 use herald_core::model::Channel;
 use herald_core::status::{BusHealth, ProviderStatus};
-use herald_core::store::{DeadLetters, Depths, Health, Intake, Store, Tenants};
+use herald_core::store::{DeadLetters, Depths, Health, Intake, Store, Suppressions, Tenants};
 use herald_core::validate::Limits;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -70,6 +71,7 @@ pub struct AppState {
     pub intake: Arc<dyn Intake>,
     pub tenants: Arc<dyn Tenants>,
     pub dead_letters: Arc<dyn DeadLetters>,
+    pub suppressions: Arc<dyn Suppressions>,
     pub depths: Arc<dyn Depths>,
     pub health: Arc<dyn Health>,
     pub bus: Arc<dyn Bus>,
@@ -97,6 +99,7 @@ impl AppState {
             intake: store.clone(),
             tenants: store.clone(),
             dead_letters: store.clone(),
+            suppressions: store.clone(),
             depths: store.clone(),
             health: store,
             bus: parts.bus,
@@ -133,6 +136,12 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
             .route("/v1/dead-letters", get(resilience::list))
             .route("/v1/dead-letters/replay", post(resilience::replay_many))
             .route("/v1/dead-letters/{id}/replay", post(resilience::replay_one))
+            .route(
+                "/v1/suppressions",
+                get(suppressions::list)
+                    .put(suppressions::put)
+                    .delete(suppressions::lift),
+            )
             .route("/openapi.json", get(openapi::openapi_json))
     } else {
         Router::new()

@@ -24,6 +24,9 @@ use utoipa::{Modify, OpenApi};
         super::resilience::list,
         super::resilience::replay_one,
         super::resilience::replay_many,
+        super::suppressions::list,
+        super::suppressions::put,
+        super::suppressions::lift,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -35,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         (name = "notifications", description = "Send and follow notifications"),
         (name = "providers", description = "Vendor accounts and their circuits"),
         (name = "dead letters", description = "Deliveries that used up their attempts"),
+        (name = "suppressions", description = "Addresses not to send to: bounces, complaints, opt-outs, dead tokens, gone endpoints"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -13,10 +13,9 @@ use axum::Json;
 use herald_core::model::Channel;
 use herald_core::store::{DeadLetterFilter, ReplayOutcome};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::auth::Tenant;
-use super::json::{body, parse};
+use super::json::{body, parse, query_args};
 use super::problem::ApiError;
 use super::types::{
     DeadLetterOut, DeadLettersOut, ProviderOut, ProvidersOut, ReplayFilter, Replayed, ReplayedMany,
@@ -118,7 +117,7 @@ pub async fn list(
     Tenant(tenant): Tenant,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeadLettersOut>, ApiError> {
-    let args: FilterArgs = serde_urlencoded_args(query.as_deref().unwrap_or(""))?;
+    let args: FilterArgs = query_args(query.as_deref().unwrap_or(""))?;
     let filter = args.filter(&tenant, &state)?;
     let after = match &args.cursor {
         Some(c) => Some(
@@ -139,29 +138,6 @@ pub async fn list(
         dead_letters: page.iter().map(DeadLetterOut::from).collect(),
         next_cursor: next,
     }))
-}
-
-/// Query strings are parsed strictly: an unknown or repeated parameter is a
-/// 422 naming it, not silently ignored.
-fn serde_urlencoded_args(q: &str) -> Result<FilterArgs, ApiError> {
-    let mut map = serde_json::Map::new();
-    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-        let value = if k == "limit" {
-            match v.parse::<u64>() {
-                Ok(n) => json!(n),
-                Err(_) => return Err(ApiError::field("limit", "must be a whole number")),
-            }
-        } else {
-            json!(v)
-        };
-        if map.insert(k.to_string(), value).is_some() {
-            return Err(ApiError::field(k.to_string(), "is given more than once"));
-        }
-    }
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
-        let msg = e.to_string();
-        ApiError::field("query", msg)
-    })
 }
 
 /// Put one dead letter back in the queue: same delivery id (so the same

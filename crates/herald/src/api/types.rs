@@ -6,6 +6,7 @@
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::status::AccountView;
 use herald_core::store::{AttemptView, DeadLetter, DeliveryView, NotificationView};
+use herald_core::suppression::{Suppression, SuppressionReason};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -359,4 +360,54 @@ pub struct Readiness {
     /// still ready (it takes work, which waits or fails over).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,
+}
+
+/// `PUT /v1/suppressions`: an address not to send to.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionIn {
+    pub channel: Channel,
+    /// An email address, an E.164 phone number, a push token or a webhook
+    /// URL, by the channel. Email addresses are kept in lower case.
+    pub address: String,
+    /// Why (default `manual`; another reason when importing a list kept
+    /// elsewhere).
+    pub reason: Option<SuppressionReason>,
+    /// A note, up to 1,000 bytes.
+    pub detail: Option<String>,
+}
+
+/// A suppressed address.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuppressionOut {
+    pub channel: Channel,
+    /// In its normal form (email in lower case).
+    pub address: String,
+    pub reason: SuppressionReason,
+    /// The vendor's words, or the note it was added with.
+    pub detail: Option<String>,
+    /// Who added it: a provider account's name, `api` or `cli`.
+    pub source: String,
+    /// When it was added (or last added again).
+    pub created_at: String,
+}
+
+impl From<&Suppression> for SuppressionOut {
+    fn from(s: &Suppression) -> Self {
+        SuppressionOut {
+            channel: s.channel,
+            address: s.address.clone(),
+            reason: s.reason,
+            detail: s.detail.clone(),
+            source: s.source.clone(),
+            created_at: rfc3339(s.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuppressionsOut {
+    pub suppressions: Vec<SuppressionOut>,
+    /// Pass back as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
 }

@@ -326,9 +326,7 @@ impl Account {
         let req = match built {
             Ok(r) => r,
             Err(e) => {
-                let outcome = Outcome::Permanent {
-                    reason: e.to_string(),
-                };
+                let outcome = Outcome::permanent(e.to_string());
                 let call = self.call_record(&outcome, None, started_at_ms, 0);
                 return Try::Called { outcome, call };
             }

@@ -1,5 +1,6 @@
-//! One delivery attempt: check expiry, render, walk the channel's route
-//! (failing over as the lane allows), decide what comes next, record it.
+//! One delivery attempt: check expiry and the suppression list, render,
+//! walk the channel's route (failing over as the lane allows), decide what
+//! comes next, record it.
 
 use herald_core::status::Throughput;
 use std::sync::Arc;
@@ -7,14 +8,16 @@ use std::sync::Arc;
 use herald_core::attempt::{plan, Walk};
 use herald_core::lanes::{LaneRules, Lanes};
 use herald_core::lease::Lease;
-use herald_core::model::{Channel, Content, NotificationRequest};
-use herald_core::provider::{Address, OutboundMessage};
-use herald_core::store::{AttemptRecord, ClaimedDelivery, Next, Queue};
+use herald_core::model::{Channel, Content, NotificationRequest, Priority};
+use herald_core::provider::{Address, OutboundMessage, Outcome};
+use herald_core::store::{AttemptRecord, ClaimedDelivery, Next, Queue, Suppressions};
+use herald_core::suppression::{key_of, Suppression, SuppressionReason};
 use rand::Rng;
 use tracing::Instrument;
 
 use super::accounts::{Accounts, Try};
 use super::outbound::{Outbound, TargetError};
+use super::suppressions::SuppressionList;
 use super::unwritten::Unwritten;
 use crate::render::Templates;
 use crate::telemetry as m;
@@ -31,7 +34,24 @@ pub struct Shared {
     pub unwritten: Arc<Unwritten>,
     /// Deliveries finished, per channel and lane (admission control's rate).
     pub throughput: Arc<Throughput>,
+    pub suppression: Screen,
 }
+
+/// The suppression check on the delivery path, and where the addresses
+/// vendors report gone are written.
+pub struct Screen {
+    /// The node's copy of the lists (`suppressions.rs`).
+    pub list: Arc<SuppressionList>,
+    pub store: Arc<dyn Suppressions>,
+    /// Critical notifications go to suppressed addresses too.
+    pub critical_bypass: bool,
+}
+
+/// How long a delivery waits for the node's first read of the suppression
+/// lists before it is put back for later.
+const LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long writing an address a vendor reported gone may take.
+const SUPPRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
     let span = tracing::info_span!(
@@ -151,7 +171,14 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
         let why = format!("no provider is configured for {}", d.channel);
         return end(rec, Next::Failed, why);
     }
-    let mut msg = match message(shared, d, started_at_ms) {
+    let (req, address) = match addressed(d) {
+        Ok(found) => found,
+        Err(why) => return end(rec, Next::Failed, why),
+    };
+    if let Some((next, why)) = screen(&shared.suppression, d, &address).await {
+        return end(rec, next, why);
+    }
+    let mut msg = match message(shared, d, req, address, started_at_ms) {
         Ok(m) => m,
         Err(why) => return end(rec, Next::Failed, why),
     };
@@ -176,6 +203,8 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     }
     let primary = names.first().copied();
     let planned = &plan.providers;
+    // A vendor's word that the address is dead: (why, its words, who).
+    let mut gone: Option<(SuppressionReason, String, String)> = None;
     for (n, &i) in planned.iter().enumerate() {
         if !go {
             break;
@@ -205,6 +234,13 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
             }
             Try::Skipped { retry_at_ms, why } => walk.skipped(retry_at_ms, why),
             Try::Called { outcome, call } => {
+                if let Outcome::Permanent {
+                    reason,
+                    gone: Some(why),
+                } = &outcome
+                {
+                    gone = Some((*why, reason.clone(), account.name().to_owned()));
+                }
                 rec.calls.push(call);
                 walk.called(account.name(), outcome, n + 1 < planned.len())
             }
@@ -215,6 +251,9 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     // (If the lease is already another worker's, the record is refused, as
     // it should be.)
     let c = walk.finish(d.attempt, now, d.expires_at_ms, jitter);
+    if let Some((why, detail, provider)) = gone {
+        suppress_gone(&shared.suppression, d, &msg.address, why, detail, provider).await;
+    }
     rec.ended_at_ms = now;
     rec.next = c.next;
     rec.error = c.error;
@@ -222,15 +261,75 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     rec
 }
 
-/// The vendor-neutral message for this delivery, or why there cannot be one.
-fn message(shared: &Shared, d: &ClaimedDelivery, now_ms: i64) -> Result<OutboundMessage, String> {
+/// Whether the delivery must not go out: its address is on the tenant's
+/// suppression list (`Next::Suppressed`, unless the lane is critical and
+/// critical traffic is let through), or the node has not read the lists
+/// yet (put back for later: nothing goes out unchecked).
+async fn screen(screen: &Screen, d: &ClaimedDelivery, address: &Address) -> Option<(Next, String)> {
+    if d.priority == Priority::Critical && screen.critical_bypass {
+        return None;
+    }
+    if !screen.list.wait_ready(LIST_WAIT).await {
+        let at = herald_core::now_ms() + 1_000;
+        let next = match d.expires_at_ms {
+            Some(exp) if at >= exp => Next::Expired,
+            _ => Next::Deferred(at),
+        };
+        return Some((next, "the suppression lists are not read yet".into()));
+    }
+    let (channel, key) = key_of(address);
+    let entry = screen.list.check(&d.tenant_id, channel, &key)?;
+    let since = chrono::DateTime::from_timestamp_millis(entry.since_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    let why = format!(
+        "the address is on the suppression list: {} since {since}",
+        entry.reason
+    );
+    Some((Next::Suppressed, why))
+}
+
+/// Puts an address a vendor reported dead on the tenant's suppression
+/// list: in this node's copy at once, and in the store (bounded; if the
+/// store does not take it, other nodes learn it when a vendor says so to
+/// them).
+async fn suppress_gone(
+    screen: &Screen,
+    d: &ClaimedDelivery,
+    address: &Address,
+    reason: SuppressionReason,
+    detail: String,
+    provider: String,
+) {
+    let (channel, key) = key_of(address);
+    let s = Suppression {
+        tenant_id: d.tenant_id.clone(),
+        channel,
+        address: key.into_owned(),
+        reason,
+        detail: Some(detail),
+        source: provider,
+        created_at_ms: herald_core::now_ms(),
+    };
+    screen.list.add(&s);
+    metrics::counter!(m::SUPPRESSIONS_ADDED, "reason" => reason.as_str()).increment(1);
+    match tokio::time::timeout(SUPPRESS_TIMEOUT, screen.store.suppress(s)).await {
+        Ok(Ok(_)) => {
+            tracing::info!(%reason, %channel, "the vendor reports the address gone; it is on the tenant's suppression list now")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, %reason, "the vendor reports the address gone, and the store did not take the suppression; this node holds it")
+        }
+        Err(_) => {
+            tracing::warn!(%reason, "the vendor reports the address gone, and the store did not take the suppression in time; this node holds it")
+        }
+    }
+}
+
+/// The stored request and the address this delivery goes to.
+fn addressed(d: &ClaimedDelivery) -> Result<(NotificationRequest, Address), String> {
     let req: NotificationRequest = serde_json::from_str(&d.payload)
         .map_err(|e| format!("stored notification is unreadable: {e}"))?;
-    let content = match (&req.content, &req.template) {
-        (Some(c), _) => c.clone(),
-        (None, Some(t)) => shared.templates.render(t).map_err(|e| e.to_string())?,
-        (None, None) => Content::default(),
-    };
     let r = &req.recipient;
     let address = match d.channel {
         Channel::Email => r.email.clone().map(Address::Email),
@@ -245,16 +344,32 @@ fn message(shared: &Shared, d: &ClaimedDelivery, now_ms: i64) -> Result<Outbound
         Channel::Webhook => r.webhook_url.clone().map(Address::Webhook),
     }
     .ok_or_else(|| format!("the recipient has no address for {}", d.channel))?;
+    Ok((req, address))
+}
+
+/// The vendor-neutral message for this delivery, or why there cannot be one.
+fn message(
+    shared: &Shared,
+    d: &ClaimedDelivery,
+    req: NotificationRequest,
+    address: Address,
+    now_ms: i64,
+) -> Result<OutboundMessage, String> {
+    let content = match (&req.content, &req.template) {
+        (Some(c), _) => c.clone(),
+        (None, Some(t)) => shared.templates.render(t).map_err(|e| e.to_string())?,
+        (None, None) => Content::default(),
+    };
     Ok(OutboundMessage {
         delivery_key: d.id.to_string(),
         notification_id: d.notification_id.to_string(),
         tenant_id: d.tenant_id.clone(),
         channel: d.channel,
         priority: d.priority,
-        category: req.category.clone(),
+        category: req.category,
         address,
         content,
-        metadata: req.metadata.clone(),
+        metadata: req.metadata,
         accepted_at_ms: d.accepted_at_ms,
         now_ms,
         expires_at_ms: d.expires_at_ms,

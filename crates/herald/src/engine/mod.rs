@@ -5,6 +5,7 @@ mod deliver;
 mod dispatch;
 pub mod fleet;
 pub mod outbound;
+pub mod suppressions;
 #[cfg(test)]
 mod tests;
 mod unwritten;
@@ -17,13 +18,13 @@ use herald_core::lanes::{LaneRules, Lanes};
 use herald_core::model::Channel;
 use herald_core::pool::PoolPolicy;
 use herald_core::status::Throughput;
-use herald_core::store::{Queue, Upkeep};
+use herald_core::store::{Queue, Suppressions, Upkeep};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::render::Templates;
 use accounts::Accounts;
-pub use deliver::Shared;
+pub use deliver::{Screen, Shared};
 use dispatch::Dispatcher;
 use outbound::Outbound;
 use unwritten::Unwritten;
@@ -48,6 +49,10 @@ pub struct EngineSettings {
     pub grace: Duration,
     /// Finished notifications older than this are deleted (zero: never).
     pub retention: Duration,
+    /// How often the node's copy of the suppression lists reads changes.
+    pub suppression_refresh: Duration,
+    /// Critical notifications go to suppressed addresses too.
+    pub suppression_critical_bypass: bool,
 }
 
 pub struct Engine {
@@ -69,6 +74,7 @@ pub struct Parts {
     pub outbound: Outbound,
     pub templates: Arc<Templates>,
     pub throughput: Arc<Throughput>,
+    pub suppressions: Arc<dyn Suppressions>,
 }
 
 impl Engine {
@@ -83,7 +89,9 @@ impl Engine {
             outbound,
             templates,
             throughput,
+            suppressions,
         } = parts;
+        let list = Arc::new(suppressions::SuppressionList::default());
         let shared = Arc::new(Shared {
             queue,
             accounts,
@@ -92,9 +100,20 @@ impl Engine {
             templates,
             unwritten: Arc::new(Unwritten::new(MAX_UNWRITTEN)),
             throughput,
+            suppression: Screen {
+                list: list.clone(),
+                store: suppressions.clone(),
+                critical_bypass: settings.suppression_critical_bypass,
+            },
         });
         let shutdown = CancellationToken::new();
         let mut pools = JoinSet::new();
+        pools.spawn(suppressions::follow(
+            suppressions,
+            list,
+            settings.suppression_refresh,
+            shutdown.child_token(),
+        ));
         for (channel, policy) in &settings.pools {
             let d = Dispatcher {
                 channel: *channel,

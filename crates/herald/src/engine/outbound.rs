@@ -136,9 +136,8 @@ async fn exchange(
     req: VendorRequest,
     timeout: Duration,
 ) -> Result<VendorResponse, Outcome> {
-    let mut req = reqwest::Request::try_from(req).map_err(|e| Outcome::Permanent {
-        reason: format!("request cannot be sent: {e}"),
-    })?;
+    let mut req = reqwest::Request::try_from(req)
+        .map_err(|e| Outcome::permanent(format!("request cannot be sent: {e}")))?;
     *req.timeout_mut() = Some(timeout);
     let mut resp = client.execute(req).await.map_err(transport_outcome)?;
     let status = resp.status();

@@ -170,6 +170,7 @@ impl Rig {
             outbound,
             templates,
             throughput: Arc::default(),
+            suppressions: store.clone(),
         };
         let engine = Engine::start(&cfg.engine_settings(), parts).expect("engine");
         Rig {
