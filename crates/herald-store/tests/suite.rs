@@ -1122,10 +1122,7 @@ async fn every_suppression_change_is_followed_in_order_lifts_included(store: &dy
         .expect("changes")
         .is_empty());
     // The retention purge takes the lifted entry; the others stay.
-    store
-        .purge_finished(now + 2_000, 100)
-        .await
-        .expect("purge");
+    store.purge_finished(now + 2_000, 100).await.expect("purge");
     let all = store
         .suppression_changes(&ChangeCursor::from_ms(i64::MIN), 100)
         .await

@@ -20,6 +20,7 @@ use crate::config::{Config, Role, StoreKind};
 use crate::engine::accounts::Accounts;
 use crate::engine::fleet::{self, Fleet};
 use crate::engine::outbound::Outbound;
+use crate::engine::suppressions::SuppressionList;
 use crate::engine::{self, Engine};
 use crate::render::Templates;
 
@@ -192,6 +193,9 @@ impl Running {
         // What this node's engine finishes, per lane: the rate admission
         // control judges lanes by on a node that also delivers.
         let throughput = Arc::new(Throughput::default());
+        // The worker's copy of the suppression lists; the API on the same
+        // node writes its changes into it at once.
+        let suppression_list = Arc::new(SuppressionList::default());
         let engine = if cfg.has_role(Role::Worker) {
             let parts = engine::Parts {
                 queue: store.clone(),
@@ -202,6 +206,7 @@ impl Running {
                 templates: templates.clone(),
                 throughput: throughput.clone(),
                 suppressions: store.clone(),
+                suppression_list: suppression_list.clone(),
             };
             Some(Engine::start(&cfg.engine_settings(), parts)?)
         } else {
@@ -242,6 +247,7 @@ impl Running {
             providers: accounts,
             templates,
             bus_health,
+            local_suppressions: cfg.has_role(Role::Worker).then_some(suppression_list),
         };
         let state = Arc::new(AppState::new(cfg.api_settings(), parts));
         if cfg.server.admission && cfg.has_role(Role::Api) {

@@ -70,15 +70,27 @@ pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], prefix: &str) -> Resu
 
 /// A data error as a 422 naming the field (its path under `prefix`).
 fn field_error(e: serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> ApiError {
-    let path = e.path().to_string();
+    let mut path = e.path().to_string();
     let inner = e.into_inner();
+    let reason = strip_position(&inner.to_string());
+    // A required field that is not there is named itself, not its parent.
+    if let Some(missing) = reason
+        .strip_prefix("missing field `")
+        .and_then(|r| r.strip_suffix('`'))
+    {
+        path = if path == "." {
+            missing.to_owned()
+        } else {
+            format!("{path}.{missing}")
+        };
+    }
     let field = match (prefix.is_empty(), path == ".") {
         (true, true) => "body".to_owned(),
         (true, false) => path,
         (false, true) => prefix.to_owned(),
         (false, false) => format!("{prefix}.{path}"),
     };
-    ApiError::field(field, strip_position(&inner.to_string()))
+    ApiError::field(field, reason)
 }
 
 /// serde_json appends " at line 1 column 42"; the field path says more.
@@ -145,6 +157,20 @@ mod tests {
         ] {
             assert_eq!(outcome(&body), (422, vec![field.to_owned()]), "{body}");
         }
+    }
+
+    #[test]
+    fn a_missing_required_field_is_named_itself() {
+        let tokenless =
+            r#"{"channels": ["push"], "recipient": {"push_tokens": [{"platform": "ios"}]}}"#;
+        assert_eq!(
+            outcome(tokenless),
+            (422, vec!["recipient.push_tokens[0].token".to_owned()])
+        );
+        assert_eq!(
+            outcome(r#"{"recipient": {}}"#),
+            (422, vec!["channels".to_owned()])
+        );
     }
 
     #[test]

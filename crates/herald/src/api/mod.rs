@@ -64,6 +64,9 @@ pub struct Parts {
     pub templates: Arc<Templates>,
     /// On nodes that use Kafka themselves (workers, relays): /readyz asks it.
     pub bus_health: Option<Arc<dyn BusHealth>>,
+    /// On nodes that also deliver: their copy of the suppression lists,
+    /// which takes this node's changes at once.
+    pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
 }
 
 pub struct AppState {
@@ -72,6 +75,7 @@ pub struct AppState {
     pub tenants: Arc<dyn Tenants>,
     pub dead_letters: Arc<dyn DeadLetters>,
     pub suppressions: Arc<dyn Suppressions>,
+    pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
     pub depths: Arc<dyn Depths>,
     pub health: Arc<dyn Health>,
     pub bus: Arc<dyn Bus>,
@@ -100,6 +104,7 @@ impl AppState {
             tenants: store.clone(),
             dead_letters: store.clone(),
             suppressions: store.clone(),
+            local_suppressions: parts.local_suppressions,
             depths: store.clone(),
             health: store,
             bus: parts.bus,

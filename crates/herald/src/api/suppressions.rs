@@ -169,7 +169,11 @@ pub async fn put(
         created_at_ms: herald_core::now_ms(),
     };
     let out = SuppressionOut::from(&s);
+    let local = s.clone();
     let added = state.suppressions.suppress(s).await?;
+    if let Some(list) = &state.local_suppressions {
+        list.add(&local);
+    }
     let status = if added {
         StatusCode::CREATED
     } else {
@@ -223,6 +227,9 @@ pub async fn lift(
         .lift_suppression(&tenant, channel, &address, now)
         .await?
     {
+        if let Some(list) = &state.local_suppressions {
+            list.lift(&tenant, channel, &address);
+        }
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

@@ -75,6 +75,9 @@ pub struct Parts {
     pub templates: Arc<Templates>,
     pub throughput: Arc<Throughput>,
     pub suppressions: Arc<dyn Suppressions>,
+    /// The node's copy of the suppression lists, which the engine keeps
+    /// (the API, on the same node, writes its own changes into it too).
+    pub suppression_list: Arc<suppressions::SuppressionList>,
 }
 
 impl Engine {
@@ -90,8 +93,8 @@ impl Engine {
             templates,
             throughput,
             suppressions,
+            suppression_list: list,
         } = parts;
-        let list = Arc::new(suppressions::SuppressionList::default());
         let shared = Arc::new(Shared {
             queue,
             accounts,

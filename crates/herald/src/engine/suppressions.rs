@@ -13,8 +13,9 @@
 //!
 //! Until the first full read has finished nothing is sent: a delivery
 //! waits for it (`wait_ready`), then is deferred, never sent unchecked.
-//! An address a vendor reports gone on this node is in the copy at once
-//! (`add`), before the store has it.
+//! What this node changes itself is in its copy at once: an address a
+//! vendor reports gone (`add`), and the API's additions and lifts when the
+//! node also serves the API.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,6 +101,15 @@ impl SuppressionList {
     pub fn add(&self, s: &Suppression) {
         let mut lists = self.lists.write().unwrap_or_else(|p| p.into_inner());
         put(&mut lists, s);
+        self.len.store(count(&lists), Ordering::Relaxed);
+    }
+
+    /// An entry this node lifted itself, lifted here at once.
+    pub fn lift(&self, tenant_id: &str, channel: Channel, address: &str) {
+        let mut lists = self.lists.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(by_channel) = lists.get_mut(tenant_id) {
+            by_channel[channel.index()].remove(address);
+        }
         self.len.store(count(&lists), Ordering::Relaxed);
     }
 

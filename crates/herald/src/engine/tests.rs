@@ -171,6 +171,7 @@ impl Rig {
             templates,
             throughput: Arc::default(),
             suppressions: store.clone(),
+            suppression_list: Arc::default(),
         };
         let engine = Engine::start(&cfg.engine_settings(), parts).expect("engine");
         Rig {

@@ -18,4 +18,5 @@ mod outage;
 mod priority;
 mod resilience;
 mod restart;
+mod suppressions;
 mod utils;
