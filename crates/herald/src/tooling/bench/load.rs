@@ -34,6 +34,51 @@ pub struct Client {
     pub hooks: String,
 }
 
+impl Client {
+    /// Lists `n` addresses on the tenant's suppression list (half email,
+    /// half SMS), none of them one the workloads send to: every delivery
+    /// is checked against a list of that size and still goes out.
+    pub async fn suppress(&self, n: u64, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let (client, next, bar) = (self.clone(), next.clone(), bar.clone());
+            workers.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return anyhow::Ok(());
+                    }
+                    let body = if i % 2 == 0 {
+                        serde_json::json!({"channel": "email", "address": format!("s{i}@suppressed.example"), "reason": "bounce"})
+                    } else {
+                        // 14 digits after the "+": never a workload's 13.
+                        serde_json::json!({"channel": "sms", "address": format!("+9{i:013}"), "reason": "unsubscribed"})
+                    };
+                    let resp = client
+                        .http
+                        .put(format!("{}/v1/suppressions", client.base))
+                        .bearer_auth(&client.key)
+                        .json(&body)
+                        .send()
+                        .await?;
+                    anyhow::ensure!(
+                        resp.status().is_success(),
+                        "listing a suppression: {}",
+                        resp.status()
+                    );
+                    bar.inc(1);
+                }
+            });
+        }
+        while let Some(done) = workers.join_next().await {
+            done??;
+        }
+        bar.finish();
+        Ok(())
+    }
+}
+
 /// One stream of notifications: numbers `first..` of the kinds `kind_of`
 /// gives, until `until` or `count` of them were sent.
 pub struct Stream {

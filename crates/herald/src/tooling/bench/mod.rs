@@ -117,6 +117,11 @@ pub struct BenchArgs {
     pub data_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Addresses to put on the suppression list before the run (none a
+    /// workload sends to): what the check on the delivery path costs with
+    /// a list that size.
+    #[arg(long, default_value_t = 0)]
+    pub suppressed: u64,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -253,6 +258,16 @@ async fn run_scenario(args: BenchArgs) -> anyhow::Result<bool> {
     } else {
         None
     };
+    if args.suppressed > 0 {
+        let bar = progress::bar(&mp, args.suppressed, "suppressed", args.quiet);
+        let listing = Instant::now();
+        rig.client.suppress(args.suppressed, &bar).await?;
+        eprintln!(
+            "suppression list: {} addresses in {:.1} s",
+            args.suppressed,
+            listing.elapsed().as_secs_f64()
+        );
+    }
     rig.vendors.reset().await?;
     let (lo, hi) = args.vendor_latency_ms;
     let latency = Fault {
