@@ -15,6 +15,7 @@ pub mod lease;
 pub mod model;
 pub mod pool;
 pub mod provider;
+pub mod receipt;
 pub mod retry;
 pub mod secret;
 pub mod sms;

@@ -112,8 +112,10 @@ impl fmt::Display for Priority {
 
 /// The state of one delivery (notification × channel × destination).
 ///
-/// `queued → sending → sent → delivered`, `sending → retry_scheduled → sending`,
-/// and the terminal `failed`, `dead`, `expired`, `suppressed`, `cancelled`.
+/// `queued → sending → sent`, `sending → retry_scheduled → sending`, the
+/// terminal `failed`, `dead`, `expired`, `suppressed`, `cancelled`, and
+/// after `sent` what the vendor's receipts say: `delivered`, `undelivered`,
+/// `bounced`, `complained` (`receipt::ReceiptKind`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -128,10 +130,13 @@ pub enum DeliveryState {
     Expired,
     Suppressed,
     Cancelled,
+    Undelivered,
+    Bounced,
+    Complained,
 }
 
 impl DeliveryState {
-    pub const ALL: [DeliveryState; 10] = [
+    pub const ALL: [DeliveryState; 13] = [
         DeliveryState::Queued,
         DeliveryState::Sending,
         DeliveryState::RetryScheduled,
@@ -142,6 +147,9 @@ impl DeliveryState {
         DeliveryState::Expired,
         DeliveryState::Suppressed,
         DeliveryState::Cancelled,
+        DeliveryState::Undelivered,
+        DeliveryState::Bounced,
+        DeliveryState::Complained,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -156,6 +164,9 @@ impl DeliveryState {
             DeliveryState::Expired => "expired",
             DeliveryState::Suppressed => "suppressed",
             DeliveryState::Cancelled => "cancelled",
+            DeliveryState::Undelivered => "undelivered",
+            DeliveryState::Bounced => "bounced",
+            DeliveryState::Complained => "complained",
         }
     }
 
@@ -179,9 +190,29 @@ impl DeliveryState {
             (Sending, Sent | RetryScheduled | Failed | Dead | Expired | Suppressed) => true,
             (Queued | RetryScheduled, Expired | Cancelled | Suppressed) => true,
             (Sent, Delivered | Failed) => true,
+            // A vendor's receipt; later news of higher rank replaces earlier
+            // (`receipt::ReceiptKind::rank`), whatever order it comes in.
+            (
+                Sent | Delivered | Undelivered | Bounced,
+                Delivered | Undelivered | Bounced | Complained,
+            ) => to.receipt_rank() > self.receipt_rank(),
             // Replayed from the dead letters.
             (Dead, Queued) => true,
             _ => false,
+        }
+    }
+}
+
+impl DeliveryState {
+    /// How much a receipt state says: a bounce or a complaint is never
+    /// replaced by a `delivered` that arrives after it. 0 for the others.
+    pub fn receipt_rank(self) -> u8 {
+        match self {
+            DeliveryState::Delivered => 1,
+            DeliveryState::Undelivered => 2,
+            DeliveryState::Bounced => 3,
+            DeliveryState::Complained => 4,
+            _ => 0,
         }
     }
 }

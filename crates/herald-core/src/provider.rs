@@ -191,6 +191,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         Err(classify_status(resp, "this provider takes no access token"))
     }
 
+    /// For an account whose vendor posts receipts back (delivered, bounced,
+    /// ...): what verifies and reads them. `None` (the default) for the
+    /// others.
+    fn receipt_parser(&self) -> Option<&dyn crate::receipt::ReceiptParser> {
+        None
+    }
+
     /// Puts the access token on a request `build` made.
     fn authorize(&self, req: &mut VendorRequest, token: &AccessToken) -> Result<(), BuildError> {
         let value = http::HeaderValue::from_str(&format!("Bearer {}", token.value.expose()))

@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, Priority};
+use herald_core::receipt::VendorReceipt;
 use herald_core::store::{
     AttemptRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter, DeadLetterCursor,
     DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag, LaneQueue,
@@ -15,6 +16,7 @@ use herald_core::store::{
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
+use herald_core::store::{ReceiptApplied, Receipts};
 use herald_core::suppression::Suppression;
 
 use crate::ops;
@@ -41,6 +43,7 @@ pub trait Database:
     + Runs<ops::Probe>
     + Runs<ops::Suppress>
     + Runs<ops::Lift>
+    + Runs<ops::ApplyReceipts>
 {
     type Reader: Reader;
 }
@@ -222,6 +225,23 @@ impl<D: Database> Tenants for Db<D> {
             tenant_name: tenant_name.to_owned(),
             key_hash: key_hash.to_vec(),
             label: label.to_owned(),
+        };
+        self.writes.run(op).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Receipts for Db<D> {
+    async fn record_receipts(
+        &self,
+        provider: &str,
+        receipts: Vec<VendorReceipt>,
+        now_ms: i64,
+    ) -> Result<Vec<ReceiptApplied>, StoreError> {
+        let op = ops::ApplyReceipts {
+            provider: provider.to_owned(),
+            receipts,
+            now_ms,
         };
         self.writes.run(op).await
     }

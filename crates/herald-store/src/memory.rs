@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::receipt::{ReceiptKind, VendorReceipt};
 use herald_core::store::{
     AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter,
     DeadLetterCursor, DeadLetterFilter, DeadLetters, DeliverySummary, DeliveryView, Depths, Health,
@@ -22,6 +23,7 @@ use herald_core::store::{
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
+use herald_core::store::{ReceiptApplied, ReceiptView, Receipts};
 use herald_core::suppression::Suppression;
 
 use crate::writes::{v7_floor, OutboxRow, RowChange};
@@ -47,6 +49,8 @@ struct State {
     relay: Option<(String, i64)>,
     tenants: HashMap<String, String>,
     api_keys: HashMap<Vec<u8>, String>,
+    /// Every distinct receipt, by delivery.
+    receipts: Vec<(uuid::Uuid, ReceiptView)>,
     /// By (tenant, channel, address): the entry and when it was lifted.
     suppressions: BTreeMap<(String, Channel, String), (SuppressionChange, Option<i64>)>,
 }
@@ -80,6 +84,8 @@ struct Delivery {
     pinned_provider: Option<String>,
     calling: Option<String>,
     in_doubt: bool,
+    /// The highest-ranked receipt heard.
+    receipt: Option<ReceiptKind>,
 }
 
 impl Delivery {
@@ -271,6 +277,7 @@ impl Intake for MemoryStore {
                         pinned_provider: None,
                         calling: None,
                         in_doubt: false,
+                        receipt: None,
                     },
                 );
             }
@@ -319,6 +326,13 @@ impl Intake for MemoryStore {
                     .map(|(_, v)| v.clone())
                     .collect();
                 attempts.sort_by_key(|a| (a.at_ms, a.attempt));
+                let mut receipts: Vec<ReceiptView> = s
+                    .receipts
+                    .iter()
+                    .filter(|(r, _)| r == did)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                receipts.sort_by_key(|r| (r.at_ms, r.kind.rank()));
                 DeliveryView {
                     id: *did,
                     channel: d.channel,
@@ -330,6 +344,7 @@ impl Intake for MemoryStore {
                     sent_at_ms: d.sent_at_ms,
                     updated_at_ms: d.updated_at_ms,
                     attempts,
+                    receipts,
                 }
             })
             .collect();
@@ -413,6 +428,10 @@ impl Queue for MemoryStore {
             d.state = o.state.parse().map_err(|_| {
                 StoreError::Corrupt(format!("delivery {}: state {}", r.delivery_id, o.state).into())
             })?;
+            // A receipt heard before the send was recorded.
+            if let (DeliveryState::Sent, Some(k)) = (d.state, d.receipt) {
+                d.state = k.state();
+            }
             d.due_at_ms = o.due_at_ms;
             d.lease_token = None;
             d.attempts = d
@@ -581,6 +600,7 @@ impl Upkeep for MemoryStore {
                 .map(|(did, _)| *did)
                 .collect();
             s.attempts.retain(|(d, _)| !gone.contains(d));
+            s.receipts.retain(|(d, _)| !gone.contains(d));
             for d in gone {
                 s.deliveries.remove(&d);
             }
@@ -746,6 +766,67 @@ impl Tenants for MemoryStore {
             .entry(key_hash.to_vec())
             .or_insert_with(|| tenant.clone());
         Ok(tenant)
+    }
+}
+
+#[async_trait]
+impl Receipts for MemoryStore {
+    async fn record_receipts(
+        &self,
+        provider: &str,
+        receipts: Vec<VendorReceipt>,
+        now_ms: i64,
+    ) -> Result<Vec<ReceiptApplied>, StoreError> {
+        let mut s = self.lock();
+        let mut out = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            let Some(d) = s.deliveries.get(&r.delivery_id) else {
+                out.push(ReceiptApplied::Unknown);
+                continue;
+            };
+            let channel = d.channel;
+            let Some(tenant_id) = s
+                .notifications
+                .get(&d.notification_id)
+                .map(|n| n.tenant_id.clone())
+            else {
+                out.push(ReceiptApplied::Unknown);
+                continue;
+            };
+            let mut changed = false;
+            if let Some(kind) = r.kind {
+                let view = ReceiptView {
+                    kind,
+                    provider: provider.to_owned(),
+                    at_ms: r.at_ms,
+                    received_at_ms: now_ms,
+                    reason: r.reason.clone(),
+                };
+                let seen = s
+                    .receipts
+                    .iter()
+                    .any(|(id, v)| *id == r.delivery_id && v.kind == kind && v.at_ms == r.at_ms);
+                if !seen {
+                    s.receipts.push((r.delivery_id, view));
+                }
+                if let Some(d) = s.deliveries.get_mut(&r.delivery_id) {
+                    if d.receipt.is_none_or(|heard| kind.rank() > heard.rank()) {
+                        d.receipt = Some(kind);
+                        if d.state == DeliveryState::Sent || d.state.receipt_rank() > 0 {
+                            d.state = kind.state();
+                        }
+                        d.updated_at_ms = now_ms;
+                        changed = true;
+                    }
+                }
+            }
+            out.push(ReceiptApplied::Found {
+                tenant_id,
+                channel,
+                changed,
+            });
+        }
+        Ok(out)
     }
 }
 

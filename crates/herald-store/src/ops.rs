@@ -136,6 +136,18 @@ pub struct Lift {
 }
 op!(Lift, bool, "lift_suppression");
 
+/// Vendor receipts from one account, applied to their deliveries.
+pub struct ApplyReceipts {
+    pub provider: String,
+    pub receipts: Vec<herald_core::receipt::VendorReceipt>,
+    pub now_ms: i64,
+}
+op!(
+    ApplyReceipts,
+    Vec<herald_core::store::ReceiptApplied>,
+    "receipts"
+);
+
 /// A small real write (a padded row in `health_probe`), to learn whether
 /// the store takes writes again after they failed.
 pub struct Probe;

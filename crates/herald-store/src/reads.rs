@@ -57,8 +57,19 @@ pub(crate) async fn notification<R: Reader>(
         .await?;
     let mut views = Vec::with_capacity(deliveries.len());
     for d in &deliveries {
-        let attempts = attempts_of(r, d.uuid("id")?).await?;
-        views.push(rows::delivery(d, attempts)?);
+        let id = d.uuid("id")?;
+        let attempts = attempts_of(r, id).await?;
+        let receipts = r
+            .rows(
+                "SELECT kind, provider, at_ms, received_at_ms, reason FROM receipts \
+                 WHERE delivery_id = $1 ORDER BY at_ms, received_at_ms",
+                vec![Arg::Uuid(id)],
+            )
+            .await?
+            .iter()
+            .map(rows::receipt)
+            .collect::<Result<Vec<_>, _>>()?;
+        views.push(rows::delivery(d, attempts, receipts)?);
     }
     Ok(Some(rows::notification(id, row, views)?))
 }

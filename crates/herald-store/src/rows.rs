@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use herald_core::events::OutboxEvent;
 use herald_core::model::{NotificationRequest, Priority};
+use herald_core::receipt::ReceiptKind;
+use herald_core::store::ReceiptView;
 use herald_core::store::{
     AttemptView, Cause, DeadLetter, DeliverySummary, DeliveryView, LaneLag, LaneQueue,
     NotificationView, QueueDepth, StoreError, SuppressionChange,
@@ -113,6 +115,7 @@ pub(crate) fn notification(
 pub(crate) fn delivery(
     row: &impl Columns,
     attempts: Vec<AttemptView>,
+    receipts: Vec<ReceiptView>,
 ) -> Result<DeliveryView, StoreError> {
     Ok(DeliveryView {
         id: row.uuid("id")?,
@@ -125,6 +128,20 @@ pub(crate) fn delivery(
         sent_at_ms: row.opt_int("sent_at_ms")?,
         updated_at_ms: row.int("updated_at_ms")?,
         attempts,
+        receipts,
+    })
+}
+
+/// `SELECT kind, provider, at_ms, received_at_ms, reason FROM receipts`
+pub(crate) fn receipt(row: &impl Columns) -> Result<ReceiptView, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(ReceiptView {
+        kind: ReceiptKind::from_name(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("receipt kind {kind:?}").into()))?,
+        provider: row.text("provider")?,
+        at_ms: row.int("at_ms")?,
+        received_at_ms: row.int("received_at_ms")?,
+        reason: row.opt_text("reason")?,
     })
 }
 

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::receipt::{ReceiptKind, VendorReceipt};
 use herald_core::store::roles::*;
 use herald_core::store::{
     AttemptRecord, CallRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetterCursor,
@@ -13,6 +14,7 @@ use herald_core::store::{
     ReplayOutcome, StoredResponse,
 };
 use herald_core::store::{ChangeCursor, SuppressionCursor, SuppressionFilter};
+use herald_core::store::{NotificationView, ReceiptApplied};
 use herald_core::suppression::{Suppression, SuppressionReason};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
@@ -1174,6 +1176,160 @@ async fn a_suppressed_delivery_ends_suppressed_with_why(store: &dyn Store) {
     assert!(again.is_empty());
 }
 
+fn receipt(d: uuid::Uuid, kind: ReceiptKind, at: i64) -> VendorReceipt {
+    VendorReceipt {
+        delivery_id: d,
+        kind: Some(kind),
+        at_ms: at,
+        reason: Some(format!("{kind} at {at}")),
+        suppress: None,
+    }
+}
+
+async fn receipts_move_deliveries_on_by_rank_whenever_they_come(store: &dyn Store) {
+    let now = herald_core::now_ms();
+    let n = new_notification("t1", request(Priority::Normal, &["email", "sms"]), now);
+    store.create(vec![n.clone()]).await.expect("create");
+    let email = store
+        .claim(Claim::new(
+            Channel::Email,
+            Priority::Normal,
+            10,
+            now,
+            60_000,
+        ))
+        .await
+        .expect("claim")
+        .remove(0);
+    let sms = store
+        .claim(Claim::new(Channel::Sms, Priority::Normal, 10, now, 60_000))
+        .await
+        .expect("claim")
+        .remove(0);
+    let state = |view: &NotificationView, id: uuid::Uuid| {
+        view.deliveries
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.state)
+            .expect("the delivery")
+    };
+
+    // The email's receipt comes before its send is recorded: it waits in
+    // the row, and recording `sent` takes it.
+    let applied = store
+        .record_receipts(
+            "sendgrid",
+            vec![receipt(email.id, ReceiptKind::Delivered, now + 1)],
+            now + 2,
+        )
+        .await
+        .expect("receipts");
+    assert_eq!(
+        applied,
+        vec![ReceiptApplied::Found {
+            tenant_id: "t1".into(),
+            channel: Channel::Email,
+            changed: true
+        }]
+    );
+    let view = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(
+        state(&view, email.id),
+        DeliveryState::Sending,
+        "still the worker's"
+    );
+    store
+        .record(vec![sent(&email, now + 3), sent(&sms, now + 3)])
+        .await
+        .expect("record");
+    let view = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(state(&view, email.id), DeliveryState::Delivered);
+    assert_eq!(state(&view, sms.id), DeliveryState::Sent);
+
+    // Out of order: the bounce stands, the late delivered changes nothing,
+    // the same bounce twice is one entry in the timeline.
+    let bounce = receipt(sms.id, ReceiptKind::Bounced, now + 10);
+    let late = receipt(sms.id, ReceiptKind::Delivered, now + 5);
+    let applied = store
+        .record_receipts("twilio", vec![bounce.clone(), late, bounce], now + 11)
+        .await
+        .expect("receipts");
+    let changed: Vec<bool> = applied
+        .iter()
+        .map(|a| matches!(a, ReceiptApplied::Found { changed: true, .. }))
+        .collect();
+    assert_eq!(changed, [true, false, false]);
+    let view = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(state(&view, sms.id), DeliveryState::Bounced);
+    let timeline: Vec<(ReceiptKind, i64)> = view
+        .deliveries
+        .iter()
+        .find(|d| d.id == sms.id)
+        .map(|d| d.receipts.iter().map(|r| (r.kind, r.at_ms)).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        timeline,
+        [
+            (ReceiptKind::Delivered, now + 5),
+            (ReceiptKind::Bounced, now + 10)
+        ],
+        "each distinct receipt once, in the vendor's order"
+    );
+    // A complaint outranks everything.
+    store
+        .record_receipts(
+            "twilio",
+            vec![receipt(sms.id, ReceiptKind::Complained, now + 20)],
+            now + 21,
+        )
+        .await
+        .expect("receipts");
+    let view = store
+        .notification("t1", n.id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(state(&view, sms.id), DeliveryState::Complained);
+
+    // A delivery no one knows: answered, nothing changed.
+    let stranger = receipt(uuid::Uuid::now_v7(), ReceiptKind::Delivered, now);
+    assert_eq!(
+        store
+            .record_receipts("sendgrid", vec![stranger], now)
+            .await
+            .expect("receipts"),
+        vec![ReceiptApplied::Unknown]
+    );
+    // Purged with their notification.
+    assert_eq!(
+        store.purge_finished(now + 60_000, 10).await.expect("purge"),
+        1
+    );
+    assert_eq!(
+        store
+            .record_receipts(
+                "twilio",
+                vec![receipt(sms.id, ReceiptKind::Complained, now + 30)],
+                now + 31
+            )
+            .await
+            .expect("receipts"),
+        vec![ReceiptApplied::Unknown]
+    );
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -1228,6 +1384,7 @@ suite!(
     suppressions_are_kept_per_tenant_listed_newest_first_and_lifted,
     every_suppression_change_is_followed_in_order_lifts_included,
     a_suppressed_delivery_ends_suppressed_with_why,
+    receipts_move_deliveries_on_by_rank_whenever_they_come,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

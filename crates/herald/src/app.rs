@@ -157,6 +157,22 @@ pub async fn add_key(
         .await?)
 }
 
+/// Every configured provider account by name, for the receipts endpoint
+/// (adapters are pure values: the API keeps its own).
+fn receipt_accounts(
+    cfg: &Config,
+) -> anyhow::Result<std::collections::HashMap<String, Arc<dyn herald_core::provider::Provider>>> {
+    cfg.providers
+        .iter()
+        .map(|(name, p)| {
+            Ok((
+                name.clone(),
+                herald_providers::from_config(name, &p.account)?,
+            ))
+        })
+        .collect()
+}
+
 impl Running {
     /// Starts everything on `listener`. `dev_key`, if given, is registered for
     /// the sandbox tenant.
@@ -248,6 +264,7 @@ impl Running {
             templates,
             bus_health,
             local_suppressions: cfg.has_role(Role::Worker).then_some(suppression_list),
+            accounts: receipt_accounts(&cfg)?,
         };
         let state = Arc::new(AppState::new(cfg.api_settings(), parts));
         if cfg.server.admission && cfg.has_role(Role::Api) {

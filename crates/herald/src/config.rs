@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub admission: bool,
     /// How often the lanes are judged.
     pub admission_refresh_ms: u64,
+    /// The base URL vendors call (receipts' signatures); empty: the
+    /// request's Host.
+    pub public_url: String,
 }
 
 /// `[redis]`: optional fleet-wide send rates and shared open circuits.
@@ -682,6 +685,8 @@ impl Config {
             max_batch_items: self.server.max_batch_items,
             rate_limit_per_second: self.server.rate_limit_per_second,
             rate_limit_burst: self.server.rate_limit_burst,
+            public_url: Some(self.server.public_url.trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty()),
         }
     }
 

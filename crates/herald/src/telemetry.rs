@@ -57,6 +57,9 @@ pub const CONNECTIONS_REFUSED: &str = "herald_http_connections_refused_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "herald_http_connections_timed_out_total";
 /// Finished notifications deleted for being past `store.retention_hours`.
 pub const PURGED: &str = "herald_notifications_purged_total";
+/// Vendor receipts taken; labels `provider`, `kind` (`delivered`,
+/// `undelivered`, `bounced`, `complained`).
+pub const RECEIPTS: &str = "herald_receipts_total";
 /// Entries in force in this worker node's copy of the suppression lists.
 pub const SUPPRESSIONS: &str = "herald_suppressions";
 /// Addresses this node put on a suppression list because a vendor said

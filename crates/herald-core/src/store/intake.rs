@@ -77,6 +77,19 @@ pub struct DeliveryView {
     pub sent_at_ms: Option<i64>,
     pub updated_at_ms: i64,
     pub attempts: Vec<AttemptView>,
+    /// What the vendor reported after it took the message, in order.
+    pub receipts: Vec<ReceiptView>,
+}
+
+/// A receipt in a delivery's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptView {
+    pub kind: crate::receipt::ReceiptKind,
+    pub provider: String,
+    /// When the vendor says it happened, and when Herald heard (Unix ms).
+    pub at_ms: i64,
+    pub received_at_ms: i64,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]

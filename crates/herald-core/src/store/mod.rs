@@ -17,6 +17,7 @@ mod dead_letters;
 mod intake;
 mod outbox;
 mod queue;
+mod receipts;
 mod reports;
 mod suppressions;
 mod tenants;
@@ -26,6 +27,7 @@ pub use dead_letters::*;
 pub use intake::*;
 pub use outbox::*;
 pub use queue::*;
+pub use receipts::*;
 pub use reports::*;
 pub use suppressions::*;
 pub use tenants::*;
@@ -35,8 +37,8 @@ pub use upkeep::*;
 /// tests): `use herald_core::store::roles::*`.
 pub mod roles {
     pub use super::{
-        DeadLetters, Depths, Health, Intake, Outbox, Queue, Reports, Store, Suppressions, Tenants,
-        Upkeep,
+        DeadLetters, Depths, Health, Intake, Outbox, Queue, Receipts, Reports, Store, Suppressions,
+        Tenants, Upkeep,
     };
 }
 
@@ -128,12 +130,30 @@ pub trait Health: Send + Sync {
 /// Each caller narrows it to the role it uses (`Arc<dyn Store>` coerces to
 /// `Arc<dyn Queue>`, and so on).
 pub trait Store:
-    Intake + Queue + Outbox + Upkeep + DeadLetters + Tenants + Suppressions + Health + 'static
+    Intake
+    + Queue
+    + Outbox
+    + Upkeep
+    + DeadLetters
+    + Tenants
+    + Suppressions
+    + Receipts
+    + Health
+    + 'static
 {
 }
 
 impl<T> Store for T where
-    T: Intake + Queue + Outbox + Upkeep + DeadLetters + Tenants + Suppressions + Health + 'static
+    T: Intake
+        + Queue
+        + Outbox
+        + Upkeep
+        + DeadLetters
+        + Tenants
+        + Suppressions
+        + Receipts
+        + Health
+        + 'static
 {
 }
 

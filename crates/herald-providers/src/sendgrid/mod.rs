@@ -4,12 +4,14 @@
 //! `Idempotency-Key` and in `custom_args.herald_delivery_key`, but SendGrid
 //! does not deduplicate on it (see docs/providers.md).
 
+pub mod events;
 pub mod wire;
 
 use herald_core::provider::{
     classify_status, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
     VendorResponse,
 };
+use herald_core::receipt::{InboundRequest, ReceiptError, ReceiptParser, VendorReceipt};
 use herald_core::secret::Secret;
 use serde::Deserialize;
 
@@ -22,6 +24,12 @@ pub struct SendGridConfig {
     pub from_email: String,
     #[serde(default)]
     pub from_name: Option<String>,
+    /// The signed Event Webhook's verification key (base64 DER, as SendGrid
+    /// shows it): with it, `POST /v1/receipts/NAME` takes the webhook's
+    /// events (delivered, bounces, spam reports); without it, receipts are
+    /// refused, since nothing could tell them from forgeries.
+    #[serde(default)]
+    pub event_webhook_public_key: Option<String>,
 }
 
 fn default_base_url() -> String {
@@ -34,6 +42,7 @@ pub struct SendGrid {
     url: String,
     auth: String,
     cfg: SendGridConfig,
+    events_key: Option<p256::ecdsa::VerifyingKey>,
 }
 
 impl SendGrid {
@@ -52,18 +61,38 @@ impl SendGrid {
                 cfg.from_email
             ));
         }
+        let events_key = match cfg.event_webhook_public_key.as_deref() {
+            Some(k) if !k.trim().is_empty() => Some(events::verifying_key(k)?),
+            _ => None,
+        };
         Ok(Self {
             name: name.to_owned(),
             url: format!("{}/v3/mail/send", crate::base_url(&cfg.base_url)?),
             auth: format!("Bearer {}", cfg.api_key.expose()),
             cfg,
+            events_key,
         })
+    }
+}
+
+impl ReceiptParser for SendGrid {
+    fn receipts(&self, req: &InboundRequest<'_>) -> Result<Vec<VendorReceipt>, ReceiptError> {
+        match &self.events_key {
+            Some(key) => events::receipts(key, req),
+            None => Err(ReceiptError::Unverified(
+                "no event_webhook_public_key is configured for this account".into(),
+            )),
+        }
     }
 }
 
 impl Provider for SendGrid {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn receipt_parser(&self) -> Option<&dyn ReceiptParser> {
+        Some(self)
     }
 
     fn vendor(&self) -> &'static str {
@@ -171,6 +200,7 @@ mod tests {
                 api_key: Secret::new("SG.key"),
                 from_email: "noreply@example.com".into(),
                 from_name: Some("Example".into()),
+                event_webhook_public_key: None,
             },
         )
         .expect("valid config")

@@ -51,3 +51,29 @@ pub struct ErrorItem {
     #[serde(default)]
     pub field: Option<String>,
 }
+
+/// One event of the Event Webhook (the fields Herald reads; the custom
+/// arguments sent with the message come back as top-level fields).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Event {
+    pub event: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    /// For `bounce`: `bounce` (the mailbox does not exist) or `blocked`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The SMTP status, e.g. `5.1.1`.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub response: Option<String>,
+    #[serde(default)]
+    pub sg_event_id: Option<String>,
+    #[serde(default)]
+    pub herald_delivery_key: Option<String>,
+}

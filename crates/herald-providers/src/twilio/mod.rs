@@ -3,12 +3,14 @@
 //! Twilio's Messages API has no idempotency key: the delivery key goes in
 //! `Idempotency-Key` but Twilio does not deduplicate (docs/providers.md).
 
+pub mod callbacks;
 pub mod wire;
 
 use base64::Engine as _;
 use herald_core::provider::{
     Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
 };
+use herald_core::receipt::{InboundRequest, ReceiptError, ReceiptParser, VendorReceipt};
 use herald_core::secret::Secret;
 use herald_core::suppression::SuppressionReason;
 use serde::Deserialize;
@@ -95,9 +97,19 @@ impl Twilio {
     }
 }
 
+impl ReceiptParser for Twilio {
+    fn receipts(&self, req: &InboundRequest<'_>) -> Result<Vec<VendorReceipt>, ReceiptError> {
+        callbacks::receipts(self.cfg.auth_token.expose(), req)
+    }
+}
+
 impl Provider for Twilio {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn receipt_parser(&self) -> Option<&dyn ReceiptParser> {
+        Some(self)
     }
 
     fn vendor(&self) -> &'static str {
@@ -120,7 +132,16 @@ impl Provider for Twilio {
             body,
             // Twilio drops it from its queue once it is stale (1 to 36,000 s).
             validity_period: msg.seconds_left().map(|s| s.clamp(1, 36_000)),
-            status_callback: self.cfg.status_callback.clone(),
+            status_callback: self.cfg.status_callback.as_ref().map(|cb| {
+                // The delivery's id rides on the URL Twilio calls back,
+                // under Twilio's signature.
+                let sep = if cb.contains('?') { '&' } else { '?' };
+                format!(
+                    "{cb}{sep}{}={}",
+                    callbacks::DELIVERY_PARAM,
+                    msg.delivery_key
+                )
+            }),
         };
         let encoded = serde_urlencoded::to_string(&form)
             .map_err(|e| BuildError::Invalid(format!("cannot encode form: {e}")))?;

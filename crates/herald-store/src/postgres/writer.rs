@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::model::DeliveryState;
+use herald_core::store::ReceiptApplied;
 use herald_core::store::{
     AttemptRecord, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter,
     IdempotencyRecord, LeaseToken, NewNotification, ReplayOutcome, StoreError, StoredResponse,
@@ -284,6 +285,70 @@ impl PgOp for ops::Lift {
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+impl PgOp for ops::ApplyReceipts {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        _: &Ctx,
+    ) -> Result<Vec<ReceiptApplied>, StoreError> {
+        let mut out = Vec::with_capacity(self.receipts.len());
+        for r in &self.receipts {
+            let found = sqlx::query(
+                "SELECT n.tenant_id, d.channel FROM deliveries d \
+                 JOIN notifications n ON n.id = d.notification_id WHERE d.id = $1",
+            )
+            .bind(r.delivery_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let Some(row) = found else {
+                out.push(ReceiptApplied::Unknown);
+                continue;
+            };
+            let mut changed = false;
+            if let Some(kind) = r.kind {
+                sqlx::query(
+                    "INSERT INTO receipts (delivery_id, provider, kind, at_ms, reason, received_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(r.delivery_id)
+                .bind(&self.provider)
+                .bind(kind.as_str())
+                .bind(r.at_ms)
+                .bind(&r.reason)
+                .bind(self.now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                // Kept if it outranks what the delivery has heard; the
+                // delivery's state too if it is past its send (before that,
+                // recording `sent` takes it).
+                let taken = sqlx::query(
+                    "UPDATE deliveries SET receipt = $2, receipt_rank = $3, \
+                         state = CASE WHEN state IN ('sent', 'delivered', 'undelivered', 'bounced') \
+                                 THEN $2 ELSE state END, \
+                         updated_at_ms = $4 \
+                     WHERE id = $1 AND receipt_rank < $3",
+                )
+                .bind(r.delivery_id)
+                .bind(kind.as_str())
+                .bind(i64::from(kind.rank()))
+                .bind(self.now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                changed = taken.rows_affected() > 0;
+            }
+            out.push(ReceiptApplied::Found {
+                tenant_id: row.text("tenant_id")?,
+                channel: row.parsed("channel")?,
+                changed,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -819,9 +884,12 @@ async fn record(
     }
     // Compare-and-set on the lease: a worker whose lease expired and was
     // taken over does not overwrite the newer holder's state. A deferred
-    // attempt made no call, so it gives its attempt back.
+    // attempt made no call, so it gives its attempt back. A receipt heard
+    // before the send was recorded gives a sent delivery its state.
     sqlx::query(
-        "UPDATE deliveries d SET state = v.state, due_at_ms = v.due, lease_token = NULL, \
+        "UPDATE deliveries d SET \
+             state = CASE WHEN v.state = 'sent' AND d.receipt IS NOT NULL THEN d.receipt ELSE v.state END, \
+             due_at_ms = v.due, lease_token = NULL, \
              attempts = GREATEST(d.attempts - v.uncount, 0), \
              provider = COALESCE(v.provider, d.provider), \
              vendor_message_id = COALESCE(v.vendor_id, d.vendor_message_id), last_error = v.error, \
@@ -879,6 +947,7 @@ async fn purge(tx: &mut PgConnection, before_ms: i64, limit: usize) -> Result<u6
              ORDER BY n.id LIMIT $2 FOR UPDATE SKIP LOCKED), \
          dels AS (DELETE FROM deliveries WHERE notification_id IN (SELECT id FROM gone) RETURNING id), \
          atts AS (DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM dels)), \
+         rcpts AS (DELETE FROM receipts WHERE delivery_id IN (SELECT id FROM dels)), \
          keys AS (DELETE FROM idempotency_keys k USING gone g \
              WHERE k.tenant_id = g.tenant_id AND k.key = g.idempotency_key) \
          DELETE FROM notifications WHERE id IN (SELECT id FROM gone)",

@@ -32,6 +32,7 @@ use crate::writes::{
     committed, v7_floor, Backend, Inbox, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
 };
 use herald_core::model::{Channel, DeliveryState, Priority};
+use herald_core::store::ReceiptApplied;
 use herald_core::store::{
     AttemptRecord, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter,
     IdempotencyRecord, LeaseToken, NewNotification, ReplayOutcome, StoreError, StoredResponse,
@@ -345,6 +346,64 @@ impl SqliteOp for ops::Lift {
             })
             .map_err(sql_err)?;
         Ok(lifted > 0)
+    }
+}
+
+impl SqliteOp for ops::ApplyReceipts {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<Vec<ReceiptApplied>, StoreError> {
+        let mut find = tx
+            .prepare_cached(
+                "SELECT n.tenant_id, d.channel FROM deliveries d \
+                 JOIN notifications n ON n.id = d.notification_id WHERE d.id = ?1",
+            )
+            .map_err(sql_err)?;
+        let mut log = tx
+            .prepare_cached(
+                "INSERT INTO receipts (delivery_id, provider, kind, at_ms, reason, received_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )
+            .map_err(sql_err)?;
+        let mut take = tx.prepare_cached(TAKE_RECEIPT).map_err(sql_err)?;
+        let mut out = Vec::with_capacity(self.receipts.len());
+        for r in &self.receipts {
+            let found: Option<(String, String)> = find
+                .query_row([r.delivery_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+                .map_err(sql_err)?;
+            let Some((tenant_id, channel)) = found else {
+                out.push(ReceiptApplied::Unknown);
+                continue;
+            };
+            let mut changed = false;
+            if let Some(kind) = r.kind {
+                log.execute(params![
+                    r.delivery_id,
+                    self.provider,
+                    kind.as_str(),
+                    r.at_ms,
+                    r.reason,
+                    self.now_ms
+                ])
+                .map_err(sql_err)?;
+                changed = take
+                    .execute(params![
+                        r.delivery_id,
+                        kind.as_str(),
+                        i64::from(kind.rank()),
+                        self.now_ms
+                    ])
+                    .map_err(sql_err)?
+                    > 0;
+            }
+            out.push(ReceiptApplied::Found {
+                tenant_id,
+                channel: channel
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("channel {channel:?}").into()))?,
+                changed,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -680,10 +739,13 @@ fn record<'a>(
         .map_err(sql_err)?;
     // Compare-and-set on the lease: a worker whose lease expired and was
     // taken over does not overwrite the newer holder's state. A deferred
-    // attempt made no call, so it gives its attempt back.
+    // attempt made no call, so it gives its attempt back. A receipt heard
+    // before the send was recorded gives a sent delivery its state.
     let mut update = tx
         .prepare_cached(
-            "UPDATE deliveries SET state = ?3, due_at_ms = ?4, lease_token = NULL, \
+            "UPDATE deliveries SET \
+                 state = CASE WHEN ?3 = 'sent' AND receipt IS NOT NULL THEN receipt ELSE ?3 END, \
+                 due_at_ms = ?4, lease_token = NULL, \
                  attempts = MAX(attempts - ?5, 0), \
                  provider = COALESCE(?6, provider), \
                  vendor_message_id = COALESCE(?7, vendor_message_id), last_error = ?8, \
@@ -764,6 +826,8 @@ fn purge(tx: &Transaction<'_>, before_ms: i64, limit: usize) -> Result<u64, Stor
         for sql in [
             "DELETE FROM attempts WHERE delivery_id IN \
                  (SELECT id FROM deliveries WHERE notification_id = ?1)",
+            "DELETE FROM receipts WHERE delivery_id IN \
+                 (SELECT id FROM deliveries WHERE notification_id = ?1)",
             "DELETE FROM deliveries WHERE notification_id = ?1",
             "DELETE FROM notifications WHERE id = ?1",
         ] {
@@ -801,6 +865,14 @@ const SUPPRESS: &str = "INSERT INTO suppressions \
          detail = excluded.detail, source = excluded.source, \
          created_at_ms = excluded.created_at_ms, changed_at_ms = excluded.changed_at_ms, \
          lifted_at_ms = NULL";
+
+/// A receipt that outranks what the delivery has heard: kept, and the
+/// delivery's state if it is past its send (before that, recording `sent`
+/// takes it). `?1` the delivery, `?2` the kind, `?3` its rank, `?4` now.
+const TAKE_RECEIPT: &str = "UPDATE deliveries SET receipt = ?2, receipt_rank = ?3, \
+     state = CASE WHEN state IN ('sent', 'delivered', 'undelivered', 'bounced') THEN ?2 ELSE state END, \
+     updated_at_ms = ?4 \
+     WHERE id = ?1 AND receipt_rank < ?3";
 
 /// Lifts a suppression in force at `?4`, a change made at `?5`.
 const LIFT: &str = "UPDATE suppressions SET lifted_at_ms = ?4, changed_at_ms = ?5 \

@@ -10,12 +10,13 @@ mod notifications;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod receipts;
 mod resilience;
 pub mod server;
 mod suppressions;
 pub mod types;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,11 @@ use axum::Router;
 use axum::{extract, middleware};
 use herald_core::bus::Bus;
 use herald_core::model::Channel;
+use herald_core::provider::Provider;
 use herald_core::status::{BusHealth, ProviderStatus};
-use herald_core::store::{DeadLetters, Depths, Health, Intake, Store, Suppressions, Tenants};
+use herald_core::store::{
+    DeadLetters, Depths, Health, Intake, Receipts, Store, Suppressions, Tenants,
+};
 use herald_core::validate::Limits;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -53,6 +57,8 @@ pub struct ApiSettings {
     /// Per tenant; 0 for no limit.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// The base URL vendors call this API at (`server.public_url`).
+    pub public_url: Option<String>,
 }
 
 /// What the API reaches: the store by the roles it uses, the bus, and the
@@ -67,6 +73,8 @@ pub struct Parts {
     /// On nodes that also deliver: their copy of the suppression lists,
     /// which takes this node's changes at once.
     pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
+    /// The provider accounts by name: where receipts are verified and read.
+    pub accounts: HashMap<String, Arc<dyn Provider>>,
 }
 
 pub struct AppState {
@@ -76,6 +84,9 @@ pub struct AppState {
     pub dead_letters: Arc<dyn DeadLetters>,
     pub suppressions: Arc<dyn Suppressions>,
     pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
+    pub receipts: Arc<dyn Receipts>,
+    pub accounts: HashMap<String, Arc<dyn Provider>>,
+    pub public_url: Option<String>,
     pub depths: Arc<dyn Depths>,
     pub health: Arc<dyn Health>,
     pub bus: Arc<dyn Bus>,
@@ -105,6 +116,9 @@ impl AppState {
             dead_letters: store.clone(),
             suppressions: store.clone(),
             local_suppressions: parts.local_suppressions,
+            receipts: store.clone(),
+            accounts: parts.accounts,
+            public_url: settings.public_url,
             depths: store.clone(),
             health: store,
             bus: parts.bus,
@@ -147,6 +161,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                     .put(suppressions::put)
                     .delete(suppressions::lift),
             )
+            .route("/v1/receipts/{provider}", post(receipts::receive))
             .route("/openapi.json", get(openapi::openapi_json))
     } else {
         Router::new()

@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         super::suppressions::list,
         super::suppressions::put,
         super::suppressions::lift,
+        super::receipts::receive,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -38,6 +39,7 @@ use utoipa::{Modify, OpenApi};
         (name = "notifications", description = "Send and follow notifications"),
         (name = "providers", description = "Vendor accounts and their circuits"),
         (name = "dead letters", description = "Deliveries that used up their attempts"),
+        (name = "receipts", description = "What vendors report after they took a message, posted back by them"),
         (name = "suppressions", description = "Addresses not to send to: bounces, complaints, opt-outs, dead tokens, gone endpoints"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )

@@ -31,6 +31,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    ReceiptUnverified(String),
     #[error("delivery {0} is {1}, not dead: only dead letters are replayed")]
     NotDead(uuid::Uuid, herald_core::DeliveryState),
     #[error(
@@ -164,6 +166,11 @@ impl ApiError {
                 "Service unavailable",
             ),
             NotDead(..) => (StatusCode::CONFLICT, "not-dead", "Not a dead letter"),
+            ReceiptUnverified(_) => (
+                StatusCode::UNAUTHORIZED,
+                "receipt-unverified",
+                "Receipt signature not verified",
+            ),
             LaneBehind { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "lane-behind",

@@ -4,6 +4,7 @@
 //! domain's own `NotificationRequest` (herald-core, with its schema).
 
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
+use herald_core::receipt::ReceiptKind;
 use herald_core::status::AccountView;
 use herald_core::store::{AttemptView, DeadLetter, DeliveryView, NotificationView};
 use herald_core::suppression::{Suppression, SuppressionReason};
@@ -94,9 +95,24 @@ pub struct DeliveryOut {
     pub provider: Option<String>,
     pub vendor_message_id: Option<String>,
     pub attempts: Vec<AttemptOut>,
+    /// What the vendor reported after it took the message, in its order.
+    pub receipts: Vec<ReceiptOut>,
     pub last_error: Option<String>,
     pub sent_at: Option<String>,
     pub updated_at: String,
+}
+
+/// A vendor's receipt for a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceiptOut {
+    pub kind: ReceiptKind,
+    pub provider: String,
+    /// When the vendor says it happened.
+    pub at: String,
+    /// When Herald heard of it.
+    pub received_at: String,
+    /// The vendor's words (an error code, the mail server's reply).
+    pub reason: Option<String>,
 }
 
 /// One call to a vendor.
@@ -138,6 +154,17 @@ impl From<&DeliveryView> for DeliveryOut {
             provider: d.provider.clone(),
             vendor_message_id: d.vendor_message_id.clone(),
             attempts: d.attempts.iter().map(AttemptOut::from).collect(),
+            receipts: d
+                .receipts
+                .iter()
+                .map(|r| ReceiptOut {
+                    kind: r.kind,
+                    provider: r.provider.clone(),
+                    at: rfc3339(r.at_ms),
+                    received_at: rfc3339(r.received_at_ms),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
             last_error: d.last_error.clone(),
             sent_at: d.sent_at_ms.map(rfc3339),
             updated_at: rfc3339(d.updated_at_ms),
@@ -410,4 +437,16 @@ pub struct SuppressionsOut {
     pub suppressions: Vec<SuppressionOut>,
     /// Pass back as `cursor` for the next page; null on the last.
     pub next_cursor: Option<String>,
+}
+
+/// `200` to a vendor's receipts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceiptsOut {
+    /// Events read from the request that concern a Herald delivery.
+    pub received: usize,
+    /// How many moved their delivery on (a repeat, or older news than the
+    /// delivery has heard, does not).
+    pub changed: usize,
+    /// How many named a delivery this store does not hold.
+    pub unknown: usize,
 }

@@ -2,14 +2,17 @@
 //! path: each delivery is checked by a lookup in memory, not a query, so
 //! a list of hundreds of thousands costs the hot path next to nothing.
 //!
-//! `follow` keeps the copy: one full read at start, then every
-//! `refresh` the changes since the last it saw (lifts included), read
-//! again from a few seconds back, because a change committed late by
-//! another node's transaction may carry an earlier time than one already
-//! seen. Reading a change twice is harmless: each row is the entry's
-//! current state. When the store has not answered for a minute, the next
-//! read is a full one again (lifted entries are purged with the retention,
-//! so a long gap could miss a lift).
+//! `follow` keeps the copy: one full read at start, then every `refresh`
+//! the changes (lifts included) stamped since a few seconds before the
+//! previous read began, because a change another node's transaction
+//! commits late (or stamps with a clock a little behind) carries a time
+//! earlier than that read. The window moves with the clock, not with the
+//! newest change, so a quiet list costs an empty index range per read.
+//! Reading a change twice is harmless: each row is the entry's current
+//! state. When the store has not answered for a minute, the next read is a
+//! full one again (lifted entries are purged with the retention, so a long
+//! gap could miss a lift), and every ten minutes one is made anyway, so
+//! nothing a clock far off made the reads miss stays missed for long.
 //!
 //! Until the first full read has finished nothing is sent: a delivery
 //! waits for it (`wait_ready`), then is deferred, never sent unchecked.
@@ -30,8 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry as m;
 
-/// How far back each read of changes starts from the newest change seen.
+/// How far before the previous read began each read of changes starts.
 const OVERLAP_MS: i64 = 5_000;
+/// A full read at least this often.
+const FULL_READ_EVERY: Duration = Duration::from_secs(600);
 /// Changes read per query.
 const PAGE: usize = 10_000;
 /// After this long without an answer, the next read is a full one.
@@ -114,6 +119,9 @@ impl SuppressionList {
     }
 
     fn apply(&self, changes: &[SuppressionChange]) {
+        if changes.is_empty() {
+            return;
+        }
         let mut lists = self.lists.write().unwrap_or_else(|p| p.into_inner());
         for c in changes {
             if c.lifted {
@@ -165,32 +173,35 @@ pub async fn follow(
     refresh: Duration,
     shutdown: CancellationToken,
 ) {
-    // None: the next read is a full one.
-    let mut newest: Option<i64> = None;
+    // When the last read that answered began (this node's clock); None:
+    // the next read is a full one.
+    let mut last_read: Option<i64> = None;
     let mut last_answer = tokio::time::Instant::now();
+    let mut last_full = tokio::time::Instant::now();
     let mut failing = false;
     loop {
-        let read = match newest {
-            None => full_read(store.as_ref()).await.map(|(lists, newest)| {
+        let began = herald_core::now_ms();
+        if last_full.elapsed() >= FULL_READ_EVERY {
+            last_read = None;
+        }
+        let read = match last_read {
+            None => full_read(store.as_ref()).await.map(|lists| {
                 let n = count(&lists);
                 list.replace(lists);
+                last_full = tokio::time::Instant::now();
                 tracing::debug!(entries = n, "suppression lists read");
-                newest
             }),
-            Some(seen) => changes_since(store.as_ref(), seen).await.map(|changes| {
-                list.apply(&changes);
-                changes.iter().map(|c| c.changed_at_ms).fold(seen, i64::max)
-            }),
+            Some(before) => changes_since(store.as_ref(), before - OVERLAP_MS)
+                .await
+                .map(|changes| list.apply(&changes)),
         };
         match read {
-            Ok(seen) => {
+            Ok(()) => {
                 if failing {
                     tracing::info!("suppression lists are read again");
                     failing = false;
                 }
-                // A change stamped ahead of this node's clock must not move
-                // the next read past changes still to come.
-                newest = Some(seen.min(herald_core::now_ms()));
+                last_read = Some(began);
                 last_answer = tokio::time::Instant::now();
             }
             Err(e) => {
@@ -200,7 +211,7 @@ pub async fn follow(
                     failing = true;
                 }
                 if last_answer.elapsed() >= FULL_READ_AFTER {
-                    newest = None;
+                    last_read = None;
                 }
             }
         }
@@ -212,29 +223,27 @@ pub async fn follow(
     }
 }
 
-/// Every entry in force, and the newest change's time.
-async fn full_read(store: &dyn Suppressions) -> Result<(Lists, i64), String> {
+/// Every entry in force.
+async fn full_read(store: &dyn Suppressions) -> Result<Lists, String> {
     let mut lists = Lists::new();
-    let mut newest = 0;
     read_pages(store, ChangeCursor::from_ms(i64::MIN), |page| {
         for c in page {
-            newest = newest.max(c.changed_at_ms);
             if !c.lifted {
                 put(&mut lists, &c.suppression);
             }
         }
     })
     .await?;
-    Ok((lists, newest))
+    Ok(lists)
 }
 
-/// The changes from `OVERLAP_MS` before `seen` on.
+/// The changes stamped at or after `from_ms`.
 async fn changes_since(
     store: &dyn Suppressions,
-    seen: i64,
+    from_ms: i64,
 ) -> Result<Vec<SuppressionChange>, String> {
     let mut all = Vec::new();
-    read_pages(store, ChangeCursor::from_ms(seen - OVERLAP_MS), |page| {
+    read_pages(store, ChangeCursor::from_ms(from_ms), |page| {
         all.extend_from_slice(page);
     })
     .await?;
@@ -330,11 +339,10 @@ mod tests {
                 .await
                 .expect("the memory store answers");
         }
-        let (lists, newest) = full_read(store.as_ref())
+        let lists = full_read(store.as_ref())
             .await
             .expect("the memory store answers");
         assert_eq!(count(&lists), PAGE + 7);
-        assert!(newest >= now);
     }
 
     #[test]

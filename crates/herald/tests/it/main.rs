@@ -16,6 +16,7 @@ mod hostile;
 mod idempotency;
 mod outage;
 mod priority;
+mod receipts;
 mod resilience;
 mod restart;
 mod suppressions;

@@ -1,0 +1,176 @@
+//! `POST /v1/receipts/{provider}`: a vendor's receipts for the messages an
+//! account sent (Twilio status callbacks, SendGrid's signed Event Webhook).
+//! No API key: the vendor's signature is the credential, checked before
+//! anything changes. A receipt for a delivery Herald does not know is
+//! answered 200 all the same (and logged): a vendor must never retry it
+//! forever.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::Json;
+use herald_core::receipt::{InboundRequest, ReceiptError, VendorReceipt};
+use herald_core::store::ReceiptApplied;
+use herald_core::suppression::{normalize, Suppression};
+
+use super::problem::ApiError;
+use super::types::ReceiptsOut;
+use super::AppState;
+use crate::telemetry as m;
+
+/// Take a vendor's receipts: each moves its delivery to `delivered`,
+/// `undelivered`, `bounced` or `complained` (news of higher rank wins,
+/// whatever order it comes in), and a bounce, complaint or opt-out puts
+/// the address on the tenant's suppression list.
+#[utoipa::path(
+    post,
+    path = "/v1/receipts/{provider}",
+    tag = "receipts",
+    params(("provider" = String, Path, description = "The provider account's name in config (`[providers.NAME]`)")),
+    request_body(content = String, description = "The vendor's own callback, as it sends it (a form for Twilio, a JSON array of events for SendGrid)"),
+    responses(
+        (status = 200, description = "Taken (receipts for deliveries Herald does not know are counted and dropped)", body = ReceiptsOut),
+        (status = 400, description = "Signed, but not what the vendor sends", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "The vendor's signature is missing, wrong or stale: nothing changed", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such account, or its vendor sends no receipts", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over server.max_body_bytes", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
+    )
+)]
+pub async fn receive(
+    State(state): State<Arc<AppState>>,
+    provider: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<ReceiptsOut>, ApiError> {
+    let Ok(Path(provider)) = provider else {
+        return Err(ApiError::NotFound);
+    };
+    let Some(account) = state.accounts.get(&provider) else {
+        return Err(ApiError::NotFound);
+    };
+    let Some(parser) = account.receipt_parser() else {
+        return Err(ApiError::NotFound);
+    };
+    let body = raw.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(state.max_body_bytes)
+        } else {
+            ApiError::MalformedJson(rej.body_text())
+        }
+    })?;
+    let url = called_url(state.public_url.as_deref(), &headers, &uri);
+    let now = herald_core::now_ms();
+    let req = InboundRequest {
+        url: &url,
+        headers: &headers,
+        body: &body,
+        now_ms: now,
+    };
+    let receipts = parser.receipts(&req).map_err(|e| match e {
+        ReceiptError::Unverified(why) => {
+            tracing::warn!(provider = %provider, "a receipt was refused: {why}");
+            ApiError::ReceiptUnverified(format!("the receipt's signature does not verify: {why}"))
+        }
+        ReceiptError::Malformed(why) => ApiError::MalformedJson(why),
+    })?;
+    let received = receipts.len();
+    let applied = state
+        .receipts
+        .record_receipts(&provider, receipts.clone(), now)
+        .await?;
+    let mut out = ReceiptsOut {
+        received,
+        changed: 0,
+        unknown: 0,
+    };
+    for (r, a) in receipts.iter().zip(applied) {
+        if let Some(kind) = r.kind {
+            metrics::counter!(m::RECEIPTS, "provider" => provider.clone(), "kind" => kind.as_str())
+                .increment(1);
+        }
+        match a {
+            ReceiptApplied::Unknown => {
+                out.unknown += 1;
+                tracing::info!(provider = %provider, delivery_id = %r.delivery_id, "a receipt for a delivery this store does not hold");
+            }
+            ReceiptApplied::Found {
+                tenant_id,
+                channel,
+                changed,
+            } => {
+                out.changed += usize::from(changed);
+                if let Some((address, why)) = &r.suppress {
+                    let s = Suppression {
+                        tenant_id,
+                        channel,
+                        address: normalize(channel, address).into_owned(),
+                        reason: *why,
+                        detail: r.reason.clone(),
+                        source: provider.clone(),
+                        created_at_ms: if r.at_ms > 0 { r.at_ms } else { now },
+                    };
+                    suppress(&state, s, r).await?;
+                }
+            }
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn suppress(state: &AppState, s: Suppression, r: &VendorReceipt) -> Result<(), ApiError> {
+    let local = s.clone();
+    if state.suppressions.suppress(s).await? {
+        tracing::info!(delivery_id = %r.delivery_id, reason = %local.reason, channel = %local.channel, "a receipt put the address on the tenant's suppression list");
+        metrics::counter!(m::SUPPRESSIONS_ADDED, "reason" => local.reason.as_str()).increment(1);
+    }
+    if let Some(list) = &state.local_suppressions {
+        list.add(&local);
+    }
+    Ok(())
+}
+
+/// The URL the vendor called: `server.public_url` and the path when set;
+/// else the scheme a proxy reports (`X-Forwarded-Proto`, or http) and the
+/// request's `Host`.
+fn called_url(public: Option<&str>, headers: &HeaderMap, uri: &Uri) -> String {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Some(base) = public {
+        return format!("{base}{path}");
+    }
+    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let scheme = get("x-forwarded-proto")
+        .and_then(|p| p.split(',').next())
+        .map_or("http", str::trim);
+    let host = get(header::HOST.as_str()).unwrap_or("localhost");
+    format!("{scheme}://{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_called_url_is_the_public_one_or_the_hosts() {
+        let uri: Uri = "/v1/receipts/twilio?delivery=abc".parse().expect("uri");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "herald.internal:8080".parse().expect("host"));
+        assert_eq!(
+            called_url(None, &headers, &uri),
+            "http://herald.internal:8080/v1/receipts/twilio?delivery=abc"
+        );
+        headers.insert("x-forwarded-proto", "https".parse().expect("proto"));
+        assert_eq!(
+            called_url(None, &headers, &uri),
+            "https://herald.internal:8080/v1/receipts/twilio?delivery=abc"
+        );
+        assert_eq!(
+            called_url(Some("https://herald.example.com"), &headers, &uri),
+            "https://herald.example.com/v1/receipts/twilio?delivery=abc"
+        );
+    }
+}
