@@ -157,20 +157,23 @@ pub async fn add_key(
         .await?)
 }
 
-/// Every configured provider account by name, for the receipts endpoint
-/// (adapters are pure values: the API keeps its own).
+/// The accounts on the enabled channels' routes by name, for the receipts
+/// endpoint (adapters are pure values: the API keeps its own). An account
+/// on no route is not built, as the engine does not build it: its settings
+/// may be left empty.
 fn receipt_accounts(
     cfg: &Config,
 ) -> anyhow::Result<std::collections::HashMap<String, Arc<dyn herald_core::provider::Provider>>> {
-    cfg.providers
-        .iter()
-        .map(|(name, p)| {
-            Ok((
-                name.clone(),
-                herald_providers::from_config(name, &p.account)?,
-            ))
-        })
-        .collect()
+    let mut accounts = std::collections::HashMap::new();
+    for route in cfg.account_settings().routes.values() {
+        for a in route {
+            if !accounts.contains_key(&a.name) {
+                let provider = herald_providers::from_config(&a.name, &a.account)?;
+                accounts.insert(a.name.clone(), provider);
+            }
+        }
+    }
+    Ok(accounts)
 }
 
 impl Running {
