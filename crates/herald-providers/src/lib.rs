@@ -7,6 +7,7 @@
 
 pub mod fcm;
 pub mod sendgrid;
+pub mod smtp;
 pub mod sns;
 pub mod twilio;
 pub mod webhook;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 pub use fcm::{Fcm, FcmConfig};
 pub use sendgrid::{SendGrid, SendGridConfig};
+pub use smtp::{Smtp, SmtpConfig};
 pub use sns::{Sns, SnsConfig};
 pub use twilio::{Twilio, TwilioConfig};
 pub use webhook::{Webhook, WebhookConfig};
@@ -28,6 +30,7 @@ pub use webhook::{Webhook, WebhookConfig};
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ProviderConfig {
     Sendgrid(SendGridConfig),
+    Smtp(SmtpConfig),
     Twilio(TwilioConfig),
     Sns(SnsConfig),
     Fcm(FcmConfig),
@@ -39,7 +42,7 @@ impl ProviderConfig {
     pub fn channel(&self) -> herald_core::model::Channel {
         use herald_core::model::Channel;
         match self {
-            ProviderConfig::Sendgrid(_) => Channel::Email,
+            ProviderConfig::Sendgrid(_) | ProviderConfig::Smtp(_) => Channel::Email,
             ProviderConfig::Twilio(_) | ProviderConfig::Sns(_) => Channel::Sms,
             ProviderConfig::Fcm(_) => Channel::Push,
             ProviderConfig::Webhook(_) => Channel::Webhook,
@@ -68,6 +71,7 @@ impl ConfigError {
 pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Arc<dyn Provider>, ConfigError> {
     Ok(match cfg {
         ProviderConfig::Sendgrid(c) => Arc::new(SendGrid::new(name, c.clone())?),
+        ProviderConfig::Smtp(c) => Arc::new(Smtp::new(name, c.clone())?),
         ProviderConfig::Twilio(c) => Arc::new(Twilio::new(name, c.clone())?),
         ProviderConfig::Sns(c) => Arc::new(Sns::new(name, c.clone())?),
         ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone())?),

@@ -345,6 +345,9 @@ impl Config {
                     c.service_account_file = None;
                     c.service_account_json = None;
                 }
+                // The simulator speaks no SMTP: a mail server of the
+                // user's own stays as configured.
+                ProviderConfig::Smtp(_) => {}
                 ProviderConfig::Webhook(c) => {
                     if c.signing_secret.is_empty() {
                         c.signing_secret = Secret::new(SANDBOX_WEBHOOK_SECRET);

@@ -662,7 +662,16 @@ impl Accounts {
         outbound: &Outbound,
         fleet: Option<Arc<Fleet>>,
     ) -> anyhow::Result<Accounts> {
-        let http = |_: &str, guards: &ProviderGuards, channel: Channel| {
+        let http = |name: &str, guards: &ProviderGuards, channel: Channel| {
+            let account = settings
+                .routes
+                .values()
+                .flatten()
+                .find(|a| a.name == name)
+                .map(|a| &a.account);
+            if let Some(ProviderConfig::Smtp(cfg)) = account {
+                return Ok(Arc::new(super::smtp::Smtp::new(cfg, guards)?) as Arc<dyn Transport>);
+            }
             let client = outbound.client(guards, channel == Channel::Webhook)?;
             Ok(Arc::new(Http(client)) as Arc<dyn Transport>)
         };

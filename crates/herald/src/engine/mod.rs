@@ -5,6 +5,7 @@ mod deliver;
 mod dispatch;
 pub mod fleet;
 pub mod outbound;
+mod smtp;
 pub mod suppressions;
 #[cfg(test)]
 mod tests;

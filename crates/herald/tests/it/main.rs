@@ -19,5 +19,6 @@ mod priority;
 mod receipts;
 mod resilience;
 mod restart;
+mod smtp;
 mod suppressions;
 mod utils;
