@@ -177,6 +177,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn build(&self, msg: &OutboundMessage) -> Result<VendorRequest, BuildError>;
     fn classify(&self, resp: &VendorResponse) -> Outcome;
 
+    /// Whether this account can send to `address` at all (APNs takes iOS
+    /// device tokens only): a route passes over the accounts that cannot.
+    fn takes(&self, _address: &Address) -> bool {
+        true
+    }
+
     /// For an account whose credential is an access token it gets from
     /// the vendor: the token request, its assertion signed at `now_ms`.
     /// `None` (the default) when every request carries the credential

@@ -449,6 +449,8 @@ pub fn reserved_push_key(key: &str) -> Option<&'static str> {
         || k.starts_with("gcm")
     {
         Some("a reserved key in a push's data (FCM refuses the message): rename it")
+    } else if k == "aps" {
+        Some("APNs' own dictionary in a push's payload: rename it")
     } else if k.starts_with("herald_") {
         Some("keys starting with herald_ are Herald's own in a push's data")
     } else {

@@ -5,6 +5,7 @@
 //! Every request carries the delivery's stable key in `Idempotency-Key`
 //! (and in the vendor's own field where it has one), on every attempt.
 
+pub mod apns;
 pub mod fcm;
 pub mod sendgrid;
 pub mod smtp;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use herald_core::provider::{BuildError, Provider, VendorRequest};
 use serde::Deserialize;
 
+pub use apns::{Apns, ApnsConfig};
 pub use fcm::{Fcm, FcmConfig};
 pub use sendgrid::{SendGrid, SendGridConfig};
 pub use smtp::{Smtp, SmtpConfig};
@@ -34,6 +36,7 @@ pub enum ProviderConfig {
     Twilio(TwilioConfig),
     Sns(SnsConfig),
     Fcm(FcmConfig),
+    Apns(ApnsConfig),
     Webhook(WebhookConfig),
 }
 
@@ -44,7 +47,7 @@ impl ProviderConfig {
         match self {
             ProviderConfig::Sendgrid(_) | ProviderConfig::Smtp(_) => Channel::Email,
             ProviderConfig::Twilio(_) | ProviderConfig::Sns(_) => Channel::Sms,
-            ProviderConfig::Fcm(_) => Channel::Push,
+            ProviderConfig::Fcm(_) | ProviderConfig::Apns(_) => Channel::Push,
             ProviderConfig::Webhook(_) => Channel::Webhook,
         }
     }
@@ -75,6 +78,7 @@ pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Arc<dyn Provider>
         ProviderConfig::Twilio(c) => Arc::new(Twilio::new(name, c.clone())?),
         ProviderConfig::Sns(c) => Arc::new(Sns::new(name, c.clone())?),
         ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone())?),
+        ProviderConfig::Apns(c) => Arc::new(Apns::new(name, c.clone())?),
         ProviderConfig::Webhook(c) => Arc::new(Webhook::new(name, c.clone())?),
     })
 }

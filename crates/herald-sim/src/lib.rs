@@ -1,5 +1,6 @@
 //! The vendor simulator: stands in for the vendors' servers (SendGrid v3,
-//! Twilio Messages, Amazon SNS Publish, FCM v1 and webhook receivers) in the sandbox, the demo,
+//! Twilio Messages, Amazon SNS Publish, FCM v1, APNs over HTTP/2 and webhook
+//! receivers) in the sandbox, the demo,
 //! tests and benchmarks. It honours `Idempotency-Key` — a repeated key gets
 //! the original answer and is counted as a duplicate, not delivered twice —
 //! keeps a ledger of what it accepted, and injects faults per vendor.
@@ -7,6 +8,7 @@
 //! Control API: `GET /_sim/ledger`, `GET /_sim/stats`, `GET|POST|DELETE
 //! /_sim/faults`, `POST /_sim/reset`.
 
+pub mod apple;
 pub mod faults;
 pub mod google;
 pub mod ledger;
@@ -34,7 +36,7 @@ use ledger::{Ledger, Original};
 use vendors::Emulated;
 
 /// The vendors the simulator emulates, by name.
-pub const VENDORS: [&str; 5] = ["sendgrid", "twilio", "sns", "fcm", "webhook"];
+pub const VENDORS: [&str; 6] = ["sendgrid", "twilio", "sns", "fcm", "apns", "webhook"];
 
 /// A running simulator's shared state. Cheap to clone.
 #[derive(Clone)]
@@ -49,6 +51,7 @@ struct Inner {
     /// The service account FCM's tokens come from, when a test trusts
     /// one; without it FCM takes any bearer token.
     google: Mutex<Option<google::GoogleAuth>>,
+    apple: Mutex<Option<apple::AppleAuth>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,6 +73,7 @@ impl Sim {
                 faults: Mutex::new(HashMap::new()),
                 rng: Mutex::new(rng),
                 google: Mutex::new(None),
+                apple: Mutex::new(None),
             }),
         }
     }
@@ -81,6 +85,7 @@ impl Sim {
             .route("/", post(sns))
             .route("/v1/projects/{project}/messages:send", post(fcm))
             .route("/token", post(google_token))
+            .route("/3/device/{token}", post(apns))
             .route("/hooks/{*path}", post(webhook))
             .route("/_sim/ledger", get(ledger))
             .route("/_sim/stats", get(stats))
@@ -141,6 +146,18 @@ impl Sim {
     ) -> Result<(), String> {
         *lock(&self.inner.google) =
             Some(google::GoogleAuth::new(email, public_key_pem, lifetime_s)?);
+        Ok(())
+    }
+
+    /// From now on APNs takes only provider tokens signed by the key
+    /// `key_id` of team `team_id` (its public half `public_key_pem`).
+    pub fn trust_apns_key(
+        &self,
+        team_id: &str,
+        key_id: &str,
+        public_key_pem: &str,
+    ) -> Result<(), String> {
+        *lock(&self.inner.apple) = Some(apple::AppleAuth::new(team_id, key_id, public_key_pem)?);
         Ok(())
     }
 
@@ -309,6 +326,27 @@ async fn fcm(
         return refused;
     }
     sim.handle(vendors::Fcm, &headers, &body).await
+}
+
+/// APNs: HTTP/2 only, as Apple's servers (an HTTP/1.1 request gets 505).
+async fn apns(
+    State(sim): State<Sim>,
+    Path(token): Path<String>,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if version != axum::http::Version::HTTP_2 {
+        return StatusCode::HTTP_VERSION_NOT_SUPPORTED.into_response();
+    }
+    let refused = lock(&sim.inner.apple)
+        .as_ref()
+        .and_then(|a| a.check(&headers, now_ms()));
+    if let Some(refused) = refused {
+        lock(&sim.inner.ledger).stats_mut("apns").rejected += 1;
+        return refused;
+    }
+    sim.handle(vendors::Apns { token }, &headers, &body).await
 }
 
 /// Google's OAuth 2 token endpoint (`https://oauth2.googleapis.com/token`).

@@ -550,3 +550,83 @@ impl Emulated for Webhook {
             .then(|| StatusCode::GONE.into_response())
     }
 }
+
+/// Apple Push Notification service (`POST /3/device/{token}`, HTTP/2
+/// only). Checks `apns-topic`, `apns-push-type`, a bearer provider token
+/// and an `aps` dictionary; answers errors as `{"reason": ...}`. The
+/// provider token's signature is checked when a test trusts a key
+/// (`Sim::trust_apns_key`).
+pub struct Apns {
+    /// The device token from the path.
+    pub token: String,
+}
+
+fn apns_error(status: StatusCode, reason: &str) -> Response {
+    json_response(status, json!({"reason": reason}))
+}
+
+impl Emulated for Apns {
+    const NAME: &'static str = "apns";
+    const MESSAGE_ID_HEADER: Option<&'static str> = Some("apns-id");
+
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
+        let reject = |status: StatusCode, reason: &str| Box::new(apns_error(status, reason));
+        let has = |name: &str| headers.get(name).is_some_and(|v| !v.is_empty());
+        let authorized = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("bearer ") && v.len() > 7);
+        if !authorized {
+            return Err(reject(StatusCode::FORBIDDEN, "MissingProviderToken"));
+        }
+        if !has("apns-topic") {
+            return Err(reject(StatusCode::BAD_REQUEST, "MissingTopic"));
+        }
+        if !has("apns-push-type") {
+            return Err(reject(StatusCode::BAD_REQUEST, "InvalidPushType"));
+        }
+        if body.len() > 4096 {
+            return Err(reject(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"));
+        }
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| reject(StatusCode::BAD_REQUEST, "PayloadEmpty"))?;
+        let alert = &v["aps"]["alert"];
+        if !v["aps"].is_object() {
+            return Err(reject(StatusCode::BAD_REQUEST, "PayloadEmpty"));
+        }
+        let title = alert["title"].as_str().or(alert["body"].as_str());
+        Ok(Parsed {
+            recipient: self.token.clone(),
+            summary: summary(title.unwrap_or_default()),
+        })
+    }
+
+    fn accepted(&self, _message_id: &str) -> (StatusCode, String) {
+        (StatusCode::OK, String::new())
+    }
+
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
+        let reason = match status {
+            StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+            StatusCode::INTERNAL_SERVER_ERROR => "InternalServerError",
+            _ => "ServiceUnavailable",
+        };
+        with_retry_after(apns_error(status, reason), retry_after_s)
+    }
+
+    fn refused_credential(&self) -> Response {
+        apns_error(StatusCode::FORBIDDEN, "InvalidProviderToken")
+    }
+
+    fn reject(&self, parsed: &Parsed) -> Option<Response> {
+        if parsed.recipient.starts_with("invalid-") {
+            return Some(apns_error(StatusCode::BAD_REQUEST, "BadDeviceToken"));
+        }
+        parsed.recipient.starts_with("gone-").then(|| {
+            json_response(
+                StatusCode::GONE,
+                json!({"reason": "Unregistered", "timestamp": chrono::Utc::now().timestamp_millis()}),
+            )
+        })
+    }
+}

@@ -345,6 +345,9 @@ impl Config {
                     c.service_account_file = None;
                     c.service_account_json = None;
                 }
+                ProviderConfig::Apns(c) => {
+                    c.base_url = sim_base_url.into();
+                }
                 // The simulator speaks no SMTP: a mail server of the
                 // user's own stays as configured.
                 ProviderConfig::Smtp(_) => {}

@@ -672,7 +672,9 @@ impl Accounts {
             if let Some(ProviderConfig::Smtp(cfg)) = account {
                 return Ok(Arc::new(super::smtp::Smtp::new(cfg, guards)?) as Arc<dyn Transport>);
             }
-            let client = outbound.client(guards, channel == Channel::Webhook)?;
+            // APNs speaks HTTP/2 only.
+            let http2 = matches!(account, Some(ProviderConfig::Apns(_)));
+            let client = outbound.client(guards, channel == Channel::Webhook, http2)?;
             Ok(Arc::new(Http(client)) as Arc<dyn Transport>)
         };
         Self::with_transports(settings, &http, fleet)
@@ -816,7 +818,7 @@ mod tests {
             .into_sandbox("http://127.0.0.1:1");
         let outbound = Outbound::new(&cfg.http, cfg.limits());
         let http = |_: &str, guards: &ProviderGuards, channel: Channel| {
-            let client = outbound.client(guards, channel == Channel::Webhook)?;
+            let client = outbound.client(guards, channel == Channel::Webhook, false)?;
             Ok(Arc::new(Http(client)) as Arc<dyn Transport>)
         };
         let settings = cfg.account_settings();

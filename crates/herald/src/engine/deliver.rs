@@ -202,7 +202,19 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
         }
     }
     let primary = names.first().copied();
-    let planned = &plan.providers;
+    // A route may hold accounts for other addresses than this one's (APNs
+    // takes iOS device tokens only): those are passed over.
+    let planned: Vec<usize> = plan
+        .providers
+        .iter()
+        .copied()
+        .filter(|&i| route[i].provider.takes(&msg.address))
+        .collect();
+    if planned.is_empty() {
+        let why = format!("no provider on the {} route takes this address", d.channel);
+        return end(rec, Next::Failed, why);
+    }
+    let planned = &planned;
     // A vendor's word that the address is dead: (why, its words, who).
     let mut gone: Option<(SuppressionReason, String, String)> = None;
     for (n, &i) in planned.iter().enumerate() {

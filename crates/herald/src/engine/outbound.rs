@@ -69,11 +69,13 @@ impl Outbound {
     }
 
     /// A keep-alive client with one provider's timeouts; for webhooks, with
-    /// the guarded resolver.
+    /// the guarded resolver; HTTP/2 only (prior knowledge) for vendors that
+    /// speak nothing else (APNs).
     pub fn client(
         &self,
         guards: &ProviderGuards,
         webhook: bool,
+        http2_only: bool,
     ) -> anyhow::Result<reqwest::Client> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(guards.connect_timeout)
@@ -81,6 +83,9 @@ impl Outbound {
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")));
+        if http2_only {
+            b = b.http2_prior_knowledge();
+        }
         if webhook {
             b = b.dns_resolver(Arc::new(GuardedResolver {
                 limits: self.limits.clone(),

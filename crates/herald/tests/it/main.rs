@@ -2,6 +2,7 @@
 //! real HTTP, and the vendor simulator standing in for the vendors.
 
 mod api;
+mod apns;
 mod bench;
 mod cli;
 mod cluster;
