@@ -6,8 +6,10 @@
 //! (and in the vendor's own field where it has one), on every attempt.
 
 pub mod apns;
+mod aws;
 pub mod fcm;
 pub mod sendgrid;
+pub mod ses;
 pub mod smtp;
 pub mod sns;
 pub mod twilio;
@@ -22,6 +24,7 @@ use serde::Deserialize;
 pub use apns::{Apns, ApnsConfig};
 pub use fcm::{Fcm, FcmConfig};
 pub use sendgrid::{SendGrid, SendGridConfig};
+pub use ses::{Ses, SesConfig};
 pub use smtp::{Smtp, SmtpConfig};
 pub use sns::{Sns, SnsConfig};
 pub use twilio::{Twilio, TwilioConfig};
@@ -33,6 +36,7 @@ pub use webhook::{Webhook, WebhookConfig};
 pub enum ProviderConfig {
     Sendgrid(SendGridConfig),
     Smtp(SmtpConfig),
+    Ses(SesConfig),
     Twilio(TwilioConfig),
     Sns(SnsConfig),
     Fcm(FcmConfig),
@@ -45,7 +49,9 @@ impl ProviderConfig {
     pub fn channel(&self) -> herald_core::model::Channel {
         use herald_core::model::Channel;
         match self {
-            ProviderConfig::Sendgrid(_) | ProviderConfig::Smtp(_) => Channel::Email,
+            ProviderConfig::Sendgrid(_) | ProviderConfig::Smtp(_) | ProviderConfig::Ses(_) => {
+                Channel::Email
+            }
             ProviderConfig::Twilio(_) | ProviderConfig::Sns(_) => Channel::Sms,
             ProviderConfig::Fcm(_) | ProviderConfig::Apns(_) => Channel::Push,
             ProviderConfig::Webhook(_) => Channel::Webhook,
@@ -75,6 +81,7 @@ pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Arc<dyn Provider>
     Ok(match cfg {
         ProviderConfig::Sendgrid(c) => Arc::new(SendGrid::new(name, c.clone())?),
         ProviderConfig::Smtp(c) => Arc::new(Smtp::new(name, c.clone())?),
+        ProviderConfig::Ses(c) => Arc::new(Ses::new(name, c.clone())?),
         ProviderConfig::Twilio(c) => Arc::new(Twilio::new(name, c.clone())?),
         ProviderConfig::Sns(c) => Arc::new(Sns::new(name, c.clone())?),
         ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone())?),

@@ -1,5 +1,5 @@
 //! The vendor simulator: stands in for the vendors' servers (SendGrid v3,
-//! Twilio Messages, Amazon SNS Publish, FCM v1, APNs over HTTP/2 and webhook
+//! Amazon SES v2, Twilio Messages, Amazon SNS Publish, FCM v1, APNs over HTTP/2 and webhook
 //! receivers) in the sandbox, the demo,
 //! tests and benchmarks. It honours `Idempotency-Key` — a repeated key gets
 //! the original answer and is counted as a duplicate, not delivered twice —
@@ -36,7 +36,7 @@ use ledger::{Ledger, Original};
 use vendors::Emulated;
 
 /// The vendors the simulator emulates, by name.
-pub const VENDORS: [&str; 6] = ["sendgrid", "twilio", "sns", "fcm", "apns", "webhook"];
+pub const VENDORS: [&str; 7] = ["sendgrid", "ses", "twilio", "sns", "fcm", "apns", "webhook"];
 
 /// A running simulator's shared state. Cheap to clone.
 #[derive(Clone)]
@@ -86,6 +86,7 @@ impl Sim {
             .route("/v1/projects/{project}/messages:send", post(fcm))
             .route("/token", post(google_token))
             .route("/3/device/{token}", post(apns))
+            .route("/v2/email/outbound-emails", post(ses))
             .route("/hooks/{*path}", post(webhook))
             .route("/_sim/ledger", get(ledger))
             .route("/_sim/stats", get(stats))
@@ -326,6 +327,10 @@ async fn fcm(
         return refused;
     }
     sim.handle(vendors::Fcm, &headers, &body).await
+}
+
+async fn ses(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    sim.handle(vendors::Ses, &headers, &body).await
 }
 
 /// APNs: HTTP/2 only, as Apple's servers (an HTTP/1.1 request gets 505).

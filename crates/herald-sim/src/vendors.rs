@@ -282,9 +282,9 @@ fn sns_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Respo
     (status, [("content-type", "text/xml")], body).into_response()
 }
 
-/// `AWS4-HMAC-SHA256 Credential=AKID/20231114/us-east-1/sns/aws4_request,
+/// `AWS4-HMAC-SHA256 Credential=AKID/20231114/us-east-1/<service>/aws4_request,
 /// SignedHeaders=a;b, Signature=<64 hex>`.
-fn sigv4_shape_ok(headers: &HeaderMap) -> bool {
+fn sigv4_shape_ok(headers: &HeaderMap, service: &str) -> bool {
     let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -299,7 +299,7 @@ fn sigv4_shape_ok(headers: &HeaderMap) -> bool {
             let scope: Vec<&str> = c.split('/').collect();
             credential_ok = scope.len() == 5
                 && !scope[0].is_empty()
-                && scope[3] == "sns"
+                && scope[3] == service
                 && scope[4] == "aws4_request";
         } else if let Some(h) = part.strip_prefix("SignedHeaders=") {
             signed_ok =
@@ -316,7 +316,7 @@ impl Emulated for Sns {
     const CONTENT_TYPE: &'static str = "text/xml";
 
     fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
-        if !sigv4_shape_ok(headers) {
+        if !sigv4_shape_ok(headers, "sns") {
             return Err(Box::new(sns_error(
                 StatusCode::FORBIDDEN,
                 "Sender",
@@ -626,6 +626,82 @@ impl Emulated for Apns {
             json_response(
                 StatusCode::GONE,
                 json!({"reason": "Unregistered", "timestamp": chrono::Utc::now().timestamp_millis()}),
+            )
+        })
+    }
+}
+
+/// Amazon SES API v2 `SendEmail` (`POST /v2/email/outbound-emails`).
+/// Checks the SigV4 `Authorization` header's shape for `ses` and the JSON;
+/// answers errors with `x-amzn-ErrorType` and a `message`.
+pub struct Ses;
+
+fn ses_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let mut r = json_response(status, json!({"message": message}));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{kind}:http://internal.amazon.com/coral/com.amazon.sesv2/"
+    )) {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r
+}
+
+impl Emulated for Ses {
+    const NAME: &'static str = "ses";
+
+    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
+        if !sigv4_shape_ok(headers, "ses") {
+            return Err(Box::new(ses_error(
+                StatusCode::FORBIDDEN,
+                "IncompleteSignature",
+                "Authorization header requires a valid SigV4 signature for ses",
+            )));
+        }
+        let bad = |m: &str| Box::new(ses_error(StatusCode::BAD_REQUEST, "BadRequestException", m));
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| bad("Malformed JSON"))?;
+        let to = v["Destination"]["ToAddresses"][0]
+            .as_str()
+            .ok_or_else(|| bad("Destination.ToAddresses is required"))?;
+        if v["FromEmailAddress"].as_str().is_none() {
+            return Err(bad("FromEmailAddress is required"));
+        }
+        let subject = v["Content"]["Simple"]["Subject"]["Data"]
+            .as_str()
+            .ok_or_else(|| bad("Content.Simple.Subject is required"))?;
+        Ok(Parsed {
+            recipient: to.to_owned(),
+            summary: summary(subject),
+        })
+    }
+
+    fn accepted(&self, message_id: &str) -> (StatusCode, String) {
+        (StatusCode::OK, json!({"MessageId": message_id}).to_string())
+    }
+
+    fn error(&self, status: StatusCode, retry_after_s: Option<u64>) -> Response {
+        let (kind, msg) = if status == StatusCode::TOO_MANY_REQUESTS {
+            ("TooManyRequestsException", "Too many requests")
+        } else {
+            ("InternalFailure", "An internal failure")
+        };
+        with_retry_after(ses_error(status, kind, msg), retry_after_s)
+    }
+
+    fn refused_credential(&self) -> Response {
+        ses_error(
+            StatusCode::FORBIDDEN,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    }
+
+    fn reject(&self, parsed: &Parsed) -> Option<Response> {
+        parsed.recipient.ends_with("@invalid.example").then(|| {
+            ses_error(
+                StatusCode::BAD_REQUEST,
+                "MessageRejected",
+                "Email address is not verified.",
             )
         })
     }

@@ -348,6 +348,11 @@ impl Config {
                 ProviderConfig::Apns(c) => {
                     c.base_url = sim_base_url.into();
                 }
+                ProviderConfig::Ses(c) => {
+                    c.base_url = Some(sim_base_url.into());
+                    c.access_key_id = "AKIASANDBOX".into();
+                    c.secret_access_key = Secret::new("sandbox");
+                }
                 // The simulator speaks no SMTP: a mail server of the
                 // user's own stays as configured.
                 ProviderConfig::Smtp(_) => {}

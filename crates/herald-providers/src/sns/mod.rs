@@ -12,9 +12,6 @@ pub mod wire;
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
 use herald_core::model::Priority;
 use herald_core::provider::{
     Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
@@ -52,7 +49,7 @@ fn default_region() -> String {
 pub struct Sns {
     name: String,
     url: String,
-    credentials: Credentials,
+    signer: crate::aws::SigV4,
     cfg: SnsConfig,
 }
 
@@ -97,32 +94,21 @@ impl Sns {
     }
 
     fn checked(name: &str, cfg: SnsConfig) -> Result<Self, String> {
-        if cfg.access_key_id.is_empty() || cfg.secret_access_key.is_empty() {
-            return Err("access_key_id and secret_access_key are required".into());
-        }
-        if cfg.region.is_empty()
-            || !cfg
-                .region
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err(format!("region {:?} is not an AWS region name", cfg.region));
-        }
+        let signer = crate::aws::SigV4::new(
+            "sns",
+            &cfg.region,
+            &cfg.access_key_id,
+            &cfg.secret_access_key,
+            cfg.session_token.as_ref(),
+        )?;
         let base = match &cfg.base_url {
             Some(u) => crate::base_url(u)?,
             None => format!("https://sns.{}.amazonaws.com", cfg.region),
         };
-        let credentials = Credentials::new(
-            cfg.access_key_id.clone(),
-            cfg.secret_access_key.expose().to_owned(),
-            cfg.session_token.as_ref().map(|t| t.expose().to_owned()),
-            None,
-            "herald-config",
-        );
         Ok(Self {
             name: name.to_owned(),
             url: format!("{base}/"),
-            credentials,
+            signer,
             cfg,
         })
     }
@@ -157,38 +143,6 @@ impl Sns {
         serde_urlencoded::to_string(&fields)
             .map_err(|e| BuildError::Invalid(format!("cannot encode form: {e}")))
     }
-
-    /// Signs `req` in place (adds `authorization` and `x-amz-date`, and
-    /// `x-amz-security-token` with temporary credentials) as of `at`.
-    fn sign(&self, req: &mut VendorRequest, at: SystemTime) -> Result<(), BuildError> {
-        let identity = self.credentials.clone().into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.cfg.region)
-            .name("sns")
-            .time(at)
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| BuildError::Invalid(format!("cannot sign: {e}")))?
-            .into();
-        let headers: Vec<(&str, &str)> = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-            .collect();
-        let signable = SignableRequest::new(
-            req.method().as_str(),
-            req.uri().to_string(),
-            headers.into_iter(),
-            SignableBody::Bytes(req.body()),
-        )
-        .map_err(|e| BuildError::Invalid(format!("cannot sign: {e}")))?;
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|e| BuildError::Invalid(format!("cannot sign: {e}")))?
-            .into_parts();
-        instructions.apply_to_request_http1x(req);
-        Ok(())
-    }
 }
 
 impl Provider for Sns {
@@ -222,7 +176,7 @@ impl Provider for Sns {
         req.headers_mut().remove(http::header::ACCEPT);
         let at =
             SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(msg.now_ms).unwrap_or(0));
-        self.sign(&mut req, at)?;
+        self.signer.sign(&mut req, at)?;
         Ok(req)
     }
 

@@ -20,6 +20,7 @@ mod priority;
 mod receipts;
 mod resilience;
 mod restart;
+mod ses;
 mod smtp;
 mod suppressions;
 mod utils;

@@ -1,0 +1,113 @@
+//! Email through Amazon SES (API v2, SigV4 for `ses`) against the
+//! simulator's SES: sent, refused for good, and a revoked key held as the
+//! account's error.
+
+use herald::config::{Config, ProviderSettings};
+use herald_providers::ses::SesConfig;
+use herald_providers::ProviderConfig;
+use herald_sim::Fault;
+use serde_json::json;
+
+use crate::utils::TestServer;
+
+fn over_ses(c: &mut Config) {
+    let sim = match &c.providers["sendgrid"].account {
+        ProviderConfig::Sendgrid(s) => s.base_url.clone(),
+        _ => panic!("a sendgrid account"),
+    };
+    c.providers.insert(
+        "ses".into(),
+        ProviderSettings {
+            account: ProviderConfig::Ses(SesConfig {
+                region: "eu-west-1".into(),
+                base_url: Some(sim),
+                access_key_id: "AKIATEST".into(),
+                secret_access_key: herald_core::secret::Secret::new("secret"),
+                session_token: None,
+                from_email: "orders@shop.example".into(),
+                from_name: Some("Shop".into()),
+                configuration_set: None,
+            }),
+            connect_timeout_ms: None,
+            request_timeout_ms: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrency: None,
+            circuit_failure_threshold: None,
+            circuit_open_ms: Some(500),
+            circuit_half_open_probes: None,
+        },
+    );
+    c.channels
+        .get_mut(&herald_core::Channel::Email)
+        .expect("email")
+        .providers = vec!["ses".into()];
+}
+
+fn email(to: &str) -> serde_json::Value {
+    json!({"channels": ["email"], "recipient": {"email": to}, "ttl_seconds": 600,
+           "content": {"subject": "Your receipt", "text": "Thanks", "html": "<p>Thanks</p>"}})
+}
+
+#[tokio::test]
+async fn email_goes_through_ses_and_its_refusals_are_classified() {
+    let s = TestServer::start_with(over_ses).await;
+    let (status, _, v) = s.post("/v1/notifications", &email("ann@example.org")).await;
+    assert_eq!(status, 202, "{v}");
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    let ch = &n["channels"][0];
+    assert_eq!(ch["state"], "sent", "{n}");
+    assert_eq!(ch["provider"], "ses", "{n}");
+    assert!(
+        ch["vendor_message_id"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{n}"
+    );
+    assert_eq!(s.sim.stats()["ses"].unique, 1);
+
+    let (_, _, v) = s
+        .post("/v1/notifications", &email("x@invalid.example"))
+        .await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "failed", "{n}");
+    assert!(
+        n["channels"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("MessageRejected")),
+        "{n}"
+    );
+
+    // A revoked key: the account's, the message waits.
+    s.fault(
+        "ses",
+        Fault {
+            credential_revoked: true,
+            ..Fault::default()
+        },
+    );
+    let (_, _, v) = s.post("/v1/notifications", &email("bob@example.org")).await;
+    let id = v["id"].as_str().expect("id").to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, p) = s.get("/v1/providers").await;
+        let ses = p["providers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|x| x["name"] == "ses").cloned())
+            .unwrap_or_default();
+        if ses.get("credential_refused").is_some_and(|c| !c.is_null()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal shown: {p}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s.sim.clear_faults();
+    let n = s.wait_finished(&id).await;
+    assert_eq!(
+        n["channels"][0]["state"], "sent",
+        "sent once the key works: {n}"
+    );
+}
