@@ -2,7 +2,7 @@
 //! region from config, and signing a request with Signature Version 4
 //! through AWS's own `aws-sigv4` crate.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
@@ -53,8 +53,10 @@ impl SigV4 {
     }
 
     /// Signs `req` in place (adds `authorization` and `x-amz-date`, and
-    /// `x-amz-security-token` with temporary credentials) as of `at`.
-    pub(crate) fn sign(&self, req: &mut VendorRequest, at: SystemTime) -> Result<(), BuildError> {
+    /// `x-amz-security-token` with temporary credentials) as of `now_ms`:
+    /// the attempt's time, right before the request goes out.
+    pub(crate) fn sign(&self, req: &mut VendorRequest, now_ms: i64) -> Result<(), BuildError> {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
         let identity = self.credentials.clone().into();
         let params = v4::SigningParams::builder()
             .identity(&identity)

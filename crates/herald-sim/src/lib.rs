@@ -9,6 +9,7 @@
 //! /_sim/faults`, `POST /_sim/reset`.
 
 pub mod apple;
+pub mod aws;
 pub mod faults;
 pub mod google;
 pub mod ledger;
@@ -21,10 +22,11 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -36,6 +38,14 @@ use ledger::{Ledger, Original};
 use vendors::Emulated;
 
 /// The vendors the simulator emulates, by name.
+/// The sandbox's Twilio account SID and auth token, which the simulator
+/// always takes.
+pub const SANDBOX_TWILIO: (&str, &str) = ("ACsandbox", "sandbox");
+
+/// The sandbox's AWS access key and secret (SNS, SES), which the
+/// simulator always trusts.
+pub const SANDBOX_AWS_KEY: (&str, &str) = ("AKIASANDBOX", "sandbox");
+
 pub const VENDORS: [&str; 7] = ["sendgrid", "ses", "twilio", "sns", "fcm", "apns", "webhook"];
 
 /// A running simulator's shared state. Cheap to clone.
@@ -52,6 +62,10 @@ struct Inner {
     /// one; without it FCM takes any bearer token.
     google: Mutex<Option<google::GoogleAuth>>,
     apple: Mutex<Option<apple::AppleAuth>>,
+    /// AWS access keys whose signatures SNS and SES check.
+    aws: Mutex<aws::AwsKeys>,
+    /// Twilio accounts (SID → auth token) whose Basic auth is taken.
+    twilio: Mutex<HashMap<String, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,6 +88,15 @@ impl Sim {
                 rng: Mutex::new(rng),
                 google: Mutex::new(None),
                 apple: Mutex::new(None),
+                twilio: Mutex::new(HashMap::from([(
+                    SANDBOX_TWILIO.0.to_owned(),
+                    SANDBOX_TWILIO.1.to_owned(),
+                )])),
+                aws: Mutex::new({
+                    let mut keys = aws::AwsKeys::default();
+                    keys.trust(SANDBOX_AWS_KEY.0, SANDBOX_AWS_KEY.1);
+                    keys
+                }),
             }),
         }
     }
@@ -148,6 +171,34 @@ impl Sim {
         *lock(&self.inner.google) =
             Some(google::GoogleAuth::new(email, public_key_pem, lifetime_s)?);
         Ok(())
+    }
+
+    /// Twilio also takes this account's SID and auth token (HTTP Basic, the
+    /// SID also in the path, as Twilio checks them).
+    pub fn trust_twilio_account(&self, account_sid: &str, auth_token: &str) {
+        lock(&self.inner.twilio).insert(account_sid.to_owned(), auth_token.to_owned());
+    }
+
+    /// SNS and SES also take requests signed with this access key (checked
+    /// by recomputing the SigV4 signature with `secret`).
+    pub fn trust_aws_key(&self, access_key_id: &str, secret: &str) {
+        lock(&self.inner.aws).trust(access_key_id, secret);
+    }
+
+    /// The AWS signature's verdict on a request: `None` when it is good.
+    fn aws_refusal(
+        &self,
+        vendor: &'static str,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<aws::Refusal> {
+        let refused = lock(&self.inner.aws)
+            .verify(method, uri, headers, body)
+            .err()?;
+        lock(&self.inner.ledger).stats_mut(vendor).rejected += 1;
+        Some(refused)
     }
 
     /// From now on APNs takes only provider tokens signed by the key
@@ -302,14 +353,43 @@ async fn sendgrid(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Re
 
 async fn twilio(
     State(sim): State<Sim>,
-    Path(_sid): Path<String>,
+    Path(sid): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // HTTP Basic with a known account's SID and token, the SID the path's.
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let known = basic
+        .as_deref()
+        .and_then(|c| c.split_once(':'))
+        .is_some_and(|(user, token)| {
+            user == sid
+                && lock(&sim.inner.twilio)
+                    .get(user)
+                    .is_some_and(|t| t == token)
+        });
+    if !known {
+        lock(&sim.inner.ledger).stats_mut("twilio").rejected += 1;
+        return vendors::Twilio::authenticate();
+    }
     sim.handle(vendors::Twilio, &headers, &body).await
 }
 
-async fn sns(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sns(
+    State(sim): State<Sim>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = sim.aws_refusal("sns", &method, &uri, &headers, &body) {
+        return vendors::Sns::refused_signature(refused);
+    }
     sim.handle(vendors::Sns, &headers, &body).await
 }
 
@@ -329,7 +409,16 @@ async fn fcm(
     sim.handle(vendors::Fcm, &headers, &body).await
 }
 
-async fn ses(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+async fn ses(
+    State(sim): State<Sim>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = sim.aws_refusal("ses", &method, &uri, &headers, &body) {
+        return vendors::Ses::refused_signature(refused);
+    }
     sim.handle(vendors::Ses, &headers, &body).await
 }
 

@@ -173,6 +173,13 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
     )
 }
 
+impl Twilio {
+    /// Twilio's answer to credentials it does not know (code 20003).
+    pub fn authenticate() -> Response {
+        twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate")
+    }
+}
+
 impl Emulated for Twilio {
     const NAME: &'static str = "twilio";
 
@@ -309,6 +316,26 @@ fn sigv4_shape_ok(headers: &HeaderMap, service: &str) -> bool {
         }
     }
     credential_ok && signed_ok && signature_ok && headers.contains_key("x-amz-date")
+}
+
+impl Sns {
+    /// AWS's answer to a signature it does not take.
+    pub fn refused_signature(why: crate::aws::Refusal) -> Response {
+        match why {
+            crate::aws::Refusal::UnknownKey => sns_error(
+                StatusCode::FORBIDDEN,
+                "Sender",
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.",
+            ),
+            _ => sns_error(
+                StatusCode::FORBIDDEN,
+                "Sender",
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            ),
+        }
+    }
 }
 
 impl Emulated for Sns {
@@ -644,6 +671,24 @@ fn ses_error(status: StatusCode, kind: &str, message: &str) -> Response {
         r.headers_mut().insert("x-amzn-errortype", v);
     }
     r
+}
+
+impl Ses {
+    /// AWS's answer to a signature it does not take.
+    pub fn refused_signature(why: crate::aws::Refusal) -> Response {
+        match why {
+            crate::aws::Refusal::UnknownKey => ses_error(
+                StatusCode::FORBIDDEN,
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            ),
+            _ => ses_error(
+                StatusCode::FORBIDDEN,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            ),
+        }
+    }
 }
 
 impl Emulated for Ses {

@@ -238,6 +238,23 @@ pub struct ProviderSettings {
     pub circuit_half_open_probes: Option<u32>,
 }
 
+impl ProviderSettings {
+    /// The account with the default guards.
+    pub fn new(account: ProviderConfig) -> ProviderSettings {
+        ProviderSettings {
+            account,
+            connect_timeout_ms: None,
+            request_timeout_ms: None,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            max_concurrency: None,
+            circuit_failure_threshold: None,
+            circuit_open_ms: None,
+            circuit_half_open_probes: None,
+        }
+    }
+}
+
 /// A provider's guards, with the defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderGuards {

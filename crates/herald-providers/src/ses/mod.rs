@@ -10,8 +10,6 @@
 
 pub mod wire;
 
-use std::time::{Duration, SystemTime};
-
 use herald_core::provider::{
     Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
 };
@@ -180,9 +178,7 @@ impl Provider for Ses {
             crate::json(&send)?,
         )?;
         // Signed as of this attempt, right before it goes out.
-        let at =
-            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(msg.now_ms).unwrap_or(0));
-        self.signer.sign(&mut req, at)?;
+        self.signer.sign(&mut req, msg.now_ms)?;
         Ok(req)
     }
 

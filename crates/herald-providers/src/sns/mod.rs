@@ -10,8 +10,6 @@
 
 pub mod wire;
 
-use std::time::{Duration, SystemTime};
-
 use herald_core::model::Priority;
 use herald_core::provider::{
     Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
@@ -174,9 +172,7 @@ impl Provider for Sns {
         // As the AWS SDKs send it: no `Accept`. Asked for JSON, the Query
         // API may answer in JSON, and its XML is what it documents.
         req.headers_mut().remove(http::header::ACCEPT);
-        let at =
-            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(msg.now_ms).unwrap_or(0));
-        self.signer.sign(&mut req, at)?;
+        self.signer.sign(&mut req, msg.now_ms)?;
         Ok(req)
     }
 

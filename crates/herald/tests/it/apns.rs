@@ -31,24 +31,14 @@ fn with_apns(c: &mut Config, private_pem: String) {
     };
     c.providers.insert(
         "apns".into(),
-        ProviderSettings {
-            account: ProviderConfig::Apns(ApnsConfig {
-                base_url: fcm_base,
-                team_id: TEAM.into(),
-                key_id: KEY_ID.into(),
-                key_file: None,
-                key_pem: Some(herald_core::secret::Secret::new(private_pem)),
-                topic: "com.example.shop".into(),
-            }),
-            connect_timeout_ms: None,
-            request_timeout_ms: None,
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            max_concurrency: None,
-            circuit_failure_threshold: None,
-            circuit_open_ms: None,
-            circuit_half_open_probes: None,
-        },
+        ProviderSettings::new(ProviderConfig::Apns(ApnsConfig {
+            base_url: fcm_base,
+            team_id: TEAM.into(),
+            key_id: KEY_ID.into(),
+            key_file: None,
+            key_pem: Some(herald_core::secret::Secret::new(private_pem)),
+            topic: "com.example.shop".into(),
+        })),
     );
     c.channels
         .get_mut(&herald_core::Channel::Push)
@@ -137,22 +127,13 @@ async fn a_token_signed_with_another_key_is_the_accounts_error_not_the_messages(
     let (status, _, v) = s.post("/v1/notifications", &body).await;
     assert_eq!(status, 202, "{v}");
     let id = v["id"].as_str().expect("id").to_owned();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (_, p) = s.get("/v1/providers").await;
-        let apns = p["providers"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|x| x["name"] == "apns").cloned())
-            .unwrap_or_default();
-        if apns.get("credential_refused").is_some_and(|c| !c.is_null()) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no refusal shown: {p}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let refused = s.wait_credential_refused("apns").await;
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("InvalidProviderToken")),
+        "{refused}"
+    );
     let (_, n) = s.get(&format!("/v1/notifications/{id}")).await;
     let state = n["channels"][0]["state"]
         .as_str()

@@ -156,6 +156,7 @@ async fn fleet(url: &str, schema: &str, kafka: Option<&str>) {
     let store_url = crate::utils::fresh_schema(url, schema).await;
 
     let sim = Sim::new(Some(SEED));
+    sim.trust_twilio_account("ACclustertest", "cluster-test");
     let (sim_addr, _sim_task) = sim
         .start("127.0.0.1:0".parse().expect("addr"))
         .await

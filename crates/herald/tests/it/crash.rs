@@ -194,6 +194,7 @@ async fn serve(config: &std::path::Path) -> (tokio::process::Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_flight_loses_nothing_and_delivers_nothing_twice() {
     let sim = Sim::new(Some(SEED));
+    sim.trust_twilio_account("ACcrashtest", "crash-test");
     let (sim_addr, _sim_task) = sim
         .start("127.0.0.1:0".parse().expect("addr"))
         .await

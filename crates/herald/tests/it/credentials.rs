@@ -110,3 +110,38 @@ async fn a_refused_service_account_holds_push_until_the_grant_works() {
     s.wait_delivered(3, Duration::from_secs(15)).await;
     assert!(providers().await["credential_refused"].is_null());
 }
+
+/// The simulated Twilio checks HTTP Basic against the accounts it knows, as
+/// Twilio does: a wrong auth token gets Twilio's 401 (code 20003), the
+/// account's error, and the SMS waits; once the token is right it goes.
+#[tokio::test]
+async fn a_wrong_twilio_token_is_refused_as_twilio_refuses_it_and_the_sms_waits() {
+    let s = TestServer::start_with(|c| {
+        let twilio = c.providers.get_mut("twilio").expect("twilio");
+        twilio.circuit_open_ms = Some(300);
+        let ProviderConfig::Twilio(t) = &mut twilio.account else {
+            panic!("twilio is a twilio account");
+        };
+        t.auth_token = herald_core::secret::Secret::new("not-the-token");
+        c.channels
+            .get_mut(&herald_core::Channel::Sms)
+            .expect("sms")
+            .providers = vec!["twilio".into()];
+    })
+    .await;
+    let body = json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"},
+        "content": {"text": "Your code is 123456"}, "ttl_seconds": 600});
+    let (status, _, v) = s.post("/v1/notifications", &body).await;
+    assert_eq!(status, 202, "{v}");
+    let refused = s.wait_credential_refused("twilio").await;
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("20003")),
+        "{refused}"
+    );
+    assert_eq!(s.sim.stats()["twilio"].unique, 0);
+    s.sim.trust_twilio_account("ACsandbox", "not-the-token");
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "{n}");
+}

@@ -24,12 +24,7 @@ fn sms_to(phone: &str, priority: &str) -> Value {
 
 /// The provider's entry in `GET /v1/providers`.
 async fn provider(s: &TestServer, name: &str) -> Value {
-    let (status, v) = s.get("/v1/providers").await;
-    assert_eq!(status, 200, "{v}");
-    v["providers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("{name} is listed: {v}"))
+    s.provider(name).await
 }
 
 async fn circuit(s: &TestServer, name: &str) -> String {

@@ -18,7 +18,8 @@ fn over_ses(c: &mut Config) {
     c.providers.insert(
         "ses".into(),
         ProviderSettings {
-            account: ProviderConfig::Ses(SesConfig {
+            circuit_open_ms: Some(500),
+            ..ProviderSettings::new(ProviderConfig::Ses(SesConfig {
                 region: "eu-west-1".into(),
                 base_url: Some(sim),
                 access_key_id: "AKIATEST".into(),
@@ -27,15 +28,7 @@ fn over_ses(c: &mut Config) {
                 from_email: "orders@shop.example".into(),
                 from_name: Some("Shop".into()),
                 configuration_set: None,
-            }),
-            connect_timeout_ms: None,
-            request_timeout_ms: None,
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            max_concurrency: None,
-            circuit_failure_threshold: None,
-            circuit_open_ms: Some(500),
-            circuit_half_open_probes: None,
+            }))
         },
     );
     c.channels
@@ -52,6 +45,7 @@ fn email(to: &str) -> serde_json::Value {
 #[tokio::test]
 async fn email_goes_through_ses_and_its_refusals_are_classified() {
     let s = TestServer::start_with(over_ses).await;
+    s.sim.trust_aws_key("AKIATEST", "secret");
     let (status, _, v) = s.post("/v1/notifications", &email("ann@example.org")).await;
     assert_eq!(status, 202, "{v}");
     let n = s.wait_finished(v["id"].as_str().expect("id")).await;
@@ -88,26 +82,34 @@ async fn email_goes_through_ses_and_its_refusals_are_classified() {
     );
     let (_, _, v) = s.post("/v1/notifications", &email("bob@example.org")).await;
     let id = v["id"].as_str().expect("id").to_owned();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let (_, p) = s.get("/v1/providers").await;
-        let ses = p["providers"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|x| x["name"] == "ses").cloned())
-            .unwrap_or_default();
-        if ses.get("credential_refused").is_some_and(|c| !c.is_null()) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no refusal shown: {p}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    s.wait_credential_refused("ses").await;
     s.sim.clear_faults();
     let n = s.wait_finished(&id).await;
     assert_eq!(
         n["channels"][0]["state"], "sent",
         "sent once the key works: {n}"
     );
+}
+
+/// The simulator recomputes each SigV4 signature with the key's secret, as
+/// AWS does: signed with the wrong secret, SES answers
+/// `SignatureDoesNotMatch`, which is the account's error, not the message's.
+#[tokio::test]
+async fn a_signature_made_with_the_wrong_secret_is_refused_as_aws_refuses_it() {
+    let s = TestServer::start_with(over_ses).await;
+    s.sim.trust_aws_key("AKIATEST", "not-the-configured-secret");
+    let (status, _, v) = s.post("/v1/notifications", &email("cy@example.org")).await;
+    assert_eq!(status, 202, "{v}");
+    let refused = s.wait_credential_refused("ses").await;
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("SignatureDoesNotMatch")),
+        "{refused}"
+    );
+    assert_eq!(s.sim.stats()["ses"].unique, 0, "nothing was sent");
+    // The right secret: the same message goes.
+    s.sim.trust_aws_key("AKIATEST", "secret");
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "{n}");
 }

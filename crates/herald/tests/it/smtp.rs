@@ -95,15 +95,9 @@ fn over_smtp(c: &mut Config, smtp: SmtpConfig) {
     c.providers.insert(
         "relay".into(),
         ProviderSettings {
-            account: ProviderConfig::Smtp(smtp),
             connect_timeout_ms: Some(5_000),
             request_timeout_ms: Some(10_000),
-            rate_limit_per_second: None,
-            rate_limit_burst: None,
-            max_concurrency: None,
-            circuit_failure_threshold: None,
-            circuit_open_ms: None,
-            circuit_half_open_probes: None,
+            ..ProviderSettings::new(ProviderConfig::Smtp(smtp))
         },
     );
     c.channels
@@ -251,31 +245,13 @@ async fn a_refused_password_holds_mail_for_the_account_and_fails_none() {
     assert_eq!(status, 202, "{v}");
     let id = v["id"].as_str().expect("id").to_owned();
     // The account shows the refusal; the message waits, not failed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, p) = s.get("/v1/providers").await;
-        let relay = p["providers"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|x| x["name"] == "relay").cloned())
-            .unwrap_or_default();
-        if relay
-            .get("credential_refused")
-            .is_some_and(|c| !c.is_null())
-        {
-            assert!(
-                relay["credential_refused"]["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("535")),
-                "{relay}"
-            );
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            let (_, n) = s.get(&format!("/v1/notifications/{id}")).await;
-            panic!("no refusal shown: {p}\n{n}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = s.wait_credential_refused("relay").await;
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("535")),
+        "{refused}"
+    );
     let (_, n) = s.get(&format!("/v1/notifications/{id}")).await;
     let state = n["channels"][0]["state"]
         .as_str()

@@ -173,6 +173,30 @@ impl TestServer {
         );
     }
 
+    /// One provider account's entry on `GET /v1/providers`.
+    pub async fn provider(&self, name: &str) -> Value {
+        let (status, v) = self.get("/v1/providers").await;
+        assert_eq!(status, 200, "{v}");
+        v["providers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} is listed: {v}"))
+    }
+
+    /// Waits until `/v1/providers` shows the account's credential refused;
+    /// its `credential_refused`.
+    pub async fn wait_credential_refused(&self, name: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let p = self.provider(name).await;
+            if !p["credential_refused"].is_null() {
+                return p["credential_refused"].clone();
+            }
+            assert!(Instant::now() < deadline, "no refusal shown: {p}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every channel of a notification is in a terminal state.
     pub async fn wait_finished(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
