@@ -197,7 +197,10 @@ impl Sim {
         let refused = lock(&self.inner.aws)
             .verify(method, uri, headers, body)
             .err()?;
-        lock(&self.inner.ledger).stats_mut(vendor).rejected += 1;
+        let mut ledger = lock(&self.inner.ledger);
+        let stats = ledger.stats_mut(vendor);
+        stats.received += 1;
+        stats.rejected += 1;
         Some(refused)
     }
 
@@ -374,7 +377,10 @@ async fn twilio(
                     .is_some_and(|t| t == token)
         });
     if !known {
-        lock(&sim.inner.ledger).stats_mut("twilio").rejected += 1;
+        let mut ledger = lock(&sim.inner.ledger);
+        let stats = ledger.stats_mut("twilio");
+        stats.received += 1;
+        stats.rejected += 1;
         return vendors::Twilio::authenticate();
     }
     sim.handle(vendors::Twilio, &headers, &body).await

@@ -322,13 +322,13 @@ impl Sns {
     /// AWS's answer to a signature it does not take.
     pub fn refused_signature(why: crate::aws::Refusal) -> Response {
         match why {
-            crate::aws::Refusal::UnknownKey => sns_error(
+            crate::aws::Refusal::UnknownKey | crate::aws::Refusal::Malformed => sns_error(
                 StatusCode::FORBIDDEN,
                 "Sender",
                 "InvalidClientTokenId",
                 "The security token included in the request is invalid.",
             ),
-            _ => sns_error(
+            crate::aws::Refusal::Mismatch => sns_error(
                 StatusCode::FORBIDDEN,
                 "Sender",
                 "SignatureDoesNotMatch",
@@ -677,12 +677,12 @@ impl Ses {
     /// AWS's answer to a signature it does not take.
     pub fn refused_signature(why: crate::aws::Refusal) -> Response {
         match why {
-            crate::aws::Refusal::UnknownKey => ses_error(
+            crate::aws::Refusal::UnknownKey | crate::aws::Refusal::Malformed => ses_error(
                 StatusCode::FORBIDDEN,
                 "UnrecognizedClientException",
                 "The security token included in the request is invalid.",
             ),
-            _ => ses_error(
+            crate::aws::Refusal::Mismatch => ses_error(
                 StatusCode::FORBIDDEN,
                 "SignatureDoesNotMatch",
                 "The request signature we calculated does not match the signature you provided.",

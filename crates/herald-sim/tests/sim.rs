@@ -4,6 +4,8 @@ use herald_sim::{Fault, Sim};
 
 async fn start(seed: u64) -> (Sim, String) {
     let sim = Sim::new(Some(seed));
+    sim.trust_twilio_account("AC1", "token");
+    sim.trust_aws_key("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
     let (addr, _task) = sim
         .start("127.0.0.1:0".parse().expect("addr"))
         .await
@@ -140,27 +142,63 @@ async fn sns_wants_a_sigv4_signature_and_answers_in_xml() {
         .expect("body")
         .contains("<Code>InvalidClientTokenId</Code>"));
 
-    let signed = |phone: &str| {
-        c.post(format!("{base}/"))
+    // Signed as the AWS SDKs sign (AWS's own signer), with a secret.
+    let signed = |phone: &str, secret: &str| {
+        let body = form.replace("%2B14155550100", &phone.replace('+', "%2B"));
+        let url = format!("{base}/");
+        let host = base.trim_start_matches("http://").to_owned();
+        let headers = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("host", host.as_str()),
+        ];
+        let identity =
+            aws_credential_types::Credentials::new("AKIDEXAMPLE", secret, None, None, "test")
+                .into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("sns")
+            .time(std::time::SystemTime::now())
+            .settings(aws_sigv4::http_request::SigningSettings::default())
+            .build()
+            .expect("params")
+            .into();
+        let signable = aws_sigv4::http_request::SignableRequest::new(
+            "POST",
+            url.clone(),
+            headers.into_iter(),
+            aws_sigv4::http_request::SignableBody::Bytes(body.as_bytes()),
+        )
+        .expect("signable");
+        let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)
+            .expect("signed")
+            .into_parts();
+        let mut req = c
+            .post(url)
             .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-amz-date", "20261121T100000Z")
-            .header(
-                "authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261121/us-east-1/sns/aws4_request, \
-                     SignedHeaders=content-type;host;x-amz-date, Signature={}",
-                    "a".repeat(64)
-                ),
-            )
-            .header("idempotency-key", format!("key-{phone}"))
-            .body(form.replace("%2B14155550100", &phone.replace('+', "%2B")))
+            .header("idempotency-key", format!("key-{phone}"));
+        for (name, value) in instructions.headers() {
+            req = req.header(name, value);
+        }
+        req.body(body)
     };
-    let ok = signed("+14155550100").send().await.expect("sent");
+    let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    let forged = signed("+14155550100", "not-the-secret")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(forged.status(), 403);
+    assert!(forged
+        .text()
+        .await
+        .expect("body")
+        .contains("<Code>SignatureDoesNotMatch</Code>"));
+    let ok = signed("+14155550100", secret).send().await.expect("sent");
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.headers()["content-type"], "text/xml");
     let body = ok.text().await.expect("body");
     assert!(body.contains("<PublishResult><MessageId>sim"), "{body}");
-    let bad = signed("+15005550001").send().await.expect("sent");
+    let bad = signed("+15005550001", secret).send().await.expect("sent");
     assert_eq!(bad.status(), 400);
     assert!(bad
         .text()
@@ -168,5 +206,5 @@ async fn sns_wants_a_sigv4_signature_and_answers_in_xml() {
         .expect("body")
         .contains("<Code>InvalidParameter</Code>"));
     let stats = sim.stats()["sns"];
-    assert_eq!((stats.received, stats.unique, stats.rejected), (3, 1, 2));
+    assert_eq!((stats.received, stats.unique, stats.rejected), (4, 1, 3));
 }

@@ -345,6 +345,89 @@ mod tests {
         assert_eq!(count(&lists), PAGE + 7);
     }
 
+    /// A store that answers until it is told to fail (a store outage).
+    struct Flaky {
+        inner: MemoryStore,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Suppressions for Flaky {
+        async fn suppress(&self, s: Suppression) -> Result<bool, herald_core::store::StoreError> {
+            self.inner.suppress(s).await
+        }
+        async fn lift_suppression(
+            &self,
+            tenant_id: &str,
+            channel: Channel,
+            address: &str,
+            now_ms: i64,
+        ) -> Result<bool, herald_core::store::StoreError> {
+            self.inner
+                .lift_suppression(tenant_id, channel, address, now_ms)
+                .await
+        }
+        async fn suppressions(
+            &self,
+            filter: &herald_core::store::SuppressionFilter,
+            after: Option<herald_core::store::SuppressionCursor>,
+            limit: usize,
+        ) -> Result<Vec<Suppression>, herald_core::store::StoreError> {
+            self.inner.suppressions(filter, after, limit).await
+        }
+        async fn suppression_changes(
+            &self,
+            after: &ChangeCursor,
+            limit: usize,
+        ) -> Result<Vec<SuppressionChange>, herald_core::store::StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(herald_core::store::StoreError::Unavailable(
+                    "the store is down".into(),
+                ));
+            }
+            self.inner.suppression_changes(after, limit).await
+        }
+    }
+
+    /// While the store does not answer, a node that never read the lists
+    /// is not ready (its deliveries wait), and one that did keeps its copy.
+    #[tokio::test]
+    async fn a_store_outage_keeps_the_copy_and_a_node_never_read_sends_nothing() {
+        let store = Arc::new(Flaky {
+            inner: MemoryStore::new(false),
+            down: std::sync::atomic::AtomicBool::new(true),
+        });
+        let now = herald_core::now_ms();
+        store
+            .suppress(entry("t", Channel::Email, "a@example.com", now))
+            .await
+            .expect("the memory store answers");
+        let list = Arc::new(SuppressionList::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(follow(
+            store.clone(),
+            list.clone(),
+            Duration::from_millis(20),
+            stop.clone(),
+        ));
+        assert!(
+            !list.wait_ready(Duration::from_millis(200)).await,
+            "never read: not ready"
+        );
+        store.down.store(false, Ordering::SeqCst);
+        assert!(list.wait_ready(Duration::from_secs(5)).await);
+        assert!(list.check("t", Channel::Email, "a@example.com").is_some());
+        store.down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            list.check("t", Channel::Email, "a@example.com").is_some(),
+            "the copy holds through the outage"
+        );
+        assert!(list.wait_ready(Duration::from_millis(1)).await);
+        stop.cancel();
+        task.await.expect("the follower ends cleanly");
+    }
+
     #[test]
     fn nothing_is_suppressed_until_something_is() {
         let list = SuppressionList::default();
