@@ -257,10 +257,17 @@ pub fn validate(
                 "metadata",
                 format!("at most {} bytes of JSON", limits.max_metadata_bytes),
             );
-        } else if req.channels.contains(&Channel::Push) {
+        } else {
             for key in meta.keys() {
-                if let Some(why) = reserved_push_key(key) {
+                let push = req.channels.contains(&Channel::Push);
+                if let Some(why) = push.then(|| reserved_push_key(key)).flatten() {
                     errs.add(format!("metadata.{key}"), why);
+                } else if key.to_ascii_lowercase().starts_with("herald_") {
+                    // Herald's own events use them (a tenant's callbacks).
+                    errs.add(
+                        format!("metadata.{key}"),
+                        "keys starting with herald_ are Herald's own",
+                    );
                 }
             }
         }

@@ -548,9 +548,12 @@ impl Emulated for Webhook {
         let v: serde_json::Value = serde_json::from_slice(body)
             .map_err(|_| Box::new((StatusCode::BAD_REQUEST, "body is not JSON").into_response()))?;
         let data = &v["data"];
+        // A notification's subject or text; for an event of Herald's own
+        // (a callback), its type.
         let text = data["subject"]
             .as_str()
             .or(data["text"].as_str())
+            .or(v["type"].as_str())
             .unwrap_or_default();
         Ok(Parsed {
             recipient: self.path.clone(),

@@ -13,10 +13,10 @@ use herald_core::store::{
     LeaseToken, NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome,
     Reports, StoreError, Tenants, Upkeep,
 };
+use herald_core::store::{Callback, ReceiptApplied, Receipts};
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
-use herald_core::store::{ReceiptApplied, Receipts};
 use herald_core::suppression::Suppression;
 
 use crate::ops;
@@ -44,6 +44,7 @@ pub trait Database:
     + Runs<ops::Suppress>
     + Runs<ops::Lift>
     + Runs<ops::ApplyReceipts>
+    + Runs<ops::SetCallback>
 {
     type Reader: Reader;
 }
@@ -227,6 +228,22 @@ impl<D: Database> Tenants for Db<D> {
             label: label.to_owned(),
         };
         self.writes.run(op).await
+    }
+
+    async fn set_callback(
+        &self,
+        tenant_id: &str,
+        callback: Option<Callback>,
+    ) -> Result<(), StoreError> {
+        let op = ops::SetCallback {
+            tenant_id: tenant_id.to_owned(),
+            callback,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn callback(&self, tenant_id: &str) -> Result<Option<Callback>, StoreError> {
+        reads::callback(&self.reads, tenant_id).await
     }
 }
 

@@ -49,6 +49,8 @@ struct State {
     relay: Option<(String, i64)>,
     tenants: HashMap<String, String>,
     api_keys: HashMap<Vec<u8>, String>,
+    /// Tenants' callbacks, by tenant id.
+    callbacks: HashMap<String, herald_core::store::Callback>,
     /// Every distinct receipt, by delivery.
     receipts: Vec<(uuid::Uuid, ReceiptView)>,
     /// By (tenant, channel, address): the entry and when it was lifted.
@@ -767,6 +769,26 @@ impl Tenants for MemoryStore {
             .or_insert_with(|| tenant.clone());
         Ok(tenant)
     }
+
+    async fn set_callback(
+        &self,
+        tenant_id: &str,
+        callback: Option<herald_core::store::Callback>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        match callback {
+            Some(c) => s.callbacks.insert(tenant_id.to_owned(), c),
+            None => s.callbacks.remove(tenant_id),
+        };
+        Ok(())
+    }
+
+    async fn callback(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<herald_core::store::Callback>, StoreError> {
+        Ok(self.lock().callbacks.get(tenant_id).cloned())
+    }
 }
 
 #[async_trait]
@@ -785,6 +807,7 @@ impl Receipts for MemoryStore {
                 continue;
             };
             let channel = d.channel;
+            let notification_id = d.notification_id;
             let Some(tenant_id) = s
                 .notifications
                 .get(&d.notification_id)
@@ -822,6 +845,7 @@ impl Receipts for MemoryStore {
             }
             out.push(ReceiptApplied::Found {
                 tenant_id,
+                notification_id,
                 channel,
                 changed,
             });

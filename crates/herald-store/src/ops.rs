@@ -148,6 +148,13 @@ op!(
     "receipts"
 );
 
+/// A tenant's callback set, or removed (`None`).
+pub struct SetCallback {
+    pub tenant_id: String,
+    pub callback: Option<herald_core::store::Callback>,
+}
+op!(SetCallback, (), "set_callback");
+
 /// A small real write (a padded row in `health_probe`), to learn whether
 /// the store takes writes again after they failed.
 pub struct Probe;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, Priority};
 use herald_core::store::{
-    AttemptView, ChangeCursor, CountUpTo, DeadLetter, DeadLetterCursor, DeadLetterFilter,
+    AttemptView, Callback, ChangeCursor, CountUpTo, DeadLetter, DeadLetterCursor, DeadLetterFilter,
     DeliverySummary, LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
     SuppressionChange, SuppressionCursor, SuppressionFilter,
 };
@@ -342,6 +342,29 @@ pub(crate) async fn tenant_id<R: Reader>(r: &R, name: &str) -> Result<Option<Str
         )
         .await?;
     found.first().map(|row| row.text("id")).transpose()
+}
+
+pub(crate) async fn callback<R: Reader>(
+    r: &R,
+    tenant_id: &str,
+) -> Result<Option<Callback>, StoreError> {
+    let found = r
+        .rows(
+            "SELECT callback_url, callback_events FROM tenants WHERE id = $1",
+            vec![Arg::Text(tenant_id.to_owned())],
+        )
+        .await?;
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    let (Some(url), events) = (
+        row.opt_text("callback_url")?,
+        row.opt_text("callback_events")?,
+    ) else {
+        return Ok(None);
+    };
+    let events = crate::writes::callback_events(events.as_deref().unwrap_or_default())?;
+    Ok(Some(Callback { url, events }))
 }
 
 pub(crate) async fn tenant_for_key<R: Reader>(

@@ -523,3 +523,25 @@ mod tests {
         assert_eq!(super::v7_floor(t).get_version_num(), 7);
     }
 }
+
+/// A callback's events as stored: delivery states, comma-separated.
+pub(crate) fn callback_events_text(events: &[herald_core::model::DeliveryState]) -> String {
+    events
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The stored events read back.
+pub(crate) fn callback_events(
+    text: &str,
+) -> Result<Vec<herald_core::model::DeliveryState>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| StoreError::Corrupt(format!("callback event {s:?}").into()))
+        })
+        .collect()
+}

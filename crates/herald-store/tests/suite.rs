@@ -1228,6 +1228,7 @@ async fn receipts_move_deliveries_on_by_rank_whenever_they_come(store: &dyn Stor
         applied,
         vec![ReceiptApplied::Found {
             tenant_id: "t1".into(),
+            notification_id: n.id,
             channel: Channel::Email,
             changed: true
         }]

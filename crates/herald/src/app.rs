@@ -215,6 +215,12 @@ impl Running {
         // The worker's copy of the suppression lists; the API on the same
         // node writes its changes into it at once.
         let suppression_list = Arc::new(SuppressionList::default());
+        // Tenants' callbacks: events from the engine and from receipts.
+        let callbacks = Arc::new(crate::engine::callbacks::Callbacks::new(
+            store.clone(),
+            store.clone(),
+            bus.clone(),
+        ));
         let engine = if cfg.has_role(Role::Worker) {
             let parts = engine::Parts {
                 queue: store.clone(),
@@ -226,6 +232,7 @@ impl Running {
                 throughput: throughput.clone(),
                 suppressions: store.clone(),
                 suppression_list: suppression_list.clone(),
+                callbacks: Some(callbacks.clone()),
             };
             Some(Engine::start(&cfg.engine_settings(), parts)?)
         } else {
@@ -268,6 +275,7 @@ impl Running {
             bus_health,
             local_suppressions: cfg.has_role(Role::Worker).then_some(suppression_list),
             accounts: receipt_accounts(&cfg)?,
+            callbacks: Some(callbacks),
         };
         let state = Arc::new(AppState::new(cfg.api_settings(), parts));
         if cfg.server.admission && cfg.has_role(Role::Api) {

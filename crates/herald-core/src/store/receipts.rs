@@ -17,6 +17,7 @@ pub enum ReceiptApplied {
     /// has heard already).
     Found {
         tenant_id: String,
+        notification_id: uuid::Uuid,
         channel: Channel,
         changed: bool,
     },

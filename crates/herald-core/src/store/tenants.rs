@@ -1,8 +1,20 @@
-//! `Tenants`: API keys and the tenants they belong to (auth, the CLI).
+//! `Tenants`: API keys and the tenants they belong to (auth, the CLI), and
+//! each tenant's callback: where Herald tells it what became of its
+//! notifications.
 
 use async_trait::async_trait;
 
 use super::StoreError;
+use crate::model::DeliveryState;
+
+/// A tenant's callback: the URL Herald posts events to (a signed Standard
+/// Webhooks request, delivered as any webhook), and which events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub url: String,
+    /// The delivery states reported (`notification.<state>` events).
+    pub events: Vec<DeliveryState>,
+}
 
 #[async_trait]
 pub trait Tenants: Send + Sync {
@@ -17,4 +29,12 @@ pub trait Tenants: Send + Sync {
         key_hash: &[u8],
         label: &str,
     ) -> Result<String, StoreError>;
+    /// Sets (or, with `None`, removes) the tenant's callback.
+    async fn set_callback(
+        &self,
+        tenant_id: &str,
+        callback: Option<Callback>,
+    ) -> Result<(), StoreError>;
+    /// The tenant's callback, if it has one.
+    async fn callback(&self, tenant_id: &str) -> Result<Option<Callback>, StoreError>;
 }

@@ -20,6 +20,11 @@ use sha2::Sha256;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Metadata keys (reserved: `herald_` keys are Herald's) that make a webhook
+/// one of Herald's own events: its `type`, and its `data`.
+pub const EVENT_TYPE: &str = "herald_event";
+pub const EVENT_DATA: &str = "herald_data";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
@@ -117,23 +122,35 @@ impl Provider for Webhook {
             return Err(BuildError::WrongAddress("a non-webhook address"));
         };
         let timestamp = msg.now_ms.div_euclid(1000);
-        let event = wire::Event {
-            kind: "notification".into(),
-            timestamp: chrono::DateTime::from_timestamp_millis(msg.now_ms)
-                .unwrap_or_default()
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            data: wire::Notification {
-                id: msg.notification_id.clone(),
-                delivery_id: msg.delivery_key.clone(),
-                priority: msg.priority.as_str().into(),
-                category: msg.category.clone(),
-                subject: msg.content.subject.clone(),
-                text: msg.content.text.clone(),
-                html: msg.content.html.clone(),
-                metadata: msg.metadata.clone(),
-            },
+        let at = chrono::DateTime::from_timestamp_millis(msg.now_ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        // Herald's own events (a tenant's callback) carry their type and
+        // data in its reserved metadata keys; anything else is a
+        // notification.
+        let own = msg.metadata.as_ref().and_then(|m| {
+            let kind = m.get(EVENT_TYPE)?.as_str()?;
+            Some((kind.to_owned(), m.get(EVENT_DATA)?.clone()))
+        });
+        let body = match own {
+            Some((kind, data)) => crate::json(&serde_json::json!({
+                "type": kind, "timestamp": at, "data": data
+            }))?,
+            None => crate::json(&wire::Event {
+                kind: "notification".into(),
+                timestamp: at,
+                data: wire::Notification {
+                    id: msg.notification_id.clone(),
+                    delivery_id: msg.delivery_key.clone(),
+                    priority: msg.priority.as_str().into(),
+                    category: msg.category.clone(),
+                    subject: msg.content.subject.clone(),
+                    text: msg.content.text.clone(),
+                    html: msg.content.html.clone(),
+                    metadata: msg.metadata.clone(),
+                },
+            })?,
         };
-        let body = crate::json(&event)?;
         let signature = self.signatures(&msg.delivery_key, timestamp, &body);
         let ts = timestamp.to_string();
         crate::post(

@@ -297,7 +297,7 @@ impl PgOp for ops::ApplyReceipts {
         let mut out = Vec::with_capacity(self.receipts.len());
         for r in &self.receipts {
             let found = sqlx::query(
-                "SELECT n.tenant_id, d.channel FROM deliveries d \
+                "SELECT n.tenant_id, d.channel, d.notification_id FROM deliveries d \
                  JOIN notifications n ON n.id = d.notification_id WHERE d.id = $1",
             )
             .bind(r.delivery_id)
@@ -344,11 +344,32 @@ impl PgOp for ops::ApplyReceipts {
             }
             out.push(ReceiptApplied::Found {
                 tenant_id: row.text("tenant_id")?,
+                notification_id: row.uuid("notification_id")?,
                 channel: row.parsed("channel")?,
                 changed,
             });
         }
         Ok(out)
+    }
+}
+
+impl PgOp for ops::SetCallback {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<(), StoreError> {
+        let (url, events) = match &self.callback {
+            Some(c) => (
+                Some(c.url.clone()),
+                Some(crate::writes::callback_events_text(&c.events)),
+            ),
+            None => (None, None),
+        };
+        sqlx::query("UPDATE tenants SET callback_url = $2, callback_events = $3 WHERE id = $1")
+            .bind(&self.tenant_id)
+            .bind(url)
+            .bind(events)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 }
 

@@ -353,7 +353,7 @@ impl SqliteOp for ops::ApplyReceipts {
     fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<Vec<ReceiptApplied>, StoreError> {
         let mut find = tx
             .prepare_cached(
-                "SELECT n.tenant_id, d.channel FROM deliveries d \
+                "SELECT n.tenant_id, d.channel, d.notification_id FROM deliveries d \
                  JOIN notifications n ON n.id = d.notification_id WHERE d.id = ?1",
             )
             .map_err(sql_err)?;
@@ -366,11 +366,13 @@ impl SqliteOp for ops::ApplyReceipts {
         let mut take = tx.prepare_cached(TAKE_RECEIPT).map_err(sql_err)?;
         let mut out = Vec::with_capacity(self.receipts.len());
         for r in &self.receipts {
-            let found: Option<(String, String)> = find
-                .query_row([r.delivery_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            let found: Option<(String, String, uuid::Uuid)> = find
+                .query_row([r.delivery_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
                 .optional()
                 .map_err(sql_err)?;
-            let Some((tenant_id, channel)) = found else {
+            let Some((tenant_id, channel, notification_id)) = found else {
                 out.push(ReceiptApplied::Unknown);
                 continue;
             };
@@ -397,6 +399,7 @@ impl SqliteOp for ops::ApplyReceipts {
             }
             out.push(ReceiptApplied::Found {
                 tenant_id,
+                notification_id,
                 channel: channel
                     .parse()
                     .map_err(|_| StoreError::Corrupt(format!("channel {channel:?}").into()))?,
@@ -404,6 +407,24 @@ impl SqliteOp for ops::ApplyReceipts {
             });
         }
         Ok(out)
+    }
+}
+
+impl SqliteOp for ops::SetCallback {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
+        let (url, events) = match &self.callback {
+            Some(c) => (
+                Some(c.url.as_str()),
+                Some(crate::writes::callback_events_text(&c.events)),
+            ),
+            None => (None, None),
+        };
+        tx.prepare_cached(
+            "UPDATE tenants SET callback_url = ?2, callback_events = ?3 WHERE id = ?1",
+        )
+        .and_then(|mut q| q.execute(params![self.tenant_id, url, events]))
+        .map_err(sql_err)?;
+        Ok(())
     }
 }
 

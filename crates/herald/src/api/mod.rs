@@ -4,6 +4,7 @@
 mod accept;
 pub mod admission;
 mod auth;
+mod callbacks;
 mod json;
 mod limits;
 mod notifications;
@@ -75,6 +76,8 @@ pub struct Parts {
     pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
     /// The provider accounts by name: where receipts are verified and read.
     pub accounts: HashMap<String, Arc<dyn Provider>>,
+    /// Tenants' callbacks (receipts make events too).
+    pub callbacks: Option<Arc<crate::engine::callbacks::Callbacks>>,
 }
 
 pub struct AppState {
@@ -86,6 +89,7 @@ pub struct AppState {
     pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
     pub receipts: Arc<dyn Receipts>,
     pub accounts: HashMap<String, Arc<dyn Provider>>,
+    pub callbacks: Option<Arc<crate::engine::callbacks::Callbacks>>,
     pub public_url: Option<String>,
     pub depths: Arc<dyn Depths>,
     pub health: Arc<dyn Health>,
@@ -118,6 +122,7 @@ impl AppState {
             local_suppressions: parts.local_suppressions,
             receipts: store.clone(),
             accounts: parts.accounts,
+            callbacks: parts.callbacks,
             public_url: settings.public_url,
             depths: store.clone(),
             health: store,
@@ -162,6 +167,12 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                     .delete(suppressions::lift),
             )
             .route("/v1/receipts/{provider}", post(receipts::receive))
+            .route(
+                "/v1/callbacks",
+                get(callbacks::get)
+                    .put(callbacks::put)
+                    .delete(callbacks::delete),
+            )
             .route("/openapi.json", get(openapi::openapi_json))
     } else {
         Router::new()

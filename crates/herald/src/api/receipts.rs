@@ -19,6 +19,7 @@ use herald_core::suppression::{normalize, Suppression};
 use super::problem::ApiError;
 use super::types::ReceiptsOut;
 use super::AppState;
+use crate::engine::callbacks::Event;
 use crate::telemetry as m;
 
 /// Take a vendor's receipts: each moves its delivery to `delivered`,
@@ -100,10 +101,24 @@ pub async fn receive(
             }
             ReceiptApplied::Found {
                 tenant_id,
+                notification_id,
                 channel,
                 changed,
             } => {
                 out.changed += usize::from(changed);
+                if let (true, Some(kind), Some(cb)) = (changed, r.kind, &state.callbacks) {
+                    let event = Event {
+                        tenant_id: tenant_id.clone(),
+                        notification_id,
+                        delivery_id: r.delivery_id,
+                        channel,
+                        state: kind.state(),
+                        provider: Some(provider.clone()),
+                        reason: r.reason.clone(),
+                        at_ms: if r.at_ms > 0 { r.at_ms } else { now },
+                    };
+                    cb.emit(event, None).await;
+                }
                 if let Some((address, why)) = &r.suppress {
                     let s = Suppression {
                         tenant_id,

@@ -450,3 +450,21 @@ pub struct ReceiptsOut {
     /// How many named a delivery this store does not hold.
     pub unknown: usize,
 }
+
+/// `PUT /v1/callbacks`: where Herald tells the tenant what became of its
+/// notifications.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackIn {
+    /// An http(s) URL, checked as a webhook recipient's.
+    pub url: String,
+    /// The final states to hear of; every one when left out.
+    pub events: Option<Vec<DeliveryState>>,
+}
+
+/// The tenant's callback.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallbackOut {
+    pub url: String,
+    pub events: Vec<DeliveryState>,
+}

@@ -35,6 +35,8 @@ pub struct Shared {
     /// Deliveries finished, per channel and lane (admission control's rate).
     pub throughput: Arc<Throughput>,
     pub suppression: Screen,
+    /// Tenants' callbacks, told of each delivery's final state.
+    pub callbacks: Option<Arc<super::callbacks::Callbacks>>,
 }
 
 /// The suppression check on the delivery path, and where the addresses
@@ -102,23 +104,38 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
                 .increment(1);
         }
         tracing::debug!(state = %state, calls = record.calls.len(), error = record.error.as_deref().unwrap_or(""), "attempt recorded");
-        write(&shared, record).await;
+        let event = (state.is_terminal()).then(|| super::callbacks::Event {
+            tenant_id: d.tenant_id.clone(),
+            notification_id: d.notification_id,
+            delivery_id: d.id,
+            channel: d.channel,
+            state,
+            provider: record.provider().map(str::to_owned),
+            reason: record.error.clone(),
+            at_ms: record.ended_at_ms,
+        });
+        if write(&shared, record).await {
+            if let (Some(cb), Some(e)) = (&shared.callbacks, event) {
+                cb.emit(e, Some(&d.payload)).await;
+            }
+        }
     }
     .instrument(span)
     .await
 }
 
-/// Records an attempt. If the store is unavailable and a vendor was
-/// called, the outcome is held and written when the store answers again
-/// (`unwritten.rs`), so the call is not made a second time.
-async fn write(shared: &Shared, record: AttemptRecord) {
+/// Records an attempt; whether it is recorded now. If the store is
+/// unavailable and a vendor was called, the outcome is held and written
+/// when the store answers again (`unwritten.rs`), so the call is not made
+/// a second time.
+async fn write(shared: &Shared, record: AttemptRecord) -> bool {
     let Err(e) = shared.queue.record(vec![record.clone()]).await else {
-        return;
+        return true;
     };
     metrics::counter!(m::STORE_ERRORS).increment(1);
     if !e.is_outage() {
         tracing::error!(error = %e, "the store refuses the attempt; its lease will expire and it will be retried");
-        return;
+        return false;
     }
     if record.calls.is_empty() {
         // Nothing was sent: trying again after the lease is harmless.
@@ -128,6 +145,7 @@ async fn write(shared: &Shared, record: AttemptRecord) {
     } else {
         tracing::error!(error = %e, "could not record the vendor's answer and too many are held already; the lease will expire and it will be sent again");
     }
+    false
 }
 
 /// One attempt: the decisions are `herald_core::attempt`'s (the plan, the

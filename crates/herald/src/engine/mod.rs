@@ -1,6 +1,7 @@
 //! The delivery engine: one worker pool per channel, fed by the bus.
 
 pub mod accounts;
+pub mod callbacks;
 mod deliver;
 mod dispatch;
 pub mod fleet;
@@ -79,6 +80,8 @@ pub struct Parts {
     /// The node's copy of the suppression lists, which the engine keeps
     /// (the API, on the same node, writes its own changes into it too).
     pub suppression_list: Arc<suppressions::SuppressionList>,
+    /// Tenants' callbacks, told of each delivery's final state.
+    pub callbacks: Option<Arc<callbacks::Callbacks>>,
 }
 
 impl Engine {
@@ -95,6 +98,7 @@ impl Engine {
             throughput,
             suppressions,
             suppression_list: list,
+            callbacks,
         } = parts;
         let shared = Arc::new(Shared {
             queue,
@@ -104,6 +108,7 @@ impl Engine {
             templates,
             unwritten: Arc::new(Unwritten::new(MAX_UNWRITTEN)),
             throughput,
+            callbacks,
             suppression: Screen {
                 list: list.clone(),
                 store: suppressions.clone(),

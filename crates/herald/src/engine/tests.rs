@@ -172,6 +172,7 @@ impl Rig {
             throughput: Arc::default(),
             suppressions: store.clone(),
             suppression_list: Arc::default(),
+            callbacks: None,
         };
         let engine = Engine::start(&cfg.engine_settings(), parts).expect("engine");
         Rig {

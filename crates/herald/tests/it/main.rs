@@ -4,6 +4,7 @@
 mod api;
 mod apns;
 mod bench;
+mod callbacks;
 mod cli;
 mod cluster;
 mod connections;

@@ -29,7 +29,7 @@ fn twilio_signature(url: &str, form: &[(&str, &str)]) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-async fn post_twilio(
+pub async fn post_twilio(
     s: &TestServer,
     delivery: &str,
     form: &[(&str, &str)],
