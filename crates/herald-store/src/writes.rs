@@ -436,6 +436,28 @@ pub(crate) fn v7_floor(ms: i64) -> uuid::Uuid {
     uuid::Uuid::from_bytes(b)
 }
 
+/// A callback's events as stored: delivery states, comma-separated.
+pub(crate) fn callback_events_text(events: &[herald_core::model::DeliveryState]) -> String {
+    events
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The stored events read back.
+pub(crate) fn callback_events(
+    text: &str,
+) -> Result<Vec<herald_core::model::DeliveryState>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| StoreError::Corrupt(format!("callback event {s:?}").into()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,26 +544,4 @@ mod tests {
         assert!(at(t + 1) > super::v7_floor(t));
         assert_eq!(super::v7_floor(t).get_version_num(), 7);
     }
-}
-
-/// A callback's events as stored: delivery states, comma-separated.
-pub(crate) fn callback_events_text(events: &[herald_core::model::DeliveryState]) -> String {
-    events
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// The stored events read back.
-pub(crate) fn callback_events(
-    text: &str,
-) -> Result<Vec<herald_core::model::DeliveryState>, StoreError> {
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| StoreError::Corrupt(format!("callback event {s:?}").into()))
-        })
-        .collect()
 }
