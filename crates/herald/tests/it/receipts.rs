@@ -310,3 +310,68 @@ async fn an_account_without_a_verification_key_refuses_receipts() {
         "{v}"
     );
 }
+
+/// Hostile receipts: oversized, binary, unicode-heavy and half-formed bodies
+/// get a problem document, never a 5xx, and change nothing.
+#[tokio::test]
+async fn hostile_receipts_get_a_clear_answer_and_change_nothing() {
+    let s = TestServer::start().await;
+    let sms = json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"},
+        "content": {"text": "Your code is 123456"}});
+    let (delivery, id) = sent(&s, &sms).await;
+    let url = format!("{}/v1/receipts/twilio?delivery={delivery}", s.base);
+
+    // Over the body limit: 413, before anything reads it.
+    let big = vec![b'a'; 3 * 1024 * 1024];
+    let resp = s
+        .http
+        .post(&url)
+        .header("x-twilio-signature", "x")
+        .body(big)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 413);
+    // Binary garbage, and a form of unicode with a made-up signature: 401.
+    for body in [
+        vec![0u8, 159, 146, 150, 255, 0, 1],
+        "MessageStatus=d%C3%A9livr%C3%A9&To=%F0%9F%93%B1&%00=%FF"
+            .as_bytes()
+            .to_vec(),
+    ] {
+        let resp = s
+            .http
+            .post(&url)
+            .header("x-twilio-signature", "bm9wZQ==")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("sent");
+        let status = resp.status().as_u16();
+        let (_, headers, v) = decode(resp).await;
+        assert_eq!(status, 401, "{v}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+    }
+    // Signed, unicode-heavy and with statuses Twilio never sends: taken,
+    // nothing changes.
+    let odd = [
+        ("MessageStatus", "délivré 📱"),
+        ("To", "+14155550100"),
+        ("ErrorCode", "🙃"),
+    ];
+    let (status, v) = post_twilio(&s, &delivery, &odd, None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["received"], 0, "{v}");
+    // A SendGrid body that is not JSON, unsigned: 401 (no key configured).
+    let resp = s
+        .http
+        .post(format!("{}/v1/receipts/sendgrid", s.base))
+        .header("content-type", "application/json")
+        .body("[{\"event\": \"delivered\", \"email\": \"\u{0}\"")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(channel_of(&s, &id).await["state"], "sent");
+}
