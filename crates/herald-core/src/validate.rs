@@ -40,6 +40,9 @@ pub struct Limits {
     pub allow_loopback_webhooks: bool,
     /// Whether a webhook URL may name a private-network host.
     pub allow_private_webhooks: bool,
+    /// Whether APNs is on the push route: iOS tokens' payloads are then
+    /// counted as APNs counts them too (`apns_payload_bytes`).
+    pub apns: bool,
 }
 
 impl Default for Limits {
@@ -55,6 +58,7 @@ impl Default for Limits {
             max_sms_segments: None,
             allow_loopback_webhooks: false,
             allow_private_webhooks: false,
+            apns: false,
         }
     }
 }
@@ -367,7 +371,17 @@ fn check_content(
         check_sms_length(text, &field("text"), why, limits, errs);
     }
     if req.channels.contains(&Channel::Push) {
-        let size = push_payload_bytes(content, req.metadata.as_ref());
+        let ios = req
+            .recipient
+            .push_tokens
+            .iter()
+            .any(|t| t.platform == crate::model::PushPlatform::Ios);
+        // The larger of FCM's count and, for iOS tokens APNs takes, the
+        // exact size of the payload APNs gets.
+        let mut size = push_payload_bytes(content, req.metadata.as_ref());
+        if limits.apns && ios {
+            size = size.max(apns_payload_bytes(content, req.metadata.as_ref()));
+        }
         if size > MAX_PUSH_PAYLOAD_BYTES {
             let at = if req.metadata.as_ref().is_some_and(|m| !m.is_empty()) {
                 "metadata".to_owned()
@@ -441,6 +455,30 @@ pub fn push_payload_bytes(
         size += serde_json::to_string(k).map_or(0, |k| k.len()) + 1 + v + 1;
     }
     size
+}
+
+/// The size of the payload APNs gets (`herald_providers::apns`): `aps` with
+/// the alert's title and body, Herald's delivery key and the metadata, as
+/// JSON.
+pub fn apns_payload_bytes(
+    content: &Content,
+    metadata: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> usize {
+    let mut payload = metadata.cloned().unwrap_or_default();
+    payload.remove("aps");
+    payload.insert(
+        "herald_delivery_key".into(),
+        serde_json::Value::String("00000000-0000-0000-0000-000000000000".into()),
+    );
+    let mut alert = serde_json::Map::new();
+    if let Some(t) = &content.subject {
+        alert.insert("title".into(), serde_json::Value::String(t.clone()));
+    }
+    if let Some(b) = &content.text {
+        alert.insert("body".into(), serde_json::Value::String(b.clone()));
+    }
+    payload.insert("aps".into(), serde_json::json!({ "alert": alert }));
+    serde_json::to_vec(&payload).map_or(usize::MAX, |v| v.len())
 }
 
 /// Why a metadata key cannot go into a push's data, if it cannot: FCM
@@ -1028,5 +1066,39 @@ mod tests {
             html: None,
         };
         assert!(validate_rendered(&r, &fine, &Limits::default()).is_empty());
+    }
+
+    /// A body of quotes fits FCM's count (raw lengths) but not APNs' 4 KiB
+    /// once escaped in its JSON: refused for an iOS token when APNs is on
+    /// the route, and only then.
+    #[test]
+    fn an_ios_push_is_counted_as_apns_counts_it() {
+        let push = |platform: &str| -> NotificationRequest {
+            serde_json::from_value(serde_json::json!({
+                "recipient": {"push_tokens": [{"platform": platform, "token": "t"}]},
+                "channels": ["push"],
+                "content": {"subject": "s", "text": "\"".repeat(2_500)}
+            }))
+            .expect("valid fixture")
+        };
+        let with_apns = Limits {
+            apns: true,
+            ..Limits::default()
+        };
+        let now = chrono::Utc::now();
+        let refused = validate(&push("ios"), &with_apns, now);
+        assert_eq!(refused.fields(), vec!["content.text"], "{refused:?}");
+        assert!(refused.list[0].reason.contains("4096"), "{refused:?}");
+        assert!(validate(&push("android"), &with_apns, now).is_empty());
+        assert!(validate(&push("ios"), &Limits::default(), now).is_empty());
+        let c = Content {
+            subject: Some("Hi".into()),
+            text: Some("Hello".into()),
+            html: None,
+        };
+        assert_eq!(
+            apns_payload_bytes(&c, None),
+            r#"{"aps":{"alert":{"body":"Hello","title":"Hi"}},"herald_delivery_key":"00000000-0000-0000-0000-000000000000"}"#.len()
+        );
     }
 }

@@ -654,6 +654,13 @@ impl Config {
                 .and_then(|c| c.max_segments),
             allow_loopback_webhooks: self.webhooks.allow_loopback,
             allow_private_webhooks: self.webhooks.allow_private,
+            apns: self.channels.get(&Channel::Push).is_some_and(|c| {
+                c.providers.iter().any(|p| {
+                    self.providers
+                        .get(p)
+                        .is_some_and(|s| matches!(s.account, ProviderConfig::Apns(_)))
+                })
+            }),
             ..Limits::default()
         }
     }
