@@ -168,6 +168,33 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
+/// Where an AWS account with no static keys gets its credentials: AWS's
+/// standard chain, which the engine resolves (and renews) through the AWS
+/// crates, handing them to the adapter as an `AccessToken` to sign with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsChain {
+    pub region: String,
+    pub profile: Option<String>,
+    pub shared_credentials_file: Option<std::path::PathBuf>,
+}
+
+impl AwsChain {
+    /// Credentials as an access token's value: key id, secret and session
+    /// token, a line each.
+    pub fn encode(key_id: &str, secret: &str, session_token: Option<&str>) -> String {
+        format!("{key_id}\n{secret}\n{}", session_token.unwrap_or_default())
+    }
+
+    /// The credentials back from `encode`'s form.
+    pub fn decode(value: &str) -> Option<(&str, &str, Option<&str>)> {
+        let mut parts = value.splitn(3, '\n');
+        let key_id = parts.next().filter(|k| !k.is_empty())?;
+        let secret = parts.next().filter(|s| !s.is_empty())?;
+        let token = parts.next().filter(|t| !t.is_empty());
+        Some((key_id, secret, token))
+    }
+}
+
 /// One vendor account. Implementations live in `herald-providers`.
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The account's name in config (`[providers.NAME]`); a metrics label.
@@ -201,6 +228,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// ...): what verifies and reads them. `None` (the default) for the
     /// others.
     fn receipt_parser(&self) -> Option<&dyn crate::receipt::ReceiptParser> {
+        None
+    }
+
+    /// For an AWS account without static keys: where the engine gets its
+    /// credentials (they come to `authorize` as an access token).
+    fn aws_chain(&self) -> Option<&AwsChain> {
         None
     }
 

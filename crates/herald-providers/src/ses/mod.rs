@@ -24,10 +24,21 @@ pub struct SesConfig {
     /// Defaults to `https://email.<region>.amazonaws.com`.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Static keys; leave both empty to take credentials from AWS's
+    /// standard chain instead (environment, profile files, web identity for
+    /// Kubernetes, ECS, EC2 instance metadata), renewed before they expire.
+    #[serde(default)]
     pub access_key_id: String,
+    #[serde(default)]
     pub secret_access_key: Secret,
     #[serde(default)]
     pub session_token: Option<Secret>,
+    /// With the chain: the profile to use (default: `AWS_PROFILE`, or
+    /// `default`), and a credentials file besides `~/.aws/credentials`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub shared_credentials_file: Option<std::path::PathBuf>,
     /// A verified identity's address.
     pub from_email: String,
     #[serde(default)]
@@ -91,9 +102,13 @@ impl Ses {
         let signer = crate::aws::SigV4::new(
             "ses",
             &cfg.region,
-            &cfg.access_key_id,
-            &cfg.secret_access_key,
-            cfg.session_token.as_ref(),
+            crate::aws::Keys {
+                access_key_id: &cfg.access_key_id,
+                secret_access_key: &cfg.secret_access_key,
+                session_token: cfg.session_token.as_ref(),
+                profile: &cfg.profile,
+                shared_credentials_file: &cfg.shared_credentials_file,
+            },
         )?;
         if herald_core::validate::check_email(&cfg.from_email).is_err() {
             return Err(format!(
@@ -182,6 +197,18 @@ impl Provider for Ses {
         Ok(req)
     }
 
+    fn aws_chain(&self) -> Option<&herald_core::provider::AwsChain> {
+        self.signer.chain()
+    }
+
+    fn authorize(
+        &self,
+        req: &mut VendorRequest,
+        token: &herald_core::provider::AccessToken,
+    ) -> Result<(), BuildError> {
+        self.signer.sign_with(req, token)
+    }
+
     fn classify(&self, resp: &VendorResponse) -> Outcome {
         if resp.status.is_success() {
             let vendor_id = serde_json::from_slice::<wire::Sent>(&resp.body)
@@ -227,6 +254,8 @@ mod tests {
                 access_key_id: "AKIDEXAMPLE".into(),
                 secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
                 session_token: None,
+                profile: None,
+                shared_credentials_file: None,
                 from_email: "orders@shop.example".into(),
                 from_name: Some("Zoë \"The\" Shop".into()),
                 configuration_set: Some("herald-events".into()),

@@ -26,11 +26,22 @@ pub struct SnsConfig {
     /// Defaults to `https://sns.<region>.amazonaws.com`.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Static keys; leave both empty to take credentials from AWS's
+    /// standard chain instead (environment, profile files, web identity for
+    /// Kubernetes, ECS, EC2 instance metadata), renewed before they expire.
+    #[serde(default)]
     pub access_key_id: String,
+    #[serde(default)]
     pub secret_access_key: Secret,
     /// For temporary credentials (STS).
     #[serde(default)]
     pub session_token: Option<Secret>,
+    /// With the chain: the profile to use (default: `AWS_PROFILE`, or
+    /// `default`), and a credentials file besides `~/.aws/credentials`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub shared_credentials_file: Option<std::path::PathBuf>,
     /// `AWS.SNS.SMS.SenderID`, where the destination country supports it.
     #[serde(default)]
     pub sender_id: Option<String>,
@@ -95,9 +106,13 @@ impl Sns {
         let signer = crate::aws::SigV4::new(
             "sns",
             &cfg.region,
-            &cfg.access_key_id,
-            &cfg.secret_access_key,
-            cfg.session_token.as_ref(),
+            crate::aws::Keys {
+                access_key_id: &cfg.access_key_id,
+                secret_access_key: &cfg.secret_access_key,
+                session_token: cfg.session_token.as_ref(),
+                profile: &cfg.profile,
+                shared_credentials_file: &cfg.shared_credentials_file,
+            },
         )?;
         let base = match &cfg.base_url {
             Some(u) => crate::base_url(u)?,
@@ -176,6 +191,18 @@ impl Provider for Sns {
         Ok(req)
     }
 
+    fn aws_chain(&self) -> Option<&herald_core::provider::AwsChain> {
+        self.signer.chain()
+    }
+
+    fn authorize(
+        &self,
+        req: &mut VendorRequest,
+        token: &herald_core::provider::AccessToken,
+    ) -> Result<(), BuildError> {
+        self.signer.sign_with(req, token)
+    }
+
     fn classify(&self, resp: &VendorResponse) -> Outcome {
         let text = std::str::from_utf8(&resp.body).unwrap_or_default();
         if resp.status.is_success() {
@@ -224,6 +251,8 @@ mod tests {
                 access_key_id: "AKIDEXAMPLE".into(),
                 secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
                 session_token: None,
+                profile: None,
+                shared_credentials_file: None,
                 sender_id: Some("Herald".into()),
                 origination_number: None,
             },

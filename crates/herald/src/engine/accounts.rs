@@ -20,7 +20,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use herald_core::breaker::{Admission, Breaker, CircuitState, Health, Ticket, Transition};
 use herald_core::lease::Lease;
 use herald_core::model::Channel;
-use herald_core::provider::{AccessToken, Address, OutboundMessage, Outcome, Provider};
+use herald_core::provider::{AccessToken, Address, AwsChain, OutboundMessage, Outcome, Provider};
 use herald_core::status::{
     AccountView, DestinationsView, OpenDestination, ProviderStatus, Refused,
 };
@@ -63,7 +63,16 @@ pub struct Account {
 struct Token {
     current: Mutex<Option<AccessToken>>,
     renewing: tokio::sync::Mutex<()>,
+    /// For an AWS account on the standard chain: its credentials provider
+    /// (made at the first call; `None` if the chain has none at all).
+    aws: tokio::sync::OnceCell<Option<aws_credential_types::provider::SharedCredentialsProvider>>,
 }
+
+/// How long resolving AWS credentials from the chain may take.
+const AWS_CHAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long credentials without an expiry (keys in a profile file or the
+/// environment) are used before the chain is asked again.
+const AWS_STATIC_REUSE_MS: i64 = 15 * 60_000;
 
 /// The guards of one set of calls that fail together.
 struct Guard {
@@ -370,7 +379,16 @@ impl Account {
             return Ok(Some(t));
         }
         let req = match self.provider.token_request(now) {
-            None => return Ok(None),
+            None => {
+                let Some(chain) = self.provider.aws_chain() else {
+                    return Ok(None);
+                };
+                let token = self.aws_credentials(chain).await?;
+                metrics::counter!(m::TOKENS_ISSUED, "provider" => self.name().to_owned())
+                    .increment(1);
+                *lock(&self.token.current) = Some(token.clone());
+                return Ok(Some(token));
+            }
             Some(Ok(req)) => req,
             Some(Err(e)) => {
                 return Err(Outcome::Account {
@@ -387,6 +405,65 @@ impl Account {
         metrics::counter!(m::TOKENS_ISSUED, "provider" => self.name().to_owned()).increment(1);
         *lock(&self.token.current) = Some(token.clone());
         Ok(Some(token))
+    }
+
+    /// Credentials from AWS's standard chain (environment, profile files,
+    /// web identity, ECS, instance metadata) through `aws-config`, as an
+    /// access token for the adapter to sign with; bounded, and the
+    /// account's error when there are none.
+    async fn aws_credentials(&self, chain: &AwsChain) -> Result<AccessToken, Outcome> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let provider = self
+            .token
+            .aws
+            .get_or_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(chain.region.clone()));
+                if let Some(p) = &chain.profile {
+                    loader = loader.profile_name(p);
+                }
+                if let Some(f) = &chain.shared_credentials_file {
+                    use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+                    loader = loader.profile_files(
+                        EnvConfigFiles::builder()
+                            .include_default_config_file(true)
+                            .include_default_credentials_file(true)
+                            .with_file(EnvConfigFileKind::Credentials, f)
+                            .build(),
+                    );
+                }
+                loader.load().await.credentials_provider()
+            })
+            .await
+            .as_ref()
+            .ok_or_else(|| Outcome::Account {
+                reason: "AWS's standard chain has no credentials provider".into(),
+            })?;
+        let creds = tokio::time::timeout(AWS_CHAIN_TIMEOUT, provider.provide_credentials())
+            .await
+            .map_err(|_| Outcome::Account {
+                reason: format!("AWS credentials: no answer within {AWS_CHAIN_TIMEOUT:?}"),
+            })?
+            .map_err(|e| Outcome::Account {
+                reason: format!("AWS credentials from the standard chain: {e}"),
+            })?;
+        let now = herald_core::now_ms();
+        let expires_at_ms = creds
+            .expiry()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now + AWS_STATIC_REUSE_MS, |d| {
+                i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+            });
+        tracing::info!(provider = %self.name(), expires_at_ms, "got AWS credentials from the standard chain");
+        Ok(AccessToken {
+            value: herald_core::secret::Secret::new(AwsChain::encode(
+                creds.access_key_id(),
+                creds.secret_access_key(),
+                creds.session_token(),
+            )),
+            issued_at_ms: now,
+            expires_at_ms,
+        })
     }
 
     /// Follows whether the vendor takes the account's credential: the first

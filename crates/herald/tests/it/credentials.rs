@@ -145,3 +145,61 @@ async fn a_wrong_twilio_token_is_refused_as_twilio_refuses_it_and_the_sms_waits(
     let n = s.wait_finished(v["id"].as_str().expect("id")).await;
     assert_eq!(n["channels"][0]["state"], "sent", "{n}");
 }
+
+/// An SNS account without static keys takes its credentials from AWS's
+/// standard chain (here a named profile in a credentials file, as on a
+/// developer's machine), through the AWS crates, and signs with them; a
+/// profile the chain cannot find is the account's error, and the SMS waits.
+#[tokio::test]
+async fn sns_signs_with_credentials_from_the_aws_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("credentials");
+    std::fs::write(
+        &file,
+        "[herald-test]\naws_access_key_id = AKIACHAINTEST\naws_secret_access_key = chain-secret\n",
+    )
+    .expect("write");
+    let on_chain = |profile: &'static str, file: std::path::PathBuf| {
+        move |c: &mut herald::config::Config| {
+            let sns = c.providers.get_mut("sns").expect("sns");
+            let ProviderConfig::Sns(cfg) = &mut sns.account else {
+                panic!("sns is an sns account");
+            };
+            cfg.access_key_id = String::new();
+            cfg.secret_access_key = herald_core::secret::Secret::default();
+            cfg.profile = Some(profile.into());
+            cfg.shared_credentials_file = Some(file);
+            c.channels
+                .get_mut(&herald_core::Channel::Sms)
+                .expect("sms")
+                .providers = vec!["sns".into()];
+        }
+    };
+    let s = TestServer::start_with(on_chain("herald-test", file.clone())).await;
+    s.sim.trust_aws_key("AKIACHAINTEST", "chain-secret");
+    let body = json!({"channels": ["sms"], "recipient": {"phone": "+14155550100"},
+        "content": {"text": "Your code is 123456"}, "ttl_seconds": 600});
+    let (status, _, v) = s.post("/v1/notifications", &body).await;
+    assert_eq!(status, 202, "{v}");
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "{n}");
+    assert_eq!(n["channels"][0]["provider"], "sns", "{n}");
+
+    // A profile the chain does not have: held as the account's error.
+    let s = TestServer::start_with(on_chain("nobody", file)).await;
+    let (_, _, v) = s.post("/v1/notifications", &body).await;
+    let refused = s.wait_credential_refused("sns").await;
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("AWS credentials")),
+        "{refused}"
+    );
+    let (_, n) = s
+        .get(&format!(
+            "/v1/notifications/{}",
+            v["id"].as_str().expect("id")
+        ))
+        .await;
+    assert_ne!(n["channels"][0]["state"], "failed", "waits: {n}");
+}

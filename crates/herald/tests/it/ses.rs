@@ -25,6 +25,8 @@ fn over_ses(c: &mut Config) {
                 access_key_id: "AKIATEST".into(),
                 secret_access_key: herald_core::secret::Secret::new("secret"),
                 session_token: None,
+                profile: None,
+                shared_credentials_file: None,
                 from_email: "orders@shop.example".into(),
                 from_name: Some("Shop".into()),
                 configuration_set: None,
