@@ -61,6 +61,9 @@ pub struct Account {
 /// request), and forgotten when the vendor refuses it.
 #[derive(Default)]
 struct Token {
+    /// Whether the account uses one at all (a token endpoint, or AWS's
+    /// chain): the others' calls skip the lock below.
+    used: bool,
     current: Mutex<Option<AccessToken>>,
     renewing: tokio::sync::Mutex<()>,
     /// For an AWS account on the standard chain: its credentials provider
@@ -200,6 +203,16 @@ impl Account {
                 &guards,
             )))
         };
+        // A service account's key signs its first assertion here, so a
+        // key that cannot is refused at start-up, not at the first message.
+        let first = provider.token_request(herald_core::now_ms());
+        if let Some(Err(e)) = &first {
+            anyhow::bail!("providers.{name}: {e}");
+        }
+        let token = Token {
+            used: first.is_some() || provider.aws_chain().is_some(),
+            ..Token::default()
+        };
         let account = Account {
             provider,
             channel,
@@ -208,13 +221,8 @@ impl Account {
             scope,
             fleet,
             refused: Mutex::new(None),
-            token: Token::default(),
+            token,
         };
-        // A service account's key signs its first assertion here, so a
-        // key that cannot is refused at start-up, not at the first message.
-        if let Some(Err(e)) = account.provider.token_request(herald_core::now_ms()) {
-            anyhow::bail!("providers.{name}: {e}");
-        }
         metrics::gauge!(m::CREDENTIALS_REFUSED, "provider" => name.to_owned()).set(0.0);
         Ok(Arc::new(account))
     }
@@ -363,6 +371,9 @@ impl Account {
     /// one, or a new one from the vendor's token endpoint when there is
     /// none or it is due for renewal. `Err`: what getting one came to.
     async fn access_token(&self) -> Result<Option<AccessToken>, Outcome> {
+        if !self.token.used {
+            return Ok(None);
+        }
         let fresh = |now| {
             lock(&self.token.current)
                 .as_ref()
