@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Channel, UnknownName};
 use crate::provider::Address;
-use crate::validate::{check_email, check_webhook_url, is_e164, Limits};
+use crate::validate::{check_email, check_phone, check_push_token, check_webhook_url, Limits};
 
 /// Why an address is suppressed.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -112,21 +112,8 @@ pub fn check_address(channel: Channel, address: &str, limits: &Limits) -> Result
     let address = address.trim();
     match channel {
         Channel::Email => check_email(address).map_err(str::to_owned),
-        Channel::Sms if is_e164(address) => Ok(()),
-        Channel::Sms => Err(
-            "must be an E.164 number: '+', country code, subscriber number, 8 to 15 digits in all"
-                .into(),
-        ),
-        Channel::Push
-            if !address.is_empty()
-                && address.len() <= 4096
-                && !address.chars().any(char::is_control) =>
-        {
-            Ok(())
-        }
-        Channel::Push => {
-            Err("must be a push token: 1 to 4096 bytes without control characters".into())
-        }
+        Channel::Sms => check_phone(address).map_err(str::to_owned),
+        Channel::Push => check_push_token(address).map_err(str::to_owned),
         Channel::Webhook => check_webhook_url(address, limits).map_err(|e| e.0),
     }
 }

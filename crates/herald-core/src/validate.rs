@@ -163,11 +163,8 @@ pub fn validate(
         }
     }
     if let Some(phone) = &r.phone {
-        if !is_e164(phone) {
-            errs.add(
-                "recipient.phone",
-                "must be an E.164 number: '+', country code, subscriber number, 8 to 15 digits in all",
-            );
+        if let Err(why) = check_phone(phone) {
+            errs.add("recipient.phone", why);
         }
     }
     if r.push_tokens.len() > limits.max_push_tokens {
@@ -177,11 +174,8 @@ pub fn validate(
         );
     } else {
         for (i, t) in r.push_tokens.iter().enumerate() {
-            if t.token.is_empty() || t.token.len() > 4096 || t.token.chars().any(char::is_control) {
-                errs.add(
-                    format!("recipient.push_tokens[{i}].token"),
-                    "must be 1 to 4096 bytes without control characters",
-                );
+            if let Err(why) = check_push_token(&t.token) {
+                errs.add(format!("recipient.push_tokens[{i}].token"), why);
             }
         }
     }
@@ -511,6 +505,24 @@ pub fn check_idempotency_key(key: &str) -> Result<(), &'static str> {
         return Err("must be printable ASCII without spaces");
     }
     Ok(())
+}
+
+/// A phone number a notification may send to.
+pub fn check_phone(s: &str) -> Result<(), &'static str> {
+    if is_e164(s) {
+        Ok(())
+    } else {
+        Err("must be an E.164 number: '+', country code, subscriber number, 8 to 15 digits in all")
+    }
+}
+
+/// A push token a notification may send to.
+pub fn check_push_token(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 4096 || s.chars().any(char::is_control) {
+        Err("must be 1 to 4096 bytes without control characters")
+    } else {
+        Ok(())
+    }
 }
 
 /// E.164: '+', then 8 to 15 digits, the first not 0.

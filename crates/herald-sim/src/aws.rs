@@ -73,13 +73,11 @@ impl AwsKeys {
             .insert(access_key_id.to_owned(), secret.to_owned());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
-    }
-
-    /// Whether the request's signature is the one its key's secret makes.
+    /// Whether the request is signed for `service` with the signature its
+    /// key's secret makes.
     pub fn verify(
         &self,
+        service: &str,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
@@ -90,6 +88,9 @@ impl AwsKeys {
             .and_then(|v| v.to_str().ok())
             .ok_or(Refusal::Malformed)?;
         let p = parse(auth).ok_or(Refusal::Malformed)?;
+        if p.service != service {
+            return Err(Refusal::Mismatch);
+        }
         let secret = self.secrets.get(p.access_key).ok_or(Refusal::UnknownKey)?;
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let at = get("x-amz-date")

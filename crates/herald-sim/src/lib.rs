@@ -195,7 +195,7 @@ impl Sim {
         body: &[u8],
     ) -> Option<aws::Refusal> {
         let refused = lock(&self.inner.aws)
-            .verify(method, uri, headers, body)
+            .verify(vendor, method, uri, headers, body)
             .err()?;
         let mut ledger = lock(&self.inner.ledger);
         let stats = ledger.stats_mut(vendor);

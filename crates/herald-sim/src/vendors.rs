@@ -11,7 +11,6 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use serde_json::json;
 
 /// A request the vendor accepted as well-formed.
@@ -183,23 +182,7 @@ impl Twilio {
 impl Emulated for Twilio {
     const NAME: &'static str = "twilio";
 
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
-        let basic = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .and_then(|b| String::from_utf8(b).ok());
-        match basic.as_deref().and_then(|c| c.split_once(':')) {
-            Some((sid, token)) if sid.starts_with("AC") && !token.is_empty() => {}
-            _ => {
-                return Err(Box::new(twilio_error(
-                    StatusCode::UNAUTHORIZED,
-                    20003,
-                    "Authenticate",
-                )))
-            }
-        }
+    fn parse(&self, _headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
             Box::new(twilio_error(
                 StatusCode::BAD_REQUEST,
@@ -289,35 +272,6 @@ fn sns_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Respo
     (status, [("content-type", "text/xml")], body).into_response()
 }
 
-/// `AWS4-HMAC-SHA256 Credential=AKID/20231114/us-east-1/<service>/aws4_request,
-/// SignedHeaders=a;b, Signature=<64 hex>`.
-fn sigv4_shape_ok(headers: &HeaderMap, service: &str) -> bool {
-    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
-        return false;
-    };
-    let mut credential_ok = false;
-    let mut signed_ok = false;
-    let mut signature_ok = false;
-    for part in rest.split(", ") {
-        if let Some(c) = part.strip_prefix("Credential=") {
-            let scope: Vec<&str> = c.split('/').collect();
-            credential_ok = scope.len() == 5
-                && !scope[0].is_empty()
-                && scope[3] == service
-                && scope[4] == "aws4_request";
-        } else if let Some(h) = part.strip_prefix("SignedHeaders=") {
-            signed_ok =
-                h.split(';').any(|n| n == "host") && h.split(';').any(|n| n == "x-amz-date");
-        } else if let Some(sig) = part.strip_prefix("Signature=") {
-            signature_ok = sig.len() == 64 && sig.bytes().all(|b| b.is_ascii_hexdigit());
-        }
-    }
-    credential_ok && signed_ok && signature_ok && headers.contains_key("x-amz-date")
-}
-
 impl Sns {
     /// AWS's answer to a signature it does not take.
     pub fn refused_signature(why: crate::aws::Refusal) -> Response {
@@ -342,15 +296,7 @@ impl Emulated for Sns {
     const NAME: &'static str = "sns";
     const CONTENT_TYPE: &'static str = "text/xml";
 
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
-        if !sigv4_shape_ok(headers, "sns") {
-            return Err(Box::new(sns_error(
-                StatusCode::FORBIDDEN,
-                "Sender",
-                "InvalidClientTokenId",
-                "The security token included in the request is invalid.",
-            )));
-        }
+    fn parse(&self, _headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         let invalid = |m: &str| {
             Box::new(sns_error(
                 StatusCode::BAD_REQUEST,
@@ -697,14 +643,7 @@ impl Ses {
 impl Emulated for Ses {
     const NAME: &'static str = "ses";
 
-    fn parse(&self, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
-        if !sigv4_shape_ok(headers, "ses") {
-            return Err(Box::new(ses_error(
-                StatusCode::FORBIDDEN,
-                "IncompleteSignature",
-                "Authorization header requires a valid SigV4 signature for ses",
-            )));
-        }
+    fn parse(&self, _headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Rejection> {
         let bad = |m: &str| Box::new(ses_error(StatusCode::BAD_REQUEST, "BadRequestException", m));
         let v: serde_json::Value =
             serde_json::from_slice(body).map_err(|_| bad("Malformed JSON"))?;

@@ -23,6 +23,12 @@ pub fn body(
             return Err(ApiError::UnsupportedMediaType);
         }
     }
+    bytes(body, limit)
+}
+
+/// The body as it came, whatever its media type (a vendor's callback),
+/// mapping the size limit to 413.
+pub fn bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)

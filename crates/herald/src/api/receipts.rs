@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Uri};
 use axum::Json;
 use herald_core::receipt::{InboundRequest, ReceiptError, VendorReceipt};
 use herald_core::store::ReceiptApplied;
@@ -57,13 +57,7 @@ pub async fn receive(
     let Some(parser) = account.receipt_parser() else {
         return Err(ApiError::NotFound);
     };
-    let body = raw.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(state.max_body_bytes)
-        } else {
-            ApiError::MalformedJson(rej.body_text())
-        }
-    })?;
+    let body = super::json::bytes(raw, state.max_body_bytes)?;
     let url = called_url(state.public_url.as_deref(), &headers, &uri);
     let now = herald_core::now_ms();
     let req = InboundRequest {

@@ -22,13 +22,8 @@ fn sms_to(phone: &str, priority: &str) -> Value {
         "recipient": {"phone": phone}, "content": {"text": format!("for {phone}")}})
 }
 
-/// The provider's entry in `GET /v1/providers`.
-async fn provider(s: &TestServer, name: &str) -> Value {
-    s.provider(name).await
-}
-
 async fn circuit(s: &TestServer, name: &str) -> String {
-    provider(s, name).await["circuit"]["state"]
+    s.provider(name).await["circuit"]["state"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -64,7 +59,7 @@ async fn the_breaker_stops_calls_while_open_and_a_probe_closes_it() {
         "twilio was called"
     );
     let opened = Instant::now();
-    let p = provider(&s, "twilio").await;
+    let p = s.provider("twilio").await;
     assert_eq!(p["circuit"]["state"], "open", "{p}");
     assert_eq!(p["circuit"]["consecutive_failures"], 5, "{p}");
     assert!(p["circuit"]["reopens_at"].is_string(), "{p}");
@@ -120,7 +115,7 @@ async fn critical_fails_over_at_once_and_low_waits_for_its_primary() {
     }
 
     s.wait_delivered(12, Duration::from_secs(10)).await;
-    let opened_at = provider(&s, "twilio").await["circuit"]["opened_at"]
+    let opened_at = s.provider("twilio").await["circuit"]["opened_at"]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.timestamp_millis());
@@ -228,7 +223,7 @@ async fn a_revoked_credential_fails_no_message_and_shows_on_the_account() {
     }
     let (_, dead) = s.get("/v1/dead-letters").await;
     assert_eq!(dead["dead_letters"], json!([]), "no dead letters");
-    let p = provider(&s, "twilio").await;
+    let p = s.provider("twilio").await;
     let why = p["credential_refused"]["reason"]
         .as_str()
         .unwrap_or_default();
@@ -254,7 +249,7 @@ async fn a_revoked_credential_fails_no_message_and_shows_on_the_account() {
     s.wait_delivered(5, Duration::from_secs(15)).await;
     let twilio = s.sim.stats()["twilio"];
     assert_eq!((twilio.unique, twilio.duplicates), (4, 0));
-    assert!(provider(&s, "twilio").await["credential_refused"].is_null());
+    assert!(s.provider("twilio").await["credential_refused"].is_null());
     let metrics = s.get_raw("/metrics").await.text().await.expect("text");
     assert!(metrics.contains("herald_provider_credentials_refused{provider=\"twilio\"} 0"));
 }
@@ -660,7 +655,7 @@ async fn one_receivers_failures_hold_back_no_other_webhooks() {
 
     // The open circuit is that destination's, not the webhook provider's,
     // and only its tenant sees where it points.
-    let webhook = provider(&s, "webhook").await;
+    let webhook = s.provider("webhook").await;
     assert_eq!(webhook["circuit"]["state"], "closed", "{webhook}");
     assert_eq!(webhook["destinations"]["open_count"], 1, "{webhook}");
     let open = &webhook["destinations"]["open"][0];
