@@ -95,6 +95,9 @@ pub struct InboundRequest<'a> {
     pub headers: &'a http::HeaderMap,
     pub body: &'a [u8],
     pub now_ms: i64,
+    /// The signing certificate the parser asked for (`certificate_url`),
+    /// as the API fetched it; `None` for vendors that sign otherwise.
+    pub certificate: Option<&'a [u8]>,
 }
 
 /// Why a receipt request is refused.
@@ -112,6 +115,20 @@ pub enum ReceiptError {
 /// their events. (A capability: providers without receipts do not have it.)
 pub trait ReceiptParser: Send + Sync {
     fn receipts(&self, req: &InboundRequest<'_>) -> Result<Vec<VendorReceipt>, ReceiptError>;
+
+    /// For a vendor that signs with a certificate it publishes (Amazon
+    /// SNS): the certificate's URL, checked as one of the vendor's, which
+    /// the API fetches (and caches) and hands over as
+    /// `InboundRequest::certificate`. `None` (the default) for the others.
+    fn certificate_url(&self, _req: &InboundRequest<'_>) -> Result<Option<String>, ReceiptError> {
+        Ok(None)
+    }
+
+    /// For a vendor whose receipt subscriptions are confirmed by visiting
+    /// a URL it sends (Amazon SNS): that URL, once the request verifies.
+    fn subscribe_url(&self, _req: &InboundRequest<'_>) -> Result<Option<String>, ReceiptError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

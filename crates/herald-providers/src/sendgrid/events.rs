@@ -148,6 +148,7 @@ mod tests {
                 headers,
                 body: body.as_bytes(),
                 now_ms: NOW_S * 1000,
+                certificate: None,
             },
         )
     }

@@ -6,13 +6,15 @@
 //!
 //! SES has no idempotency key: the delivery key goes in `Idempotency-Key`
 //! and in the `herald_delivery_key` message tag, which SES's event
-//! notifications carry back.
+//! notifications carry back (receipts: `events`).
 
+pub mod events;
 pub mod wire;
 
 use herald_core::provider::{
     Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest, VendorResponse,
 };
+use herald_core::receipt::{InboundRequest, ReceiptError, ReceiptParser, VendorReceipt};
 use herald_core::secret::Secret;
 use serde::Deserialize;
 
@@ -46,6 +48,15 @@ pub struct SesConfig {
     /// The configuration set whose event destinations get the receipts.
     #[serde(default)]
     pub configuration_set: Option<String>,
+    /// The SNS topics (ARNs) the configuration set publishes its events
+    /// to: `POST /v1/receipts/NAME` takes SNS messages from these topics
+    /// only (without any, receipts are refused).
+    #[serde(default)]
+    pub receipt_topic_arns: Vec<String>,
+    /// URL prefixes an SNS signing certificate may come from besides
+    /// SNS's own `https://sns.<region>.amazonaws.com/` (tests, a mirror).
+    #[serde(default)]
+    pub receipt_certificate_url_prefixes: Vec<String>,
 }
 
 fn default_region() -> String {
@@ -90,6 +101,7 @@ pub struct Ses {
     from: String,
     signer: crate::aws::SigV4,
     cfg: SesConfig,
+    receipts: events::SnsReceipts,
 }
 
 impl Ses {
@@ -134,14 +146,36 @@ impl Ses {
             url: format!("{base}/v2/email/outbound-emails"),
             from,
             signer,
+            receipts: events::SnsReceipts {
+                topic_arns: cfg.receipt_topic_arns.clone(),
+                extra_url_prefixes: cfg.receipt_certificate_url_prefixes.clone(),
+            },
             cfg,
         })
+    }
+}
+
+impl ReceiptParser for Ses {
+    fn receipts(&self, req: &InboundRequest<'_>) -> Result<Vec<VendorReceipt>, ReceiptError> {
+        self.receipts.receipts(req)
+    }
+
+    fn certificate_url(&self, req: &InboundRequest<'_>) -> Result<Option<String>, ReceiptError> {
+        self.receipts.certificate_url(req).map(Some)
+    }
+
+    fn subscribe_url(&self, req: &InboundRequest<'_>) -> Result<Option<String>, ReceiptError> {
+        self.receipts.subscribe_url(req)
     }
 }
 
 impl Provider for Ses {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn receipt_parser(&self) -> Option<&dyn ReceiptParser> {
+        Some(self)
     }
 
     fn vendor(&self) -> &'static str {
@@ -259,6 +293,8 @@ mod tests {
                 from_email: "orders@shop.example".into(),
                 from_name: Some("Zoë \"The\" Shop".into()),
                 configuration_set: Some("herald-events".into()),
+                receipt_topic_arns: vec![],
+                receipt_certificate_url_prefixes: vec![],
             },
         )
         .expect("valid config")

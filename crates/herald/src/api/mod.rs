@@ -91,6 +91,8 @@ pub struct AppState {
     pub accounts: HashMap<String, Arc<dyn Provider>>,
     pub callbacks: Option<Arc<crate::engine::callbacks::Callbacks>>,
     pub public_url: Option<String>,
+    /// Vendors' receipt-signing certificates, fetched once (Amazon SNS).
+    pub certificates: receipts::Certificates,
     pub depths: Arc<dyn Depths>,
     pub health: Arc<dyn Health>,
     pub bus: Arc<dyn Bus>,
@@ -124,6 +126,7 @@ impl AppState {
             accounts: parts.accounts,
             callbacks: parts.callbacks,
             public_url: settings.public_url,
+            certificates: receipts::Certificates::default(),
             depths: store.clone(),
             health: store,
             bus: parts.bus,

@@ -33,6 +33,10 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{0}")]
     ReceiptUnverified(String),
+    /// A vendor's server Herald must call to take a receipt (its signing
+    /// certificate) did not answer: the vendor retries.
+    #[error("{0}")]
+    VendorUnreachable(String),
     #[error("delivery {0} is {1}, not dead: only dead letters are replayed")]
     NotDead(uuid::Uuid, herald_core::DeliveryState),
     #[error(
@@ -170,6 +174,11 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "receipt-unverified",
                 "Receipt signature not verified",
+            ),
+            VendorUnreachable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vendor-unreachable",
+                "Vendor unreachable",
             ),
             LaneBehind { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,

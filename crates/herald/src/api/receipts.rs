@@ -1,11 +1,15 @@
 //! `POST /v1/receipts/{provider}`: a vendor's receipts for the messages an
-//! account sent (Twilio status callbacks, SendGrid's signed Event Webhook).
+//! account sent (Twilio status callbacks, SendGrid's signed Event Webhook,
+//! Amazon SES's events through SNS, whose signing certificate is fetched
+//! here and kept, and whose subscriptions are confirmed here).
 //! No API key: the vendor's signature is the credential, checked before
 //! anything changes. A receipt for a delivery Herald does not know is
 //! answered 200 all the same (and logged): a vendor must never retry it
 //! forever.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -31,7 +35,7 @@ use crate::telemetry as m;
     path = "/v1/receipts/{provider}",
     tag = "receipts",
     params(("provider" = String, Path, description = "The provider account's name in config (`[providers.NAME]`)")),
-    request_body(content = String, description = "The vendor's own callback, as it sends it (a form for Twilio, a JSON array of events for SendGrid)"),
+    request_body(content = String, description = "The vendor's own callback, as it sends it (a form for Twilio, a JSON array of events for SendGrid, an SNS message for SES)"),
     responses(
         (status = 200, description = "Taken (receipts for deliveries Herald does not know are counted and dropped)", body = ReceiptsOut),
         (status = 400, description = "Signed, but not what the vendor sends", body = super::problem::Problem, content_type = "application/problem+json"),
@@ -60,19 +64,35 @@ pub async fn receive(
     let body = super::json::bytes(raw, state.max_body_bytes)?;
     let url = called_url(state.public_url.as_deref(), &headers, &uri);
     let now = herald_core::now_ms();
-    let req = InboundRequest {
+    let mut req = InboundRequest {
         url: &url,
         headers: &headers,
         body: &body,
         now_ms: now,
+        certificate: None,
     };
-    let receipts = parser.receipts(&req).map_err(|e| match e {
+    let refused = |e: ReceiptError| match e {
         ReceiptError::Unverified(why) => {
             tracing::warn!(provider = %provider, "a receipt was refused: {why}");
             ApiError::ReceiptUnverified(format!("the receipt's signature does not verify: {why}"))
         }
         ReceiptError::Malformed(why) => ApiError::MalformedJson(why),
-    })?;
+    };
+    let certificate = match parser.certificate_url(&req).map_err(refused)? {
+        Some(cert_url) => Some(state.certificates.get(&cert_url).await?),
+        None => None,
+    };
+    req.certificate = certificate.as_deref();
+    if let Some(confirm) = parser.subscribe_url(&req).map_err(refused)? {
+        state.certificates.confirm(&confirm).await?;
+        tracing::info!(provider = %provider, "confirmed the vendor's receipt subscription");
+        return Ok(Json(ReceiptsOut {
+            received: 0,
+            changed: 0,
+            unknown: 0,
+        }));
+    }
+    let receipts = parser.receipts(&req).map_err(refused)?;
     let received = receipts.len();
     let applied = state
         .receipts
@@ -141,6 +161,101 @@ async fn suppress(state: &AppState, s: Suppression, r: &VendorReceipt) -> Result
         list.add(&local);
     }
     Ok(())
+}
+
+/// Vendors' receipt-signing certificates (Amazon SNS publishes its own at
+/// a URL each message names), fetched on first use and kept: SNS signs
+/// with few certificates, changed rarely. Each fetch is bounded in time
+/// and size; a failure is not kept, so the vendor's retry fetches again.
+pub struct Certificates {
+    client: reqwest::Client,
+    cache: Mutex<HashMap<String, Bytes>>,
+}
+
+/// How long a vendor's server has to answer a certificate fetch or a
+/// subscription confirmation.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest certificate taken (SNS's are under 2 KiB).
+const MAX_CERT_BYTES: usize = 64 * 1024;
+/// The most certificates kept; past it the cache starts over.
+const MAX_CERTS: usize = 64;
+
+impl Default for Certificates {
+    fn default() -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            cache: Mutex::default(),
+        }
+    }
+}
+
+impl Certificates {
+    /// The certificate at `url` (one the parser checked is the vendor's).
+    pub async fn get(&self, url: &str) -> Result<Bytes, ApiError> {
+        if let Some(c) = self.lock().get(url) {
+            return Ok(c.clone());
+        }
+        let unreachable = |why: String| {
+            tracing::warn!(url, "cannot fetch a receipt-signing certificate: {why}");
+            ApiError::VendorUnreachable(format!(
+                "the signing certificate {url} could not be fetched ({why}); retry later"
+            ))
+        };
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(unreachable(format!("HTTP {}", resp.status().as_u16())));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_CERT_BYTES as u64)
+        {
+            return Err(unreachable("too large".into()));
+        }
+        let pem = resp.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+        if pem.len() > MAX_CERT_BYTES {
+            return Err(unreachable("too large".into()));
+        }
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CERTS {
+            cache.clear();
+        }
+        cache.insert(url.to_owned(), pem.clone());
+        Ok(pem)
+    }
+
+    /// Visits a subscription's confirmation URL.
+    pub async fn confirm(&self, url: &str) -> Result<(), ApiError> {
+        let answer = self.client.get(url).send().await;
+        match answer {
+            Ok(r) if r.status().is_success() => Ok(()),
+            other => {
+                let why = match other {
+                    Ok(r) => format!("HTTP {}", r.status().as_u16()),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!("cannot confirm a receipt subscription: {why}");
+                Err(ApiError::VendorUnreachable(format!(
+                    "the subscription could not be confirmed ({why}); retry later"
+                )))
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bytes>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The URL the vendor called: `server.public_url` and the path when set;
