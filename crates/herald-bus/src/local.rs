@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 pub struct LocalBus {
     store: Arc<dyn Queue>,
     lease: Duration,
-    wake: [Notify; 4],
+    wake: [Notify; Channel::ALL.len()],
 }
 
 impl LocalBus {

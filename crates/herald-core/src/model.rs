@@ -15,14 +15,17 @@ pub enum Channel {
     Sms,
     Push,
     Webhook,
+    /// Team chat (Slack): a conversation or an incoming webhook.
+    Chat,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [
+    pub const ALL: [Channel; 5] = [
         Channel::Email,
         Channel::Sms,
         Channel::Push,
         Channel::Webhook,
+        Channel::Chat,
     ];
 
     /// Its place in `ALL`, for per-channel arrays.
@@ -32,6 +35,7 @@ impl Channel {
             Channel::Sms => 1,
             Channel::Push => 2,
             Channel::Webhook => 3,
+            Channel::Chat => 4,
         }
     }
 
@@ -41,6 +45,7 @@ impl Channel {
             Channel::Sms => "sms",
             Channel::Push => "push",
             Channel::Webhook => "webhook",
+            Channel::Chat => "chat",
         }
     }
 }
@@ -269,6 +274,11 @@ pub struct Recipient {
     pub push_tokens: Vec<PushToken>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Where chat messages go: a Slack conversation id (`C…` channel,
+    /// `G…` private channel, `D…` direct message, `U…`/`W…` user) or a
+    /// Slack incoming webhook URL (`https://hooks.slack.com/services/…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

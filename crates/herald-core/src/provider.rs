@@ -20,6 +20,8 @@ pub enum Address {
         token: String,
     },
     Webhook(String),
+    /// A Slack conversation id or incoming webhook URL.
+    Chat(String),
 }
 
 /// Everything an adapter needs to build one vendor request.

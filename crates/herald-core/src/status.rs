@@ -75,7 +75,7 @@ pub trait ProviderStatus: Send + Sync {
 /// admission control on a node that also delivers.
 #[derive(Debug, Default)]
 pub struct Throughput {
-    finished: [Lanes<AtomicU64>; 4],
+    finished: [Lanes<AtomicU64>; Channel::ALL.len()],
 }
 
 impl Throughput {

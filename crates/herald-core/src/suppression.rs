@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Channel, UnknownName};
 use crate::provider::Address;
-use crate::validate::{check_email, check_phone, check_push_token, check_webhook_url, Limits};
+use crate::validate::{
+    check_chat_address, check_email, check_phone, check_push_token, check_webhook_url, Limits,
+};
 
 /// Why an address is suppressed.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -115,6 +117,7 @@ pub fn check_address(channel: Channel, address: &str, limits: &Limits) -> Result
         Channel::Sms => check_phone(address).map_err(str::to_owned),
         Channel::Push => check_push_token(address).map_err(str::to_owned),
         Channel::Webhook => check_webhook_url(address, limits).map_err(|e| e.0),
+        Channel::Chat => check_chat_address(address).map_err(str::to_owned),
     }
 }
 
@@ -125,6 +128,7 @@ pub fn key_of(address: &Address) -> (Channel, Cow<'_, str>) {
         Address::Phone(a) => (Channel::Sms, normalize(Channel::Sms, a)),
         Address::Push { token, .. } => (Channel::Push, normalize(Channel::Push, token)),
         Address::Webhook(a) => (Channel::Webhook, normalize(Channel::Webhook, a)),
+        Address::Chat(a) => (Channel::Chat, normalize(Channel::Chat, a)),
     }
 }
 

@@ -184,6 +184,11 @@ pub fn validate(
             errs.add("recipient.webhook_url", why.0);
         }
     }
+    if let Some(chat) = &r.chat {
+        if let Err(why) = check_chat_address(chat) {
+            errs.add("recipient.chat", why);
+        }
+    }
 
     for &c in req.channels.iter().take(Channel::ALL.len()) {
         let (present, field) = match c {
@@ -191,6 +196,7 @@ pub fn validate(
             Channel::Sms => (r.phone.is_some(), "recipient.phone"),
             Channel::Push => (!r.push_tokens.is_empty(), "recipient.push_tokens"),
             Channel::Webhook => (r.webhook_url.is_some(), "recipient.webhook_url"),
+            Channel::Chat => (r.chat.is_some(), "recipient.chat"),
         };
         if !present {
             errs.add(field, format!("required because channel {c} is requested"));
@@ -351,13 +357,30 @@ fn check_content(
                 field("subject"),
                 format!("{why}required because channel email is requested"),
             ),
-            Channel::Sms | Channel::Push if content.text.as_deref().unwrap_or("").is_empty() => {
+            Channel::Sms | Channel::Push | Channel::Chat
+                if content.text.as_deref().unwrap_or("").is_empty() =>
+            {
                 errs.add(
                     field("text"),
                     format!("{why}required because channel {c} is requested"),
                 )
             }
             _ => {}
+        }
+    }
+    if let Some(text) = content.text.as_deref() {
+        let chat = text_fits && req.channels.contains(&Channel::Chat);
+        // The subject, when given, heads the message (`*subject*`).
+        let chars = text.chars().count()
+            + content
+                .subject
+                .as_deref()
+                .map_or(0, |s| s.chars().count() + 3);
+        if chat && chars > SLACK_MAX_TEXT_CHARS {
+            errs.add(
+                field("text"),
+                format!("{why}a chat message is at most {SLACK_MAX_TEXT_CHARS} characters with its subject (Slack's limit); this one has {chars}"),
+            );
         }
     }
     let sms = text_fits && req.channels.contains(&Channel::Sms);
@@ -522,6 +545,41 @@ pub fn check_push_token(s: &str) -> Result<(), &'static str> {
         Err("must be 1 to 4096 bytes without control characters")
     } else {
         Ok(())
+    }
+}
+
+/// Where Slack's incoming webhooks live; a chat address that is a URL must
+/// be one of them (Herald never posts chat messages anywhere else).
+pub const SLACK_HOOKS_PREFIX: &str = "https://hooks.slack.com/services/";
+
+/// The longest chat message Slack takes (`text`, in characters).
+pub const SLACK_MAX_TEXT_CHARS: usize = 40_000;
+
+/// A chat address: a Slack conversation id (`C`, `G`, `D`, `U` or `W`
+/// then upper-case letters and digits) or an incoming webhook URL
+/// (`https://hooks.slack.com/services/T…/B…/…`).
+pub fn check_chat_address(s: &str) -> Result<(), &'static str> {
+    if let Some(path) = s.strip_prefix(SLACK_HOOKS_PREFIX) {
+        let parts: Vec<&str> = path.split('/').collect();
+        let ok = s.len() <= 256
+            && parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+        return if ok {
+            Ok(())
+        } else {
+            Err("a Slack incoming webhook URL is https://hooks.slack.com/services/T…/B…/… (three parts of letters and digits)")
+        };
+    }
+    let id_like = (5..=32).contains(&s.len())
+        && s.starts_with(['C', 'G', 'D', 'U', 'W'])
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if id_like {
+        Ok(())
+    } else {
+        Err("must be a Slack conversation or user id (C…, G…, D…, U…, W…) or a Slack incoming webhook URL (https://hooks.slack.com/services/…)")
     }
 }
 
@@ -771,6 +829,34 @@ mod tests {
             !is_e164("+١٤١٥٥٥٥٠١٠٠"),
             "arabic-indic digits are not E.164"
         );
+    }
+
+    #[test]
+    fn chat_addresses_are_slack_ids_or_slack_webhooks() {
+        for good in [
+            "C024BE91L",
+            "G0123456789",
+            "D024BE91L",
+            "U024BE91L",
+            "W024BE91L",
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        ] {
+            assert!(check_chat_address(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "#general",
+            "X024BE91L",
+            "C02",
+            "c024be91l",
+            "C024BE91L ",
+            "https://hooks.slack.com/services/T0/B0/x/y",
+            "https://hooks.slack.com/services/T0//x",
+            "https://hooks.slack.com/workflows/T0/A0/1/x",
+            "https://hooks.slack.com.evil/services/T0/B0/x",
+            "https://hooks.slack.com/services/T0/B0/x%2F",
+        ] {
+            assert!(check_chat_address(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod aws;
 pub mod fcm;
 pub mod sendgrid;
 pub mod ses;
+pub mod slack;
 pub mod smtp;
 pub mod sns;
 pub mod twilio;
@@ -25,6 +26,7 @@ pub use apns::{Apns, ApnsConfig};
 pub use fcm::{Fcm, FcmConfig};
 pub use sendgrid::{SendGrid, SendGridConfig};
 pub use ses::{Ses, SesConfig};
+pub use slack::{Slack, SlackConfig};
 pub use smtp::{Smtp, SmtpConfig};
 pub use sns::{Sns, SnsConfig};
 pub use twilio::{Twilio, TwilioConfig};
@@ -42,6 +44,7 @@ pub enum ProviderConfig {
     Fcm(FcmConfig),
     Apns(ApnsConfig),
     Webhook(WebhookConfig),
+    Slack(SlackConfig),
 }
 
 impl ProviderConfig {
@@ -55,6 +58,7 @@ impl ProviderConfig {
             ProviderConfig::Twilio(_) | ProviderConfig::Sns(_) => Channel::Sms,
             ProviderConfig::Fcm(_) | ProviderConfig::Apns(_) => Channel::Push,
             ProviderConfig::Webhook(_) => Channel::Webhook,
+            ProviderConfig::Slack(_) => Channel::Chat,
         }
     }
 }
@@ -87,6 +91,7 @@ pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Arc<dyn Provider>
         ProviderConfig::Fcm(c) => Arc::new(Fcm::new(name, c.clone())?),
         ProviderConfig::Apns(c) => Arc::new(Apns::new(name, c.clone())?),
         ProviderConfig::Webhook(c) => Arc::new(Webhook::new(name, c.clone())?),
+        ProviderConfig::Slack(c) => Arc::new(Slack::new(name, c.clone())?),
     })
 }
 

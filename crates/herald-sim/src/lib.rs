@@ -1,6 +1,6 @@
 //! The vendor simulator: stands in for the vendors' servers (SendGrid v3,
-//! Amazon SES v2, Twilio Messages, Amazon SNS Publish, FCM v1, APNs over HTTP/2 and webhook
-//! receivers) in the sandbox, the demo,
+//! Amazon SES v2, Twilio Messages, Amazon SNS Publish, FCM v1, APNs over HTTP/2, Slack
+//! and webhook receivers) in the sandbox, the demo,
 //! tests and benchmarks. It honours `Idempotency-Key` — a repeated key gets
 //! the original answer and is counted as a duplicate, not delivered twice —
 //! keeps a ledger of what it accepted, and injects faults per vendor.
@@ -13,6 +13,7 @@ pub mod aws;
 pub mod faults;
 pub mod google;
 pub mod ledger;
+pub mod slack;
 pub mod vendors;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,7 +47,12 @@ pub const SANDBOX_TWILIO: (&str, &str) = ("ACsandbox", "sandbox");
 /// simulator always trusts.
 pub const SANDBOX_AWS_KEY: (&str, &str) = ("AKIASANDBOX", "sandbox");
 
-pub const VENDORS: [&str; 7] = ["sendgrid", "ses", "twilio", "sns", "fcm", "apns", "webhook"];
+/// The sandbox's Slack bot token, which the simulator always takes.
+pub const SANDBOX_SLACK_TOKEN: &str = "xoxb-sandbox";
+
+pub const VENDORS: [&str; 8] = [
+    "sendgrid", "ses", "twilio", "sns", "fcm", "apns", "slack", "webhook",
+];
 
 /// A running simulator's shared state. Cheap to clone.
 #[derive(Clone)]
@@ -66,6 +72,8 @@ struct Inner {
     aws: Mutex<aws::AwsKeys>,
     /// Twilio accounts (SID → auth token) whose Basic auth is taken.
     twilio: Mutex<HashMap<String, String>>,
+    /// Slack bot tokens the workspace issued.
+    slack: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,6 +96,7 @@ impl Sim {
                 rng: Mutex::new(rng),
                 google: Mutex::new(None),
                 apple: Mutex::new(None),
+                slack: Mutex::new([SANDBOX_SLACK_TOKEN.to_owned()].into()),
                 twilio: Mutex::new(HashMap::from([(
                     SANDBOX_TWILIO.0.to_owned(),
                     SANDBOX_TWILIO.1.to_owned(),
@@ -111,6 +120,8 @@ impl Sim {
             .route("/3/device/{token}", post(apns))
             .route("/v2/email/outbound-emails", post(ses))
             .route("/hooks/{*path}", post(webhook))
+            .route("/api/chat.postMessage", post(slack_post))
+            .route("/services/{*path}", post(slack_hook))
             .route("/_sim/ledger", get(ledger))
             .route("/_sim/stats", get(stats))
             .route(
@@ -175,6 +186,11 @@ impl Sim {
 
     /// Twilio also takes this account's SID and auth token (HTTP Basic, the
     /// SID also in the path, as Twilio checks them).
+    /// A Slack bot token the workspace issued (besides the sandbox's).
+    pub fn trust_slack_token(&self, token: &str) {
+        lock(&self.inner.slack).insert(token.to_owned());
+    }
+
     pub fn trust_twilio_account(&self, account_sid: &str, auth_token: &str) {
         lock(&self.inner.twilio).insert(account_sid.to_owned(), auth_token.to_owned());
     }
@@ -348,6 +364,25 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+async fn slack_post(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    let known_token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| lock(&sim.inner.slack).contains(t));
+    sim.handle(slack::PostMessage { known_token }, &headers, &body)
+        .await
+}
+
+async fn slack_hook(
+    State(sim): State<Sim>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    sim.handle(slack::Hook { path }, &headers, &body).await
 }
 
 async fn sendgrid(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {

@@ -378,6 +378,11 @@ impl Config {
                         c.signing_secret = Secret::new(SANDBOX_WEBHOOK_SECRET);
                     }
                 }
+                ProviderConfig::Slack(c) => {
+                    c.base_url = sim_base_url.into();
+                    c.hooks_url = sim_base_url.into();
+                    c.bot_token = Some(Secret::new(herald_sim::SANDBOX_SLACK_TOKEN));
+                }
             }
         }
         self.webhooks.allow_loopback = true;
@@ -753,7 +758,11 @@ mod tests {
     #[test]
     fn defaults_parse_and_sandbox_validates() {
         let cfg = Config::load(None).expect("defaults load");
-        assert_eq!(cfg.enabled_channels().len(), 4);
+        assert_eq!(
+            cfg.enabled_channels().len(),
+            Channel::ALL.len(),
+            "every channel is on by default"
+        );
         let sandbox = cfg.into_sandbox("http://127.0.0.1:1");
         for (name, p) in &sandbox.providers {
             herald_providers::from_config(name, &p.account).expect("sandbox providers build");

@@ -372,6 +372,7 @@ fn addressed(d: &ClaimedDelivery) -> Result<(NotificationRequest, Address), Stri
                 token: t.token.clone(),
             }),
         Channel::Webhook => r.webhook_url.clone().map(Address::Webhook),
+        Channel::Chat => r.chat.clone().map(Address::Chat),
     }
     .ok_or_else(|| format!("the recipient has no address for {}", d.channel))?;
     Ok((req, address))

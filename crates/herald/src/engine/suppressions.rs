@@ -52,7 +52,7 @@ pub struct Entry {
 }
 
 /// Per tenant, per channel: address → entry.
-type Lists = HashMap<String, [HashMap<String, Entry>; 4]>;
+type Lists = HashMap<String, [HashMap<String, Entry>; Channel::ALL.len()]>;
 
 pub struct SuppressionList {
     lists: RwLock<Lists>,

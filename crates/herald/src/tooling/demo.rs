@@ -95,12 +95,18 @@ fn workload(n: usize, seed: u64, hook_base: &str) -> Vec<Planned> {
                     channels.push("webhook");
                     recipient["webhook_url"] = json!(format!("{hook_base}/hooks/orders"));
                 }
+                // Now and then the shop's team hears of it in Slack too.
+                let with_chat = rng.gen_ratio(1, 20);
+                if with_chat {
+                    channels.push("chat");
+                    recipient["chat"] = json!("C0ORDERS1");
+                }
                 Planned {
                     body: json!({"priority": "normal", "category": "order-update", "channels": channels,
                         "recipient": recipient,
                         "template": {"id": "order-update", "data": {"order_id": format!("A-{i}"), "status": "shipped"}},
                         "metadata": {"order_id": format!("A-{i}")}}),
-                    deliveries: devices + usize::from(with_hook),
+                    deliveries: devices + usize::from(with_hook) + usize::from(with_chat),
                     doomed: 0,
                 }
             } else {

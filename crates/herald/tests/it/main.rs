@@ -5,6 +5,7 @@ mod api;
 mod apns;
 mod bench;
 mod callbacks;
+mod chat;
 mod cli;
 mod cluster;
 mod connections;

@@ -85,6 +85,10 @@ pub fn body(n: u64, kind: Kind, hooks: &str) -> Value {
             "idempotency_key": key, "priority": lane, "category": "order-update", "channels": ["webhook"],
             "recipient": {"webhook_url": format!("{hooks}/hooks/bench/{n}")},
             "content": {"subject": "order.shipped", "text": format!("Order A-{n} shipped")}}),
+        (Channel::Chat, _) => json!({
+            "idempotency_key": key, "priority": lane, "category": "alert", "channels": ["chat"],
+            "recipient": {"chat": conversation(n)},
+            "content": {"subject": "Deploy finished", "text": format!("Build {n} is live :rocket:")}}),
     }
 }
 
@@ -96,6 +100,10 @@ fn phone(n: u64) -> String {
     // "+1" and 13 digits: a valid E.164 number that never collides with the
     // simulator's magic test numbers (10 digits after the "1").
     format!("+1{n:013}")
+}
+
+fn conversation(n: u64) -> String {
+    format!("CBENCH{n}")
 }
 
 fn token(n: u64) -> String {
@@ -111,6 +119,7 @@ pub fn number_of(vendor: &str, recipient: &str) -> Option<u64> {
         "twilio" | "sns" => recipient.strip_prefix("+1")?,
         "fcm" => recipient.strip_prefix("bench-")?,
         "webhook" => recipient.strip_prefix("/hooks/bench/")?,
+        "slack" => recipient.strip_prefix("CBENCH")?,
         _ => return None,
     };
     digits.parse().ok()
@@ -123,6 +132,7 @@ pub fn channel_of(vendor: &str) -> Option<Channel> {
         "twilio" | "sns" => Some(Channel::Sms),
         "fcm" => Some(Channel::Push),
         "webhook" => Some(Channel::Webhook),
+        "slack" => Some(Channel::Chat),
         _ => None,
     }
 }
@@ -144,7 +154,8 @@ mod tests {
     fn every_recipient_maps_back_to_its_number() {
         let hooks = "http://127.0.0.1:9";
         for n in [0, 7, 123_456, 9_000_000_001] {
-            for (_, kind) in MIX {
+            let chat = Kind::new(Priority::Normal, Channel::Chat);
+            for kind in MIX.map(|(_, k)| k).into_iter().chain([chat]) {
                 let b = body(n, kind, hooks);
                 let r = &b["recipient"];
                 let (vendor, recipient) = match kind.channel {
@@ -161,6 +172,7 @@ mod tests {
                             .and_then(|u| u.strip_prefix(hooks))
                             .map(str::to_owned),
                     ),
+                    Channel::Chat => ("slack", r["chat"].as_str().map(str::to_owned)),
                 };
                 let recipient = recipient.expect("the kind's recipient field");
                 assert_eq!(
