@@ -195,6 +195,9 @@ async fn serve(config: &std::path::Path) -> (tokio::process::Child, String) {
 async fn sigkill_mid_flight_loses_nothing_and_delivers_nothing_twice() {
     let sim = Sim::new(Some(SEED));
     sim.trust_twilio_account("ACcrashtest", "crash-test");
+    // The SMS backup works too: its keys are ones the simulated AWS knows
+    // (it checks SigV4 for real), so a failover reaches a working vendor.
+    sim.trust_aws_key("AKIACRASHTEST", "crash-test");
     let (sim_addr, _sim_task) = sim
         .start("127.0.0.1:0".parse().expect("addr"))
         .await
