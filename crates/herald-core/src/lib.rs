@@ -16,6 +16,7 @@ pub mod model;
 pub mod pool;
 pub mod provider;
 pub mod receipt;
+pub mod recipient;
 pub mod retry;
 pub mod secret;
 pub mod sms;

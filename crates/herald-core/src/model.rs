@@ -249,6 +249,10 @@ pub struct UnknownName(pub String);
 pub struct PushToken {
     pub platform: PushPlatform,
     pub token: String,
+    /// Which app the token belongs to (a bundle or package id), for a
+    /// person with several of the tenant's apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -404,10 +408,12 @@ mod tests {
                     PushToken {
                         platform: PushPlatform::Android,
                         token: "a".into(),
+                        app: None,
                     },
                     PushToken {
                         platform: PushPlatform::Ios,
                         token: "b".into(),
+                        app: None,
                     },
                 ],
                 email: Some("a@example.com".into()),

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::model::{Channel, Content, NotificationRequest};
+use crate::model::{Channel, Content, NotificationRequest, Recipient};
 
 /// One broken rule: the JSON path of the field and the reason.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -152,43 +152,7 @@ pub fn validate(
         }
     }
 
-    if let Some(id) = &r.id {
-        if id.is_empty() || id.len() > 256 {
-            errs.add("recipient.id", "must be 1 to 256 bytes");
-        }
-    }
-    if let Some(email) = &r.email {
-        if let Err(why) = check_email(email) {
-            errs.add("recipient.email", why);
-        }
-    }
-    if let Some(phone) = &r.phone {
-        if let Err(why) = check_phone(phone) {
-            errs.add("recipient.phone", why);
-        }
-    }
-    if r.push_tokens.len() > limits.max_push_tokens {
-        errs.add(
-            "recipient.push_tokens",
-            format!("at most {} devices", limits.max_push_tokens),
-        );
-    } else {
-        for (i, t) in r.push_tokens.iter().enumerate() {
-            if let Err(why) = check_push_token(&t.token) {
-                errs.add(format!("recipient.push_tokens[{i}].token"), why);
-            }
-        }
-    }
-    if let Some(u) = &r.webhook_url {
-        if let Err(why) = check_webhook_url(u, limits) {
-            errs.add("recipient.webhook_url", why.0);
-        }
-    }
-    if let Some(chat) = &r.chat {
-        if let Err(why) = check_chat_address(chat) {
-            errs.add("recipient.chat", why);
-        }
-    }
+    check_recipient(r, "recipient.", limits, &mut errs);
 
     for &c in req.channels.iter().take(Channel::ALL.len()) {
         let (present, field) = match c {
@@ -282,6 +246,58 @@ pub fn validate(
         }
     }
     errs
+}
+
+/// A recipient's id and addresses, each field named `{prefix}email` etc.:
+/// a notification's (`recipient.`) and a stored profile's (no prefix).
+pub fn check_recipient(r: &Recipient, prefix: &str, limits: &Limits, errs: &mut Errors) {
+    let field = |name: &str| format!("{prefix}{name}");
+    if let Some(id) = &r.id {
+        if let Err(why) = crate::recipient::check_id(id) {
+            errs.add(field("id"), why);
+        }
+    }
+    if let Some(email) = &r.email {
+        if let Err(why) = check_email(email) {
+            errs.add(field("email"), why);
+        }
+    }
+    if let Some(phone) = &r.phone {
+        if let Err(why) = check_phone(phone) {
+            errs.add(field("phone"), why);
+        }
+    }
+    if r.push_tokens.len() > limits.max_push_tokens {
+        errs.add(
+            field("push_tokens"),
+            format!("at most {} devices", limits.max_push_tokens),
+        );
+    } else {
+        for (i, t) in r.push_tokens.iter().enumerate() {
+            if let Err(why) = check_push_token(&t.token) {
+                errs.add(field(&format!("push_tokens[{i}].token")), why);
+            }
+            if t.app
+                .as_deref()
+                .is_some_and(|a| a.is_empty() || a.len() > 255 || a.chars().any(char::is_control))
+            {
+                errs.add(
+                    field(&format!("push_tokens[{i}].app")),
+                    "must be 1 to 255 bytes without control characters",
+                );
+            }
+        }
+    }
+    if let Some(u) = &r.webhook_url {
+        if let Err(why) = check_webhook_url(u, limits) {
+            errs.add(field("webhook_url"), why.0);
+        }
+    }
+    if let Some(chat) = &r.chat {
+        if let Err(why) = check_chat_address(chat) {
+            errs.add(field("chat"), why);
+        }
+    }
 }
 
 /// Checks a template's rendered content by the rules inline content must
@@ -629,7 +645,7 @@ pub fn check_email(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn is_locale(s: &str) -> bool {
+pub fn is_locale(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 35
         && s.split(['-', '_'])
@@ -1042,6 +1058,7 @@ mod tests {
             PushToken {
                 platform: PushPlatform::Android,
                 token: String::new(),
+                app: None,
             };
             100_000
         ];
@@ -1102,6 +1119,7 @@ mod tests {
         r.recipient.push_tokens = vec![PushToken {
             platform: PushPlatform::Android,
             token: "t".into(),
+            app: None,
         }];
         assert!(fields(&r).is_empty());
         for key in [

@@ -7,13 +7,14 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, Priority};
 use herald_core::receipt::VendorReceipt;
+use herald_core::recipient::{Profile, StoredRecipient};
 use herald_core::store::{
     AttemptRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter, DeadLetterCursor,
     DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag, LaneQueue,
     LeaseToken, NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome,
     Reports, StoreError, Tenants, Upkeep,
 };
-use herald_core::store::{Callback, ReceiptApplied, Receipts};
+use herald_core::store::{Callback, PutRecipient, ReceiptApplied, Receipts, Recipients};
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
@@ -45,6 +46,8 @@ pub trait Database:
     + Runs<ops::Lift>
     + Runs<ops::ApplyReceipts>
     + Runs<ops::SetCallback>
+    + Runs<ops::PutRecipient>
+    + Runs<ops::DeleteRecipient>
 {
     type Reader: Reader;
 }
@@ -301,6 +304,47 @@ impl<D: Database> Suppressions for Db<D> {
         limit: usize,
     ) -> Result<Vec<SuppressionChange>, StoreError> {
         reads::suppression_changes(&self.reads, after, limit).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Recipients for Db<D> {
+    async fn put_recipient(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        profile: Profile,
+        if_version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<PutRecipient, StoreError> {
+        let op = ops::PutRecipient {
+            tenant_id: tenant_id.to_owned(),
+            id: id.to_owned(),
+            profile,
+            if_version,
+            now_ms,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn recipients(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecipient>, StoreError> {
+        reads::recipients(&self.reads, tenant_id, ids).await
+    }
+
+    async fn delete_recipient(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<StoredRecipient>, StoreError> {
+        let op = ops::DeleteRecipient {
+            tenant_id: tenant_id.to_owned(),
+            id: id.to_owned(),
+        };
+        self.writes.run(op).await
     }
 }
 

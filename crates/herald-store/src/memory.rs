@@ -51,6 +51,8 @@ struct State {
     api_keys: HashMap<Vec<u8>, String>,
     /// Tenants' callbacks, by tenant id.
     callbacks: HashMap<String, herald_core::store::Callback>,
+    /// (tenant, recipient id) → profile.
+    recipients: HashMap<(String, String), herald_core::recipient::StoredRecipient>,
     /// Every distinct receipt, by delivery.
     receipts: Vec<(uuid::Uuid, ReceiptView)>,
     /// By (tenant, channel, address): the entry and when it was lifted.
@@ -739,6 +741,64 @@ impl DeadLetters for MemoryStore {
             s.replay(*id, now);
         }
         Ok(ids.len() as u64)
+    }
+}
+
+#[async_trait]
+impl herald_core::store::Recipients for MemoryStore {
+    async fn put_recipient(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        profile: herald_core::recipient::Profile,
+        if_version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<herald_core::store::PutRecipient, StoreError> {
+        use herald_core::store::PutRecipient;
+        let mut s = self.lock();
+        let key = (tenant_id.to_owned(), id.to_owned());
+        let current = s.recipients.get(&key).map_or(0, |r| r.version);
+        if if_version.is_some_and(|v| v != current) {
+            return Ok(PutRecipient::Conflict);
+        }
+        let version = current + 1;
+        s.recipients.insert(
+            key,
+            herald_core::recipient::StoredRecipient {
+                id: id.to_owned(),
+                profile,
+                version,
+                updated_at_ms: now_ms,
+            },
+        );
+        Ok(PutRecipient::Written {
+            version,
+            created: current == 0,
+        })
+    }
+
+    async fn recipients(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<herald_core::recipient::StoredRecipient>, StoreError> {
+        let s = self.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| s.recipients.get(&(tenant_id.to_owned(), id.clone())))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_recipient(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
+        Ok(self
+            .lock()
+            .recipients
+            .remove(&(tenant_id.to_owned(), id.to_owned())))
     }
 }
 

@@ -155,6 +155,32 @@ pub struct SetCallback {
 }
 op!(SetCallback, (), "set_callback");
 
+/// A tenant's recipient stored (`if_version`: only over that version; 0:
+/// only when absent).
+pub struct PutRecipient {
+    pub tenant_id: String,
+    pub id: String,
+    pub profile: herald_core::recipient::Profile,
+    pub if_version: Option<i64>,
+    pub now_ms: i64,
+}
+op!(
+    PutRecipient,
+    herald_core::store::PutRecipient,
+    "put_recipient"
+);
+
+/// A tenant's recipient erased; answers what was stored.
+pub struct DeleteRecipient {
+    pub tenant_id: String,
+    pub id: String,
+}
+op!(
+    DeleteRecipient,
+    Option<herald_core::recipient::StoredRecipient>,
+    "delete_recipient"
+);
+
 /// A small real write (a padded row in `health_probe`), to learn whether
 /// the store takes writes again after they failed.
 pub struct Probe;

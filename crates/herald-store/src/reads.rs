@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, Priority};
+use herald_core::recipient::StoredRecipient;
 use herald_core::store::{
     AttemptView, Callback, ChangeCursor, CountUpTo, DeadLetter, DeadLetterCursor, DeadLetterFilter,
     DeliverySummary, LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
@@ -365,6 +366,32 @@ pub(crate) async fn callback<R: Reader>(
     };
     let events = crate::writes::callback_events(events.as_deref().unwrap_or_default())?;
     Ok(Some(Callback { url, events }))
+}
+
+/// How many ids one read asks for at most (a batch of notifications names
+/// up to 1,000; the rest are read in further rounds).
+const IDS_PER_READ: usize = 500;
+
+pub(crate) async fn recipients<R: Reader>(
+    r: &R,
+    tenant_id: &str,
+    ids: &[String],
+) -> Result<Vec<StoredRecipient>, StoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_READ) {
+        let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, profile, version, updated_at_ms FROM recipients \
+             WHERE tenant_id = $1 AND id IN ({})",
+            marks.join(", ")
+        );
+        let mut args = vec![Arg::Text(tenant_id.to_owned())];
+        args.extend(chunk.iter().map(|id| Arg::Text(id.clone())));
+        for row in r.rows(&sql, args).await? {
+            out.push(crate::rows::recipient(&row)?);
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) async fn tenant_for_key<R: Reader>(

@@ -242,6 +242,17 @@ pub(crate) fn suppression_change(row: &impl Columns) -> Result<SuppressionChange
 
 /// `SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload
 /// FROM outbox`
+pub(crate) fn recipient(
+    row: &impl Columns,
+) -> Result<herald_core::recipient::StoredRecipient, StoreError> {
+    crate::writes::stored_recipient(
+        row.text("id")?,
+        &row.text("profile")?,
+        row.int("version")?,
+        row.int("updated_at_ms")?,
+    )
+}
+
 pub(crate) fn outbox_event(row: &impl Columns) -> Result<OutboxEvent, StoreError> {
     let lane = row.int("lane")?;
     Ok(OutboxEvent {

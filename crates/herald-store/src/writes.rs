@@ -458,6 +458,28 @@ pub(crate) fn callback_events(
         .collect()
 }
 
+/// A recipient's profile as stored (JSON text).
+pub(crate) fn profile_json(p: &herald_core::recipient::Profile) -> Result<String, StoreError> {
+    serde_json::to_string(p)
+        .map_err(|e| StoreError::Rejected(format!("a recipient's profile: {e}").into()))
+}
+
+/// A recipient row read back.
+pub(crate) fn stored_recipient(
+    id: String,
+    profile: &str,
+    version: i64,
+    updated_at_ms: i64,
+) -> Result<herald_core::recipient::StoredRecipient, StoreError> {
+    Ok(herald_core::recipient::StoredRecipient {
+        id,
+        profile: serde_json::from_str(profile)
+            .map_err(|e| StoreError::Corrupt(format!("a recipient's profile: {e}").into()))?,
+        version,
+        updated_at_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1331,6 +1331,108 @@ async fn receipts_move_deliveries_on_by_rank_whenever_they_come(store: &dyn Stor
     );
 }
 
+/// Recipients are kept per tenant; a write bumps the version, a conditional
+/// write over another version is refused, and an erasure returns what it
+/// removed and leaves nothing behind.
+async fn recipients_are_kept_per_tenant_versioned_and_erased(store: &dyn Store) {
+    use herald_core::recipient::Profile;
+    use herald_core::store::PutRecipient;
+    let ada: Profile = serde_json::from_value(serde_json::json!({
+        "email": "ada@example.com", "phone": "+14155550100",
+        "push_tokens": [{"platform": "ios", "token": "tok-1", "app": "com.example"}],
+        "locale": "pt-BR", "timezone": "Asia/Kolkata", "data": {"name": "Zoë 🎉"}
+    }))
+    .expect("a profile");
+    let put = |tenant: &'static str, id: &'static str, p: Profile, v: Option<i64>| {
+        store.put_recipient(tenant, id, p, v, 1_000)
+    };
+    assert_eq!(
+        put("t1", "u-42", ada.clone(), None).await.expect("put"),
+        PutRecipient::Written {
+            version: 1,
+            created: true
+        }
+    );
+    // Create-only over an existing one, and an update over a stale version.
+    assert_eq!(
+        put("t1", "u-42", Profile::default(), Some(0))
+            .await
+            .expect("put"),
+        PutRecipient::Conflict
+    );
+    assert_eq!(
+        put("t1", "u-42", Profile::default(), Some(7))
+            .await
+            .expect("put"),
+        PutRecipient::Conflict
+    );
+    let mut moved = ada.clone();
+    moved.email = Some("ada@new.example".into());
+    assert_eq!(
+        put("t1", "u-42", moved.clone(), Some(1))
+            .await
+            .expect("put"),
+        PutRecipient::Written {
+            version: 2,
+            created: false
+        }
+    );
+    assert_eq!(
+        put("t2", "u-42", Profile::default(), Some(0))
+            .await
+            .expect("put"),
+        PutRecipient::Written {
+            version: 1,
+            created: true
+        },
+        "another tenant's u-42 is another person"
+    );
+    let ids = vec!["u-42".to_owned(), "nobody".to_owned()];
+    let got = store.recipients("t1", &ids).await.expect("read");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].profile, moved, "the profile reads back whole");
+    assert_eq!((got[0].version, got[0].updated_at_ms), (2, 1_000));
+    assert_eq!(store.recipients("t3", &ids).await.expect("read"), vec![]);
+    // Many ids at once (more than one read's worth).
+    for i in 0..600 {
+        let id = format!("bulk-{i}");
+        store
+            .put_recipient("t1", &id, Profile::default(), None, 1)
+            .await
+            .expect("put");
+    }
+    let many: Vec<String> = (0..700).map(|i| format!("bulk-{i}")).collect();
+    assert_eq!(
+        store.recipients("t1", &many).await.expect("read").len(),
+        600
+    );
+
+    let erased = store
+        .delete_recipient("t1", "u-42")
+        .await
+        .expect("delete")
+        .expect("it was there");
+    assert_eq!(erased.profile, moved);
+    assert_eq!(store.recipients("t1", &ids).await.expect("read"), vec![]);
+    assert_eq!(
+        store.delete_recipient("t1", "u-42").await.expect("delete"),
+        None
+    );
+    assert_eq!(
+        store.recipients("t2", &ids).await.expect("read").len(),
+        1,
+        "the other tenant's is untouched"
+    );
+    // Stored again after an erasure: a new recipient.
+    assert_eq!(
+        put("t1", "u-42", ada, None).await.expect("put"),
+        PutRecipient::Written {
+            version: 1,
+            created: true
+        }
+    );
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -1386,6 +1488,7 @@ suite!(
     every_suppression_change_is_followed_in_order_lifts_included,
     a_suppressed_delivery_ends_suppressed_with_why,
     receipts_move_deliveries_on_by_rank_whenever_they_come,
+    recipients_are_kept_per_tenant_versioned_and_erased,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

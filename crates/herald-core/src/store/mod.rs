@@ -3,7 +3,8 @@
 //! (`Intake`), workers lease and record deliveries (`Queue`), the relay
 //! drains the outbox (`Outbox`), housekeeping expires and purges (`Upkeep`),
 //! operators handle dead letters (`DeadLetters`) and keys (`Tenants`),
-//! the API, CLI and engine keep suppression lists (`Suppressions`) —
+//! the API, CLI and engine keep suppression lists (`Suppressions`), the
+//! API keeps the tenants' recipients (`Recipients`) —
 //! and `Store` is their sum, so wiring passes one value. SQLite,
 //! PostgreSQL and the in-memory store implement them all, with the same
 //! meaning (one behavioural suite runs against each).
@@ -18,6 +19,7 @@ mod intake;
 mod outbox;
 mod queue;
 mod receipts;
+mod recipients;
 mod reports;
 mod suppressions;
 mod tenants;
@@ -28,6 +30,7 @@ pub use intake::*;
 pub use outbox::*;
 pub use queue::*;
 pub use receipts::*;
+pub use recipients::*;
 pub use reports::*;
 pub use suppressions::*;
 pub use tenants::*;
@@ -37,8 +40,8 @@ pub use upkeep::*;
 /// tests): `use herald_core::store::roles::*`.
 pub mod roles {
     pub use super::{
-        DeadLetters, Depths, Health, Intake, Outbox, Queue, Receipts, Reports, Store, Suppressions,
-        Tenants, Upkeep,
+        DeadLetters, Depths, Health, Intake, Outbox, Queue, Receipts, Recipients, Reports, Store,
+        Suppressions, Tenants, Upkeep,
     };
 }
 
@@ -138,6 +141,7 @@ pub trait Store:
     + Tenants
     + Suppressions
     + Receipts
+    + Recipients
     + Health
     + 'static
 {
@@ -152,6 +156,7 @@ impl<T> Store for T where
         + Tenants
         + Suppressions
         + Receipts
+        + Recipients
         + Health
         + 'static
 {

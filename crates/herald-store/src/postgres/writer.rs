@@ -373,6 +373,72 @@ impl PgOp for ops::SetCallback {
     }
 }
 
+impl PgOp for ops::PutRecipient {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        _: &Ctx,
+    ) -> Result<herald_core::store::PutRecipient, StoreError> {
+        let profile = crate::writes::profile_json(&self.profile)?;
+        let sql = match self.if_version {
+            None => {
+                "INSERT INTO recipients (tenant_id, id, profile, version, updated_at_ms) \
+                 VALUES ($1, $2, $3, 1, $4) \
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET profile = excluded.profile, \
+                     version = recipients.version + 1, updated_at_ms = excluded.updated_at_ms \
+                 RETURNING version"
+            }
+            Some(0) => {
+                "INSERT INTO recipients (tenant_id, id, profile, version, updated_at_ms) \
+                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (tenant_id, id) DO NOTHING \
+                 RETURNING version"
+            }
+            Some(_) => {
+                "UPDATE recipients SET profile = $3, version = version + 1, updated_at_ms = $4 \
+                 WHERE tenant_id = $1 AND id = $2 AND version = $5 RETURNING version"
+            }
+        };
+        let version: Option<i64> = sqlx::query_scalar(sql)
+            .bind(&self.tenant_id)
+            .bind(&self.id)
+            .bind(profile)
+            .bind(self.now_ms)
+            .bind(self.if_version.unwrap_or(0))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(match version {
+            Some(version) => herald_core::store::PutRecipient::Written {
+                version,
+                created: version == 1,
+            },
+            None => herald_core::store::PutRecipient::Conflict,
+        })
+    }
+}
+
+impl PgOp for ops::DeleteRecipient {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        _: &Ctx,
+    ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "DELETE FROM recipients WHERE tenant_id = $1 AND id = $2 \
+             RETURNING id, profile, version, updated_at_ms",
+        )
+        .bind(&self.tenant_id)
+        .bind(&self.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        row.map(|(id, profile, version, updated_at_ms)| {
+            crate::writes::stored_recipient(id, &profile, version, updated_at_ms)
+        })
+        .transpose()
+    }
+}
+
 impl PgOp for ops::AddKey {
     async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<String, StoreError> {
         add_key(tx, self).await

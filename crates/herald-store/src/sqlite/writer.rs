@@ -32,11 +32,11 @@ use crate::writes::{
     committed, v7_floor, Backend, Inbox, OutboxRow, Pending, RowChange, Runs, Settled, WriteHealth,
 };
 use herald_core::model::{Channel, DeliveryState, Priority};
-use herald_core::store::ReceiptApplied;
 use herald_core::store::{
     AttemptRecord, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetterFilter,
     IdempotencyRecord, LeaseToken, NewNotification, ReplayOutcome, StoreError, StoredResponse,
 };
+use herald_core::store::{PutRecipient, ReceiptApplied};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
@@ -425,6 +425,77 @@ impl SqliteOp for ops::SetCallback {
         .and_then(|mut q| q.execute(params![self.tenant_id, url, events]))
         .map_err(sql_err)?;
         Ok(())
+    }
+}
+
+impl SqliteOp for ops::PutRecipient {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<PutRecipient, StoreError> {
+        let profile = crate::writes::profile_json(&self.profile)?;
+        let args = params![self.tenant_id, self.id, profile, self.now_ms];
+        let version: Option<i64> = match self.if_version {
+            None => tx
+                .prepare_cached(
+                    "INSERT INTO recipients (tenant_id, id, profile, version, updated_at_ms) \
+                     VALUES (?1, ?2, ?3, 1, ?4) \
+                     ON CONFLICT (tenant_id, id) DO UPDATE SET profile = excluded.profile, \
+                         version = recipients.version + 1, updated_at_ms = excluded.updated_at_ms \
+                     RETURNING version",
+                )
+                .and_then(|mut q| q.query_row(args, |r| r.get(0)).optional()),
+            Some(0) => tx
+                .prepare_cached(
+                    "INSERT INTO recipients (tenant_id, id, profile, version, updated_at_ms) \
+                     VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (tenant_id, id) DO NOTHING \
+                     RETURNING version",
+                )
+                .and_then(|mut q| q.query_row(args, |r| r.get(0)).optional()),
+            Some(v) => tx
+                .prepare_cached(
+                    "UPDATE recipients SET profile = ?3, version = version + 1, \
+                         updated_at_ms = ?4 \
+                     WHERE tenant_id = ?1 AND id = ?2 AND version = ?5 RETURNING version",
+                )
+                .and_then(|mut q| {
+                    q.query_row(
+                        params![self.tenant_id, self.id, profile, self.now_ms, v],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                }),
+        }
+        .map_err(sql_err)?;
+        Ok(match version {
+            Some(version) => PutRecipient::Written {
+                version,
+                created: version == 1,
+            },
+            None => PutRecipient::Conflict,
+        })
+    }
+}
+
+impl SqliteOp for ops::DeleteRecipient {
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _: &Ctx,
+    ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
+        let row: Option<(String, String, i64, i64)> = tx
+            .prepare_cached(
+                "DELETE FROM recipients WHERE tenant_id = ?1 AND id = ?2 \
+                 RETURNING id, profile, version, updated_at_ms",
+            )
+            .and_then(|mut q| {
+                q.query_row(params![self.tenant_id, self.id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()
+            })
+            .map_err(sql_err)?;
+        row.map(|(id, profile, version, updated_at_ms)| {
+            crate::writes::stored_recipient(id, &profile, version, updated_at_ms)
+        })
+        .transpose()
     }
 }
 

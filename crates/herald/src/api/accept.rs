@@ -3,12 +3,13 @@
 //! creates), and one durable store transaction for everything that passed.
 //! Both POST endpoints use it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use herald_core::model::{Channel, NotificationRequest};
+use herald_core::recipient::Profile;
 use herald_core::store::{
-    CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoredResponse,
+    CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoreError, StoredResponse,
 };
 use herald_core::validate::{validate, validate_rendered};
 use sha2::{Digest, Sha256};
@@ -60,12 +61,55 @@ pub enum Accepted {
     Refused(ApiError),
 }
 
+/// The stored profiles of the recipients `items` name by id, read in one
+/// round trip.
+async fn profiles(
+    state: &AppState,
+    tenant: &str,
+    items: &[Result<(NotificationRequest, Option<String>), ApiError>],
+) -> Result<HashMap<String, Profile>, StoreError> {
+    let mut ids: Vec<String> = items
+        .iter()
+        .filter_map(|i| i.as_ref().ok()?.0.recipient.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let found = state.recipients.recipients(tenant, &ids).await?;
+    Ok(found.into_iter().map(|r| (r.id, r.profile)).collect())
+}
+
+/// Fills what the request leaves out from the recipient it names by id.
+/// Whether it names one that is stored.
+fn resolve(
+    req: &mut NotificationRequest,
+    profiles: &Result<HashMap<String, Profile>, StoreError>,
+) -> Result<bool, ApiError> {
+    let Some(id) = &req.recipient.id else {
+        return Ok(false);
+    };
+    match profiles {
+        Ok(found) => Ok(found.get(id).map(|p| p.resolve(req)).is_some()),
+        Err(e) => Err(ApiError::Store(e.clone())),
+    }
+}
+
 fn check(
     state: &AppState,
     req: &NotificationRequest,
     now: chrono::DateTime<chrono::Utc>,
+    resolved: bool,
 ) -> Result<(), ApiError> {
     let mut errs = validate(req, &state.limits, now);
+    let unknown_id = !resolved && req.recipient.id.is_some();
+    if unknown_id && errs.fields().iter().any(|f| f.starts_with("recipient.")) {
+        errs.add(
+            "recipient.id",
+            "no recipient is stored under this id (PUT /v1/recipients/{id}), and the request does not give the addresses itself",
+        );
+    }
     for (i, c) in req.channels.iter().enumerate().take(Channel::ALL.len()) {
         if !state.channels.contains(c) {
             errs.add(
@@ -171,11 +215,16 @@ pub async fn accept(
     let mut batch = Vec::new();
     let mut channels: HashSet<Channel> = HashSet::new();
 
+    let profiles = profiles(state, tenant, &items).await;
     for item in items {
-        let (req, key) = match item.and_then(|(r, k)| {
-            check(state, &r, now)?;
+        let (req, key, hash) = match item.and_then(|(mut r, k)| {
+            // Idempotency compares what the client sent: a retry is the
+            // same request even if the stored profile changed in between.
+            let hash = request_hash(&r);
+            let resolved = resolve(&mut r, &profiles)?;
+            check(state, &r, now, resolved)?;
             state.admission.check(r.priority, &r.channels)?;
-            Ok((r, k))
+            Ok((r, k, hash))
         }) {
             Ok(x) => x,
             Err(e) => {
@@ -183,7 +232,6 @@ pub async fn accept(
                 continue;
             }
         };
-        let hash = request_hash(&req);
         if let Some(k) = &key {
             let Some(g) = state.in_flight.enter(tenant, k) else {
                 out.push(Some(Accepted::Refused(ApiError::KeyInFlight)));

@@ -74,6 +74,15 @@ pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], prefix: &str) -> Resu
     }
 }
 
+/// A JSON value (one a request built, e.g. a merge patch applied) as `T`,
+/// a wrong shape a 422 naming the field.
+pub fn from_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| field_error(e, prefix))
+}
+
 /// A data error as a 422 naming the field (its path under `prefix`).
 fn field_error(e: serde_path_to_error::Error<serde_json::Error>, prefix: &str) -> ApiError {
     let mut path = e.path().to_string();

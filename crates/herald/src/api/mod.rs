@@ -12,6 +12,7 @@ pub mod openapi;
 mod ops;
 pub mod problem;
 mod receipts;
+mod recipients;
 mod resilience;
 pub mod server;
 mod suppressions;
@@ -34,7 +35,7 @@ use herald_core::model::Channel;
 use herald_core::provider::Provider;
 use herald_core::status::{BusHealth, ProviderStatus};
 use herald_core::store::{
-    DeadLetters, Depths, Health, Intake, Receipts, Store, Suppressions, Tenants,
+    DeadLetters, Depths, Health, Intake, Receipts, Recipients, Store, Suppressions, Tenants,
 };
 use herald_core::validate::Limits;
 use tower::ServiceBuilder;
@@ -88,6 +89,7 @@ pub struct AppState {
     pub suppressions: Arc<dyn Suppressions>,
     pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
     pub receipts: Arc<dyn Receipts>,
+    pub recipients: Arc<dyn Recipients>,
     pub accounts: HashMap<String, Arc<dyn Provider>>,
     pub callbacks: Option<Arc<crate::engine::callbacks::Callbacks>>,
     pub public_url: Option<String>,
@@ -123,6 +125,7 @@ impl AppState {
             suppressions: store.clone(),
             local_suppressions: parts.local_suppressions,
             receipts: store.clone(),
+            recipients: store.clone(),
             accounts: parts.accounts,
             callbacks: parts.callbacks,
             public_url: settings.public_url,
@@ -170,6 +173,13 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                     .delete(suppressions::lift),
             )
             .route("/v1/receipts/{provider}", post(receipts::receive))
+            .route(
+                "/v1/recipients/{id}",
+                get(recipients::get)
+                    .put(recipients::put)
+                    .patch(recipients::patch)
+                    .delete(recipients::delete),
+            )
             .route(
                 "/v1/callbacks",
                 get(callbacks::get)

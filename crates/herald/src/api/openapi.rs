@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "Herald",
-        description = "A notification engine: email, SMS, push and webhooks, with priority lanes, failover and idempotency end to end. Errors are application/problem+json (RFC 9457).",
+        description = "A notification engine: email, SMS, push, webhooks and chat, with priority lanes, failover and idempotency end to end. Errors are application/problem+json (RFC 9457).",
         license(name = "Apache-2.0"),
     ),
     paths(
@@ -31,6 +31,10 @@ use utoipa::{Modify, OpenApi};
         super::callbacks::get,
         super::callbacks::put,
         super::callbacks::delete,
+        super::recipients::put,
+        super::recipients::get,
+        super::recipients::patch,
+        super::recipients::delete,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -44,6 +48,7 @@ use utoipa::{Modify, OpenApi};
         (name = "dead letters", description = "Deliveries that used up their attempts"),
         (name = "callbacks", description = "Where Herald tells a tenant what became of its notifications"),
         (name = "receipts", description = "What vendors report after they took a message, posted back by them"),
+        (name = "recipients", description = "The people a tenant notifies, by its own id for each: addresses, locale, time zone, template data"),
         (name = "suppressions", description = "Addresses not to send to: bounces, complaints, opt-outs, dead tokens, gone endpoints"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )

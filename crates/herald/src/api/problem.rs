@@ -37,6 +37,9 @@ pub enum ApiError {
     /// certificate) did not answer: the vendor retries.
     #[error("{0}")]
     VendorUnreachable(String),
+    /// Another write won a race this request cannot settle by itself.
+    #[error("{0}")]
+    Conflict(String),
     #[error("delivery {0} is {1}, not dead: only dead letters are replayed")]
     NotDead(uuid::Uuid, herald_core::DeliveryState),
     #[error(
@@ -175,6 +178,7 @@ impl ApiError {
                 "receipt-unverified",
                 "Receipt signature not verified",
             ),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             VendorUnreachable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "vendor-unreachable",

@@ -74,6 +74,9 @@ pub struct NotificationOut {
     pub status: String,
     pub priority: Priority,
     pub category: Option<String>,
+    /// The addresses it was accepted with: as the request gave them, the
+    /// rest from the stored recipient it named by id at that moment.
+    pub recipient: herald_core::model::Recipient,
     /// When it was accepted (RFC 3339).
     pub created_at: String,
     pub expires_at: Option<String>,
@@ -136,6 +139,7 @@ impl From<&NotificationView> for NotificationOut {
             status: if done { "completed" } else { "in_progress" }.into(),
             priority: v.request.priority,
             category: v.request.category.clone(),
+            recipient: v.request.recipient.clone(),
             created_at: rfc3339(v.accepted_at_ms),
             expires_at: v.expires_at_ms.map(rfc3339),
             metadata: v.request.metadata.clone(),
@@ -467,4 +471,23 @@ pub struct CallbackIn {
 pub struct CallbackOut {
     pub url: String,
     pub events: Vec<DeliveryState>,
+}
+
+/// A stored recipient.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecipientOut {
+    /// The tenant's own id for the person.
+    pub id: String,
+    #[serde(flatten)]
+    pub profile: herald_core::recipient::Profile,
+    /// Bumped by every change.
+    pub version: i64,
+    pub updated_at: String,
+}
+
+/// `DELETE /v1/recipients/{id}`: what the erasure removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasedOut {
+    pub id: String,
+    pub erased: herald_core::recipient::Erased,
 }

@@ -20,6 +20,7 @@ mod idempotency;
 mod outage;
 mod priority;
 mod receipts;
+mod recipients;
 mod resilience;
 mod restart;
 mod ses;

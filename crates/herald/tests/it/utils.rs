@@ -132,6 +132,34 @@ impl TestServer {
         decode(resp).await
     }
 
+    /// Any method, with a JSON body or none, as this server's tenant.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.send_as(&self.key, method, path, body).await
+    }
+
+    pub async fn send_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let (status, _, v) = decode(req.send().await.expect("request sent")).await;
+        (status, v)
+    }
+
     pub async fn get_as(&self, key: &str, path: &str) -> (u16, Value) {
         let resp = self
             .http

@@ -1,0 +1,238 @@
+//! Recipients: the people a tenant notifies, stored under the tenant's own
+//! id for each (`PUT /v1/recipients/{id}`), so a service can say "notify
+//! user 42" and Herald finds the addresses, language and data.
+//!
+//! A notification naming `recipient.id` is resolved when it is accepted:
+//! what the request says inline wins, the stored profile fills the rest,
+//! and the result is stored with the notification, so a later change to
+//! the profile never alters what was accepted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{NotificationRequest, PushToken, Recipient};
+use crate::validate::{check_recipient, is_locale, Errors, Limits};
+
+/// The longest recipient id (the tenant's own id for the person).
+pub const MAX_ID_BYTES: usize = 256;
+/// The most JSON a profile's `data` may hold.
+pub const MAX_DATA_BYTES: usize = 16 * 1024;
+
+/// A stored recipient's profile: how to reach the person, and what the
+/// templates may say about them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// E.164.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// The person's devices, each with its platform (and app).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push_tokens: Vec<PushToken>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// A Slack conversation id or incoming webhook URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<String>,
+    /// The template locale used when a notification names none (`pt-BR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// IANA time zone (`Europe/Lisbon`, `Asia/Kolkata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Values templates see (a notification's `template.data` wins over
+    /// them, key by key).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A profile as stored: its id, and its version (bumped by every write, so
+/// a read-modify-write can tell whether another write came between).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecipient {
+    pub id: String,
+    pub profile: Profile,
+    pub version: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Profile {
+    /// The addresses, as a notification's recipient.
+    pub fn contact(&self, id: Option<String>) -> Recipient {
+        Recipient {
+            id,
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            push_tokens: self.push_tokens.clone(),
+            webhook_url: self.webhook_url.clone(),
+            chat: self.chat.clone(),
+        }
+    }
+
+    /// Fills what `req` does not say from the profile: each address the
+    /// request leaves out (push devices as a whole), the template's locale
+    /// and the template data's missing keys.
+    pub fn resolve(&self, req: &mut NotificationRequest) {
+        let r = &mut req.recipient;
+        fill(&mut r.email, &self.email);
+        fill(&mut r.phone, &self.phone);
+        fill(&mut r.webhook_url, &self.webhook_url);
+        fill(&mut r.chat, &self.chat);
+        if r.push_tokens.is_empty() {
+            r.push_tokens.clone_from(&self.push_tokens);
+        }
+        if let Some(t) = &mut req.template {
+            fill(&mut t.locale, &self.locale);
+            for (k, v) in &self.data {
+                t.data.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+
+    /// What erasing the profile removes, field by field.
+    pub fn erased(&self) -> Erased {
+        Erased {
+            email: self.email.is_some(),
+            phone: self.phone.is_some(),
+            push_tokens: self.push_tokens.len(),
+            webhook_url: self.webhook_url.is_some(),
+            chat: self.chat.is_some(),
+            locale: self.locale.is_some(),
+            timezone: self.timezone.is_some(),
+            data_keys: self.data.len(),
+        }
+    }
+}
+
+fn fill(slot: &mut Option<String>, from: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(from);
+    }
+}
+
+/// What an erasure removed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erased {
+    pub email: bool,
+    pub phone: bool,
+    /// How many devices.
+    pub push_tokens: usize,
+    pub webhook_url: bool,
+    pub chat: bool,
+    pub locale: bool,
+    pub timezone: bool,
+    /// How many keys of template data.
+    pub data_keys: usize,
+}
+
+/// A recipient id: 1 to 256 bytes, no control characters.
+pub fn check_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        Err("must be 1 to 256 bytes without control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// Every rule a profile breaks: addresses as strictly as a notification's
+/// recipient, a language tag, a time zone the IANA database knows, and
+/// template data within its size.
+pub fn validate_profile(p: &Profile, limits: &Limits) -> Errors {
+    let mut errs = Errors::default();
+    check_recipient(&p.contact(None), "", limits, &mut errs);
+    if p.locale.as_deref().is_some_and(|l| !is_locale(l)) {
+        errs.add("locale", "must be a language tag such as en or pt-BR");
+    }
+    if let Some(tz) = &p.timezone {
+        if tz.parse::<chrono_tz::Tz>().is_err() {
+            errs.add(
+                "timezone",
+                "must be an IANA time zone such as Europe/Lisbon or Asia/Kolkata",
+            );
+        }
+    }
+    let size = serde_json::to_vec(&p.data).map_or(usize::MAX, |v| v.len());
+    if size > MAX_DATA_BYTES {
+        errs.add("data", format!("at most {MAX_DATA_BYTES} bytes of JSON"));
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::PushPlatform;
+
+    fn profile() -> Profile {
+        serde_json::from_value(json!({
+            "email": "ada@example.com", "phone": "+14155550100",
+            "push_tokens": [{"platform": "ios", "token": "t1", "app": "com.example.shop"}],
+            "chat": "U024BE91L", "locale": "pt-BR", "timezone": "America/Sao_Paulo",
+            "data": {"name": "Ada", "plan": "pro"}
+        }))
+        .expect("a profile")
+    }
+
+    #[test]
+    fn inline_fields_win_and_the_profile_fills_the_rest() {
+        let mut req: NotificationRequest = serde_json::from_value(json!({
+            "recipient": {"id": "u42", "email": "work@example.com"},
+            "channels": ["email", "sms", "push"],
+            "template": {"id": "welcome", "data": {"name": "Ada L."}}
+        }))
+        .expect("a request");
+        profile().resolve(&mut req);
+        let r = &req.recipient;
+        assert_eq!(r.id.as_deref(), Some("u42"));
+        assert_eq!(r.email.as_deref(), Some("work@example.com"), "inline wins");
+        assert_eq!(r.phone.as_deref(), Some("+14155550100"));
+        assert_eq!(r.push_tokens.len(), 1);
+        assert_eq!(r.push_tokens[0].platform, PushPlatform::Ios);
+        let t = req.template.expect("template");
+        assert_eq!(t.locale.as_deref(), Some("pt-BR"));
+        assert_eq!(t.data["name"], "Ada L.", "the request's data wins");
+        assert_eq!(t.data["plan"], "pro");
+    }
+
+    #[test]
+    fn profiles_are_checked_like_recipients() {
+        let limits = Limits::default();
+        assert!(validate_profile(&profile(), &limits).is_empty());
+        let bad: Profile = serde_json::from_value(json!({
+            "email": "not-an-email", "phone": "0800", "timezone": "Mars/Olympus",
+            "locale": "en US", "chat": "#general",
+            "data": {"blob": "x".repeat(MAX_DATA_BYTES)}
+        }))
+        .expect("well-formed");
+        let errs = validate_profile(&bad, &limits);
+        assert_eq!(
+            errs.fields(),
+            ["email", "phone", "chat", "locale", "timezone", "data"]
+        );
+        for tz in ["Asia/Kolkata", "Europe/Lisbon", "UTC", "America/St_Johns"] {
+            let p = Profile {
+                timezone: Some(tz.into()),
+                ..Profile::default()
+            };
+            assert!(validate_profile(&p, &limits).is_empty(), "{tz}");
+        }
+        assert!(check_id("user-42").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("a\nb").is_err());
+        assert!(check_id(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn an_erasure_says_what_it_removed() {
+        let e = profile().erased();
+        assert!(e.email && e.phone && e.chat && e.locale && e.timezone);
+        assert!(!e.webhook_url);
+        assert_eq!((e.push_tokens, e.data_keys), (1, 2));
+    }
+}

@@ -1,0 +1,44 @@
+//! `Recipients`: the people a tenant notifies, under the tenant's own id
+//! for each (`recipient::Profile`).
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::recipient::{Profile, StoredRecipient};
+
+/// What a write of a profile did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutRecipient {
+    /// Written; its new version, and whether the recipient is new.
+    Written { version: i64, created: bool },
+    /// Another write came first: the version asked for is not the stored one.
+    Conflict,
+}
+
+#[async_trait]
+pub trait Recipients: Send + Sync {
+    /// Stores a tenant's recipient, replacing what was there. With
+    /// `if_version`, only when the stored version is that one (0: only when
+    /// there is none), for a read-modify-write that must not lose another.
+    async fn put_recipient(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        profile: Profile,
+        if_version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<PutRecipient, StoreError>;
+    /// The tenant's recipients among `ids` (any order; unknown ids are
+    /// left out).
+    async fn recipients(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecipient>, StoreError>;
+    /// Erases a recipient; what was stored, if anything.
+    async fn delete_recipient(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<StoredRecipient>, StoreError>;
+}

@@ -1,0 +1,335 @@
+//! Recipients: stored per tenant under the tenant's own id, checked as
+//! strictly as a notification's addresses, changed by merge patch, erased
+//! on request; a notification naming `recipient.id` alone goes to the
+//! stored addresses (inline ones win), and what it was accepted with does
+//! not change when the profile does.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::utils::TestServer;
+
+fn ada() -> Value {
+    json!({
+        "email": "ada@example.com", "phone": "+14155550100",
+        "push_tokens": [{"platform": "android", "token": "tok-ada-1", "app": "com.example.shop"}],
+        "chat": "U024BE91L", "locale": "pt-BR", "timezone": "America/Sao_Paulo",
+        "data": {"name": "Ada Lovelace 👩‍💻", "plan": "pro"}
+    })
+}
+
+/// What the simulated vendors received for a notification, by vendor:
+/// (vendor, recipient, summary).
+fn sent_to(s: &TestServer) -> Vec<(String, String, String)> {
+    s.sim
+        .entries()
+        .into_iter()
+        .map(|e| (e.vendor.to_owned(), e.recipient, e.summary))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_recipient_is_stored_read_patched_and_erased() {
+    let s = TestServer::start().await;
+    let (status, v) = s
+        .send(Method::PUT, "/v1/recipients/u-42", Some(&ada()))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["version"], 1);
+    let (status, v) = s
+        .send(Method::PUT, "/v1/recipients/u-42", Some(&ada()))
+        .await;
+    assert_eq!(status, 200, "replaced: {v}");
+    assert_eq!(v["version"], 2);
+    let (status, v) = s.get("/v1/recipients/u-42").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["id"], "u-42");
+    assert_eq!(v["data"]["name"], "Ada Lovelace 👩‍💻");
+    assert_eq!(v["push_tokens"][0]["app"], "com.example.shop");
+
+    // Another tenant does not see it.
+    let other = s.key_for("other-shop").await;
+    let (status, _) = s
+        .send_as(&other, Method::GET, "/v1/recipients/u-42", None)
+        .await;
+    assert_eq!(status, 404);
+
+    // A merge patch: a new phone, the locale removed, data merged by key.
+    let (status, v) = s
+        .send(
+            Method::PATCH,
+            "/v1/recipients/u-42",
+            Some(&json!({"phone": "+351912345678", "locale": null, "data": {"plan": "free", "city": "Lisboa"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["phone"], "+351912345678");
+    assert!(v.get("locale").is_none(), "{v}");
+    assert_eq!(
+        v["data"],
+        json!({"name": "Ada Lovelace 👩‍💻", "plan": "free", "city": "Lisboa"})
+    );
+    assert_eq!(v["email"], "ada@example.com", "untouched");
+    assert_eq!(v["version"], 3);
+    // A patch that would make it invalid changes nothing.
+    let (status, v) = s
+        .send(
+            Method::PATCH,
+            "/v1/recipients/u-42",
+            Some(&json!({"timezone": "Mars/Olympus_Mons", "emial": "typo@example.com"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let (status, v) = s
+        .send(
+            Method::PATCH,
+            "/v1/recipients/u-42",
+            Some(&json!({"timezone": "Mars/Olympus_Mons"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["errors"][0]["field"], "timezone", "{v}");
+    assert_eq!(s.get("/v1/recipients/u-42").await.1["version"], 3);
+    let (status, _) = s
+        .send(
+            Method::PATCH,
+            "/v1/recipients/nobody",
+            Some(&json!({"phone": null})),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Erasure says what it removed; afterwards there is nothing.
+    let (status, v) = s.send(Method::DELETE, "/v1/recipients/u-42", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"id": "u-42", "erased": {"email": true, "phone": true, "push_tokens": 1,
+            "webhook_url": false, "chat": true, "locale": false, "timezone": true, "data_keys": 3}})
+    );
+    assert_eq!(s.get("/v1/recipients/u-42").await.0, 404);
+    assert_eq!(
+        s.send(Method::DELETE, "/v1/recipients/u-42", None).await.0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn profiles_and_ids_herald_cannot_use_are_refused() {
+    let s = TestServer::start().await;
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/u-1",
+            Some(
+                &json!({"email": "nope", "phone": "12", "timezone": "Europe/Atlantis",
+                         "locale": "en US", "chat": "#general",
+                         "push_tokens": [{"platform": "ios", "token": ""}],
+                         "webhook_url": "http://169.254.169.254/latest"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let mut fields: Vec<&str> = v["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "chat",
+            "email",
+            "locale",
+            "phone",
+            "push_tokens[0].token",
+            "timezone",
+            "webhook_url"
+        ]
+    );
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/u-1",
+            Some(&json!({"emial": "a@example.com"})),
+        )
+        .await;
+    assert_eq!(status, 422, "an unknown field: {v}");
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/u-1",
+            Some(&json!({"data": {"x": "y".repeat(17_000)}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["errors"][0]["field"], "data", "{v}");
+    let long = "x".repeat(257);
+    for bad in [long.as_str(), "a%0Ab", "%00"] {
+        let (status, v) = s
+            .send(
+                Method::PUT,
+                &format!("/v1/recipients/{bad}"),
+                Some(&json!({})),
+            )
+            .await;
+        assert_eq!(status, 422, "{bad}: {v}");
+        assert_eq!(v["errors"][0]["field"], "id", "{v}");
+    }
+    // Unicode ids are ids like any other.
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/us%C3%A9r-%F0%9F%8E%89",
+            Some(&json!({"email": "z@example.com"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["id"], "usér-🎉");
+}
+
+#[tokio::test]
+async fn a_notification_by_recipient_id_goes_to_the_stored_addresses() {
+    let s = TestServer::start().await;
+    let (status, _) = s
+        .send(Method::PUT, "/v1/recipients/u-42", Some(&ada()))
+        .await;
+    assert_eq!(status, 201);
+    // Email from the profile, in the profile's locale, with its data; SMS
+    // to the stored phone.
+    let (status, _, v) = s
+        .post(
+            "/v1/notifications",
+            &json!({"recipient": {"id": "u-42"}, "channels": ["email", "sms"], "priority": "high",
+                    "template": {"id": "password-reset", "data": {"link": "https://app.example.com/r/1"}}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let n = s.wait_finished(&id).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "{n}");
+    assert_eq!(n["channels"][1]["state"], "sent", "{n}");
+    assert_eq!(
+        n["recipient"]["email"], "ada@example.com",
+        "what was used: {n}"
+    );
+    let sent = sent_to(&s);
+    assert!(
+        sent.contains(&(
+            "sendgrid".into(),
+            "ada@example.com".into(),
+            "Redefina sua senha".into()
+        )),
+        "the profile's address and locale: {sent:?}"
+    );
+    assert!(
+        sent.iter().any(|(v, to, text)| v == "twilio"
+            && to == "+14155550100"
+            && text.contains("Ada Lovelace")),
+        "the profile's phone and data: {sent:?}"
+    );
+
+    // Inline addresses win over the stored ones.
+    let (_, _, v) = s
+        .post(
+            "/v1/notifications",
+            &json!({"recipient": {"id": "u-42", "email": "ada@work.example"}, "channels": ["email"],
+                    "content": {"subject": "Hi", "text": "Inline wins"}}),
+        )
+        .await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["recipient"]["email"], "ada@work.example", "{n}");
+
+    // Accepted before a change, sent after it: the accepted address stands.
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let (_, _, v) = s
+        .post(
+            "/v1/notifications",
+            &json!({"recipient": {"id": "u-42"}, "channels": ["email"], "send_at": later,
+                    "content": {"subject": "Scheduled", "text": "Accepted before the change"}}),
+        )
+        .await;
+    let scheduled = v["id"].as_str().expect("id").to_owned();
+    let (status, _) = s
+        .send(
+            Method::PATCH,
+            "/v1/recipients/u-42",
+            Some(&json!({"email": "ada@moved.example"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let n = s.wait_finished(&scheduled).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "{n}");
+    assert!(
+        sent_to(&s).contains(&(
+            "sendgrid".into(),
+            "ada@example.com".into(),
+            "Scheduled".into()
+        )),
+        "sent where it was addressed when accepted"
+    );
+
+    // An id nobody stored, with no addresses: refused, saying why.
+    let (status, _, v) = s
+        .post(
+            "/v1/notifications",
+            &json!({"recipient": {"id": "u-404"}, "channels": ["sms"], "content": {"text": "hi"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert!(fields.contains(&"recipient.id"), "{v}");
+
+    // Erased: a notification by id alone is refused again.
+    s.send(Method::DELETE, "/v1/recipients/u-42", None).await;
+    let (status, _, v) = s
+        .post(
+            "/v1/notifications",
+            &json!({"recipient": {"id": "u-42"}, "channels": ["email"],
+                    "content": {"subject": "Hi", "text": "Gone"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+
+    // The batch endpoint resolves each item.
+    s.send(
+        Method::PUT,
+        "/v1/recipients/u-1",
+        Some(&json!({"phone": "+14155550111"})),
+    )
+    .await;
+    s.send(
+        Method::PUT,
+        "/v1/recipients/u-2",
+        Some(&json!({"phone": "+14155550122"})),
+    )
+    .await;
+    let (status, _, v) = s
+        .post(
+            "/v1/notifications/batch",
+            &json!({"notifications": [
+                {"recipient": {"id": "u-1"}, "channels": ["sms"], "content": {"text": "one"}},
+                {"recipient": {"id": "u-2"}, "channels": ["sms"], "content": {"text": "two"}},
+                {"recipient": {"id": "u-3"}, "channels": ["sms"], "content": {"text": "three"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results[0]["status"], "accepted", "{v}");
+    assert_eq!(results[1]["status"], "accepted", "{v}");
+    assert_ne!(results[2]["status"], "accepted", "{v}");
+    assert!(
+        results[2]["error"]["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["field"] == "recipient.id")),
+        "{v}"
+    );
+}
