@@ -47,6 +47,7 @@ pub trait Database:
     + Runs<ops::ApplyReceipts>
     + Runs<ops::SetCallback>
     + Runs<ops::PutRecipient>
+    + Runs<ops::PutRecipients>
     + Runs<ops::DeleteRecipient>
 {
     type Reader: Reader;
@@ -322,6 +323,20 @@ impl<D: Database> Recipients for Db<D> {
             id: id.to_owned(),
             profile,
             if_version,
+            now_ms,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn put_recipients(
+        &self,
+        tenant_id: &str,
+        batch: Vec<(String, Profile)>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let op = ops::PutRecipients {
+            tenant_id: tenant_id.to_owned(),
+            batch: crate::writes::last_of_each(batch),
             now_ms,
         };
         self.writes.run(op).await

@@ -777,6 +777,21 @@ impl herald_core::store::Recipients for MemoryStore {
         })
     }
 
+    async fn put_recipients(
+        &self,
+        tenant_id: &str,
+        batch: Vec<(String, herald_core::recipient::Profile)>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let batch = crate::writes::last_of_each(batch);
+        let n = batch.len();
+        for (id, profile) in batch {
+            self.put_recipient(tenant_id, &id, profile, None, now_ms)
+                .await?;
+        }
+        Ok(n)
+    }
+
     async fn recipients(
         &self,
         tenant_id: &str,

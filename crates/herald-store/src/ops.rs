@@ -170,6 +170,15 @@ op!(
     "put_recipient"
 );
 
+/// Many of a tenant's recipients stored, each replacing its id's (no two
+/// with one id: the caller keeps the last); answers how many.
+pub struct PutRecipients {
+    pub tenant_id: String,
+    pub batch: Vec<(String, herald_core::recipient::Profile)>,
+    pub now_ms: i64,
+}
+op!(PutRecipients, usize, "put_recipients");
+
 /// A tenant's recipient erased; answers what was stored.
 pub struct DeleteRecipient {
     pub tenant_id: String,

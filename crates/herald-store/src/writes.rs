@@ -458,6 +458,21 @@ pub(crate) fn callback_events(
         .collect()
 }
 
+/// A batch with one entry per id, the last given for each (in order of
+/// those last entries).
+pub(crate) fn last_of_each<T>(batch: Vec<(String, T)>) -> Vec<(String, T)> {
+    let mut last = std::collections::HashMap::with_capacity(batch.len());
+    for (i, (id, _)) in batch.iter().enumerate() {
+        last.insert(id.clone(), i);
+    }
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (id, _))| last.get(id) == Some(i))
+        .map(|(_, entry)| entry)
+        .collect()
+}
+
 /// A recipient's profile as stored (JSON text).
 pub(crate) fn profile_json(p: &herald_core::recipient::Profile) -> Result<String, StoreError> {
     serde_json::to_string(p)

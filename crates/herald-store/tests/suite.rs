@@ -1393,19 +1393,33 @@ async fn recipients_are_kept_per_tenant_versioned_and_erased(store: &dyn Store) 
     assert_eq!(got[0].profile, moved, "the profile reads back whole");
     assert_eq!((got[0].version, got[0].updated_at_ms), (2, 1_000));
     assert_eq!(store.recipients("t3", &ids).await.expect("read"), vec![]);
-    // Many ids at once (more than one read's worth).
-    for i in 0..600 {
-        let id = format!("bulk-{i}");
-        store
-            .put_recipient("t1", &id, Profile::default(), None, 1)
-            .await
-            .expect("put");
-    }
-    let many: Vec<String> = (0..700).map(|i| format!("bulk-{i}")).collect();
+    // Many at once (an import; the last of one id wins), read back in more
+    // than one read's worth.
+    let mut batch: Vec<(String, Profile)> = (0..600)
+        .map(|i| (format!("bulk-{i}"), Profile::default()))
+        .collect();
+    let last = Profile {
+        locale: Some("fr".into()),
+        ..Profile::default()
+    };
+    batch.push(("bulk-7".into(), last.clone()));
     assert_eq!(
-        store.recipients("t1", &many).await.expect("read").len(),
+        store.put_recipients("t1", batch, 5).await.expect("import"),
         600
     );
+    let many: Vec<String> = (0..700).map(|i| format!("bulk-{i}")).collect();
+    let got = store.recipients("t1", &many).await.expect("read");
+    assert_eq!(got.len(), 600);
+    let seventh = got.iter().find(|r| r.id == "bulk-7").expect("bulk-7");
+    assert_eq!(seventh.profile, last);
+    // Imported again: replaced, versions bumped.
+    let again = vec![("bulk-7".to_owned(), Profile::default())];
+    store.put_recipients("t1", again, 6).await.expect("import");
+    let got = store
+        .recipients("t1", &["bulk-7".to_owned()])
+        .await
+        .expect("read");
+    assert_eq!((got[0].version, got[0].profile.locale.clone()), (2, None));
 
     let erased = store
         .delete_recipient("t1", "u-42")

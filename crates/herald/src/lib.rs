@@ -9,6 +9,7 @@ pub mod config;
 pub mod dlq;
 pub mod engine;
 pub mod progress;
+pub mod recipients;
 pub mod render;
 pub mod suppressions;
 pub mod telemetry;

@@ -28,6 +28,15 @@ pub trait Recipients: Send + Sync {
         if_version: Option<i64>,
         now_ms: i64,
     ) -> Result<PutRecipient, StoreError>;
+    /// Stores many of a tenant's recipients at once, each replacing what
+    /// was stored under its id (an import). A later entry with the same id
+    /// wins. How many were written.
+    async fn put_recipients(
+        &self,
+        tenant_id: &str,
+        batch: Vec<(String, Profile)>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
     /// The tenant's recipients among `ids` (any order; unknown ids are
     /// left out).
     async fn recipients(

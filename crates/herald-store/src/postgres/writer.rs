@@ -417,6 +417,33 @@ impl PgOp for ops::PutRecipient {
     }
 }
 
+impl PgOp for ops::PutRecipients {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<usize, StoreError> {
+        let ids: Vec<&str> = self.batch.iter().map(|(id, _)| id.as_str()).collect();
+        let profiles = self
+            .batch
+            .iter()
+            .map(|(_, p)| crate::writes::profile_json(p))
+            .collect::<Result<Vec<String>, _>>()?;
+        // One statement for the batch (ids are unique in it, as ON
+        // CONFLICT DO UPDATE needs).
+        sqlx::query(
+            "INSERT INTO recipients (tenant_id, id, profile, version, updated_at_ms) \
+             SELECT $1, r.id, r.profile, 1, $4 FROM UNNEST($2::text[], $3::text[]) AS r(id, profile) \
+             ON CONFLICT (tenant_id, id) DO UPDATE SET profile = excluded.profile, \
+                 version = recipients.version + 1, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&self.tenant_id)
+        .bind(&ids)
+        .bind(&profiles)
+        .bind(self.now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(self.batch.len())
+    }
+}
+
 impl PgOp for ops::DeleteRecipient {
     async fn apply(
         &self,

@@ -474,6 +474,25 @@ impl SqliteOp for ops::PutRecipient {
     }
 }
 
+impl SqliteOp for ops::PutRecipients {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<usize, StoreError> {
+        let mut q = tx
+            .prepare_cached(
+                "INSERT INTO recipients (tenant_id, id, profile, version, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, 1, ?4) \
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET profile = excluded.profile, \
+                     version = recipients.version + 1, updated_at_ms = excluded.updated_at_ms",
+            )
+            .map_err(sql_err)?;
+        for (id, profile) in &self.batch {
+            let profile = crate::writes::profile_json(profile)?;
+            q.execute(params![self.tenant_id, id, profile, self.now_ms])
+                .map_err(sql_err)?;
+        }
+        Ok(self.batch.len())
+    }
+}
+
 impl SqliteOp for ops::DeleteRecipient {
     fn apply(
         &self,

@@ -333,3 +333,82 @@ async fn a_notification_by_recipient_id_goes_to_the_stored_addresses() {
         "{v}"
     );
 }
+
+/// `herald recipients import`: JSON lines and CSV, streamed into the
+/// store; good rows go in, bad ones are reported by line and the exit
+/// status says some were refused; a second import replaces.
+#[tokio::test]
+async fn recipients_are_imported_from_json_lines_and_csv() {
+    use tokio::process::Command;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = {
+        let mut c = herald::config::Config::load(None).expect("defaults");
+        c.store.data_dir = dir.path().join("data");
+        c
+    };
+    let store = herald::app::open_store(&cfg).await.expect("store");
+    let tenant = store
+        .add_api_key("acme", b"k", "test")
+        .await
+        .expect("tenant");
+    drop(store);
+    let run = |file: std::path::PathBuf| {
+        let data = dir.path().join("data");
+        async move {
+            let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args(["recipients", "import", "--tenant", "acme", "--quiet"])
+                .arg(&file)
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .await
+                .expect("herald recipients import runs");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    let jsonl = dir.path().join("people.jsonl");
+    let mut lines: Vec<String> = (0..2_500)
+        .map(|i| {
+            json!({"id": format!("u{i}"), "email": format!("u{i}@example.com"),
+                   "locale": "pt-BR", "data": {"name": format!("Zoë {i}")}})
+            .to_string()
+        })
+        .collect();
+    lines.insert(10, json!({"id": "bad", "phone": "12"}).to_string());
+    std::fs::write(&jsonl, lines.join("\n")).expect("write");
+    let (code, out, err) = run(jsonl).await;
+    assert_eq!(code, Some(2), "some lines were refused: {out}{err}");
+    assert!(out.contains("imported 2500 recipients"), "{out}");
+    assert!(err.contains("line 11: phone"), "{err}");
+
+    let csv = dir.path().join("people.csv");
+    std::fs::write(
+        &csv,
+        "id,email,push_token,push_platform,timezone,data.name\n\
+         u7,seven@example.com,tok-7,android,Asia/Kolkata,\"Sete, o sétimo\"\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(csv).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    let store = herald::app::open_store(&cfg).await.expect("store");
+    let ids: Vec<String> = ["u0", "u7", "u2499", "bad"].map(String::from).to_vec();
+    let mut got = store.recipients(&tenant, &ids).await.expect("read");
+    got.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].profile.data["name"], "Zoë 0");
+    let seven = got.iter().find(|r| r.id == "u7").expect("u7");
+    assert_eq!(seven.profile.email.as_deref(), Some("seven@example.com"));
+    assert_eq!(
+        seven.profile.locale, None,
+        "the CSV row replaced the JSON one"
+    );
+    assert_eq!(seven.profile.push_tokens.len(), 1);
+    assert_eq!(seven.version, 2);
+}
