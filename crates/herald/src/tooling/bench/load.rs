@@ -32,6 +32,9 @@ pub struct Client {
     pub key: String,
     /// Base URL of webhook targets (the simulator).
     pub hooks: String,
+    /// Notifications numbered below this are addressed by `recipient.id`
+    /// alone (`--recipients`: their profiles are stored).
+    pub by_id_below: u64,
 }
 
 impl Client {
@@ -269,11 +272,19 @@ impl Answer {
 }
 
 impl Client {
+    fn body(&self, n: u64, kind: Kind) -> Value {
+        let mut b = body(n, kind, &self.hooks);
+        if n < self.by_id_below {
+            b["recipient"] = json!({"id": super::workload::recipient_id(n)});
+        }
+        b
+    }
+
     async fn batch(&self, numbers: &[u64], kinds: &[Kind]) -> anyhow::Result<Vec<Answer>> {
         let items: Vec<Value> = numbers
             .iter()
             .zip(kinds)
-            .map(|(&n, &k)| body(n, k, &self.hooks))
+            .map(|(&n, &k)| self.body(n, k))
             .collect();
         let resp = self
             .http
@@ -304,7 +315,7 @@ impl Client {
     }
 
     async fn single(&self, n: u64, kind: Kind) -> anyhow::Result<Answer> {
-        let mut item = body(n, kind, &self.hooks);
+        let mut item = self.body(n, kind);
         let key = item
             .as_object_mut()
             .and_then(|o| o.remove("idempotency_key"))

@@ -122,6 +122,12 @@ pub struct BenchArgs {
     /// a list that size.
     #[arg(long, default_value_t = 0)]
     pub suppressed: u64,
+    /// Recipients to store before the run (`r0` to `rN-1`, each with every
+    /// address its number's notifications go to); notifications numbered
+    /// below N are then addressed by `recipient.id` alone. Needs the bench
+    /// to start Herald (no --target).
+    #[arg(long, default_value_t = 0, conflicts_with = "target")]
+    pub recipients: u64,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -180,6 +186,7 @@ impl Rig {
                         .clone()
                         .context("--api-key is required with --target")?,
                     hooks: sim_url.trim_end_matches('/').to_owned(),
+                    by_id_below: 0,
                 },
                 data_dir: args.data_dir.clone(),
                 _tmp: None,
@@ -203,6 +210,9 @@ impl Rig {
         } else {
             &[]
         };
+        if args.recipients > 0 {
+            store_recipients(&data_dir, &key, args.recipients, &sim_url).await?;
+        }
         let herald = Herald::start(&bin, &data_dir, &sim_url, &key, env).await?;
         Ok(Rig {
             pid: herald.pid(),
@@ -211,6 +221,7 @@ impl Rig {
                 base: herald.base.clone(),
                 key,
                 hooks: sim_url,
+                by_id_below: args.recipients,
             },
             herald: Some(herald),
             vendors: Vendors::Local(sim),
@@ -226,6 +237,41 @@ impl Rig {
             None => self.pid.and_then(process::usage),
         }
     }
+}
+
+/// Stores `n` recipients (`workload::profile`) for the sandbox tenant
+/// that `key` will belong to, in the store Herald is about to open, a
+/// thousand per write.
+async fn store_recipients(
+    data_dir: &std::path::Path,
+    key: &str,
+    n: u64,
+    hooks: &str,
+) -> anyhow::Result<()> {
+    let mut cfg = crate::config::Config::load(None)?;
+    cfg.store.data_dir = data_dir.to_path_buf();
+    let store = crate::app::open_store(&cfg).await?;
+    let tenant =
+        crate::app::add_key(store.as_ref(), crate::app::SANDBOX_TENANT, key, "bench").await?;
+    let started = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch = (i..n.min(i + 1_000))
+            .map(|m| {
+                let profile = serde_json::from_value(workload::profile(m, hooks))?;
+                Ok((workload::recipient_id(m), profile))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        i += batch.len() as u64;
+        store
+            .put_recipients(&tenant, batch, herald_core::now_ms())
+            .await?;
+    }
+    eprintln!(
+        "recipients: {n} stored in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Runs the scenario and reports; `Ok(false)` when anything was lost,

@@ -92,6 +92,30 @@ pub fn body(n: u64, kind: Kind, hooks: &str) -> Value {
     }
 }
 
+/// The id the bench stores notification `n`'s recipient under.
+pub fn recipient_id(n: u64) -> String {
+    format!("r{n}")
+}
+
+/// The stored profile of notification `n`'s recipient: every address any
+/// kind of notification `n` goes to, so one addressed by id alone reaches
+/// exactly where its inline twin would.
+pub fn profile(n: u64, hooks: &str) -> Value {
+    let platform = if n.is_multiple_of(3) {
+        "ios"
+    } else {
+        "android"
+    };
+    json!({
+        "email": email(n), "phone": phone(n),
+        "push_tokens": [{"platform": platform, "token": token(n)}],
+        "webhook_url": format!("{hooks}/hooks/bench/{n}"),
+        "chat": conversation(n),
+        "locale": "en", "timezone": "Europe/Lisbon",
+        "data": {"name": "Zoë"}
+    })
+}
+
 fn email(n: u64) -> String {
     format!("b{n}@bench.example")
 }
