@@ -47,6 +47,7 @@ pub trait Database:
     + Runs<ops::ApplyReceipts>
     + Runs<ops::SetCallback>
     + Runs<ops::PutRecipient>
+    + Runs<ops::Cancel>
     + Runs<ops::PutRecipients>
     + Runs<ops::DeleteRecipient>
 {
@@ -71,6 +72,28 @@ impl<D: Database> Intake for Db<D> {
         id: uuid::Uuid,
     ) -> Result<Option<NotificationView>, StoreError> {
         reads::notification(&self.reads, tenant_id, id).await
+    }
+
+    async fn cancel(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+        now_ms: i64,
+    ) -> Result<Option<Vec<herald_core::store::CancelledDelivery>>, StoreError> {
+        let op = ops::Cancel {
+            tenant_id: tenant_id.to_owned(),
+            id,
+            now_ms,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn notification_for_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<uuid::Uuid>, StoreError> {
+        reads::notification_for_key(&self.reads, tenant_id, key).await
     }
 }
 

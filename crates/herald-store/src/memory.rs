@@ -301,6 +301,60 @@ impl Intake for MemoryStore {
         Ok(results)
     }
 
+    async fn cancel(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+        now_ms: i64,
+    ) -> Result<Option<Vec<herald_core::store::CancelledDelivery>>, StoreError> {
+        let mut s = self.lock();
+        if s.notifications.get(&id).map(|n| n.tenant_id.as_str()) != Some(tenant_id) {
+            return Ok(None);
+        }
+        let mut out: Vec<herald_core::store::CancelledDelivery> = s
+            .deliveries
+            .iter_mut()
+            .filter(|(_, d)| d.notification_id == id)
+            .map(|(did, d)| {
+                let cancel = matches!(
+                    d.state,
+                    DeliveryState::Queued | DeliveryState::RetryScheduled
+                );
+                if cancel {
+                    d.state = DeliveryState::Cancelled;
+                    d.last_error = Some("cancelled before it was sent".into());
+                    d.lease_token = None;
+                    d.updated_at_ms = now_ms;
+                }
+                herald_core::store::CancelledDelivery {
+                    id: *did,
+                    channel: d.channel,
+                    target: d.target,
+                    state: d.state,
+                    cancelled: cancel,
+                }
+            })
+            .collect();
+        out.sort_by_key(|d| (d.channel.as_str(), d.target));
+        Ok(Some(out))
+    }
+
+    async fn notification_for_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<uuid::Uuid>, StoreError> {
+        let s = self.lock();
+        let Some(rec) = s.keys.get(&(tenant_id.to_owned(), key.to_owned())) else {
+            return Ok(None);
+        };
+        let body: serde_json::Value = serde_json::from_str(&rec.response.body)
+            .map_err(|e| StoreError::Corrupt(format!("a stored response: {e}").into()))?;
+        Ok(body["id"]
+            .as_str()
+            .and_then(|id| uuid::Uuid::parse_str(id).ok()))
+    }
+
     async fn notification(
         &self,
         tenant_id: &str,

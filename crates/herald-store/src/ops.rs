@@ -155,6 +155,19 @@ pub struct SetCallback {
 }
 op!(SetCallback, (), "set_callback");
 
+/// What of a tenant's notification has not gone out, cancelled; answers
+/// each delivery as the cancel left it (`None`: no such notification).
+pub struct Cancel {
+    pub tenant_id: String,
+    pub id: uuid::Uuid,
+    pub now_ms: i64,
+}
+op!(
+    Cancel,
+    Option<Vec<herald_core::store::CancelledDelivery>>,
+    "cancel"
+);
+
 /// A tenant's recipient stored (`if_version`: only over that version; 0:
 /// only when absent).
 pub struct PutRecipient {

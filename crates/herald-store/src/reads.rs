@@ -368,6 +368,28 @@ pub(crate) async fn callback<R: Reader>(
     Ok(Some(Callback { url, events }))
 }
 
+/// The notification an idempotency key made: its stored response names it.
+pub(crate) async fn notification_for_key<R: Reader>(
+    r: &R,
+    tenant_id: &str,
+    key: &str,
+) -> Result<Option<uuid::Uuid>, StoreError> {
+    let found = r
+        .rows(
+            "SELECT response_body FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+            vec![Arg::Text(tenant_id.to_owned()), Arg::Text(key.to_owned())],
+        )
+        .await?;
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    let body: serde_json::Value = serde_json::from_str(&row.text("response_body")?)
+        .map_err(|e| StoreError::Corrupt(format!("a stored response: {e}").into()))?;
+    Ok(body["id"]
+        .as_str()
+        .and_then(|id| uuid::Uuid::parse_str(id).ok()))
+}
+
 /// How many ids one read asks for at most (a batch of notifications names
 /// up to 1,000; the rest are read in further rounds).
 const IDS_PER_READ: usize = 500;

@@ -458,6 +458,28 @@ pub(crate) fn callback_events(
         .collect()
 }
 
+/// A delivery row as a cancel left it.
+pub(crate) fn cancelled_delivery(
+    id: uuid::Uuid,
+    channel: &str,
+    target: i64,
+    state: &str,
+    cancelled: &[uuid::Uuid],
+) -> Result<herald_core::store::CancelledDelivery, StoreError> {
+    Ok(herald_core::store::CancelledDelivery {
+        id,
+        channel: channel
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("channel {channel:?}").into()))?,
+        target: u32::try_from(target)
+            .map_err(|_| StoreError::Corrupt(format!("target {target}").into()))?,
+        state: state
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("state {state:?}").into()))?,
+        cancelled: cancelled.contains(&id),
+    })
+}
+
 /// A batch with one entry per id, the last given for each (in order of
 /// those last entries).
 pub(crate) fn last_of_each<T>(batch: Vec<(String, T)>) -> Vec<(String, T)> {

@@ -1447,6 +1447,100 @@ async fn recipients_are_kept_per_tenant_versioned_and_erased(store: &dyn Store) 
     );
 }
 
+/// A cancel ends what is still queued, in one step with the claims: a
+/// delivery a worker holds stays with it, a cancelled one is never claimed,
+/// a second cancel changes nothing, another tenant cannot, and an
+/// idempotency key finds its notification.
+async fn a_cancel_ends_what_is_queued_and_no_claim_takes_it_after(store: &dyn Store) {
+    let now = 1_000;
+    let mut n = new_notification("t1", request(Priority::High, &["email", "sms"]), now);
+    let id = n.id;
+    n.idempotency = Some((
+        "order-7".into(),
+        IdempotencyRecord {
+            request_hash: vec![1],
+            response: StoredResponse {
+                status: 202,
+                body: format!("{{\"id\":\"{id}\",\"status\":\"accepted\"}}"),
+            },
+        },
+    ));
+    store.create(vec![n]).await.expect("create");
+    assert_eq!(
+        store
+            .notification_for_key("t1", "order-7")
+            .await
+            .expect("read"),
+        Some(id)
+    );
+    assert_eq!(
+        store
+            .notification_for_key("t2", "order-7")
+            .await
+            .expect("read"),
+        None
+    );
+    // A worker has the SMS.
+    let held = store
+        .claim(Claim::new(Channel::Sms, Priority::High, 10, now, 30_000))
+        .await
+        .expect("claim");
+    assert_eq!(held.len(), 1);
+
+    assert_eq!(store.cancel("t2", id, now).await.expect("cancel"), None);
+    let left = store
+        .cancel("t1", id, now + 1)
+        .await
+        .expect("cancel")
+        .expect("found");
+    let by_channel: Vec<(Channel, DeliveryState, bool)> = left
+        .iter()
+        .map(|d| (d.channel, d.state, d.cancelled))
+        .collect();
+    assert_eq!(
+        by_channel,
+        [
+            (Channel::Email, DeliveryState::Cancelled, true),
+            (Channel::Sms, DeliveryState::Sending, false)
+        ]
+    );
+    let none = store
+        .claim(Claim::new(
+            Channel::Email,
+            Priority::High,
+            10,
+            now + 60_000,
+            30_000,
+        ))
+        .await
+        .expect("claim");
+    assert!(none.is_empty(), "a cancelled delivery is never claimed");
+    let email_id = left[0].id;
+    assert!(store
+        .claim_ids(vec![email_id], now + 60_000, 30_000)
+        .await
+        .expect("claim by id")
+        .is_empty());
+    // The held one finishes as it would have.
+    store
+        .record(vec![sent(&held[0], now + 10)])
+        .await
+        .expect("record");
+    let again = store
+        .cancel("t1", id, now + 20)
+        .await
+        .expect("cancel")
+        .expect("found");
+    assert!(again.iter().all(|d| !d.cancelled), "{again:?}");
+    assert_eq!(again[1].state, DeliveryState::Sent);
+    let view = store
+        .notification("t1", id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(view.deliveries[0].state, DeliveryState::Cancelled);
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -1503,6 +1597,7 @@ suite!(
     a_suppressed_delivery_ends_suppressed_with_why,
     receipts_move_deliveries_on_by_rank_whenever_they_come,
     recipients_are_kept_per_tenant_versioned_and_erased,
+    a_cancel_ends_what_is_queued_and_no_claim_takes_it_after,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

@@ -65,6 +65,8 @@ pub const SUPPRESSIONS: &str = "herald_suppressions";
 /// Addresses this node put on a suppression list because a vendor said
 /// they are gone; label `reason`.
 pub const SUPPRESSIONS_ADDED: &str = "herald_suppressions_added_total";
+/// Deliveries ended by a tenant's cancel before they were sent.
+pub const CANCELLED: &str = "herald_deliveries_cancelled_total";
 /// The store's own (recorded in herald-store, named here with the rest).
 pub use herald_store::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};
 

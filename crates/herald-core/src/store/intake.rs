@@ -102,6 +102,18 @@ pub struct NotificationView {
     pub deliveries: Vec<DeliveryView>,
 }
 
+/// A delivery as a cancel left it: `cancelled` when the cancel ended it
+/// (it was still queued or scheduled), else the state that kept it (a
+/// worker held it, or it had finished).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelledDelivery {
+    pub id: uuid::Uuid,
+    pub channel: crate::model::Channel,
+    pub target: u32,
+    pub state: crate::model::DeliveryState,
+    pub cancelled: bool,
+}
+
 #[async_trait]
 pub trait Intake: Send + Sync {
     /// Stores each notification with its deliveries, durably, before
@@ -115,4 +127,23 @@ pub trait Intake: Send + Sync {
         tenant_id: &str,
         id: uuid::Uuid,
     ) -> Result<Option<NotificationView>, StoreError>;
+    /// Cancels what of a notification has not gone out: each delivery
+    /// still queued or scheduled (for `send_at` or a retry) ends
+    /// `cancelled`, in one step with the claims, so no worker takes it
+    /// after; one a worker holds or that finished stays as it is. Every
+    /// delivery as the cancel left it; `None` when the notification is
+    /// absent or another tenant's.
+    async fn cancel(
+        &self,
+        tenant_id: &str,
+        id: uuid::Uuid,
+        now_ms: i64,
+    ) -> Result<Option<Vec<CancelledDelivery>>, StoreError>;
+    /// The notification a tenant's idempotency key made, while the key is
+    /// kept.
+    async fn notification_for_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<uuid::Uuid>, StoreError>;
 }

@@ -417,6 +417,51 @@ impl PgOp for ops::PutRecipient {
     }
 }
 
+impl PgOp for ops::Cancel {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        _: &Ctx,
+    ) -> Result<Option<Vec<herald_core::store::CancelledDelivery>>, StoreError> {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM notifications WHERE id = $1")
+                .bind(self.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        if owner.as_deref() != Some(self.tenant_id.as_str()) {
+            return Ok(None);
+        }
+        // Row locks order this against a claim (FOR UPDATE SKIP LOCKED):
+        // whichever comes second sees the other's state.
+        let cancelled: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "UPDATE deliveries SET state = 'cancelled', \
+                 last_error = 'cancelled before it was sent', lease_token = NULL, \
+                 updated_at_ms = $2 \
+             WHERE notification_id = $1 AND state IN ('queued', 'retry_scheduled') RETURNING id",
+        )
+        .bind(self.id)
+        .bind(self.now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let rows: Vec<(uuid::Uuid, String, i64, String)> = sqlx::query_as(
+            "SELECT id, channel, target, state FROM deliveries \
+             WHERE notification_id = $1 ORDER BY channel, target",
+        )
+        .bind(self.id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(id, channel, target, state)| {
+                crate::writes::cancelled_delivery(id, &channel, target, &state, &cancelled)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
 impl PgOp for ops::PutRecipients {
     async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<usize, StoreError> {
         let ids: Vec<&str> = self.batch.iter().map(|(id, _)| id.as_str()).collect();

@@ -474,6 +474,51 @@ impl SqliteOp for ops::PutRecipient {
     }
 }
 
+impl SqliteOp for ops::Cancel {
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        _: &Ctx,
+    ) -> Result<Option<Vec<herald_core::store::CancelledDelivery>>, StoreError> {
+        let owner: Option<String> = tx
+            .prepare_cached("SELECT tenant_id FROM notifications WHERE id = ?1")
+            .and_then(|mut q| q.query_row([self.id], |r| r.get(0)).optional())
+            .map_err(sql_err)?;
+        if owner.as_deref() != Some(self.tenant_id.as_str()) {
+            return Ok(None);
+        }
+        let cancelled: Vec<uuid::Uuid> = tx
+            .prepare_cached(CANCEL_SQLITE)
+            .and_then(|mut q| {
+                q.query_map(params![self.id, self.now_ms], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(sql_err)?;
+        let rows: Vec<(uuid::Uuid, String, i64, String)> = tx
+            .prepare_cached(
+                "SELECT id, channel, target, state FROM deliveries \
+                 WHERE notification_id = ?1 ORDER BY channel, target",
+            )
+            .and_then(|mut q| {
+                q.query_map([self.id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(sql_err)?;
+        rows.into_iter()
+            .map(|(id, channel, target, state)| {
+                crate::writes::cancelled_delivery(id, &channel, target, &state, &cancelled)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+const CANCEL_SQLITE: &str = "UPDATE deliveries SET state = 'cancelled', \
+         last_error = 'cancelled before it was sent', lease_token = NULL, updated_at_ms = ?2 \
+     WHERE notification_id = ?1 AND state IN ('queued', 'retry_scheduled') RETURNING id";
+
 impl SqliteOp for ops::PutRecipients {
     fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<usize, StoreError> {
         let mut q = tx

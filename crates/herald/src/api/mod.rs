@@ -159,9 +159,15 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
     // A node without the api role serves only the operations endpoints.
     let api = if serve_api {
         Router::new()
-            .route("/v1/notifications", post(notifications::create))
+            .route(
+                "/v1/notifications",
+                post(notifications::create).delete(notifications::cancel_by_key),
+            )
             .route("/v1/notifications/batch", post(notifications::batch))
-            .route("/v1/notifications/{id}", get(notifications::get))
+            .route(
+                "/v1/notifications/{id}",
+                get(notifications::get).delete(notifications::cancel),
+            )
             .route("/v1/providers", get(resilience::providers))
             .route("/v1/dead-letters", get(resilience::list))
             .route("/v1/dead-letters/replay", post(resilience::replay_many))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,9 +16,9 @@ use herald_core::validate::check_idempotency_key;
 
 use super::accept::{accept, Accepted, Trace};
 use super::auth::Tenant;
-use super::json::{body, parse};
+use super::json::{body, parse, query_args};
 use super::problem::{problem_response, ApiError};
-use super::types::{self, BatchItem, BatchOut, NotificationOut};
+use super::types::{self, BatchItem, BatchOut, CancelOut, NotificationOut};
 use super::AppState;
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -220,6 +220,97 @@ pub async fn get(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(NotificationOut::from(&view)))
+}
+
+/// Cancel what of a notification has not gone out: each delivery still
+/// queued or scheduled (a `send_at` in the future, a retry) ends
+/// `cancelled`, in one step with the workers' claims, so none is sent
+/// after; one already sent, failed or being sent right now stays as it is
+/// and is reported with its state. Cancelling twice changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/v1/notifications/{id}",
+    tag = "notifications",
+    params(("id" = String, Path, description = "The notification's id")),
+    responses(
+        (status = 200, description = "Each delivery as the cancel left it", body = CancelOut),
+        super::problem::Unauthorized,
+        (status = 404, description = "No such notification for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<CancelOut>, ApiError> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::NotFound);
+    };
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    cancelled(&state, &tenant, id).await
+}
+
+/// `DELETE /v1/notifications?idempotency_key=…`'s query.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByKey {
+    idempotency_key: String,
+}
+
+/// Cancel the notification an idempotency key made (as
+/// `DELETE /v1/notifications/{id}`), for a client that never heard its id.
+#[utoipa::path(
+    delete,
+    path = "/v1/notifications",
+    tag = "notifications",
+    params(("idempotency_key" = String, Query, description = "The Idempotency-Key the notification was sent with")),
+    responses(
+        (status = 200, description = "Each delivery as the cancel left it", body = CancelOut),
+        super::problem::Unauthorized,
+        (status = 404, description = "No notification made with this key for this tenant (or the key has been purged)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No idempotency_key given, or not a valid one", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_by_key(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    RawQuery(query): RawQuery,
+) -> Result<Json<CancelOut>, ApiError> {
+    let args: ByKey = query_args(query.as_deref().unwrap_or(""))?;
+    check_idempotency_key(&args.idempotency_key)
+        .map_err(|why| ApiError::field("idempotency_key", why))?;
+    let id = state
+        .intake
+        .notification_for_key(&tenant, &args.idempotency_key)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    cancelled(&state, &tenant, id).await
+}
+
+async fn cancelled(
+    state: &AppState,
+    tenant: &str,
+    id: uuid::Uuid,
+) -> Result<Json<CancelOut>, ApiError> {
+    let left = state
+        .intake
+        .cancel(tenant, id, herald_core::now_ms())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let n = left.iter().filter(|d| d.cancelled).count();
+    if n > 0 {
+        tracing::info!(notification_id = %id, cancelled = n, "a notification was cancelled");
+        metrics::counter!(crate::telemetry::CANCELLED).increment(n as u64);
+    }
+    Ok(Json(CancelOut {
+        id,
+        cancelled: n,
+        channels: left.iter().map(types::CancelledOut::from).collect(),
+    }))
 }
 
 /// Any unmatched route: a problem document, not an empty 404.

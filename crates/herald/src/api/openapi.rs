@@ -20,6 +20,8 @@ use utoipa::{Modify, OpenApi};
         super::notifications::create,
         super::notifications::batch,
         super::notifications::get,
+        super::notifications::cancel,
+        super::notifications::cancel_by_key,
         super::resilience::providers,
         super::resilience::list,
         super::resilience::replay_one,

@@ -491,3 +491,38 @@ pub struct ErasedOut {
     pub id: String,
     pub erased: herald_core::recipient::Erased,
 }
+
+/// `DELETE /v1/notifications/{id}`: each delivery as the cancel left it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelOut {
+    pub id: uuid::Uuid,
+    /// How many deliveries this cancel ended.
+    pub cancelled: usize,
+    pub channels: Vec<CancelledOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelledOut {
+    pub delivery_id: uuid::Uuid,
+    pub channel: Channel,
+    /// Push only: which of the recipient's devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
+    /// `cancelled`, or the state that kept it (`sending`: a worker has it
+    /// and it goes out; `sent`, `failed`, … : it had finished).
+    pub state: DeliveryState,
+    /// Whether this cancel ended it.
+    pub cancelled: bool,
+}
+
+impl From<&herald_core::store::CancelledDelivery> for CancelledOut {
+    fn from(d: &herald_core::store::CancelledDelivery) -> Self {
+        CancelledOut {
+            delivery_id: d.id,
+            channel: d.channel,
+            device: (d.channel == Channel::Push).then_some(d.target),
+            state: d.state,
+            cancelled: d.cancelled,
+        }
+    }
+}

@@ -5,6 +5,7 @@ mod api;
 mod apns;
 mod bench;
 mod callbacks;
+mod cancel;
 mod chat;
 mod cli;
 mod cluster;
