@@ -7,9 +7,11 @@
 //! and the result is stored with the notification, so a later change to
 //! the profile never alters what was accepted.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
-use crate::model::{NotificationRequest, PushToken, Recipient};
+use crate::model::{Channel, NotificationRequest, PushToken, Recipient};
 use crate::validate::{check_recipient, is_locale, Errors, Limits};
 
 /// The longest recipient id (the tenant's own id for the person).
@@ -49,12 +51,117 @@ pub struct Profile {
     pub data: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Opted in (`true`) or out (`false`), per category and channel.
+pub type Choices = BTreeMap<String, BTreeMap<Channel, bool>>;
+
+/// What a recipient asked for: per notification category (the request's
+/// `category`), per channel, opted in or out. What it does not say, the
+/// tenant's defaults decide.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// `{"marketing": {"email": false, "sms": false}}`.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub categories: Choices,
+}
+
+/// A tenant's defaults: each category's choice per channel when a
+/// recipient made none, and the categories no one may opt out of
+/// (security codes, legal notices).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPreferences {
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub categories: Choices,
+    #[serde(default)]
+    pub required: BTreeSet<String>,
+}
+
+impl TenantPreferences {
+    /// Whether a notification of `category` may go to a recipient on
+    /// `channel`, and if not, why. A notification without a category,
+    /// and any of a required category, always may; otherwise the
+    /// recipient's choice, then the tenant's default, then yes.
+    pub fn allows(
+        &self,
+        recipient: &Preferences,
+        category: Option<&str>,
+        channel: Channel,
+    ) -> Result<(), String> {
+        let Some(category) = category else {
+            return Ok(());
+        };
+        if self.required.contains(category) {
+            return Ok(());
+        }
+        let choice = |c: &Choices| c.get(category).and_then(|by| by.get(&channel)).copied();
+        match choice(&recipient.categories) {
+            Some(false) => Err(format!(
+                "preference: the recipient opted out of {category} by {channel}"
+            )),
+            Some(true) => Ok(()),
+            None if choice(&self.categories) == Some(false) => Err(format!(
+                "preference: {category} by {channel} is off unless the recipient opts in"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A category name as the API takes it (`category`'s rule).
+fn is_category(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 64
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// Every rule a recipient's preferences break against the tenant's: known
+/// category names, and no opting out of a required category.
+pub fn validate_preferences(p: &Preferences, tenant: &TenantPreferences) -> Errors {
+    let mut errs = Errors::default();
+    for (category, by_channel) in &p.categories {
+        let field = format!("categories.{category}");
+        if !is_category(category) {
+            errs.add(
+                field,
+                "1 to 64 characters from a-z, A-Z, 0-9, '_', '-', '.'",
+            );
+        } else if tenant.required.contains(category) && by_channel.values().any(|on| !on) {
+            errs.add(
+                field,
+                "a required category (the tenant's): it cannot be opted out of",
+            );
+        }
+    }
+    errs
+}
+
+/// Every rule a tenant's defaults break.
+pub fn validate_tenant_preferences(p: &TenantPreferences) -> Errors {
+    let mut errs = Errors::default();
+    for category in p.categories.keys().chain(&p.required) {
+        if !is_category(category) {
+            errs.add(
+                format!("categories.{category}"),
+                "1 to 64 characters from a-z, A-Z, 0-9, '_', '-', '.'",
+            );
+        }
+    }
+    errs
+}
+
 /// A profile as stored: its id, and its version (bumped by every write, so
 /// a read-modify-write can tell whether another write came between).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecipient {
     pub id: String,
     pub profile: Profile,
+    pub preferences: Preferences,
     pub version: i64,
     pub updated_at_ms: i64,
 }
@@ -103,6 +210,7 @@ impl Profile {
             locale: self.locale.is_some(),
             timezone: self.timezone.is_some(),
             data_keys: self.data.len(),
+            preferences: 0,
         }
     }
 }
@@ -127,6 +235,8 @@ pub struct Erased {
     pub timezone: bool,
     /// How many keys of template data.
     pub data_keys: usize,
+    /// How many categories the recipient had a preference about.
+    pub preferences: usize,
 }
 
 /// A recipient id: 1 to 256 bytes, no control characters.
@@ -226,6 +336,57 @@ mod tests {
         assert!(check_id("").is_err());
         assert!(check_id("a\nb").is_err());
         assert!(check_id(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn preferences_decide_by_recipient_then_tenant_and_required_wins() {
+        let tenant: TenantPreferences = serde_json::from_value(json!({
+            "categories": {"marketing": {"sms": false}},
+            "required": ["security"]
+        }))
+        .expect("tenant");
+        let ada: Preferences = serde_json::from_value(json!({
+            "categories": {"marketing": {"email": false, "sms": true}, "digest": {"push": false}}
+        }))
+        .expect("prefs");
+        let none = Preferences::default();
+        let m = Some("marketing");
+        assert!(tenant.allows(&ada, m, Channel::Email).is_err(), "opted out");
+        assert!(
+            tenant.allows(&ada, m, Channel::Sms).is_ok(),
+            "opted in over the default"
+        );
+        assert!(
+            tenant.allows(&none, m, Channel::Sms).is_err(),
+            "the default"
+        );
+        assert!(tenant.allows(&none, m, Channel::Email).is_ok());
+        assert!(tenant.allows(&ada, Some("digest"), Channel::Push).is_err());
+        assert!(
+            tenant.allows(&ada, None, Channel::Email).is_ok(),
+            "no category"
+        );
+        let stubborn: Preferences =
+            serde_json::from_value(json!({"categories": {"security": {"sms": false}}}))
+                .expect("prefs");
+        assert!(tenant
+            .allows(&stubborn, Some("security"), Channel::Sms)
+            .is_ok());
+        assert_eq!(
+            validate_preferences(&stubborn, &tenant).fields(),
+            ["categories.security"]
+        );
+        let bad: Preferences =
+            serde_json::from_value(json!({"categories": {"no spaces": {"sms": true}}}))
+                .expect("prefs");
+        assert_eq!(
+            validate_preferences(&bad, &tenant).fields(),
+            ["categories.no spaces"]
+        );
+        assert!(
+            serde_json::from_value::<Preferences>(json!({"categories": {"x": {"fax": true}}}))
+                .is_err()
+        );
     }
 
     #[test]

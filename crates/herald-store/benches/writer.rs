@@ -31,6 +31,7 @@ fn notification(now: i64) -> NewNotification {
             id: uuid::Uuid::now_v7(),
             channel: Channel::Email,
             target: 0,
+            suppressed: None,
         }],
         request,
         accepted_at_ms: now,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, Priority};
 use herald_core::receipt::VendorReceipt;
-use herald_core::recipient::{Profile, StoredRecipient};
+use herald_core::recipient::{Preferences, Profile, StoredRecipient, TenantPreferences};
 use herald_core::store::{
     AttemptRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter, DeadLetterCursor,
     DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag, LaneQueue,
@@ -49,6 +49,8 @@ pub trait Database:
     + Runs<ops::PutRecipient>
     + Runs<ops::Cancel>
     + Runs<ops::PutRecipients>
+    + Runs<ops::SetPreferences>
+    + Runs<ops::SetTenantPreferences>
     + Runs<ops::DeleteRecipient>
 {
     type Reader: Reader;
@@ -371,6 +373,38 @@ impl<D: Database> Recipients for Db<D> {
         ids: &[String],
     ) -> Result<Vec<StoredRecipient>, StoreError> {
         reads::recipients(&self.reads, tenant_id, ids).await
+    }
+
+    async fn set_preferences(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        preferences: Preferences,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let op = ops::SetPreferences {
+            tenant_id: tenant_id.to_owned(),
+            id: id.to_owned(),
+            preferences,
+            now_ms,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn tenant_preferences(&self, tenant_id: &str) -> Result<TenantPreferences, StoreError> {
+        reads::tenant_preferences(&self.reads, tenant_id).await
+    }
+
+    async fn set_tenant_preferences(
+        &self,
+        tenant_id: &str,
+        preferences: TenantPreferences,
+    ) -> Result<(), StoreError> {
+        let op = ops::SetTenantPreferences {
+            tenant_id: tenant_id.to_owned(),
+            preferences,
+        };
+        self.writes.run(op).await
     }
 
     async fn delete_recipient(

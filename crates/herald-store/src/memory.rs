@@ -51,6 +51,7 @@ struct State {
     api_keys: HashMap<Vec<u8>, String>,
     /// Tenants' callbacks, by tenant id.
     callbacks: HashMap<String, herald_core::store::Callback>,
+    tenant_preferences: HashMap<String, herald_core::recipient::TenantPreferences>,
     /// (tenant, recipient id) → profile.
     recipients: HashMap<(String, String), herald_core::recipient::StoredRecipient>,
     /// Every distinct receipt, by delivery.
@@ -268,7 +269,11 @@ impl Intake for MemoryStore {
                         channel: d.channel,
                         target: d.target,
                         priority: n.request.priority,
-                        state: DeliveryState::Queued,
+                        state: if d.suppressed.is_some() {
+                            DeliveryState::Suppressed
+                        } else {
+                            DeliveryState::Queued
+                        },
                         due_at_ms: n.due_at_ms,
                         updated_at_ms: n.accepted_at_ms,
                         expires_at_ms: n.expires_at_ms,
@@ -276,7 +281,7 @@ impl Intake for MemoryStore {
                         attempts: 0,
                         provider: None,
                         vendor_message_id: None,
-                        last_error: None,
+                        last_error: d.suppressed.clone(),
                         sent_at_ms: None,
                         pinned_provider: None,
                         calling: None,
@@ -816,11 +821,17 @@ impl herald_core::store::Recipients for MemoryStore {
             return Ok(PutRecipient::Conflict);
         }
         let version = current + 1;
+        let preferences = s
+            .recipients
+            .get(&key)
+            .map(|r| r.preferences.clone())
+            .unwrap_or_default();
         s.recipients.insert(
             key,
             herald_core::recipient::StoredRecipient {
                 id: id.to_owned(),
                 profile,
+                preferences,
                 version,
                 updated_at_ms: now_ms,
             },
@@ -857,6 +868,47 @@ impl herald_core::store::Recipients for MemoryStore {
             .filter_map(|id| s.recipients.get(&(tenant_id.to_owned(), id.clone())))
             .cloned()
             .collect())
+    }
+
+    async fn set_preferences(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        preferences: herald_core::recipient::Preferences,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        match s.recipients.get_mut(&(tenant_id.to_owned(), id.to_owned())) {
+            Some(r) => {
+                r.preferences = preferences;
+                r.updated_at_ms = now_ms;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn tenant_preferences(
+        &self,
+        tenant_id: &str,
+    ) -> Result<herald_core::recipient::TenantPreferences, StoreError> {
+        Ok(self
+            .lock()
+            .tenant_preferences
+            .get(tenant_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn set_tenant_preferences(
+        &self,
+        tenant_id: &str,
+        preferences: herald_core::recipient::TenantPreferences,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .tenant_preferences
+            .insert(tenant_id.to_owned(), preferences);
+        Ok(())
     }
 
     async fn delete_recipient(

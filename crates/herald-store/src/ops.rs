@@ -192,6 +192,22 @@ pub struct PutRecipients {
 }
 op!(PutRecipients, usize, "put_recipients");
 
+/// A recipient's preferences set; answers whether the recipient exists.
+pub struct SetPreferences {
+    pub tenant_id: String,
+    pub id: String,
+    pub preferences: herald_core::recipient::Preferences,
+    pub now_ms: i64,
+}
+op!(SetPreferences, bool, "set_preferences");
+
+/// A tenant's default preferences set.
+pub struct SetTenantPreferences {
+    pub tenant_id: String,
+    pub preferences: herald_core::recipient::TenantPreferences,
+}
+op!(SetTenantPreferences, (), "set_tenant_preferences");
+
 /// A tenant's recipient erased; answers what was stored.
 pub struct DeleteRecipient {
     pub tenant_id: String,

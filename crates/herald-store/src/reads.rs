@@ -390,6 +390,27 @@ pub(crate) async fn notification_for_key<R: Reader>(
         .and_then(|id| uuid::Uuid::parse_str(id).ok()))
 }
 
+pub(crate) async fn tenant_preferences<R: Reader>(
+    r: &R,
+    tenant_id: &str,
+) -> Result<herald_core::recipient::TenantPreferences, StoreError> {
+    let found = r
+        .rows(
+            "SELECT preferences FROM tenants WHERE id = $1",
+            vec![Arg::Text(tenant_id.to_owned())],
+        )
+        .await?;
+    match found
+        .first()
+        .map(|row| row.opt_text("preferences"))
+        .transpose()?
+        .flatten()
+    {
+        Some(json) => crate::writes::from_json(&json, "a tenant's preferences"),
+        None => Ok(Default::default()),
+    }
+}
+
 /// How many ids one read asks for at most (a batch of notifications names
 /// up to 1,000; the rest are read in further rounds).
 const IDS_PER_READ: usize = 500;
@@ -403,7 +424,7 @@ pub(crate) async fn recipients<R: Reader>(
     for chunk in ids.chunks(IDS_PER_READ) {
         let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "SELECT id, profile, version, updated_at_ms FROM recipients \
+            "SELECT id, profile, preferences, version, updated_at_ms FROM recipients \
              WHERE tenant_id = $1 AND id IN ({})",
             marks.join(", ")
         );

@@ -248,6 +248,7 @@ pub(crate) fn recipient(
     crate::writes::stored_recipient(
         row.text("id")?,
         &row.text("profile")?,
+        row.opt_text("preferences")?.as_deref(),
         row.int("version")?,
         row.int("updated_at_ms")?,
     )

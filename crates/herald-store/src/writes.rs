@@ -505,16 +505,36 @@ pub(crate) fn profile_json(p: &herald_core::recipient::Profile) -> Result<String
 pub(crate) fn stored_recipient(
     id: String,
     profile: &str,
+    preferences: Option<&str>,
     version: i64,
     updated_at_ms: i64,
 ) -> Result<herald_core::recipient::StoredRecipient, StoreError> {
     Ok(herald_core::recipient::StoredRecipient {
         id,
-        profile: serde_json::from_str(profile)
-            .map_err(|e| StoreError::Corrupt(format!("a recipient's profile: {e}").into()))?,
+        profile: from_json(profile, "a recipient's profile")?,
+        preferences: match preferences {
+            Some(p) => from_json(p, "a recipient's preferences")?,
+            None => Default::default(),
+        },
         version,
         updated_at_ms,
     })
+}
+
+/// A stored JSON column read back (`what` names it when it cannot be).
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    json: &str,
+    what: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}").into()))
+}
+
+/// A value stored as a JSON column.
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(
+    v: &T,
+    what: &str,
+) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Rejected(format!("{what}: {e}").into()))
 }
 
 #[cfg(test)]

@@ -120,6 +120,7 @@ fn new_notification(tenant: &str, req: NotificationRequest, now: i64) -> NewNoti
             id: uuid::Uuid::now_v7(),
             channel: d.channel,
             target: d.target,
+            suppressed: None,
         })
         .collect();
     NewNotification {
@@ -1437,6 +1438,52 @@ async fn recipients_are_kept_per_tenant_versioned_and_erased(store: &dyn Store) 
         1,
         "the other tenant's is untouched"
     );
+    // Preferences live beside the profile: a profile write keeps them, an
+    // erasure takes them; the tenant's defaults are the tenant's own.
+    let prefs: herald_core::recipient::Preferences =
+        serde_json::from_value(serde_json::json!({"categories": {"marketing": {"sms": false}}}))
+            .expect("prefs");
+    assert!(store
+        .set_preferences("t2", "u-42", prefs.clone(), 7)
+        .await
+        .expect("set"));
+    assert!(!store
+        .set_preferences("t2", "nobody", prefs.clone(), 7)
+        .await
+        .expect("set"));
+    store
+        .put_recipient("t2", "u-42", Profile::default(), None, 8)
+        .await
+        .expect("put");
+    let got = store
+        .recipients("t2", &["u-42".to_owned()])
+        .await
+        .expect("read");
+    assert_eq!(got[0].preferences, prefs, "kept across a profile write");
+    let gone = store
+        .delete_recipient("t2", "u-42")
+        .await
+        .expect("delete")
+        .expect("there");
+    assert_eq!(gone.preferences, prefs);
+    assert_eq!(
+        store.tenant_preferences("t2").await.expect("read"),
+        Default::default()
+    );
+    let defaults: herald_core::recipient::TenantPreferences = serde_json::from_value(
+        serde_json::json!({"categories": {"marketing": {"email": false}}, "required": ["security"]}),
+    )
+    .expect("defaults");
+    let t2 = store
+        .add_api_key("tenant-two", b"k2", "test")
+        .await
+        .expect("tenant");
+    store
+        .set_tenant_preferences(&t2, defaults.clone())
+        .await
+        .expect("set");
+    assert_eq!(store.tenant_preferences(&t2).await.expect("read"), defaults);
+
     // Stored again after an erasure: a new recipient.
     assert_eq!(
         put("t1", "u-42", ada, None).await.expect("put"),

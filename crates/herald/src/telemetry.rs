@@ -67,6 +67,9 @@ pub const SUPPRESSIONS: &str = "herald_suppressions";
 pub const SUPPRESSIONS_ADDED: &str = "herald_suppressions_added_total";
 /// Deliveries ended by a tenant's cancel before they were sent.
 pub const CANCELLED: &str = "herald_deliveries_cancelled_total";
+/// Deliveries made `suppressed` at acceptance because the recipient opted
+/// out (or the tenant's default is off); label `channel`.
+pub const PREFERENCE_SUPPRESSED: &str = "herald_preference_suppressed_total";
 /// The store's own (recorded in herald-store, named here with the rest).
 pub use herald_store::{COMMIT_OPERATIONS, COMMIT_SECONDS, WRITE_SECONDS};
 

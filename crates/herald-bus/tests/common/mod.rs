@@ -51,6 +51,7 @@ pub fn notification(i: usize, email: &str) -> NewNotification {
             id: uuid::Uuid::now_v7(),
             channel: d.channel,
             target: d.target,
+            suppressed: None,
         })
         .collect();
     let now = herald_core::now_ms();

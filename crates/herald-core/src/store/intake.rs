@@ -12,6 +12,9 @@ pub struct NewDelivery {
     pub channel: Channel,
     /// Push device index (0 for other channels).
     pub target: u32,
+    /// Made `suppressed` at once, and why (the recipient opted out of its
+    /// category on its channel): it is never sent.
+    pub suppressed: Option<String>,
 }
 
 /// The response stored with an idempotency key, replayed on a repeat.

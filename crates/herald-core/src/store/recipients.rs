@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::StoreError;
-use crate::recipient::{Profile, StoredRecipient};
+use crate::recipient::{Preferences, Profile, StoredRecipient, TenantPreferences};
 
 /// What a write of a profile did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,24 @@ pub trait Recipients: Send + Sync {
         tenant_id: &str,
         ids: &[String],
     ) -> Result<Vec<StoredRecipient>, StoreError>;
-    /// Erases a recipient; what was stored, if anything.
+    /// Sets a recipient's preferences (the profile is untouched); whether
+    /// the recipient is stored.
+    async fn set_preferences(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        preferences: Preferences,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// The tenant's defaults and required categories (empty when unset).
+    async fn tenant_preferences(&self, tenant_id: &str) -> Result<TenantPreferences, StoreError>;
+    async fn set_tenant_preferences(
+        &self,
+        tenant_id: &str,
+        preferences: TenantPreferences,
+    ) -> Result<(), StoreError>;
+    /// Erases a recipient (profile and preferences); what was stored, if
+    /// anything.
     async fn delete_recipient(
         &self,
         tenant_id: &str,

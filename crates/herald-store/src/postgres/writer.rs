@@ -489,23 +489,54 @@ impl PgOp for ops::PutRecipients {
     }
 }
 
+impl PgOp for ops::SetPreferences {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<bool, StoreError> {
+        let prefs = crate::writes::to_json(&self.preferences, "preferences")?;
+        let done = sqlx::query(
+            "UPDATE recipients SET preferences = $3, updated_at_ms = $4 \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(&self.tenant_id)
+        .bind(&self.id)
+        .bind(prefs)
+        .bind(self.now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+impl PgOp for ops::SetTenantPreferences {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<(), StoreError> {
+        let prefs = crate::writes::to_json(&self.preferences, "preferences")?;
+        sqlx::query("UPDATE tenants SET preferences = $2 WHERE id = $1")
+            .bind(&self.tenant_id)
+            .bind(prefs)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
 impl PgOp for ops::DeleteRecipient {
     async fn apply(
         &self,
         tx: &mut PgConnection,
         _: &Ctx,
     ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
-        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+        let row: Option<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
             "DELETE FROM recipients WHERE tenant_id = $1 AND id = $2 \
-             RETURNING id, profile, version, updated_at_ms",
+             RETURNING id, profile, preferences, version, updated_at_ms",
         )
         .bind(&self.tenant_id)
         .bind(&self.id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
-        row.map(|(id, profile, version, updated_at_ms)| {
-            crate::writes::stored_recipient(id, &profile, version, updated_at_ms)
+        row.map(|(id, profile, prefs, version, updated_at_ms)| {
+            crate::writes::stored_recipient(id, &profile, prefs.as_deref(), version, updated_at_ms)
         })
         .transpose()
     }
@@ -631,10 +662,10 @@ async fn create(
     }
     if !d_cols.id.is_empty() {
         sqlx::query(
-            "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms) \
-             SELECT id, nid, ch, tg, pr, 'queued', due, upd, exp \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]) \
-                 AS v(id, nid, ch, tg, pr, due, upd, exp)",
+            "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms, last_error) \
+             SELECT id, nid, ch, tg, pr, st, due, upd, exp, err \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
+                 AS v(id, nid, ch, tg, pr, due, upd, exp, st, err)",
         )
         .bind(&d_cols.id)
         .bind(&d_cols.notification_id)
@@ -644,6 +675,8 @@ async fn create(
         .bind(&d_cols.due_at_ms)
         .bind(&d_cols.accepted_at_ms)
         .bind(&d_cols.expires_at_ms)
+        .bind(&d_cols.state)
+        .bind(&d_cols.last_error)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -735,6 +768,8 @@ struct DeliveryColumns {
     due_at_ms: Vec<i64>,
     accepted_at_ms: Vec<i64>,
     expires_at_ms: Vec<Option<i64>>,
+    state: Vec<&'static str>,
+    last_error: Vec<Option<String>>,
 }
 
 impl DeliveryColumns {
@@ -747,6 +782,12 @@ impl DeliveryColumns {
         self.due_at_ms.push(n.due_at_ms);
         self.accepted_at_ms.push(n.accepted_at_ms);
         self.expires_at_ms.push(n.expires_at_ms);
+        self.state.push(if d.suppressed.is_some() {
+            "suppressed"
+        } else {
+            "queued"
+        });
+        self.last_error.push(d.suppressed.clone());
     }
 }
 

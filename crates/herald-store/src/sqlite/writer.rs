@@ -538,26 +538,50 @@ impl SqliteOp for ops::PutRecipients {
     }
 }
 
+impl SqliteOp for ops::SetPreferences {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<bool, StoreError> {
+        let prefs = crate::writes::to_json(&self.preferences, "preferences")?;
+        let n = tx
+            .prepare_cached(
+                "UPDATE recipients SET preferences = ?3, updated_at_ms = ?4 \
+                 WHERE tenant_id = ?1 AND id = ?2",
+            )
+            .and_then(|mut q| q.execute(params![self.tenant_id, self.id, prefs, self.now_ms]))
+            .map_err(sql_err)?;
+        Ok(n > 0)
+    }
+}
+
+impl SqliteOp for ops::SetTenantPreferences {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<(), StoreError> {
+        let prefs = crate::writes::to_json(&self.preferences, "preferences")?;
+        tx.prepare_cached("UPDATE tenants SET preferences = ?2 WHERE id = ?1")
+            .and_then(|mut q| q.execute(params![self.tenant_id, prefs]))
+            .map_err(sql_err)?;
+        Ok(())
+    }
+}
+
 impl SqliteOp for ops::DeleteRecipient {
     fn apply(
         &self,
         tx: &Transaction<'_>,
         _: &Ctx,
     ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
-        let row: Option<(String, String, i64, i64)> = tx
+        let row: Option<(String, String, Option<String>, i64, i64)> = tx
             .prepare_cached(
                 "DELETE FROM recipients WHERE tenant_id = ?1 AND id = ?2 \
-                 RETURNING id, profile, version, updated_at_ms",
+                 RETURNING id, profile, preferences, version, updated_at_ms",
             )
             .and_then(|mut q| {
                 q.query_row(params![self.tenant_id, self.id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .optional()
             })
             .map_err(sql_err)?;
-        row.map(|(id, profile, version, updated_at_ms)| {
-            crate::writes::stored_recipient(id, &profile, version, updated_at_ms)
+        row.map(|(id, profile, prefs, version, updated_at_ms)| {
+            crate::writes::stored_recipient(id, &profile, prefs.as_deref(), version, updated_at_ms)
         })
         .transpose()
     }
@@ -606,8 +630,9 @@ fn create(
     let mut insert_delivery = tx
         .prepare_cached(
             "INSERT INTO deliveries \
-             (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
+             (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, \
+              expires_at_ms, last_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8, ?10)",
         )
         .map_err(sql_err)?;
     let mut results = Vec::with_capacity(batch.len());
@@ -654,7 +679,13 @@ fn create(
                     priority,
                     n.due_at_ms,
                     n.accepted_at_ms,
-                    n.expires_at_ms
+                    n.expires_at_ms,
+                    if d.suppressed.is_some() {
+                        "suppressed"
+                    } else {
+                        "queued"
+                    },
+                    d.suppressed
                 ])
                 .map_err(sql_err)?;
         }

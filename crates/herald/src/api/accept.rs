@@ -4,10 +4,10 @@
 //! Both POST endpoints use it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use herald_core::model::{Channel, NotificationRequest};
-use herald_core::recipient::Profile;
+use herald_core::recipient::{StoredRecipient, TenantPreferences};
 use herald_core::store::{
     CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoreError, StoredResponse,
 };
@@ -61,39 +61,76 @@ pub enum Accepted {
     Refused(ApiError),
 }
 
-/// The stored profiles of the recipients `items` name by id, read in one
-/// round trip.
+/// The stored recipients `items` name by id, read in one round trip, and
+/// (when any is found) the tenant's default preferences.
 async fn profiles(
     state: &AppState,
     tenant: &str,
     items: &[Result<(NotificationRequest, Option<String>), ApiError>],
-) -> Result<HashMap<String, Profile>, StoreError> {
+) -> Result<Stored, StoreError> {
     let mut ids: Vec<String> = items
         .iter()
         .filter_map(|i| i.as_ref().ok()?.0.recipient.id.clone())
         .collect();
     if ids.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Stored::default());
     }
     ids.sort_unstable();
     ids.dedup();
     let found = state.recipients.recipients(tenant, &ids).await?;
-    Ok(found.into_iter().map(|r| (r.id, r.profile)).collect())
+    let defaults = if found.is_empty() {
+        Arc::default()
+    } else {
+        state.tenant_preferences.get(tenant, state).await?
+    };
+    Ok(Stored {
+        recipients: found.into_iter().map(|r| (r.id.clone(), r)).collect(),
+        defaults,
+    })
+}
+
+/// The recipients a request names, as stored, and the tenant's defaults.
+#[derive(Default)]
+struct Stored {
+    recipients: HashMap<String, StoredRecipient>,
+    defaults: Arc<TenantPreferences>,
 }
 
 /// Fills what the request leaves out from the recipient it names by id.
-/// Whether it names one that is stored.
-fn resolve(
+/// The stored recipient, if it names one.
+fn resolve<'a>(
     req: &mut NotificationRequest,
-    profiles: &Result<HashMap<String, Profile>, StoreError>,
-) -> Result<bool, ApiError> {
+    stored: &'a Result<Stored, StoreError>,
+) -> Result<Option<&'a StoredRecipient>, ApiError> {
     let Some(id) = &req.recipient.id else {
-        return Ok(false);
+        return Ok(None);
     };
-    match profiles {
-        Ok(found) => Ok(found.get(id).map(|p| p.resolve(req)).is_some()),
+    match stored {
+        Ok(found) => {
+            let r = found.recipients.get(id);
+            if let Some(r) = r {
+                r.profile.resolve(req);
+            }
+            Ok(r)
+        }
         Err(e) => Err(ApiError::Store(e.clone())),
     }
+}
+
+/// Why a destination is not sent to (the recipient's preferences), if not.
+fn opted_out(
+    req: &NotificationRequest,
+    channel: Channel,
+    recipient: Option<&StoredRecipient>,
+    stored: &Result<Stored, StoreError>,
+) -> Option<String> {
+    let (r, Ok(stored)) = (recipient?, stored) else {
+        return None;
+    };
+    stored
+        .defaults
+        .allows(&r.preferences, req.category.as_deref(), channel)
+        .err()
 }
 
 fn check(
@@ -215,16 +252,16 @@ pub async fn accept(
     let mut batch = Vec::new();
     let mut channels: HashSet<Channel> = HashSet::new();
 
-    let profiles = profiles(state, tenant, &items).await;
+    let stored = profiles(state, tenant, &items).await;
     for item in items {
-        let (req, key, hash) = match item.and_then(|(mut r, k)| {
+        let (req, key, hash, recipient) = match item.and_then(|(mut r, k)| {
             // Idempotency compares what the client sent: a retry is the
             // same request even if the stored profile changed in between.
             let hash = request_hash(&r);
-            let resolved = resolve(&mut r, &profiles)?;
-            check(state, &r, now, resolved)?;
+            let recipient = resolve(&mut r, &stored)?;
+            check(state, &r, now, recipient.is_some())?;
             state.admission.check(r.priority, &r.channels)?;
-            Ok((r, k, hash))
+            Ok((r, k, hash, recipient))
         }) {
             Ok(x) => x,
             Err(e) => {
@@ -256,11 +293,18 @@ pub async fn accept(
             .destinations()
             .into_iter()
             .map(|d| {
-                channels.insert(d.channel);
+                let suppressed = opted_out(&req, d.channel, recipient, &stored);
+                if suppressed.is_some() {
+                    metrics::counter!(m::PREFERENCE_SUPPRESSED, "channel" => d.channel.as_str())
+                        .increment(1);
+                } else {
+                    channels.insert(d.channel);
+                }
                 NewDelivery {
                     id: uuid::Uuid::now_v7(),
                     channel: d.channel,
                     target: d.target,
+                    suppressed,
                 }
             })
             .collect();

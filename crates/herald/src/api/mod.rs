@@ -90,6 +90,8 @@ pub struct AppState {
     pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
     pub receipts: Arc<dyn Receipts>,
     pub recipients: Arc<dyn Recipients>,
+    /// Tenants' default preferences, as this node last read them.
+    pub tenant_preferences: recipients::TenantDefaults,
     pub accounts: HashMap<String, Arc<dyn Provider>>,
     pub callbacks: Option<Arc<crate::engine::callbacks::Callbacks>>,
     pub public_url: Option<String>,
@@ -126,6 +128,7 @@ impl AppState {
             local_suppressions: parts.local_suppressions,
             receipts: store.clone(),
             recipients: store.clone(),
+            tenant_preferences: recipients::TenantDefaults::default(),
             accounts: parts.accounts,
             callbacks: parts.callbacks,
             public_url: settings.public_url,
@@ -185,6 +188,14 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                     .put(recipients::put)
                     .patch(recipients::patch)
                     .delete(recipients::delete),
+            )
+            .route(
+                "/v1/recipients/{id}/preferences",
+                get(recipients::get_preferences).put(recipients::put_preferences),
+            )
+            .route(
+                "/v1/preferences",
+                get(recipients::get_defaults).put(recipients::put_defaults),
             )
             .route(
                 "/v1/callbacks",

@@ -9,8 +9,16 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use herald_core::recipient::{check_id, validate_profile, Profile, StoredRecipient};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use herald_core::recipient::{
+    check_id, validate_preferences, validate_profile, validate_tenant_preferences, Preferences,
+    Profile, StoredRecipient, TenantPreferences,
+};
 use herald_core::store::PutRecipient;
+use herald_core::store::StoreError;
 
 use super::auth::Tenant;
 use super::json::{body, from_value, parse};
@@ -23,12 +31,12 @@ use crate::dlq::rfc3339;
 /// between its read and its write.
 const PATCH_ROUNDS: usize = 5;
 
-fn out(r: StoredRecipient) -> RecipientOut {
+fn out(id: String, profile: Profile, version: i64, updated_at_ms: i64) -> RecipientOut {
     RecipientOut {
-        id: r.id,
-        profile: r.profile,
-        version: r.version,
-        updated_at: rfc3339(r.updated_at_ms),
+        id,
+        profile,
+        version,
+        updated_at: rfc3339(updated_at_ms),
     }
 }
 
@@ -104,13 +112,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    let r = StoredRecipient {
-        id,
-        profile,
-        version,
-        updated_at_ms: now,
-    };
-    Ok((status, Json(out(r))))
+    Ok((status, Json(out(id, profile, version, now))))
 }
 
 /// A stored recipient.
@@ -133,7 +135,8 @@ pub async fn get(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RecipientOut>, ApiError> {
     let id = recipient_id(id)?;
-    Ok(Json(out(stored(&state, &tenant, &id).await?)))
+    let r = stored(&state, &tenant, &id).await?;
+    Ok(Json(out(r.id, r.profile, r.version, r.updated_at_ms)))
 }
 
 /// Change some of a recipient's fields: a JSON merge patch (RFC 7396):
@@ -186,12 +189,7 @@ pub async fn patch(
             .put_recipient(&tenant, &id, profile.clone(), Some(current.version), now)
             .await?;
         if let PutRecipient::Written { version, .. } = written {
-            return Ok(Json(out(StoredRecipient {
-                id,
-                profile,
-                version,
-                updated_at_ms: now,
-            })));
+            return Ok(Json(out(id, profile, version, now)));
         }
     }
     Err(ApiError::Conflict(
@@ -227,10 +225,176 @@ pub async fn delete(
         return Err(ApiError::NotFound);
     };
     tracing::info!(tenant = %tenant, "a recipient was erased");
-    Ok(Json(ErasedOut {
-        id,
-        erased: gone.profile.erased(),
-    }))
+    let mut erased = gone.profile.erased();
+    erased.preferences = gone.preferences.categories.len();
+    Ok(Json(ErasedOut { id, erased }))
+}
+
+/// A recipient's preferences: per category, per channel, opted in or out.
+#[utoipa::path(
+    get,
+    path = "/v1/recipients/{id}/preferences",
+    tag = "recipients",
+    params(("id" = String, Path, description = "The tenant's own id for the person")),
+    responses(
+        (status = 200, description = "The preferences (empty when none were set)", body = Preferences),
+        super::problem::Unauthorized,
+        (status = 404, description = "No recipient with this id", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_preferences(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Preferences>, ApiError> {
+    let id = recipient_id(id)?;
+    Ok(Json(stored(&state, &tenant, &id).await?.preferences))
+}
+
+/// Set a recipient's preferences (replacing them): `{"categories":
+/// {"marketing": {"email": false, "sms": false}}}`. A notification of a
+/// category the recipient opted out of on a channel is accepted, and that
+/// delivery ends `suppressed` (reason `preference`) without a vendor call.
+/// The tenant's required categories cannot be opted out of.
+#[utoipa::path(
+    put,
+    path = "/v1/recipients/{id}/preferences",
+    tag = "recipients",
+    params(("id" = String, Path, description = "The tenant's own id for the person")),
+    request_body = Preferences,
+    responses(
+        (status = 200, description = "Set", body = Preferences),
+        super::problem::BodyRefused,
+        super::problem::Unauthorized,
+        (status = 404, description = "No recipient with this id", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A category name Herald cannot use, or an opt-out of a required category", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn put_preferences(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Preferences>, ApiError> {
+    let id = recipient_id(id)?;
+    let bytes = body(&headers, raw, state.max_body_bytes)?;
+    let prefs: Preferences = parse(&bytes, "")?;
+    let defaults = state.tenant_preferences.get(&tenant, &state).await?;
+    let errs = validate_preferences(&prefs, &defaults);
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let found = state
+        .recipients
+        .set_preferences(&tenant, &id, prefs.clone(), herald_core::now_ms())
+        .await?;
+    if found {
+        Ok(Json(prefs))
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// The tenant's default preferences and required categories.
+#[utoipa::path(
+    get,
+    path = "/v1/preferences",
+    tag = "recipients",
+    responses(
+        (status = 200, description = "The defaults (empty when none were set)", body = TenantPreferences),
+        super::problem::Unauthorized,
+        super::problem::Unavailable,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_defaults(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+) -> Result<Json<TenantPreferences>, ApiError> {
+    Ok(Json(state.recipients.tenant_preferences(&tenant).await?))
+}
+
+/// Set the tenant's defaults: per category, per channel, on or off for a
+/// recipient who has not said (`{"categories": {"marketing": {"sms":
+/// false}}}`: marketing texts only to those who opted in), and the
+/// categories no recipient may opt out of (`"required": ["security"]`).
+#[utoipa::path(
+    put,
+    path = "/v1/preferences",
+    tag = "recipients",
+    request_body = TenantPreferences,
+    responses(
+        (status = 200, description = "Set", body = TenantPreferences),
+        super::problem::BodyRefused,
+        super::problem::Unauthorized,
+        (status = 422, description = "A category name Herald cannot use", body = super::problem::Problem, content_type = "application/problem+json"),
+        super::problem::Unavailable,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn put_defaults(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<TenantPreferences>, ApiError> {
+    let bytes = body(&headers, raw, state.max_body_bytes)?;
+    let prefs: TenantPreferences = parse(&bytes, "")?;
+    let errs = validate_tenant_preferences(&prefs);
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    state
+        .recipients
+        .set_tenant_preferences(&tenant, prefs.clone())
+        .await?;
+    state.tenant_preferences.put(&tenant, prefs.clone());
+    Ok(Json(prefs))
+}
+
+/// Each tenant's default preferences as this node last read them: read
+/// from the store at most every `DEFAULTS_FOR` per tenant (they change
+/// rarely; a change made through this node is seen at once, one made
+/// through another within that time).
+#[derive(Default)]
+pub struct TenantDefaults(Mutex<HashMap<String, (Instant, Arc<TenantPreferences>)>>);
+
+const DEFAULTS_FOR: Duration = Duration::from_secs(5);
+
+impl TenantDefaults {
+    pub async fn get(
+        &self,
+        tenant: &str,
+        state: &AppState,
+    ) -> Result<Arc<TenantPreferences>, StoreError> {
+        if let Some((at, p)) = self.lock().get(tenant) {
+            if at.elapsed() < DEFAULTS_FOR {
+                return Ok(p.clone());
+            }
+        }
+        let fresh = state.recipients.tenant_preferences(tenant).await?;
+        Ok(self.put(tenant, fresh))
+    }
+
+    fn put(&self, tenant: &str, prefs: TenantPreferences) -> Arc<TenantPreferences> {
+        let p = Arc::new(prefs);
+        self.lock()
+            .insert(tenant.to_owned(), (Instant::now(), p.clone()));
+        p
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<TenantPreferences>)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// RFC 7396: `patch`'s members replace `target`'s, `null` removes one,

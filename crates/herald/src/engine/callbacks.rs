@@ -154,6 +154,7 @@ impl Callbacks {
                 id: uuid::Uuid::now_v7(),
                 channel: Channel::Webhook,
                 target: 0,
+                suppressed: None,
             }],
             request,
             accepted_at_ms: now,

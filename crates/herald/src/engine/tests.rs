@@ -218,6 +218,7 @@ impl Rig {
                     id: delivery,
                     channel: Channel::Sms,
                     target: 0,
+                    suppressed: None,
                 }],
                 idempotency: None,
                 correlation_id: None,

@@ -193,6 +193,7 @@ async fn dlq_lists_and_replays_from_the_command_line() {
                     id: delivery,
                     channel: ch,
                     target: 0,
+                    suppressed: None,
                 }],
                 idempotency: None,
                 correlation_id: None,

@@ -105,7 +105,8 @@ async fn a_recipient_is_stored_read_patched_and_erased() {
     assert_eq!(
         v,
         json!({"id": "u-42", "erased": {"email": true, "phone": true, "push_tokens": 1,
-            "webhook_url": false, "chat": true, "locale": false, "timezone": true, "data_keys": 3}})
+            "webhook_url": false, "chat": true, "locale": false, "timezone": true, "data_keys": 3,
+            "preferences": 0}})
     );
     assert_eq!(s.get("/v1/recipients/u-42").await.0, 404);
     assert_eq!(
@@ -411,4 +412,114 @@ async fn recipients_are_imported_from_json_lines_and_csv() {
     );
     assert_eq!(seven.profile.push_tokens.len(), 1);
     assert_eq!(seven.version, 2);
+}
+
+/// Preferences: a recipient's per category and channel over the tenant's
+/// defaults; required categories cannot be opted out of; an opted-out
+/// delivery is accepted and ends `suppressed` without a vendor call.
+#[tokio::test]
+async fn preferences_suppress_what_the_recipient_opted_out_of() {
+    let s = TestServer::start().await;
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/preferences",
+            Some(&json!({"categories": {"marketing": {"sms": false}}, "required": ["security"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    s.send(
+        Method::PUT,
+        "/v1/recipients/u-1",
+        Some(&json!({"email": "one@example.com", "phone": "+14155550101"})),
+    )
+    .await;
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/u-1/preferences",
+            Some(&json!({"categories": {"marketing": {"email": false}, "digest": {"sms": true}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/u-1/preferences",
+            Some(&json!({"categories": {"security": {"sms": false}}})),
+        )
+        .await;
+    assert_eq!(status, 422, "a required category: {v}");
+    assert_eq!(v["errors"][0]["field"], "categories.security", "{v}");
+    let (status, _) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/nobody/preferences",
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, v) = s.get("/v1/recipients/u-1/preferences").await;
+    assert_eq!(v["categories"]["marketing"]["email"], false, "{v}");
+
+    let send = |category: &str| {
+        json!({"recipient": {"id": "u-1"}, "channels": ["email", "sms"], "category": category,
+               "content": {"subject": "Hello", "text": format!("A {category} message")}})
+    };
+    // Marketing: email opted out by the recipient, SMS off by the tenant's
+    // default. Accepted all the same; nothing goes out.
+    let (status, _, v) = s.post("/v1/notifications", &send("marketing")).await;
+    assert_eq!(status, 202, "{v}");
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["status"], "completed", "{n}");
+    for ch in n["channels"].as_array().expect("channels") {
+        assert_eq!(ch["state"], "suppressed", "{n}");
+        assert!(
+            ch["last_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("preference:")),
+            "{n}"
+        );
+    }
+    // Security is required: both go. Digest: both go (opted in to SMS).
+    for category in ["security", "digest"] {
+        let (_, _, v) = s.post("/v1/notifications", &send(category)).await;
+        let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+        assert!(
+            n["channels"]
+                .as_array()
+                .expect("channels")
+                .iter()
+                .all(|c| c["state"] == "sent"),
+            "{category}: {n}"
+        );
+    }
+    let texts: Vec<String> = s.sim.entries().into_iter().map(|e| e.summary).collect();
+    assert!(
+        !texts.iter().any(|t| t.contains("marketing")),
+        "no marketing went out: {texts:?}"
+    );
+    // The recipient opts in to marketing texts: the default no longer holds.
+    s.send(
+        Method::PUT,
+        "/v1/recipients/u-1/preferences",
+        Some(&json!({"categories": {"marketing": {"email": false, "sms": true}}})),
+    )
+    .await;
+    let (_, _, v) = s.post("/v1/notifications", &send("marketing")).await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    let states: Vec<&str> = n["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter_map(|c| c["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        ["suppressed", "sent"],
+        "email still out, SMS in: {n}"
+    );
+    // Erasure counts the preferences too.
+    let (_, v) = s.send(Method::DELETE, "/v1/recipients/u-1", None).await;
+    assert_eq!(v["erased"]["preferences"], 1, "{v}");
 }
