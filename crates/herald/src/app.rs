@@ -231,6 +231,7 @@ impl Running {
                 templates: templates.clone(),
                 throughput: throughput.clone(),
                 suppressions: store.clone(),
+                recipients: store.clone(),
                 suppression_list: suppression_list.clone(),
                 callbacks: Some(callbacks.clone()),
             };

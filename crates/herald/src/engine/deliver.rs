@@ -45,6 +45,8 @@ pub struct Screen {
     /// The node's copy of the lists (`suppressions.rs`).
     pub list: Arc<SuppressionList>,
     pub store: Arc<dyn Suppressions>,
+    /// Where dead push tokens are taken off their recipients.
+    pub recipients: Arc<dyn herald_core::store::Recipients>,
     /// Critical notifications go to suppressed addresses too.
     pub critical_bypass: bool,
 }
@@ -196,6 +198,7 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     if let Some((next, why)) = screen(&shared.suppression, d, &address).await {
         return end(rec, next, why);
     }
+    let recipient_id = req.recipient.id.clone();
     let mut msg = match message(shared, d, req, address, started_at_ms) {
         Ok(m) => m,
         Err(why) => return end(rec, Next::Failed, why),
@@ -283,6 +286,9 @@ async fn attempt(shared: &Shared, d: &ClaimedDelivery) -> AttemptRecord {
     let c = walk.finish(d.attempt, now, d.expires_at_ms, jitter);
     if let Some((why, detail, provider)) = gone {
         suppress_gone(&shared.suppression, d, &msg.address, why, detail, provider).await;
+        if let (Address::Push { token, .. }, Some(id)) = (&msg.address, &recipient_id) {
+            forget_device(&shared.suppression, &d.tenant_id, id, token).await;
+        }
     }
     rec.ended_at_ms = now;
     rec.next = c.next;
@@ -317,6 +323,50 @@ async fn screen(screen: &Screen, d: &ClaimedDelivery, address: &Address) -> Opti
         entry.reason
     );
     Some((Next::Suppressed, why))
+}
+
+/// Takes a push token a vendor reported dead off the stored recipient the
+/// notification named, so later notifications by id do not fan out to it
+/// (bounded; a profile changed meanwhile is read again, a few times).
+async fn forget_device(screen: &Screen, tenant: &str, id: &str, token: &str) {
+    let work = async {
+        for _ in 0..3 {
+            let Some(r) = screen
+                .recipients
+                .recipients(tenant, &[id.to_owned()])
+                .await?
+                .into_iter()
+                .next()
+            else {
+                return Ok(false);
+            };
+            let mut profile = r.profile;
+            let before = profile.push_tokens.len();
+            profile
+                .push_tokens
+                .retain(|t| t.token.trim() != token.trim());
+            if profile.push_tokens.len() == before {
+                return Ok(false);
+            }
+            let now = herald_core::now_ms();
+            let put = screen
+                .recipients
+                .put_recipient(tenant, id, profile, Some(r.version), now)
+                .await?;
+            if matches!(put, herald_core::store::PutRecipient::Written { .. }) {
+                return Ok(true);
+            }
+        }
+        Ok::<bool, herald_core::store::StoreError>(false)
+    };
+    match tokio::time::timeout(SUPPRESS_TIMEOUT, work).await {
+        Ok(Ok(true)) => tracing::info!("a dead push token was taken off its recipient's devices"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not take a dead push token off its recipient")
+        }
+        Err(_) => tracing::warn!("taking a dead push token off its recipient took too long"),
+    }
 }
 
 /// Puts an address a vendor reported dead on the tenant's suppression

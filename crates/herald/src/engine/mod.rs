@@ -77,6 +77,7 @@ pub struct Parts {
     pub templates: Arc<Templates>,
     pub throughput: Arc<Throughput>,
     pub suppressions: Arc<dyn Suppressions>,
+    pub recipients: Arc<dyn herald_core::store::Recipients>,
     /// The node's copy of the suppression lists, which the engine keeps
     /// (the API, on the same node, writes its own changes into it too).
     pub suppression_list: Arc<suppressions::SuppressionList>,
@@ -97,6 +98,7 @@ impl Engine {
             templates,
             throughput,
             suppressions,
+            recipients,
             suppression_list: list,
             callbacks,
         } = parts;
@@ -112,6 +114,7 @@ impl Engine {
             suppression: Screen {
                 list: list.clone(),
                 store: suppressions.clone(),
+                recipients,
                 critical_bypass: settings.suppression_critical_bypass,
             },
         });

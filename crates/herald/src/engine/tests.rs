@@ -171,6 +171,7 @@ impl Rig {
             templates,
             throughput: Arc::default(),
             suppressions: store.clone(),
+            recipients: store.clone(),
             suppression_list: Arc::default(),
             callbacks: None,
         };

@@ -523,3 +523,40 @@ async fn preferences_suppress_what_the_recipient_opted_out_of() {
     let (_, v) = s.send(Method::DELETE, "/v1/recipients/u-1", None).await;
     assert_eq!(v["erased"]["preferences"], 1, "{v}");
 }
+
+/// A push token the vendor reports dead is taken off the recipient the
+/// notification named, so the next notification by id skips it.
+#[tokio::test]
+async fn a_dead_push_token_is_taken_off_its_recipient() {
+    let s = TestServer::start().await;
+    s.send(
+        Method::PUT,
+        "/v1/recipients/u-9",
+        Some(&json!({"push_tokens": [
+            {"platform": "android", "token": "invalid-old-phone"},
+            {"platform": "android", "token": "live-new-phone", "app": "com.example"}
+        ]})),
+    )
+    .await;
+    let push = json!({"recipient": {"id": "u-9"}, "channels": ["push"],
+                      "content": {"subject": "Shipped", "text": "Your order shipped"}});
+    let (status, _, v) = s.post("/v1/notifications", &push).await;
+    assert_eq!(status, 202, "{v}");
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    let states: Vec<&str> = n["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter_map(|c| c["state"].as_str())
+        .collect();
+    assert_eq!(states, ["failed", "sent"], "{n}");
+    let (_, r) = s.get("/v1/recipients/u-9").await;
+    assert_eq!(
+        r["push_tokens"],
+        json!([{"platform": "android", "token": "live-new-phone", "app": "com.example"}]),
+        "{r}"
+    );
+    let (_, _, v) = s.post("/v1/notifications", &push).await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"].as_array().map(Vec::len), Some(1), "{n}");
+}
