@@ -179,16 +179,34 @@ impl Profile {
         }
     }
 
-    /// Fills what `req` does not say from the profile: each address the
-    /// request leaves out (push devices as a whole), the template's locale
+    /// Fills what `req` does not say from the profile: the address of
+    /// each requested channel the request leaves out (push devices as a
+    /// whole; the other channels' addresses are not copied, so a stored
+    /// notification holds only what it is sent to), the template's locale
     /// and the template data's missing keys.
     pub fn resolve(&self, req: &mut NotificationRequest) {
+        let wants = |c: Channel| req.channels.contains(&c);
+        let (email, sms, push, webhook, chat) = (
+            wants(Channel::Email),
+            wants(Channel::Sms),
+            wants(Channel::Push),
+            wants(Channel::Webhook),
+            wants(Channel::Chat),
+        );
         let r = &mut req.recipient;
-        fill(&mut r.email, &self.email);
-        fill(&mut r.phone, &self.phone);
-        fill(&mut r.webhook_url, &self.webhook_url);
-        fill(&mut r.chat, &self.chat);
-        if r.push_tokens.is_empty() {
+        if email {
+            fill(&mut r.email, &self.email);
+        }
+        if sms {
+            fill(&mut r.phone, &self.phone);
+        }
+        if webhook {
+            fill(&mut r.webhook_url, &self.webhook_url);
+        }
+        if chat {
+            fill(&mut r.chat, &self.chat);
+        }
+        if push && r.push_tokens.is_empty() {
             r.push_tokens.clone_from(&self.push_tokens);
         }
         if let Some(t) = &mut req.template {
@@ -304,6 +322,7 @@ mod tests {
         assert_eq!(r.phone.as_deref(), Some("+14155550100"));
         assert_eq!(r.push_tokens.len(), 1);
         assert_eq!(r.push_tokens[0].platform, PushPlatform::Ios);
+        assert_eq!(r.chat, None, "chat is not requested: not copied");
         let t = req.template.expect("template");
         assert_eq!(t.locale.as_deref(), Some("pt-BR"));
         assert_eq!(t.data["name"], "Ada L.", "the request's data wins");
