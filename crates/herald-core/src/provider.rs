@@ -46,7 +46,16 @@ pub struct OutboundMessage {
     /// When the notification stops being worth sending (Unix ms), if ever.
     /// Vendors that queue messages are told, so they drop a stale one too.
     pub expires_at_ms: Option<i64>,
+    /// Email only: the recipient's one-click unsubscribe URL (RFC 8058),
+    /// which email adapters send as `List-Unsubscribe` with
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click`.
+    pub unsubscribe: Option<String>,
 }
+
+/// The metadata key under which the API hands a notification's one-click
+/// unsubscribe URL to the engine (`herald_` keys are refused from clients,
+/// so only Herald sets it); the engine moves it to `unsubscribe`.
+pub const UNSUBSCRIBE_KEY: &str = "herald_unsubscribe";
 
 impl OutboundMessage {
     /// Whole seconds of life left (at least 1), if the message expires.

@@ -178,6 +178,24 @@ pub(crate) fn classify_code<C: PartialEq<K>, K: Copy>(
     }
 }
 
+/// RFC 8058's pair for an email with a one-click unsubscribe URL:
+/// `List-Unsubscribe: <url>` and `List-Unsubscribe-Post:
+/// List-Unsubscribe=One-Click`. None without one.
+pub(crate) fn unsubscribe_headers(
+    msg: &herald_core::provider::OutboundMessage,
+) -> Vec<(String, String)> {
+    match &msg.unsubscribe {
+        Some(url) => vec![
+            ("List-Unsubscribe".to_owned(), format!("<{url}>")),
+            (
+                "List-Unsubscribe-Post".to_owned(),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ),
+        ],
+        None => Vec::new(),
+    }
+}
+
 /// Shortens a vendor's error text for the attempt log.
 pub(crate) fn clip(s: &str) -> String {
     const MAX: usize = 300;
@@ -214,6 +232,7 @@ pub(crate) mod testing {
             accepted_at_ms: 1_700_000_000_000,
             now_ms: 1_700_000_000_500,
             expires_at_ms: None,
+            unsubscribe: None,
         }
     }
 

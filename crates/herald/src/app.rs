@@ -157,6 +157,31 @@ pub async fn add_key(
         .await?)
 }
 
+/// Where one-click unsubscribe links point and what signs them: with keys
+/// and `server.public_url` (the sandbox: its own address), else none, and
+/// emails carry no link.
+fn unsubscribe_links(
+    cfg: &Config,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<Option<Arc<api::unsubscribe::Links>>> {
+    let keys = api::unsubscribe::Keys::parse(&cfg.unsubscribe.keys).map_err(anyhow::Error::msg)?;
+    let public = cfg.server.public_url.trim_end_matches('/');
+    let base = if !public.is_empty() {
+        public.to_owned()
+    } else if cfg.sandbox {
+        format!("http://{local}")
+    } else {
+        if !keys.is_empty() {
+            tracing::warn!("unsubscribe.keys is set but server.public_url is not: emails carry no unsubscribe link");
+        }
+        return Ok(None);
+    };
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(api::unsubscribe::Links { base, keys })))
+}
+
 /// The accounts on the enabled channels' routes by name, for the receipts
 /// endpoint (adapters are pure values: the API keeps its own). An account
 /// on no route is not built, as the engine does not build it: its settings
@@ -278,7 +303,9 @@ impl Running {
             accounts: receipt_accounts(&cfg)?,
             callbacks: Some(callbacks),
         };
-        let state = Arc::new(AppState::new(cfg.api_settings(), parts));
+        let mut state = AppState::new(cfg.api_settings(), parts);
+        state.unsubscribe = unsubscribe_links(&cfg, listener.local_addr()?)?;
+        let state = Arc::new(state);
         if cfg.server.admission && cfg.has_role(Role::Api) {
             tokio::spawn(api::admission::keep_judging(
                 state.admission.clone(),

@@ -38,6 +38,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub engine: EngineConfig,
     pub suppression: SuppressionConfig,
+    #[serde(default)]
+    pub unsubscribe: UnsubscribeConfig,
     pub http: HttpConfig,
     pub webhooks: WebhookPolicy,
     pub lanes: LanesConfig,
@@ -46,6 +48,9 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderSettings>,
     #[serde(default)]
     pub templates: BTreeMap<String, TemplateConfig>,
+    /// Set by `into_sandbox`: the node runs against the simulator.
+    #[serde(skip)]
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +168,20 @@ pub struct SuppressionConfig {
     pub refresh_interval_ms: u64,
     pub critical_bypass: bool,
 }
+
+/// `[unsubscribe]`: the keys that sign one-click unsubscribe links.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    /// `ID:SECRET` (the secret base64, 16 bytes or more): the first signs
+    /// new links, every one verifies. Rotate by putting a new key first and
+    /// dropping the old one once mail that carries it is stale.
+    #[serde(default)]
+    pub keys: Vec<Secret>,
+}
+
+/// The sandbox's unsubscribe key (documented; never for production).
+pub const SANDBOX_UNSUBSCRIBE_KEY: &str = "sandbox:aGVyYWxkLXNhbmRib3gtdW5zdWJzY3JpYmU=";
 
 /// `[lanes.*]`: routing and retries per priority lane.
 #[derive(Debug, Clone, Deserialize)]
@@ -386,10 +405,15 @@ impl Config {
             }
         }
         self.webhooks.allow_loopback = true;
+        if self.unsubscribe.keys.is_empty() {
+            self.unsubscribe.keys = vec![Secret::new(SANDBOX_UNSUBSCRIBE_KEY)];
+        }
+        self.sandbox = true;
         self
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        crate::api::unsubscribe::Keys::parse(&self.unsubscribe.keys).map_err(anyhow::Error::msg)?;
         let e = &self.engine;
         let positive = [
             ("server.max_body_bytes", self.server.max_body_bytes as u64),

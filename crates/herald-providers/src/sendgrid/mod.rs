@@ -147,6 +147,7 @@ impl Provider for SendGrid {
             ]
             .into_iter()
             .collect(),
+            headers: crate::unsubscribe_headers(msg).into_iter().collect(),
         };
         crate::post(
             &self.url,
@@ -233,6 +234,24 @@ mod tests {
         assert_eq!(
             body["custom_args"]["herald_delivery_key"],
             "0190a5e2-7c3b-7000-8000-000000000001"
+        );
+    }
+
+    #[test]
+    fn a_one_click_unsubscribe_goes_in_the_headers() {
+        let mut m = message(Channel::Email, Address::Email("ann@example.org".into()));
+        let plain = adapter().build(&m).expect("builds");
+        let body: serde_json::Value = serde_json::from_slice(plain.body()).expect("json");
+        assert!(body.get("headers").is_none(), "none without a link");
+        m.unsubscribe = Some("https://h.example/v1/unsubscribe/k.p.s".into());
+        let req = adapter().build(&m).expect("builds");
+        let body: serde_json::Value = serde_json::from_slice(req.body()).expect("json");
+        assert_eq!(
+            body["headers"],
+            serde_json::json!({
+                "List-Unsubscribe": "<https://h.example/v1/unsubscribe/k.p.s>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"
+            })
         );
     }
 

@@ -16,6 +16,9 @@ pub struct MailSend {
     /// Echoed back in SendGrid's event webhooks: how receipts find the delivery.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub custom_args: BTreeMap<String, String>,
+    /// Extra message headers (the one-click unsubscribe pair).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -211,6 +211,10 @@ impl Provider for Ses {
                 simple: wire::Simple {
                     subject: part(&subject),
                     body,
+                    headers: crate::unsubscribe_headers(msg)
+                        .into_iter()
+                        .map(|(name, value)| wire::Header { name, value })
+                        .collect(),
                 },
             },
             email_tags: vec![wire::Tag {
@@ -302,8 +306,17 @@ mod tests {
 
     #[test]
     fn builds_a_signed_send_email_with_the_delivery_tag() {
-        let m = message(Channel::Email, Address::Email("ann@example.org".into()));
+        let mut m = message(Channel::Email, Address::Email("ann@example.org".into()));
+        m.unsubscribe = Some("https://h.example/v1/unsubscribe/k.p.s".into());
         let req = adapter().build(&m).expect("builds");
+        let body: serde_json::Value = serde_json::from_slice(req.body()).expect("json");
+        assert_eq!(
+            body["Content"]["Simple"]["Headers"],
+            serde_json::json!([
+                {"Name": "List-Unsubscribe", "Value": "<https://h.example/v1/unsubscribe/k.p.s>"},
+                {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"}
+            ])
+        );
         assert_eq!(
             req.uri(),
             "https://email.eu-west-1.amazonaws.com/v2/email/outbound-emails"

@@ -30,6 +30,16 @@ pub struct EmailContent {
 pub struct Simple {
     pub subject: Part,
     pub body: Body,
+    /// Extra message headers (the one-click unsubscribe pair).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Header>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Header {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -163,6 +163,12 @@ impl Smtp {
                 msg.delivery_key, self.message_id_domain
             )))
             .header(DeliveryKey(msg.delivery_key.clone()));
+        let mut builder = builder;
+        if let Some(url) = &msg.unsubscribe {
+            builder = builder
+                .header(ListUnsubscribe(format!("<{url}>")))
+                .header(ListUnsubscribePost);
+        }
         let text = msg.content.text.clone();
         let html = msg.content.html.clone();
         let built = match (text, html) {
@@ -191,6 +197,42 @@ impl header::Header for DeliveryKey {
 
     fn display(&self) -> header::HeaderValue {
         header::HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// RFC 8058's one-click unsubscribe: the URL, in angle brackets.
+#[derive(Clone)]
+struct ListUnsubscribe(String);
+
+impl header::Header for ListUnsubscribe {
+    fn name() -> header::HeaderName {
+        header::HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(s.to_owned()))
+    }
+
+    fn display(&self) -> header::HeaderValue {
+        header::HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+#[derive(Clone)]
+struct ListUnsubscribePost;
+
+impl header::Header for ListUnsubscribePost {
+    fn name() -> header::HeaderName {
+        header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self)
+    }
+
+    fn display(&self) -> header::HeaderValue {
+        header::HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_owned())
     }
 }
 

@@ -117,6 +117,38 @@ fn resolve<'a>(
     }
 }
 
+/// An email to a stored recipient, of a category the tenant does not
+/// require, carries a one-click unsubscribe link (RFC 8058): handed to the
+/// engine under a `herald_` metadata key no client can set.
+fn with_unsubscribe_link(
+    state: &AppState,
+    tenant: &str,
+    mut req: NotificationRequest,
+    recipient: Option<&StoredRecipient>,
+    stored: &Result<Stored, StoreError>,
+) -> NotificationRequest {
+    let (Some(links), Some(r), Some(category), Ok(stored)) =
+        (&state.unsubscribe, recipient, req.category.clone(), stored)
+    else {
+        return req;
+    };
+    if !req.channels.contains(&Channel::Email) || stored.defaults.required.contains(&category) {
+        return req;
+    }
+    let subject = super::unsubscribe::Subject {
+        tenant_id: tenant.to_owned(),
+        recipient_id: r.id.clone(),
+        category,
+    };
+    if let Some(url) = links.url(&subject) {
+        req.metadata.get_or_insert_with(Default::default).insert(
+            herald_core::provider::UNSUBSCRIBE_KEY.to_owned(),
+            url.into(),
+        );
+    }
+    req
+}
+
 /// Why a destination is not sent to (the recipient's preferences), if not.
 fn opted_out(
     req: &NotificationRequest,
@@ -269,6 +301,7 @@ pub async fn accept(
                 continue;
             }
         };
+        let req = with_unsubscribe_link(state, tenant, req, recipient, &stored);
         if let Some(k) = &key {
             let Some(g) = state.in_flight.enter(tenant, k) else {
                 out.push(Some(Accepted::Refused(ApiError::KeyInFlight)));

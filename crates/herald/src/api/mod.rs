@@ -17,6 +17,7 @@ mod resilience;
 pub mod server;
 mod suppressions;
 pub mod types;
+pub mod unsubscribe;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub recipients: Arc<dyn Recipients>,
     /// Tenants' default preferences, as this node last read them.
     pub tenant_preferences: recipients::TenantDefaults,
+    /// One-click unsubscribe links, when keys and a public URL are set.
+    pub unsubscribe: Option<Arc<unsubscribe::Links>>,
     pub accounts: HashMap<String, Arc<dyn Provider>>,
     pub callbacks: Option<Arc<crate::engine::callbacks::Callbacks>>,
     pub public_url: Option<String>,
@@ -129,6 +132,7 @@ impl AppState {
             receipts: store.clone(),
             recipients: store.clone(),
             tenant_preferences: recipients::TenantDefaults::default(),
+            unsubscribe: None,
             accounts: parts.accounts,
             callbacks: parts.callbacks,
             public_url: settings.public_url,
@@ -192,6 +196,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
             .route(
                 "/v1/recipients/{id}/preferences",
                 get(recipients::get_preferences).put(recipients::put_preferences),
+            )
+            .route(
+                "/v1/unsubscribe/{token}",
+                get(unsubscribe::show).post(unsubscribe::confirm),
             )
             .route(
                 "/v1/preferences",

@@ -41,6 +41,8 @@ use utoipa::{Modify, OpenApi};
         super::recipients::put_preferences,
         super::recipients::get_defaults,
         super::recipients::put_defaults,
+        super::unsubscribe::show,
+        super::unsubscribe::confirm,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,

@@ -875,6 +875,7 @@ mod tests {
             accepted_at_ms: 0,
             now_ms: 0,
             expires_at_ms: None,
+            unsubscribe: None,
         }
     }
 

@@ -441,6 +441,15 @@ fn message(
         (None, Some(t)) => shared.templates.render(t).map_err(|e| e.to_string())?,
         (None, None) => Content::default(),
     };
+    let mut metadata = req.metadata;
+    let unsubscribe = metadata
+        .as_mut()
+        .and_then(|m| m.remove(herald_core::provider::UNSUBSCRIBE_KEY))
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|_| d.channel == Channel::Email);
+    if metadata.as_ref().is_some_and(|m| m.is_empty()) {
+        metadata = None;
+    }
     Ok(OutboundMessage {
         delivery_key: d.id.to_string(),
         notification_id: d.notification_id.to_string(),
@@ -450,9 +459,10 @@ fn message(
         category: req.category,
         address,
         content,
-        metadata: req.metadata,
+        metadata,
         accepted_at_ms: d.accepted_at_ms,
         now_ms,
         expires_at_ms: d.expires_at_ms,
+        unsubscribe,
     })
 }

@@ -424,9 +424,10 @@ async fn every_response_carries_a_correlation_id_and_errors_stay_problems() {
         "one is made when absent: {generated}"
     );
 
+    // (DELETE cancels by idempotency key now; PUT is still no method here.)
     let resp = s
         .http
-        .delete(format!("{}/v1/notifications", s.base))
+        .put(format!("{}/v1/notifications", s.base))
         .bearer_auth(&s.key)
         .send()
         .await

@@ -263,3 +263,98 @@ async fn a_refused_password_holds_mail_for_the_account_and_fails_none() {
     );
     assert!(server.messages().is_empty());
 }
+
+/// One-click unsubscribe (RFC 8058) end to end: a newsletter to a stored
+/// recipient arrives with `List-Unsubscribe` and `List-Unsubscribe-Post`;
+/// following the link shows a page and changes nothing; the mailbox
+/// provider's POST records the opt-out, so the next newsletter is
+/// suppressed; a required category carries no link; a changed token is
+/// not taken.
+#[tokio::test]
+async fn a_newsletter_carries_a_one_click_unsubscribe_that_works() {
+    let Some(py) = python() else { return };
+    let server = MailServer::start(&py, &[]).await;
+    let s = TestServer::start_with(|c| over_smtp(c, smtp("127.0.0.1", server.port, SmtpTls::None)))
+        .await;
+    let put = |path: &str, body: Value| {
+        let (s, path) = (&s, path.to_owned());
+        async move { s.send(reqwest::Method::PUT, &path, Some(&body)).await }
+    };
+    assert_eq!(
+        put("/v1/recipients/u-5", json!({"email": "five@example.org"}))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        put("/v1/preferences", json!({"required": ["security"]}))
+            .await
+            .0,
+        200
+    );
+    let by_id = |category: &str| {
+        json!({"recipient": {"id": "u-5"}, "channels": ["email"], "category": category,
+               "content": {"subject": format!("Our {category}"), "text": "Hello"}})
+    };
+    let (_, _, v) = s.post("/v1/notifications", &by_id("newsletter")).await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "{n}");
+    let mail = server.messages();
+    let m = &mail[0];
+    let start = m.find("List-Unsubscribe: <").expect("the header") + "List-Unsubscribe: <".len();
+    let url = m[start..].split('>').next().expect("closed").to_owned();
+    assert!(
+        url.starts_with(&format!("{}/v1/unsubscribe/", s.base)),
+        "{url}"
+    );
+    assert!(
+        m.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{m}"
+    );
+
+    // A person (or a link scanner) following it: a page, nothing changed.
+    let page = s.http.get(&url).send().await.expect("sent");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("text");
+    assert!(
+        html.contains("newsletter") && html.contains("<form method=\"post\""),
+        "{html}"
+    );
+    let (_, prefs) = s.get("/v1/recipients/u-5/preferences").await;
+    assert_eq!(prefs["categories"], json!({}), "{prefs}");
+
+    // A changed token is not taken.
+    let forged = format!("{}A", url.trim_end_matches(|c: char| c != '.'));
+    let resp = s.http.post(&forged).send().await.expect("sent");
+    assert_eq!(resp.status(), 404);
+
+    // The mailbox provider's one-click POST (no API key).
+    let resp = s
+        .http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    let (_, prefs) = s.get("/v1/recipients/u-5/preferences").await;
+    assert_eq!(prefs["categories"]["newsletter"]["email"], false, "{prefs}");
+    // Twice is the same.
+    assert_eq!(s.http.post(&url).send().await.expect("sent").status(), 200);
+
+    let (_, _, v) = s.post("/v1/notifications", &by_id("newsletter")).await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "suppressed", "{n}");
+    // A required category: sent, and without a link.
+    let (_, _, v) = s.post("/v1/notifications", &by_id("security")).await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "{n}");
+    let mail = server.messages();
+    assert_eq!(mail.len(), 2, "the suppressed newsletter never went out");
+    let security = mail
+        .iter()
+        .find(|m| m.contains("Our security"))
+        .expect("sent");
+    assert!(!security.contains("List-Unsubscribe"), "{security}");
+}
