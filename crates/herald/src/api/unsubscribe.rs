@@ -230,7 +230,7 @@ async fn opt_out(state: &AppState, s: &Subject) -> Result<(), ApiError> {
     for _ in 0..3 {
         let Some(r) = state
             .recipients
-            .recipients(&s.tenant_id, &[s.recipient_id.clone()])
+            .recipients(&s.tenant_id, std::slice::from_ref(&s.recipient_id))
             .await?
             .into_iter()
             .next()
@@ -252,7 +252,7 @@ async fn opt_out(state: &AppState, s: &Subject) -> Result<(), ApiError> {
         // have replaced this one.
         let now = state
             .recipients
-            .recipients(&s.tenant_id, &[s.recipient_id.clone()])
+            .recipients(&s.tenant_id, std::slice::from_ref(&s.recipient_id))
             .await?;
         let held = now.first().is_none_or(|r| {
             r.preferences
