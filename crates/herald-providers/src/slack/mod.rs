@@ -20,8 +20,8 @@
 pub mod wire;
 
 use herald_core::provider::{
-    retry_after, Address, BuildError, OutboundMessage, Outcome, Provider, VendorRequest,
-    VendorResponse,
+    classify_status, retry_after, Address, BuildError, OutboundMessage, Outcome, Provider,
+    VendorRequest, VendorResponse,
 };
 use herald_core::secret::Secret;
 use herald_core::suppression::SuppressionReason;
@@ -264,6 +264,9 @@ fn classify_api(resp: &VendorResponse, answer: wire::Answer) -> Outcome {
 }
 
 /// An incoming webhook's answer: a status and its code as plain text.
+/// The webhook URL is the recipient's address, not the account's
+/// credential: a dead one is listed (`gone`), a refusal (`403`) fails the
+/// message, and neither is the account's; the rest as any vendor's.
 fn classify_hook(resp: &VendorResponse) -> Outcome {
     let s = resp.status;
     if s.is_success() {
@@ -271,25 +274,15 @@ fn classify_hook(resp: &VendorResponse) -> Outcome {
     }
     let code = String::from_utf8_lossy(&resp.body).trim().to_owned();
     let reason = crate::clip(&format!("slack webhook {}: {code}", s.as_u16()));
-    if s == http::StatusCode::TOO_MANY_REQUESTS {
-        Outcome::RateLimited {
-            retry_after: retry_after(&resp.headers),
-            reason,
-        }
-    } else if s.is_server_error() || s == http::StatusCode::REQUEST_TIMEOUT {
-        Outcome::Transient {
-            reason,
-            ambiguous: false,
-        }
-    } else if HOOK_GONE.contains(&code.as_str()) || s == http::StatusCode::GONE {
-        // The webhook URL is the recipient's address, not the account's
-        // credential: a dead one is listed, and the account is fine.
+    if HOOK_GONE.contains(&code.as_str()) || s == http::StatusCode::GONE {
         Outcome::Permanent {
             reason,
             gone: Some(SuppressionReason::Gone),
         }
-    } else {
+    } else if s == http::StatusCode::UNAUTHORIZED || s == http::StatusCode::FORBIDDEN {
         Outcome::permanent(reason)
+    } else {
+        classify_status(resp, reason)
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -134,13 +134,15 @@ fn subject(state: &AppState, token: Result<Path<String>, PathRejection>) -> Opti
     state.unsubscribe.as_ref()?.keys.verify(&token)
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+/// A small page for a person (the link's successes; its errors are
+/// problem documents like every other /v1 error).
+fn page(title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title}</title></head><body><main><h1>{title}</h1>{body}</main></body></html>"
     );
-    (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
 fn escape(s: &str) -> String {
@@ -148,14 +150,6 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-fn not_found() -> Response {
-    page(
-        StatusCode::NOT_FOUND,
-        "Link not valid",
-        "<p>This unsubscribe link is not one Herald made, or it was changed.</p>",
-    )
 }
 
 /// The page a person following an unsubscribe link sees: what it is about
@@ -168,18 +162,15 @@ fn not_found() -> Response {
     params(("token" = String, Path, description = "The signed token from the email's List-Unsubscribe link")),
     responses(
         (status = 200, description = "A page with a button that confirms", content_type = "text/html", body = String),
-        (status = 404, description = "Not a link Herald made", content_type = "text/html", body = String),
+        (status = 404, description = "Not a link Herald made (or one changed since)", body = super::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn show(
     State(state): State<Arc<AppState>>,
     token: Result<Path<String>, PathRejection>,
-) -> Response {
-    let Some(s) = subject(&state, token) else {
-        return not_found();
-    };
-    page(
-        StatusCode::OK,
+) -> Result<Response, ApiError> {
+    let s = subject(&state, token).ok_or(ApiError::NotFound)?;
+    Ok(page(
         "Unsubscribe",
         &format!(
             "<p>Stop emails about <strong>{}</strong>?</p>\
@@ -187,7 +178,7 @@ pub async fn show(
              <button type=\"submit\">Unsubscribe</button></form>",
             escape(&s.category)
         ),
-    )
+    ))
 }
 
 /// One-click unsubscribe (RFC 8058): records that the recipient opted out
@@ -201,7 +192,7 @@ pub async fn show(
     request_body(content = String, description = "`List-Unsubscribe=One-Click` (form), as mailbox providers send it; any body is taken", content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "Unsubscribed (also when the recipient was erased since)", content_type = "text/html", body = String),
-        (status = 404, description = "Not a link Herald made", content_type = "text/html", body = String),
+        (status = 404, description = "Not a link Herald made (or one changed since)", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     )
 )]
@@ -209,13 +200,10 @@ pub async fn confirm(
     State(state): State<Arc<AppState>>,
     token: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Some(s) = subject(&state, token) else {
-        return Ok(not_found());
-    };
+    let s = subject(&state, token).ok_or(ApiError::NotFound)?;
     opt_out(&state, &s).await?;
     metrics::counter!(crate::telemetry::UNSUBSCRIBED).increment(1);
     Ok(page(
-        StatusCode::OK,
         "Unsubscribed",
         &format!(
             "<p>You will no longer get emails about <strong>{}</strong>.</p>",
