@@ -44,11 +44,71 @@ pub struct Profile {
     /// IANA time zone (`Europe/Lisbon`, `Asia/Kolkata`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// When not to disturb (normal and low lanes wait for their end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
     /// Values templates see (a notification's `template.data` wins over
     /// them, key by key).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Hours in which a recipient is not disturbed: deliveries of the normal
+/// and low lanes that would go out inside them wait for their end (in the
+/// recipient's time zone); critical and high are never held.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    /// Local time they begin, `HH:MM` (`22:00`).
+    pub start: String,
+    /// Local time they end, `HH:MM` (`08:00`; before `start`: overnight).
+    pub end: String,
+    /// The channels they hold (default: every channel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<Channel>,
+}
+
+impl QuietHours {
+    fn times(&self) -> Result<(chrono::NaiveTime, chrono::NaiveTime), &'static str> {
+        let parse = |s: &str| chrono::NaiveTime::parse_from_str(s, "%H:%M");
+        match (parse(&self.start), parse(&self.end)) {
+            (Ok(a), Ok(b)) if a != b => Ok((a, b)),
+            (Ok(_), Ok(_)) => Err("start and end must differ"),
+            _ => Err("start and end are HH:MM (00:00 to 23:59)"),
+        }
+    }
+
+    /// Until when (Unix ms) a delivery on `channel` that would go out at
+    /// `at_ms` is held, in `tz`; `None` when it is not inside the hours.
+    /// A local end time a daylight-saving change skips is taken at the
+    /// first valid moment after it; one it repeats, at the first.
+    pub fn held_until(&self, channel: Channel, at_ms: i64, tz: chrono_tz::Tz) -> Option<i64> {
+        use chrono::{Duration, TimeZone};
+        if !self.channels.is_empty() && !self.channels.contains(&channel) {
+            return None;
+        }
+        let (start, end) = self.times().ok()?;
+        let local = chrono::DateTime::from_timestamp_millis(at_ms)?.with_timezone(&tz);
+        let (date, now) = (local.date_naive(), local.time());
+        let end_date = if start < end {
+            (start <= now && now < end).then_some(date)?
+        } else if now >= start {
+            date.succ_opt()?
+        } else if now < end {
+            date
+        } else {
+            return None;
+        };
+        let naive = end_date.and_time(end);
+        // A gap (clocks go forward) has no such local time: the first one
+        // after it, within the hour or two any zone skips.
+        let resolved = (0..=8)
+            .map(|quarter| naive + Duration::minutes(15 * quarter))
+            .find_map(|t| tz.from_local_datetime(&t).earliest())?;
+        Some(resolved.timestamp_millis())
+    }
 }
 
 /// Opted in (`true`) or out (`false`), per category and channel.
@@ -79,6 +139,9 @@ pub struct TenantPreferences {
     pub categories: Choices,
     #[serde(default)]
     pub required: BTreeSet<String>,
+    /// Quiet hours for recipients who set none of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
 }
 
 impl TenantPreferences {
@@ -144,6 +207,9 @@ pub fn validate_preferences(p: &Preferences, tenant: &TenantPreferences) -> Erro
 /// Every rule a tenant's defaults break.
 pub fn validate_tenant_preferences(p: &TenantPreferences) -> Errors {
     let mut errs = Errors::default();
+    if let Some(Err(why)) = p.quiet_hours.as_ref().map(QuietHours::times) {
+        errs.add("quiet_hours", why);
+    }
     for category in p.categories.keys().chain(&p.required) {
         if !is_category(category) {
             errs.add(
@@ -283,6 +349,9 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Errors {
             );
         }
     }
+    if let Some(Err(why)) = p.quiet_hours.as_ref().map(QuietHours::times) {
+        errs.add("quiet_hours", why);
+    }
     let size = serde_json::to_vec(&p.data).map_or(usize::MAX, |v| v.len());
     if size > MAX_DATA_BYTES {
         errs.add("data", format!("at most {MAX_DATA_BYTES} bytes of JSON"));
@@ -405,6 +474,106 @@ mod tests {
         assert!(
             serde_json::from_value::<Preferences>(json!({"categories": {"x": {"fax": true}}}))
                 .is_err()
+        );
+    }
+
+    fn at(tz: chrono_tz::Tz, local: &str) -> i64 {
+        use chrono::TimeZone;
+        let naive = chrono::NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M").expect("time");
+        tz.from_local_datetime(&naive)
+            .earliest()
+            .expect("a local time")
+            .timestamp_millis()
+    }
+
+    fn local(tz: chrono_tz::Tz, ms: i64) -> String {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .expect("ms")
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string()
+    }
+
+    #[test]
+    fn quiet_hours_hold_until_their_local_end() {
+        let night = QuietHours {
+            start: "22:00".into(),
+            end: "08:00".into(),
+            channels: vec![],
+        };
+        let kolkata = chrono_tz::Asia::Kolkata; // +05:30
+        let held = |tz, t| {
+            night
+                .held_until(Channel::Sms, at(tz, t), tz)
+                .map(|ms| local(tz, ms))
+        };
+        assert_eq!(
+            held(kolkata, "2026-12-05 23:10").as_deref(),
+            Some("2026-12-06 08:00 IST")
+        );
+        assert_eq!(
+            held(kolkata, "2026-12-06 03:00").as_deref(),
+            Some("2026-12-06 08:00 IST")
+        );
+        assert_eq!(
+            held(kolkata, "2026-12-06 08:00"),
+            None,
+            "the end is outside"
+        );
+        assert_eq!(held(kolkata, "2026-12-06 21:59"), None);
+        // Across Europe's spring-forward night (2027-03-28, 02:00 → 03:00)
+        // and autumn's (2026-10-25, 03:00 → 02:00): the local end time.
+        let lisbon = chrono_tz::Europe::Lisbon;
+        assert_eq!(
+            held(lisbon, "2027-03-27 23:30").as_deref(),
+            Some("2027-03-28 08:00 WEST")
+        );
+        assert_eq!(
+            held(lisbon, "2026-10-24 23:30").as_deref(),
+            Some("2026-10-25 08:00 WET")
+        );
+        // An end the change skips: the first moment after it.
+        let gap = QuietHours {
+            start: "23:00".into(),
+            end: "01:30".into(),
+            channels: vec![],
+        };
+        let new_york = chrono_tz::America::New_York; // 2027-03-14, 02:00 → 03:00
+        let e = QuietHours {
+            end: "02:30".into(),
+            ..gap
+        };
+        let ms = e
+            .held_until(Channel::Email, at(new_york, "2027-03-13 23:30"), new_york)
+            .expect("held");
+        assert_eq!(local(new_york, ms), "2027-03-14 03:00 EDT");
+        // A daytime window, and one for some channels only.
+        let lunch = QuietHours {
+            start: "12:00".into(),
+            end: "13:00".into(),
+            channels: vec![Channel::Push],
+        };
+        let utc = chrono_tz::UTC;
+        assert!(lunch
+            .held_until(Channel::Push, at(utc, "2026-12-05 12:30"), utc)
+            .is_some());
+        assert!(lunch
+            .held_until(Channel::Email, at(utc, "2026-12-05 12:30"), utc)
+            .is_none());
+        assert!(lunch
+            .held_until(Channel::Push, at(utc, "2026-12-05 13:30"), utc)
+            .is_none());
+        let bad = Profile {
+            quiet_hours: Some(QuietHours {
+                start: "25:00".into(),
+                end: "08:00".into(),
+                channels: vec![],
+            }),
+            ..Profile::default()
+        };
+        assert_eq!(
+            validate_profile(&bad, &Limits::default()).fields(),
+            ["quiet_hours"]
         );
     }
 

@@ -269,19 +269,15 @@ impl Intake for MemoryStore {
                         channel: d.channel,
                         target: d.target,
                         priority: n.request.priority,
-                        state: if d.suppressed.is_some() {
-                            DeliveryState::Suppressed
-                        } else {
-                            DeliveryState::Queued
-                        },
-                        due_at_ms: n.due_at_ms,
+                        state: d.state(),
+                        due_at_ms: d.held_until_ms.unwrap_or(n.due_at_ms),
                         updated_at_ms: n.accepted_at_ms,
                         expires_at_ms: n.expires_at_ms,
                         lease_token: None,
                         attempts: 0,
                         provider: None,
                         vendor_message_id: None,
-                        last_error: d.suppressed.clone(),
+                        last_error: d.reason().map(str::to_owned),
                         sent_at_ms: None,
                         pinned_provider: None,
                         calling: None,

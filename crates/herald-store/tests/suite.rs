@@ -120,7 +120,8 @@ fn new_notification(tenant: &str, req: NotificationRequest, now: i64) -> NewNoti
             id: uuid::Uuid::now_v7(),
             channel: d.channel,
             target: d.target,
-            suppressed: None,
+            ended: None,
+            held_until_ms: None,
         })
         .collect();
     NewNotification {
@@ -1588,6 +1589,53 @@ async fn a_cancel_ends_what_is_queued_and_no_claim_takes_it_after(store: &dyn St
     assert_eq!(view.deliveries[0].state, DeliveryState::Cancelled);
 }
 
+/// A delivery may be created held (quiet hours) or already ended (an
+/// opt-out, quiet hours past the TTL): a held one is claimed only when
+/// due, an ended one never, each with its reason.
+async fn deliveries_may_be_created_held_or_ended(store: &dyn Store) {
+    let now = 1_000;
+    let mut n = new_notification("t1", request(Priority::Normal, &["email", "sms"]), now);
+    n.deliveries[0].held_until_ms = Some(now + 60_000);
+    n.deliveries[1].ended = Some((DeliveryState::Suppressed, "preference: no".into()));
+    let id = n.id;
+    store.create(vec![n]).await.expect("create");
+    let claim = |channel, at| store.claim(Claim::new(channel, Priority::Normal, 10, at, 30_000));
+    assert!(
+        claim(Channel::Email, now + 1)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "held"
+    );
+    assert!(
+        claim(Channel::Sms, now + 120_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "ended"
+    );
+    assert_eq!(
+        claim(Channel::Email, now + 60_000)
+            .await
+            .expect("claim")
+            .len(),
+        1,
+        "due once the hours end"
+    );
+    let view = store
+        .notification("t1", id)
+        .await
+        .expect("read")
+        .expect("found");
+    let sms = view
+        .deliveries
+        .iter()
+        .find(|d| d.channel == Channel::Sms)
+        .expect("sms");
+    assert_eq!(sms.state, DeliveryState::Suppressed);
+    assert_eq!(sms.last_error.as_deref(), Some("preference: no"));
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -1645,6 +1693,7 @@ suite!(
     receipts_move_deliveries_on_by_rank_whenever_they_come,
     recipients_are_kept_per_tenant_versioned_and_erased,
     a_cancel_ends_what_is_queued_and_no_claim_takes_it_after,
+    deliveries_may_be_created_held_or_ended,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

@@ -70,6 +70,8 @@ pub const CANCELLED: &str = "herald_deliveries_cancelled_total";
 /// Deliveries made `suppressed` at acceptance because the recipient opted
 /// out (or the tenant's default is off); label `channel`.
 pub const PREFERENCE_SUPPRESSED: &str = "herald_preference_suppressed_total";
+/// Deliveries held for their recipient's quiet hours; label `channel`.
+pub const QUIET_HOURS_HELD: &str = "herald_quiet_hours_held_total";
 /// One-click unsubscribes taken.
 pub const UNSUBSCRIBED: &str = "herald_unsubscribes_total";
 /// The store's own (recorded in herald-store, named here with the rest).

@@ -51,7 +51,8 @@ pub fn notification(i: usize, email: &str) -> NewNotification {
             id: uuid::Uuid::now_v7(),
             channel: d.channel,
             target: d.target,
-            suppressed: None,
+            ended: None,
+            held_until_ms: None,
         })
         .collect();
     let now = herald_core::now_ms();

@@ -12,9 +12,27 @@ pub struct NewDelivery {
     pub channel: Channel,
     /// Push device index (0 for other channels).
     pub target: u32,
-    /// Made `suppressed` at once, and why (the recipient opted out of its
-    /// category on its channel): it is never sent.
-    pub suppressed: Option<String>,
+    /// Made in this final state at once, and why (`suppressed`: the
+    /// recipient opted out of its category on its channel; `expired`: its
+    /// quiet hours outlast its TTL): it is never sent.
+    pub ended: Option<(crate::model::DeliveryState, String)>,
+    /// Due then rather than when the notification is (the recipient's
+    /// quiet hours).
+    pub held_until_ms: Option<i64>,
+}
+
+impl NewDelivery {
+    /// The state it is created in.
+    pub fn state(&self) -> crate::model::DeliveryState {
+        self.ended
+            .as_ref()
+            .map_or(crate::model::DeliveryState::Queued, |(s, _)| *s)
+    }
+
+    /// Why it was ended at once, if it was.
+    pub fn reason(&self) -> Option<&str> {
+        self.ended.as_ref().map(|(_, why)| why.as_str())
+    }
 }
 
 /// The response stored with an idempotency key, replayed on a repeat.

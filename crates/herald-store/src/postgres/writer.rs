@@ -779,15 +779,11 @@ impl DeliveryColumns {
         self.channel.push(d.channel.as_str());
         self.target.push(i64::from(d.target));
         self.priority.push(n.request.priority.index() as i64);
-        self.due_at_ms.push(n.due_at_ms);
+        self.due_at_ms.push(d.held_until_ms.unwrap_or(n.due_at_ms));
         self.accepted_at_ms.push(n.accepted_at_ms);
         self.expires_at_ms.push(n.expires_at_ms);
-        self.state.push(if d.suppressed.is_some() {
-            "suppressed"
-        } else {
-            "queued"
-        });
-        self.last_error.push(d.suppressed.clone());
+        self.state.push(d.state().as_str());
+        self.last_error.push(d.reason().map(str::to_owned));
     }
 }
 

@@ -677,15 +677,11 @@ fn create(
                     d.channel.as_str(),
                     d.target,
                     priority,
-                    n.due_at_ms,
+                    d.held_until_ms.unwrap_or(n.due_at_ms),
                     n.accepted_at_ms,
                     n.expires_at_ms,
-                    if d.suppressed.is_some() {
-                        "suppressed"
-                    } else {
-                        "queued"
-                    },
-                    d.suppressed
+                    d.state().as_str(),
+                    d.reason()
                 ])
                 .map_err(sql_err)?;
         }

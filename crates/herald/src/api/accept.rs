@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use herald_core::model::{Channel, NotificationRequest};
+use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::recipient::{StoredRecipient, TenantPreferences};
 use herald_core::store::{
     CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoreError, StoredResponse,
@@ -147,6 +147,36 @@ fn with_unsubscribe_link(
         );
     }
     req
+}
+
+/// Until when a delivery of the normal or low lane that would go out at
+/// `starts` waits for the recipient's quiet hours (theirs, else the
+/// tenant's), in their time zone (UTC when they have none).
+fn quiet_until(
+    req: &NotificationRequest,
+    channel: Channel,
+    recipient: Option<&StoredRecipient>,
+    stored: &Result<Stored, StoreError>,
+    starts: i64,
+) -> Option<i64> {
+    if matches!(req.priority, Priority::Critical | Priority::High) {
+        return None;
+    }
+    let (r, Ok(stored)) = (recipient?, stored) else {
+        return None;
+    };
+    let quiet = r
+        .profile
+        .quiet_hours
+        .as_ref()
+        .or(stored.defaults.quiet_hours.as_ref())?;
+    let tz = r
+        .profile
+        .timezone
+        .as_deref()
+        .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
+        .unwrap_or(chrono_tz::UTC);
+    quiet.held_until(channel, starts, tz)
 }
 
 /// Why a destination is not sent to (the recipient's preferences), if not.
@@ -326,18 +356,34 @@ pub async fn accept(
             .destinations()
             .into_iter()
             .map(|d| {
-                let suppressed = opted_out(&req, d.channel, recipient, &stored);
-                if suppressed.is_some() {
+                let mut held_until_ms = None;
+                let ended = if let Some(why) = opted_out(&req, d.channel, recipient, &stored) {
                     metrics::counter!(m::PREFERENCE_SUPPRESSED, "channel" => d.channel.as_str())
                         .increment(1);
+                    Some((DeliveryState::Suppressed, why))
                 } else {
-                    channels.insert(d.channel);
-                }
+                    match quiet_until(&req, d.channel, recipient, &stored, starts) {
+                        Some(until) if expires_at_ms.is_some_and(|e| e <= until) => Some((
+                            DeliveryState::Expired,
+                            "expired: the recipient's quiet hours end after its TTL".to_owned(),
+                        )),
+                        until => {
+                            if until.is_some() {
+                                metrics::counter!(m::QUIET_HOURS_HELD, "channel" => d.channel.as_str())
+                                    .increment(1);
+                            }
+                            held_until_ms = until;
+                            channels.insert(d.channel);
+                            None
+                        }
+                    }
+                };
                 NewDelivery {
                     id: uuid::Uuid::now_v7(),
                     channel: d.channel,
                     target: d.target,
-                    suppressed,
+                    ended,
+                    held_until_ms,
                 }
             })
             .collect();

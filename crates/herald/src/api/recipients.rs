@@ -32,20 +32,26 @@ use crate::dlq::rfc3339;
 const PATCH_ROUNDS: usize = 5;
 
 fn out(id: String, profile: Profile, version: i64, updated_at_ms: i64) -> RecipientOut {
-    RecipientOut {
-        id,
-        profile,
-        version,
-        updated_at: rfc3339(updated_at_ms),
-    }
+    RecipientOut::new(id, profile, version, rfc3339(updated_at_ms))
 }
 
-/// The path's recipient id, checked.
-fn recipient_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The path's recipient id, to store a recipient under: one Herald cannot
+/// use is a 422 naming it.
+fn new_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Ok(Path(id)) = id else {
         return Err(ApiError::NotFound);
     };
     check_id(&id).map_err(|why| ApiError::field("id", why))?;
+    Ok(id)
+}
+
+/// The path's recipient id, of one that may be stored: an id no recipient
+/// could have is simply not found (as any other miss).
+fn recipient_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::NotFound);
+    };
+    check_id(&id).map_err(|_| ApiError::NotFound)?;
     Ok(id)
 }
 
@@ -94,7 +100,7 @@ pub async fn put(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RecipientOut>), ApiError> {
-    let id = recipient_id(id)?;
+    let id = new_id(id)?;
     let bytes = body(&headers, raw, state.max_body_bytes)?;
     let profile: Profile = parse(&bytes, "")?;
     checked(&state, &profile)?;

@@ -473,16 +473,70 @@ pub struct CallbackOut {
     pub events: Vec<DeliveryState>,
 }
 
-/// A stored recipient.
+/// A stored recipient: its id, the profile as `PUT` takes it, its version
+/// and when it last changed. (The profile's fields are listed again here:
+/// the request's type refuses unknown fields, and this one has more.)
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecipientOut {
     /// The tenant's own id for the person.
     pub id: String,
-    #[serde(flatten)]
-    pub profile: herald_core::recipient::Profile,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub push_tokens: Vec<herald_core::model::PushToken>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<herald_core::recipient::QuietHours>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, serde_json::Value>,
     /// Bumped by every change.
     pub version: i64,
     pub updated_at: String,
+}
+
+impl RecipientOut {
+    pub fn new(
+        id: String,
+        p: herald_core::recipient::Profile,
+        version: i64,
+        updated_at: String,
+    ) -> Self {
+        let herald_core::recipient::Profile {
+            email,
+            phone,
+            push_tokens,
+            webhook_url,
+            chat,
+            locale,
+            timezone,
+            quiet_hours,
+            data,
+        } = p;
+        RecipientOut {
+            id,
+            email,
+            phone,
+            push_tokens,
+            webhook_url,
+            chat,
+            locale,
+            timezone,
+            quiet_hours,
+            data,
+            version,
+            updated_at,
+        }
+    }
 }
 
 /// `DELETE /v1/recipients/{id}`: what the erasure removed.

@@ -560,3 +560,58 @@ async fn a_dead_push_token_is_taken_off_its_recipient() {
     let n = s.wait_finished(v["id"].as_str().expect("id")).await;
     assert_eq!(n["channels"].as_array().map(Vec::len), Some(1), "{n}");
 }
+
+/// Quiet hours: a normal-lane notification to a recipient inside them
+/// waits for their end; a high one goes at once; one whose TTL ends first
+/// is expired at once, saying why.
+#[tokio::test]
+async fn quiet_hours_hold_the_lower_lanes_and_respect_the_ttl() {
+    let s = TestServer::start().await;
+    let now = chrono::Utc::now();
+    let hhmm = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M").to_string();
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/recipients/night-owl",
+            Some(&json!({"phone": "+14155550199", "timezone": "UTC",
+                "quiet_hours": {"start": hhmm(now - chrono::Duration::hours(1)),
+                                "end": hhmm(now + chrono::Duration::hours(2))}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let sms = |priority: &str, ttl: u64| {
+        json!({"recipient": {"id": "night-owl"}, "channels": ["sms"], "priority": priority,
+               "ttl_seconds": ttl, "content": {"text": format!("A {priority} text")}})
+    };
+    let (_, _, v) = s.post("/v1/notifications", &sms("normal", 86_400)).await;
+    let held = v["id"].as_str().expect("id").to_owned();
+    let (_, _, v) = s.post("/v1/notifications", &sms("high", 86_400)).await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "sent", "high is never held: {n}");
+    let (_, _, v) = s.post("/v1/notifications", &sms("low", 600)).await;
+    let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+    assert_eq!(n["channels"][0]["state"], "expired", "{n}");
+    assert!(
+        n["channels"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("quiet hours")),
+        "{n}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let (_, n) = s.get(&format!("/v1/notifications/{held}")).await;
+    assert_eq!(
+        n["channels"][0]["state"], "queued",
+        "held for the hours: {n}"
+    );
+    let texts: Vec<String> = s.sim.entries().into_iter().map(|e| e.summary).collect();
+    assert_eq!(texts, ["A high text"], "only the high one went out");
+    let (status, v) = s
+        .send(
+            Method::PATCH,
+            "/v1/recipients/night-owl",
+            Some(&json!({"quiet_hours": {"start": "25:00", "end": "08:00"}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["errors"][0]["field"], "quiet_hours", "{v}");
+}
