@@ -142,7 +142,24 @@ pub struct TenantPreferences {
     /// Quiet hours for recipients who set none of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_hours: Option<QuietHours>,
+    /// Per category: at most `max` notifications to one recipient per
+    /// `per_seconds`, across channels (`{"marketing": {"max": 3,
+    /// "per_seconds": 86400}}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub caps: BTreeMap<String, Cap>,
 }
+
+/// A frequency cap: at most `max` per `per_seconds`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cap {
+    pub max: u32,
+    pub per_seconds: u64,
+}
+
+/// The longest a frequency cap's window may be (30 days).
+pub const MAX_CAP_SECONDS: u64 = 30 * 24 * 3600;
 
 impl TenantPreferences {
     /// Whether a notification of `category` may go to a recipient on
@@ -210,7 +227,15 @@ pub fn validate_tenant_preferences(p: &TenantPreferences) -> Errors {
     if let Some(Err(why)) = p.quiet_hours.as_ref().map(QuietHours::times) {
         errs.add("quiet_hours", why);
     }
-    for category in p.categories.keys().chain(&p.required) {
+    for (category, cap) in &p.caps {
+        if cap.max == 0 || cap.per_seconds == 0 || cap.per_seconds > MAX_CAP_SECONDS {
+            errs.add(
+                format!("caps.{category}"),
+                format!("max at least 1, per_seconds 1 to {MAX_CAP_SECONDS}"),
+            );
+        }
+    }
+    for category in p.categories.keys().chain(&p.required).chain(p.caps.keys()) {
         if !is_category(category) {
             errs.add(
                 format!("categories.{category}"),

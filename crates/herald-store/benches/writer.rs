@@ -41,6 +41,7 @@ fn notification(now: i64) -> NewNotification {
         idempotency: None,
         correlation_id: None,
         traceparent: None,
+        cap: None,
     }
 }
 

@@ -52,6 +52,8 @@ struct State {
     /// Tenants' callbacks, by tenant id.
     callbacks: HashMap<String, herald_core::store::Callback>,
     tenant_preferences: HashMap<String, herald_core::recipient::TenantPreferences>,
+    /// (tenant, recipient, category) → acceptance times counted.
+    cap_events: HashMap<(String, String, String), Vec<i64>>,
     /// (tenant, recipient id) → profile.
     recipients: HashMap<(String, String), herald_core::recipient::StoredRecipient>,
     /// Every distinct receipt, by delivery.
@@ -258,7 +260,26 @@ impl Intake for MemoryStore {
                 };
                 s.outbox.insert(seq, (event, None, n.accepted_at_ms));
             }
+            let capped = n.cap.as_ref().and_then(|cap| {
+                let key = (
+                    n.tenant_id.clone(),
+                    cap.recipient_id.clone(),
+                    cap.category.clone(),
+                );
+                let counted = s.cap_events.entry(key).or_default();
+                counted.retain(|at| *at > n.accepted_at_ms - cap.window_ms);
+                if counted.len() >= cap.max as usize {
+                    Some(cap.reason())
+                } else {
+                    counted.push(n.accepted_at_ms);
+                    None
+                }
+            });
             for d in &n.deliveries {
+                let (state, reason) = match (&capped, d.ended.is_some()) {
+                    (Some(why), false) => (DeliveryState::Suppressed, Some(why.clone())),
+                    _ => (d.state(), d.reason().map(str::to_owned)),
+                };
                 s.made += 1;
                 let made = s.made;
                 s.deliveries.insert(
@@ -269,7 +290,7 @@ impl Intake for MemoryStore {
                         channel: d.channel,
                         target: d.target,
                         priority: n.request.priority,
-                        state: d.state(),
+                        state,
                         due_at_ms: d.held_until_ms.unwrap_or(n.due_at_ms),
                         updated_at_ms: n.accepted_at_ms,
                         expires_at_ms: n.expires_at_ms,
@@ -277,7 +298,7 @@ impl Intake for MemoryStore {
                         attempts: 0,
                         provider: None,
                         vendor_message_id: None,
-                        last_error: d.reason().map(str::to_owned),
+                        last_error: reason,
                         sent_at_ms: None,
                         pinned_provider: None,
                         calling: None,

@@ -205,6 +205,7 @@ async fn run(ops: Vec<Op>, ttl_ms: Option<i64>, backend: Backend) -> Result<(), 
             idempotency: None,
             correlation_id: None,
             traceparent: None,
+            cap: None,
         }])
         .await
         .expect("create");

@@ -135,6 +135,7 @@ fn new_notification(tenant: &str, req: NotificationRequest, now: i64) -> NewNoti
         idempotency: None,
         correlation_id: None,
         traceparent: None,
+        cap: None,
     }
 }
 
@@ -1636,6 +1637,129 @@ async fn deliveries_may_be_created_held_or_ended(store: &dyn Store) {
     assert_eq!(sms.last_error.as_deref(), Some("preference: no"));
 }
 
+fn capped(tenant: &str, recipient: &str, category: &str, at: i64) -> NewNotification {
+    let mut n = new_notification(tenant, request(Priority::Low, &["email", "sms"]), at);
+    n.cap = Some(herald_core::store::CapCheck {
+        recipient_id: recipient.into(),
+        category: category.into(),
+        max: 3,
+        window_ms: 60_000,
+    });
+    n
+}
+
+/// The state each of a notification's deliveries was created in.
+async fn states(store: &dyn Store, tenant: &str, id: uuid::Uuid) -> Vec<DeliveryState> {
+    let view = store
+        .notification(tenant, id)
+        .await
+        .expect("read")
+        .expect("found");
+    view.deliveries.iter().map(|d| d.state).collect()
+}
+
+/// A frequency cap counts per tenant, recipient and category over its
+/// window: past `max`, every delivery not already ended is suppressed
+/// with the cap's reason; the window moves on.
+async fn frequency_caps_count_per_recipient_and_category(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let n = capped("t1", "u1", "marketing", 1_000 + i);
+        ids.push(n.id);
+        store.create(vec![n]).await.expect("create");
+    }
+    use DeliveryState::{Queued, Suppressed};
+    assert_eq!(states(store, "t1", ids[2]).await, [Queued, Queued]);
+    assert_eq!(states(store, "t1", ids[3]).await, [Suppressed, Suppressed]);
+    let view = store
+        .notification("t1", ids[4])
+        .await
+        .expect("read")
+        .expect("found");
+    assert!(view.deliveries[0]
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.starts_with("frequency_cap: at most 3 marketing")));
+    // Another recipient, category or tenant counts apart; one already
+    // ended keeps its own reason.
+    for (tenant, recipient, category) in [
+        ("t1", "u2", "marketing"),
+        ("t1", "u1", "digest"),
+        ("t2", "u1", "marketing"),
+    ] {
+        let n = capped(tenant, recipient, category, 1_010);
+        let id = n.id;
+        store.create(vec![n]).await.expect("create");
+        assert_eq!(
+            states(store, tenant, id).await,
+            [Queued, Queued],
+            "{tenant} {recipient} {category}"
+        );
+    }
+    let mut opted = capped("t1", "u1", "marketing", 1_020);
+    opted.deliveries[0].ended = Some((Suppressed, "preference: no".into()));
+    let id = opted.id;
+    store.create(vec![opted]).await.expect("create");
+    let view = store
+        .notification("t1", id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(
+        view.deliveries[0].last_error.as_deref(),
+        Some("preference: no")
+    );
+    // A minute on, the first three have left the window.
+    let later = capped("t1", "u1", "marketing", 1_003 + 60_000);
+    let id = later.id;
+    store.create(vec![later]).await.expect("create");
+    assert_eq!(states(store, "t1", id).await, [Queued, Queued]);
+}
+
+/// Many notifications for one capped key at once, through `stores`
+/// (several nodes' on one database): exactly `max` are let through.
+async fn a_cap_holds_under_concurrent_creates(stores: Vec<Arc<dyn Store>>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let store = stores[i % stores.len()].clone();
+        tasks.spawn(async move {
+            let n = capped("t1", "u1", "marketing", 5_000 + i as i64);
+            let id = n.id;
+            store.create(vec![n]).await.expect("create");
+            id
+        });
+    }
+    let mut through = 0;
+    while let Some(id) = tasks.join_next().await {
+        let id = id.expect("task");
+        if states(stores[0].as_ref(), "t1", id).await[0] == DeliveryState::Queued {
+            through += 1;
+        }
+    }
+    assert_eq!(through, 3, "the cap holds across writers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_cap_holds_under_concurrent_creates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    a_cap_holds_under_concurrent_creates(vec![Arc::new(sqlite(&dir).await)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_cap_holds_under_concurrent_creates() {
+    a_cap_holds_under_concurrent_creates(vec![Arc::new(herald_store::MemoryStore::new(false))])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_cap_holds_across_two_nodes() {
+    let Some(one) = postgres("cap_two_nodes").await else {
+        return;
+    };
+    let two = postgres_reopen("cap_two_nodes").await;
+    a_cap_holds_under_concurrent_creates(vec![Arc::new(one), Arc::new(two)]).await;
+}
+
 /// Runs every check of the suite against each backend, each on a fresh store.
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -1694,6 +1818,7 @@ suite!(
     recipients_are_kept_per_tenant_versioned_and_erased,
     a_cancel_ends_what_is_queued_and_no_claim_takes_it_after,
     deliveries_may_be_created_held_or_ended,
+    frequency_caps_count_per_recipient_and_category,
 );
 
 /// 400 creates at once, each its own request: all land (group commit

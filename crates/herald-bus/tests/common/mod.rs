@@ -67,5 +67,6 @@ pub fn notification(i: usize, email: &str) -> NewNotification {
         idempotency: None,
         correlation_id: Some(format!("req-{i}")),
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        cap: None,
     }
 }

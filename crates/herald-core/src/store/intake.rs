@@ -67,6 +67,33 @@ pub struct NewNotification {
     /// carried in the bus event's headers.
     pub correlation_id: Option<String>,
     pub traceparent: Option<String>,
+    /// A frequency cap to count it against, in the same transaction.
+    pub cap: Option<CapCheck>,
+}
+
+/// A tenant's cap on one recipient's notifications of one category: the
+/// store counts those accepted within `window_ms` before this one; at
+/// `max` already, every delivery of this one not already ended is created
+/// `suppressed` (`frequency_cap: …`), else this one is counted. Counted
+/// where the notifications are stored, so every API node counts together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapCheck {
+    pub recipient_id: String,
+    pub category: String,
+    pub max: u32,
+    pub window_ms: i64,
+}
+
+impl CapCheck {
+    /// The reason a capped delivery gives.
+    pub fn reason(&self) -> String {
+        format!(
+            "frequency_cap: at most {} {} per {} s to this recipient",
+            self.max,
+            self.category,
+            self.window_ms / 1000
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -626,6 +626,7 @@ async fn create(
     outbox: bool,
 ) -> Result<Vec<CreateResult>, StoreError> {
     let taken = take_keys(tx, batch).await?;
+    lock_caps(tx, batch, &taken).await?;
     let mut results = Vec::with_capacity(batch.len());
     let mut n_cols = NotificationColumns::default();
     let mut d_cols = DeliveryColumns::default();
@@ -639,8 +640,14 @@ async fn create(
             events.push(n)?;
         }
         n_cols.push(n)?;
+        let capped = match &n.cap {
+            Some(cap) => cap_reached(tx, &n.tenant_id, cap, n.accepted_at_ms)
+                .await?
+                .then(|| cap.reason()),
+            None => None,
+        };
         for d in &n.deliveries {
-            d_cols.push(n, d);
+            d_cols.push(n, d, capped.as_deref());
         }
         results.push(CreateResult::Created);
     }
@@ -699,6 +706,84 @@ async fn create(
         .map_err(db_err)?;
     }
     Ok(results)
+}
+
+/// Takes, in one order for every writer (so two cannot deadlock), the
+/// transaction-scoped advisory lock of each frequency-cap key the batch
+/// counts against: the count and the insert of one key are then one step
+/// across every node.
+async fn lock_caps(
+    tx: &mut PgConnection,
+    batch: &[NewNotification],
+    taken: &[Option<IdempotencyRecord>],
+) -> Result<(), StoreError> {
+    let mut keys: Vec<String> = batch
+        .iter()
+        .zip(taken)
+        .filter(|(_, t)| t.is_none())
+        .filter_map(|(n, _)| {
+            let c = n.cap.as_ref()?;
+            Some(format!(
+                "{}\u{1f}{}\u{1f}{}",
+                n.tenant_id, c.recipient_id, c.category
+            ))
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Counts a notification against its frequency cap (its key locked):
+/// whether the key has `max` within the window already.
+async fn cap_reached(
+    tx: &mut PgConnection,
+    tenant: &str,
+    cap: &herald_core::store::CapCheck,
+    at_ms: i64,
+) -> Result<bool, StoreError> {
+    sqlx::query(
+        "DELETE FROM cap_events WHERE tenant_id = $1 AND recipient_id = $2 AND category = $3 \
+         AND at_ms <= $4",
+    )
+    .bind(tenant)
+    .bind(&cap.recipient_id)
+    .bind(&cap.category)
+    .bind(at_ms - cap.window_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let counted: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM cap_events WHERE tenant_id = $1 AND recipient_id = $2 \
+         AND category = $3",
+    )
+    .bind(tenant)
+    .bind(&cap.recipient_id)
+    .bind(&cap.category)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if counted >= i64::from(cap.max) {
+        return Ok(true);
+    }
+    sqlx::query(
+        "INSERT INTO cap_events (tenant_id, recipient_id, category, at_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(tenant)
+    .bind(&cap.recipient_id)
+    .bind(&cap.category)
+    .bind(at_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(false)
 }
 
 /// A batch's outbox rows as column arrays.
@@ -773,7 +858,14 @@ struct DeliveryColumns {
 }
 
 impl DeliveryColumns {
-    fn push(&mut self, n: &NewNotification, d: &herald_core::store::NewDelivery) {
+    /// `capped`: the frequency cap's reason, when it suppresses the
+    /// deliveries not already ended.
+    fn push(
+        &mut self,
+        n: &NewNotification,
+        d: &herald_core::store::NewDelivery,
+        capped: Option<&str>,
+    ) {
         self.id.push(d.id);
         self.notification_id.push(n.id);
         self.channel.push(d.channel.as_str());
@@ -782,8 +874,16 @@ impl DeliveryColumns {
         self.due_at_ms.push(d.held_until_ms.unwrap_or(n.due_at_ms));
         self.accepted_at_ms.push(n.accepted_at_ms);
         self.expires_at_ms.push(n.expires_at_ms);
-        self.state.push(d.state().as_str());
-        self.last_error.push(d.reason().map(str::to_owned));
+        match capped.filter(|_| d.ended.is_none()) {
+            Some(why) => {
+                self.state.push(DeliveryState::Suppressed.as_str());
+                self.last_error.push(Some(why.to_owned()));
+            }
+            None => {
+                self.state.push(d.state().as_str());
+                self.last_error.push(d.reason().map(str::to_owned));
+            }
+        }
     }
 }
 

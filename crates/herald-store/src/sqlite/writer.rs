@@ -669,7 +669,17 @@ fn create(
                 n.idempotency.as_ref().map(|(key, _)| key)
             ])
             .map_err(sql_err)?;
+        let capped = match &n.cap {
+            Some(cap) => {
+                cap_reached(tx, &n.tenant_id, cap, n.accepted_at_ms)?.then(|| cap.reason())
+            }
+            None => None,
+        };
         for d in &n.deliveries {
+            let (state, reason) = match (&capped, d.ended.is_some()) {
+                (Some(why), false) => (DeliveryState::Suppressed, Some(why.as_str())),
+                _ => (d.state(), d.reason()),
+            };
             insert_delivery
                 .execute(params![
                     d.id,
@@ -680,8 +690,8 @@ fn create(
                     d.held_until_ms.unwrap_or(n.due_at_ms),
                     n.accepted_at_ms,
                     n.expires_at_ms,
-                    d.state().as_str(),
-                    d.reason()
+                    state.as_str(),
+                    reason
                 ])
                 .map_err(sql_err)?;
         }
@@ -708,6 +718,40 @@ fn create(
         results.push(CreateResult::Created);
     }
     Ok(results)
+}
+
+/// Counts a notification against its frequency cap: whether the key has
+/// `max` within the window already (then it is not counted).
+fn cap_reached(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    cap: &herald_core::store::CapCheck,
+    at_ms: i64,
+) -> Result<bool, StoreError> {
+    let key = params![tenant, cap.recipient_id, cap.category];
+    let since = at_ms - cap.window_ms;
+    tx.prepare_cached(
+        "DELETE FROM cap_events WHERE tenant_id = ?1 AND recipient_id = ?2 AND category = ?3 \
+         AND at_ms <= ?4",
+    )
+    .and_then(|mut q| q.execute(params![tenant, cap.recipient_id, cap.category, since]))
+    .map_err(sql_err)?;
+    let counted: i64 = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM cap_events WHERE tenant_id = ?1 AND recipient_id = ?2 \
+             AND category = ?3",
+        )
+        .and_then(|mut q| q.query_row(key, |r| r.get(0)))
+        .map_err(sql_err)?;
+    if counted >= i64::from(cap.max) {
+        return Ok(true);
+    }
+    tx.prepare_cached(
+        "INSERT INTO cap_events (tenant_id, recipient_id, category, at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut q| q.execute(params![tenant, cap.recipient_id, cap.category, at_ms]))
+    .map_err(sql_err)?;
+    Ok(false)
 }
 
 /// Takes or renews the relay lease (see `Outbox::relay_lease`): whether

@@ -149,6 +149,28 @@ fn with_unsubscribe_link(
     req
 }
 
+/// The tenant's frequency cap on the notification's category, for the
+/// recipient it names, if any: the store counts it as it stores it.
+fn cap_check(
+    req: &NotificationRequest,
+    recipient: Option<&StoredRecipient>,
+    stored: &Result<Stored, StoreError>,
+) -> Option<herald_core::store::CapCheck> {
+    let (r, Ok(stored), Some(category)) = (recipient?, stored, req.category.as_ref()) else {
+        return None;
+    };
+    if stored.defaults.required.contains(category) {
+        return None;
+    }
+    let cap = stored.defaults.caps.get(category)?;
+    Some(herald_core::store::CapCheck {
+        recipient_id: r.id.clone(),
+        category: category.clone(),
+        max: cap.max,
+        window_ms: i64::try_from(cap.per_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
+    })
+}
+
 /// Until when a delivery of the normal or low lane that would go out at
 /// `starts` waits for the recipient's quiet hours (theirs, else the
 /// tenant's), in their time zone (UTC when they have none).
@@ -352,7 +374,7 @@ pub async fn accept(
         let expires_at_ms = req
             .ttl_seconds
             .map(|ttl| starts.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX / 2000) * 1000));
-        let deliveries = req
+        let deliveries: Vec<NewDelivery> = req
             .destinations()
             .into_iter()
             .map(|d| {
@@ -387,6 +409,9 @@ pub async fn accept(
                 }
             })
             .collect();
+        // Only a notification that will send something counts.
+        let cap = cap_check(&req, recipient, &stored)
+            .filter(|_| deliveries.iter().any(|d| d.ended.is_none()));
         batch.push(NewNotification {
             id,
             tenant_id: tenant.to_owned(),
@@ -406,6 +431,7 @@ pub async fn accept(
             request: req,
             correlation_id: trace.correlation_id.clone(),
             traceparent: trace.traceparent.clone(),
+            cap,
         });
         pending.push((
             out.len(),

@@ -164,6 +164,7 @@ impl Callbacks {
             idempotency: Some((key, record)),
             correlation_id: None,
             traceparent: None,
+            cap: None,
         };
         match tokio::time::timeout(WRITE_TIMEOUT, self.intake.create(vec![n])).await {
             Ok(Ok(results)) => {

@@ -225,6 +225,7 @@ impl Rig {
                 idempotency: None,
                 correlation_id: None,
                 traceparent: None,
+                cap: None,
             }])
             .await
             .expect("create");

@@ -199,6 +199,7 @@ async fn dlq_lists_and_replays_from_the_command_line() {
                 idempotency: None,
                 correlation_id: None,
                 traceparent: None,
+                cap: None,
             }])
             .await
             .expect("create");

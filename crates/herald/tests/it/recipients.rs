@@ -615,3 +615,65 @@ async fn quiet_hours_hold_the_lower_lanes_and_respect_the_ttl() {
     assert_eq!(status, 422, "{v}");
     assert_eq!(v["errors"][0]["field"], "quiet_hours", "{v}");
 }
+
+/// A tenant's frequency cap: past it, a recipient's notifications of the
+/// category are accepted and suppressed (`frequency_cap`), across
+/// channels; other recipients and categories are not held by it.
+#[tokio::test]
+async fn a_frequency_cap_suppresses_past_its_count() {
+    let s = TestServer::start().await;
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/preferences",
+            Some(&json!({"caps": {"marketing": {"max": 2, "per_seconds": 86400}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s
+        .send(
+            Method::PUT,
+            "/v1/preferences",
+            Some(&json!({"caps": {"marketing": {"max": 0, "per_seconds": 60}}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    for id in ["u-a", "u-b"] {
+        s.send(
+            Method::PUT,
+            &format!("/v1/recipients/{id}"),
+            Some(&json!({"email": format!("{id}@example.com"), "phone": "+14155550150"})),
+        )
+        .await;
+    }
+    let send = |id: &str, category: &str| {
+        json!({"recipient": {"id": id}, "channels": ["email", "sms"], "category": category,
+               "content": {"subject": "Sale", "text": "20% off"}})
+    };
+    let mut states = Vec::new();
+    for _ in 0..4 {
+        let (status, _, v) = s.post("/v1/notifications", &send("u-a", "marketing")).await;
+        assert_eq!(status, 202, "{v}");
+        let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+        states.push(
+            n["channels"][0]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if n["channels"][0]["state"] == "suppressed" {
+            assert!(
+                n["channels"][1]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("frequency_cap")),
+                "every channel: {n}"
+            );
+        }
+    }
+    assert_eq!(states, ["sent", "sent", "suppressed", "suppressed"]);
+    for (id, category) in [("u-b", "marketing"), ("u-a", "digest")] {
+        let (_, _, v) = s.post("/v1/notifications", &send(id, category)).await;
+        let n = s.wait_finished(v["id"].as_str().expect("id")).await;
+        assert_eq!(n["channels"][0]["state"], "sent", "{id} {category}: {n}");
+    }
+}
