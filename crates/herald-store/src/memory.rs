@@ -933,10 +933,10 @@ impl herald_core::store::Recipients for MemoryStore {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
-        Ok(self
-            .lock()
-            .recipients
-            .remove(&(tenant_id.to_owned(), id.to_owned())))
+        let mut s = self.lock();
+        s.cap_events
+            .retain(|(t, r, _), _| !(t == tenant_id && r == id));
+        Ok(s.recipients.remove(&(tenant_id.to_owned(), id.to_owned())))
     }
 }
 

@@ -458,6 +458,13 @@ pub(crate) fn callback_events(
         .collect()
 }
 
+/// Before this, a frequency-cap count is outside every window (the
+/// longest a cap may have), so it can go.
+pub(crate) fn cap_horizon_ms() -> i64 {
+    let longest = i64::try_from(herald_core::recipient::MAX_CAP_SECONDS).unwrap_or(i64::MAX / 1000);
+    herald_core::now_ms().saturating_sub(longest.saturating_mul(1000))
+}
+
 /// A delivery row as a cancel left it.
 pub(crate) fn cancelled_delivery(
     id: uuid::Uuid,

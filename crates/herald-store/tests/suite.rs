@@ -1714,6 +1714,22 @@ async fn frequency_caps_count_per_recipient_and_category(store: &dyn Store) {
     let id = later.id;
     store.create(vec![later]).await.expect("create");
     assert_eq!(states(store, "t1", id).await, [Queued, Queued]);
+    // An erased recipient's counts go with them.
+    for i in 0..2 {
+        store
+            .create(vec![capped("t1", "u1", "marketing", 1_004 + 60_000 + i)])
+            .await
+            .expect("create");
+    }
+    let full = capped("t1", "u1", "marketing", 1_010 + 60_000);
+    let id = full.id;
+    store.create(vec![full]).await.expect("create");
+    assert_eq!(states(store, "t1", id).await, [Suppressed, Suppressed]);
+    store.delete_recipient("t1", "u1").await.expect("erase");
+    let after = capped("t1", "u1", "marketing", 1_011 + 60_000);
+    let id = after.id;
+    store.create(vec![after]).await.expect("create");
+    assert_eq!(states(store, "t1", id).await, [Queued, Queued]);
 }
 
 /// Many notifications for one capped key at once, through `stores`

@@ -526,6 +526,13 @@ impl PgOp for ops::DeleteRecipient {
         tx: &mut PgConnection,
         _: &Ctx,
     ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
+        // What the frequency caps counted of them goes with them.
+        sqlx::query("DELETE FROM cap_events WHERE tenant_id = $1 AND recipient_id = $2")
+            .bind(&self.tenant_id)
+            .bind(&self.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         let row: Option<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
             "DELETE FROM recipients WHERE tenant_id = $1 AND id = $2 \
              RETURNING id, profile, preferences, version, updated_at_ms",
@@ -1235,6 +1242,12 @@ async fn expire(tx: &mut PgConnection, now_ms: i64) -> Result<u64, StoreError> {
 /// `Store::purge_finished`). SKIP LOCKED: nodes purging at once split the
 /// work instead of queueing on each other's rows.
 async fn purge(tx: &mut PgConnection, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    // Frequency-cap counts older than the longest window count for nothing.
+    sqlx::query("DELETE FROM cap_events WHERE at_ms < $1")
+        .bind(crate::writes::cap_horizon_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
     let done = sqlx::query(
         "WITH gone AS ( \
              SELECT n.id, n.tenant_id, n.idempotency_key FROM notifications n \

@@ -568,6 +568,10 @@ impl SqliteOp for ops::DeleteRecipient {
         tx: &Transaction<'_>,
         _: &Ctx,
     ) -> Result<Option<herald_core::recipient::StoredRecipient>, StoreError> {
+        // What the frequency caps counted of them goes with them.
+        tx.prepare_cached("DELETE FROM cap_events WHERE tenant_id = ?1 AND recipient_id = ?2")
+            .and_then(|mut q| q.execute(params![self.tenant_id, self.id]))
+            .map_err(sql_err)?;
         let row: Option<(String, String, Option<String>, i64, i64)> = tx
             .prepare_cached(
                 "DELETE FROM recipients WHERE tenant_id = ?1 AND id = ?2 \
@@ -1034,6 +1038,10 @@ fn expire(tx: &Transaction<'_>, now_ms: i64) -> Result<u64, StoreError> {
 /// Deletes finished notifications made before `before_ms`, oldest first,
 /// with everything that hangs off them (see `Store::purge_finished`).
 fn purge(tx: &Transaction<'_>, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    // Frequency-cap counts older than the longest window count for nothing.
+    tx.prepare_cached("DELETE FROM cap_events WHERE at_ms < ?1")
+        .and_then(|mut q| q.execute([crate::writes::cap_horizon_ms()]))
+        .map_err(sql_err)?;
     let mut finished = tx
         .prepare_cached(
             "SELECT id, tenant_id, idempotency_key FROM notifications n \
