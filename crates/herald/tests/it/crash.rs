@@ -8,7 +8,8 @@
 //! resubmits what it had no answer for with the same idempotency keys, as a
 //! client should. Raw repeated requests for a key (retries of a timeout the
 //! vendor had accepted, dropped by its idempotency key) are reported, not
-//! failed.
+//! failed. A third of the notifications name a stored recipient by id alone
+//! (resolved at acceptance, before the kill and after the restart).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,15 +140,41 @@ fn faults(sim: &Sim) {
     .expect("fault");
 }
 
+/// Notification `i`'s addresses: inline, or (every third) in the stored
+/// recipient it names by id alone (`store_recipients`).
+fn addresses(i: usize) -> Value {
+    json!({"email": format!("crash{i}@example.com"), "phone": format!("+1415{:07}", i)})
+}
+
 fn notification(i: usize) -> Value {
     let lane = ["critical", "high", "normal", "low"][i % 4];
+    let recipient = if i % 3 == 0 {
+        json!({"id": format!("person-{i}")})
+    } else {
+        addresses(i)
+    };
     json!({
         "priority": lane,
         "idempotency_key": format!("crash-{i}"),
         "channels": ["email", "sms"],
-        "recipient": {"email": format!("crash{i}@example.com"), "phone": format!("+1415{:07}", i)},
+        "recipient": recipient,
         "content": {"subject": format!("crash test {i}"), "text": format!("message {i} ✓")}
     })
+}
+
+/// Stores the recipients the notifications name by id.
+async fn store_recipients(base: &str, key: &str) {
+    let http = reqwest::Client::new();
+    for i in (0..NOTIFICATIONS).step_by(3) {
+        let resp = http
+            .put(format!("{base}/v1/recipients/person-{i}"))
+            .bearer_auth(key)
+            .json(&addresses(i))
+            .send()
+            .await
+            .expect("stored");
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
 }
 
 /// Posts batches from `from` on; stops at the first that gets no answer.
@@ -213,6 +240,7 @@ async fn sigkill_mid_flight_loses_nothing_and_delivers_nothing_twice() {
     .await;
 
     let (mut herald, base) = serve(&cfg).await;
+    store_recipients(&base, &key).await;
     // Submit in the background; the kill cuts it off.
     let submitted = Arc::new(AtomicUsize::new(0));
     let submitter = tokio::spawn(submit(base, key.clone(), 0, submitted.clone()));
