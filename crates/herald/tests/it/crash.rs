@@ -148,7 +148,7 @@ fn addresses(i: usize) -> Value {
 
 fn notification(i: usize) -> Value {
     let lane = ["critical", "high", "normal", "low"][i % 4];
-    let recipient = if i % 3 == 0 {
+    let recipient = if i.is_multiple_of(3) {
         json!({"id": format!("person-{i}")})
     } else {
         addresses(i)
