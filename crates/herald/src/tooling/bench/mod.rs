@@ -128,6 +128,12 @@ pub struct BenchArgs {
     /// to start Herald (no --target).
     #[arg(long, default_value_t = 0, conflicts_with = "target")]
     pub recipients: u64,
+    /// With --recipients: give every stored recipient quiet hours (never in
+    /// force during the run) and the tenant a frequency cap on every
+    /// workload category (never reached), so each check runs and holds
+    /// nothing back: what the checks cost.
+    #[arg(long, requires = "recipients")]
+    pub rules: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -211,7 +217,7 @@ impl Rig {
             &[]
         };
         if args.recipients > 0 {
-            store_recipients(&data_dir, &key, args.recipients, &sim_url).await?;
+            store_recipients(&data_dir, &key, args.recipients, &sim_url, args.rules).await?;
         }
         let herald = Herald::start(&bin, &data_dir, &sim_url, &key, env).await?;
         Ok(Rig {
@@ -247,18 +253,47 @@ async fn store_recipients(
     key: &str,
     n: u64,
     hooks: &str,
+    rules: bool,
 ) -> anyhow::Result<()> {
     let mut cfg = crate::config::Config::load(None)?;
     cfg.store.data_dir = data_dir.to_path_buf();
     let store = crate::app::open_store(&cfg).await?;
     let tenant =
         crate::app::add_key(store.as_ref(), crate::app::SANDBOX_TENANT, key, "bench").await?;
+    // Quiet hours in the profiles' zone (Europe/Lisbon) starting six hours
+    // from now, an hour long: checked for every delivery, in force for none.
+    let quiet = rules.then(|| {
+        let at = |h: i64| {
+            (chrono::Utc::now() + chrono::Duration::hours(h))
+                .with_timezone(&chrono_tz::Europe::Lisbon)
+                .format("%H:%M")
+                .to_string()
+        };
+        serde_json::json!({"start": at(6), "end": at(7)})
+    });
+    if rules {
+        let caps: serde_json::Map<String, serde_json::Value> = workload::CATEGORIES
+            .iter()
+            .map(|c| {
+                (
+                    (*c).to_owned(),
+                    serde_json::json!({"max": 1_000_000, "per_seconds": 86_400}),
+                )
+            })
+            .collect();
+        let prefs = serde_json::from_value(serde_json::json!({"caps": caps}))?;
+        store.set_tenant_preferences(&tenant, prefs).await?;
+    }
     let started = Instant::now();
     let mut i = 0;
     while i < n {
         let batch = (i..n.min(i + 1_000))
             .map(|m| {
-                let profile = serde_json::from_value(workload::profile(m, hooks))?;
+                let mut p = workload::profile(m, hooks);
+                if let Some(q) = &quiet {
+                    p["quiet_hours"] = q.clone();
+                }
+                let profile = serde_json::from_value(p)?;
                 Ok((workload::recipient_id(m), profile))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -92,6 +92,16 @@ pub fn body(n: u64, kind: Kind, hooks: &str) -> Value {
     }
 }
 
+/// Every category the workloads send (`--rules` caps each).
+pub const CATEGORIES: [&str; 6] = [
+    "2fa",
+    "alert",
+    "marketing",
+    "newsletter",
+    "order-update",
+    "password-reset",
+];
+
 /// The id the bench stores notification `n`'s recipient under.
 pub fn recipient_id(n: u64) -> String {
     format!("r{n}")
