@@ -94,7 +94,12 @@ pub fn metrics() -> PrometheusHandle {
                 })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
-                Ok(h) => h,
+                Ok(h) => {
+                    // Shown as 0 from the start, so an alert on its rate
+                    // has a series before the first failure.
+                    metrics::counter!(STORE_ERRORS).increment(0);
+                    h
+                }
                 // Another recorder is installed (an embedding application's):
                 // keep a detached one so /metrics still answers.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),

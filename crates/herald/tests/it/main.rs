@@ -1,6 +1,7 @@
 //! Herald's integration tests: the real server on port 0, a real SQLite file,
 //! real HTTP, and the vendor simulator standing in for the vendors.
 
+mod alerts;
 mod api;
 mod apns;
 mod bench;
