@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Channel, NotificationRequest, PushToken, Recipient};
-use crate::validate::{check_recipient, is_locale, Errors, Limits};
+use crate::validate::{check_recipient, is_category, is_locale, Errors, Limits, CATEGORY_RULE};
 
 /// The longest recipient id (the tenant's own id for the person).
 pub const MAX_ID_BYTES: usize = 256;
@@ -192,14 +192,6 @@ impl TenantPreferences {
     }
 }
 
-/// A category name as the API takes it (`category`'s rule).
-fn is_category(c: &str) -> bool {
-    !c.is_empty()
-        && c.len() <= 64
-        && c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-}
-
 /// Every rule a recipient's preferences break against the tenant's: known
 /// category names, and no opting out of a required category.
 pub fn validate_preferences(p: &Preferences, tenant: &TenantPreferences) -> Errors {
@@ -207,10 +199,7 @@ pub fn validate_preferences(p: &Preferences, tenant: &TenantPreferences) -> Erro
     for (category, by_channel) in &p.categories {
         let field = format!("categories.{category}");
         if !is_category(category) {
-            errs.add(
-                field,
-                "1 to 64 characters from a-z, A-Z, 0-9, '_', '-', '.'",
-            );
+            errs.add(field, CATEGORY_RULE);
         } else if tenant.required.contains(category) && by_channel.values().any(|on| !on) {
             errs.add(
                 field,
@@ -237,10 +226,7 @@ pub fn validate_tenant_preferences(p: &TenantPreferences) -> Errors {
     }
     for category in p.categories.keys().chain(&p.required).chain(p.caps.keys()) {
         if !is_category(category) {
-            errs.add(
-                format!("categories.{category}"),
-                "1 to 64 characters from a-z, A-Z, 0-9, '_', '-', '.'",
-            );
+            errs.add(format!("categories.{category}"), CATEGORY_RULE);
         }
     }
     errs

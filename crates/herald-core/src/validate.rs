@@ -184,18 +184,8 @@ pub fn validate(
         }
     }
 
-    if let Some(cat) = &req.category {
-        if cat.is_empty()
-            || cat.len() > 64
-            || !cat
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-        {
-            errs.add(
-                "category",
-                "1 to 64 characters from a-z, A-Z, 0-9, '_', '-', '.'",
-            );
-        }
+    if req.category.as_deref().is_some_and(|c| !is_category(c)) {
+        errs.add("category", CATEGORY_RULE);
     }
     if let Some(ttl) = req.ttl_seconds {
         if ttl == 0 || ttl > limits.max_ttl_seconds {
@@ -643,6 +633,18 @@ pub fn check_email(s: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// A notification category's rule, in words.
+pub const CATEGORY_RULE: &str = "1 to 64 characters from a-z, A-Z, 0-9, '_', '-', '.'";
+
+/// A notification category (`category`, and the preferences and caps
+/// keyed by it).
+pub fn is_category(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 64
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 pub fn is_locale(s: &str) -> bool {

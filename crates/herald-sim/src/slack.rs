@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::vendors::{Emulated, Parsed, Rejection};
+use crate::vendors::{summary, with_retry_after, Emulated, Parsed, Rejection};
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (
@@ -22,13 +22,6 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
 
 fn failed(error: &str) -> Response {
     answer(StatusCode::OK, json!({"ok": false, "error": error}))
-}
-
-fn with_retry_after(mut r: Response, retry_after_s: Option<u64>) -> Response {
-    if let Some(v) = retry_after_s.and_then(|s| s.to_string().parse().ok()) {
-        r.headers_mut().insert("retry-after", v);
-    }
-    r
 }
 
 fn text_of(v: &serde_json::Value) -> Option<&str> {
@@ -74,7 +67,7 @@ impl Emulated for PostMessage {
         }
         Ok(Parsed {
             recipient: channel.to_owned(),
-            summary: text.chars().take(80).collect(),
+            summary: summary(text),
         })
     }
 
@@ -138,7 +131,7 @@ impl Emulated for Hook {
             text_of(&v).ok_or_else(|| Box::new(hook_error(StatusCode::BAD_REQUEST, "no_text")))?;
         Ok(Parsed {
             recipient: format!("/services/{}", self.path),
-            summary: text.chars().take(80).collect(),
+            summary: summary(text),
         })
     }
 

@@ -50,7 +50,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
-fn with_retry_after(mut r: Response, retry_after_s: Option<u64>) -> Response {
+pub(crate) fn with_retry_after(mut r: Response, retry_after_s: Option<u64>) -> Response {
     if let Some(s) = retry_after_s {
         if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
             r.headers_mut().insert("retry-after", v);
@@ -68,7 +68,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn summary(s: &str) -> String {
+pub(crate) fn summary(s: &str) -> String {
     s.chars().take(80).collect()
 }
 

@@ -380,12 +380,14 @@ impl<D: Database> Recipients for Db<D> {
         tenant_id: &str,
         id: &str,
         preferences: Preferences,
+        if_version: Option<i64>,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let op = ops::SetPreferences {
             tenant_id: tenant_id.to_owned(),
             id: id.to_owned(),
             preferences,
+            if_version,
             now_ms,
         };
         self.writes.run(op).await

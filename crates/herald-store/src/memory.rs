@@ -370,11 +370,7 @@ impl Intake for MemoryStore {
         let Some(rec) = s.keys.get(&(tenant_id.to_owned(), key.to_owned())) else {
             return Ok(None);
         };
-        let body: serde_json::Value = serde_json::from_str(&rec.response.body)
-            .map_err(|e| StoreError::Corrupt(format!("a stored response: {e}").into()))?;
-        Ok(body["id"]
-            .as_str()
-            .and_then(|id| uuid::Uuid::parse_str(id).ok()))
+        crate::writes::notification_in(&rec.response.body)
     }
 
     async fn notification(
@@ -892,16 +888,18 @@ impl herald_core::store::Recipients for MemoryStore {
         tenant_id: &str,
         id: &str,
         preferences: herald_core::recipient::Preferences,
+        if_version: Option<i64>,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let mut s = self.lock();
         match s.recipients.get_mut(&(tenant_id.to_owned(), id.to_owned())) {
-            Some(r) => {
+            Some(r) if if_version.is_none_or(|v| v == r.version) => {
                 r.preferences = preferences;
+                r.version += 1;
                 r.updated_at_ms = now_ms;
-                Ok(true)
+                Ok(Some(r.version))
             }
-            None => Ok(false),
+            _ => Ok(None),
         }
     }
 

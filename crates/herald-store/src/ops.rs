@@ -192,14 +192,16 @@ pub struct PutRecipients {
 }
 op!(PutRecipients, usize, "put_recipients");
 
-/// A recipient's preferences set; answers whether the recipient exists.
+/// A recipient's preferences set (`if_version`: only over that version);
+/// answers the new version, if written.
 pub struct SetPreferences {
     pub tenant_id: String,
     pub id: String,
     pub preferences: herald_core::recipient::Preferences,
+    pub if_version: Option<i64>,
     pub now_ms: i64,
 }
-op!(SetPreferences, bool, "set_preferences");
+op!(SetPreferences, Option<i64>, "set_preferences");
 
 /// A tenant's default preferences set.
 pub struct SetTenantPreferences {

@@ -383,11 +383,7 @@ pub(crate) async fn notification_for_key<R: Reader>(
     let Some(row) = found.first() else {
         return Ok(None);
     };
-    let body: serde_json::Value = serde_json::from_str(&row.text("response_body")?)
-        .map_err(|e| StoreError::Corrupt(format!("a stored response: {e}").into()))?;
-    Ok(body["id"]
-        .as_str()
-        .and_then(|id| uuid::Uuid::parse_str(id).ok()))
+    crate::writes::notification_in(&row.text("response_body")?)
 }
 
 pub(crate) async fn tenant_preferences<R: Reader>(

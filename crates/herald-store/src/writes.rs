@@ -504,8 +504,15 @@ pub(crate) fn last_of_each<T>(batch: Vec<(String, T)>) -> Vec<(String, T)> {
 
 /// A recipient's profile as stored (JSON text).
 pub(crate) fn profile_json(p: &herald_core::recipient::Profile) -> Result<String, StoreError> {
-    serde_json::to_string(p)
-        .map_err(|e| StoreError::Rejected(format!("a recipient's profile: {e}").into()))
+    to_json(p, "a recipient's profile")
+}
+
+/// The notification a stored idempotent response (`{"id": …}`) names.
+pub(crate) fn notification_in(response_body: &str) -> Result<Option<uuid::Uuid>, StoreError> {
+    let body: serde_json::Value = from_json(response_body, "a stored response")?;
+    Ok(body["id"]
+        .as_str()
+        .and_then(|id| uuid::Uuid::parse_str(id).ok()))
 }
 
 /// A recipient row read back.

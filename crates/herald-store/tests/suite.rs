@@ -1445,14 +1445,29 @@ async fn recipients_are_kept_per_tenant_versioned_and_erased(store: &dyn Store) 
     let prefs: herald_core::recipient::Preferences =
         serde_json::from_value(serde_json::json!({"categories": {"marketing": {"sms": false}}}))
             .expect("prefs");
-    assert!(store
-        .set_preferences("t2", "u-42", prefs.clone(), 7)
-        .await
-        .expect("set"));
-    assert!(!store
-        .set_preferences("t2", "nobody", prefs.clone(), 7)
-        .await
-        .expect("set"));
+    assert_eq!(
+        store
+            .set_preferences("t2", "u-42", prefs.clone(), None, 7)
+            .await
+            .expect("set"),
+        Some(2),
+        "written, the version bumped"
+    );
+    assert_eq!(
+        store
+            .set_preferences("t2", "u-42", Default::default(), Some(1), 7)
+            .await
+            .expect("set"),
+        None,
+        "not over a version since replaced"
+    );
+    assert_eq!(
+        store
+            .set_preferences("t2", "nobody", prefs.clone(), None, 7)
+            .await
+            .expect("set"),
+        None
+    );
     store
         .put_recipient("t2", "u-42", Profile::default(), None, 8)
         .await

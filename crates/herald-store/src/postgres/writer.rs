@@ -490,20 +490,21 @@ impl PgOp for ops::PutRecipients {
 }
 
 impl PgOp for ops::SetPreferences {
-    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<bool, StoreError> {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<Option<i64>, StoreError> {
         let prefs = crate::writes::to_json(&self.preferences, "preferences")?;
-        let done = sqlx::query(
-            "UPDATE recipients SET preferences = $3, updated_at_ms = $4 \
-             WHERE tenant_id = $1 AND id = $2",
+        sqlx::query_scalar(
+            "UPDATE recipients SET preferences = $3, version = version + 1, updated_at_ms = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND ($5::int8 IS NULL OR version = $5) \
+             RETURNING version",
         )
         .bind(&self.tenant_id)
         .bind(&self.id)
         .bind(prefs)
         .bind(self.now_ms)
-        .execute(&mut *tx)
+        .bind(self.if_version)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        .map_err(db_err)
     }
 }
 

@@ -539,16 +539,20 @@ impl SqliteOp for ops::PutRecipients {
 }
 
 impl SqliteOp for ops::SetPreferences {
-    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<bool, StoreError> {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<Option<i64>, StoreError> {
         let prefs = crate::writes::to_json(&self.preferences, "preferences")?;
-        let n = tx
-            .prepare_cached(
-                "UPDATE recipients SET preferences = ?3, updated_at_ms = ?4 \
-                 WHERE tenant_id = ?1 AND id = ?2",
+        tx.prepare_cached(
+            "UPDATE recipients SET preferences = ?3, version = version + 1, updated_at_ms = ?4 \
+             WHERE tenant_id = ?1 AND id = ?2 AND (?5 IS NULL OR version = ?5) RETURNING version",
+        )
+        .and_then(|mut q| {
+            q.query_row(
+                params![self.tenant_id, self.id, prefs, self.now_ms, self.if_version],
+                |r| r.get(0),
             )
-            .and_then(|mut q| q.execute(params![self.tenant_id, self.id, prefs, self.now_ms]))
-            .map_err(sql_err)?;
-        Ok(n > 0)
+            .optional()
+        })
+        .map_err(sql_err)
     }
 }
 

@@ -117,6 +117,26 @@ fn resolve<'a>(
     }
 }
 
+/// A stored recipient a notification names, and the tenant's defaults:
+/// what that person's rules are decided from.
+#[derive(Clone, Copy)]
+struct Person<'a> {
+    recipient: &'a StoredRecipient,
+    defaults: &'a TenantPreferences,
+}
+
+impl<'a> Person<'a> {
+    fn of(
+        recipient: Option<&'a StoredRecipient>,
+        stored: &'a Result<Stored, StoreError>,
+    ) -> Option<Person<'a>> {
+        Some(Person {
+            recipient: recipient?,
+            defaults: &stored.as_ref().ok()?.defaults,
+        })
+    }
+}
+
 /// An email to a stored recipient, of a category the tenant does not
 /// require, carries a one-click unsubscribe link (RFC 8058): handed to the
 /// engine under a `herald_` metadata key no client can set.
@@ -124,20 +144,18 @@ fn with_unsubscribe_link(
     state: &AppState,
     tenant: &str,
     mut req: NotificationRequest,
-    recipient: Option<&StoredRecipient>,
-    stored: &Result<Stored, StoreError>,
+    person: Option<Person<'_>>,
 ) -> NotificationRequest {
-    let (Some(links), Some(r), Some(category), Ok(stored)) =
-        (&state.unsubscribe, recipient, req.category.clone(), stored)
+    let (Some(links), Some(p), Some(category)) = (&state.unsubscribe, person, req.category.clone())
     else {
         return req;
     };
-    if !req.channels.contains(&Channel::Email) || stored.defaults.required.contains(&category) {
+    if !req.channels.contains(&Channel::Email) || p.defaults.required.contains(&category) {
         return req;
     }
     let subject = super::unsubscribe::Subject {
         tenant_id: tenant.to_owned(),
-        recipient_id: r.id.clone(),
+        recipient_id: p.recipient.id.clone(),
         category,
     };
     if let Some(url) = links.url(&subject) {
@@ -153,18 +171,15 @@ fn with_unsubscribe_link(
 /// recipient it names, if any: the store counts it as it stores it.
 fn cap_check(
     req: &NotificationRequest,
-    recipient: Option<&StoredRecipient>,
-    stored: &Result<Stored, StoreError>,
+    person: Option<Person<'_>>,
 ) -> Option<herald_core::store::CapCheck> {
-    let (r, Ok(stored), Some(category)) = (recipient?, stored, req.category.as_ref()) else {
-        return None;
-    };
-    if stored.defaults.required.contains(category) {
+    let (p, category) = (person?, req.category.as_ref()?);
+    if p.defaults.required.contains(category) {
         return None;
     }
-    let cap = stored.defaults.caps.get(category)?;
+    let cap = p.defaults.caps.get(category)?;
     Some(herald_core::store::CapCheck {
-        recipient_id: r.id.clone(),
+        recipient_id: p.recipient.id.clone(),
         category: category.clone(),
         max: cap.max,
         window_ms: i64::try_from(cap.per_seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
@@ -177,23 +192,19 @@ fn cap_check(
 fn quiet_until(
     req: &NotificationRequest,
     channel: Channel,
-    recipient: Option<&StoredRecipient>,
-    stored: &Result<Stored, StoreError>,
+    person: Option<Person<'_>>,
     starts: i64,
 ) -> Option<i64> {
     if matches!(req.priority, Priority::Critical | Priority::High) {
         return None;
     }
-    let (r, Ok(stored)) = (recipient?, stored) else {
-        return None;
-    };
-    let quiet = r
-        .profile
+    let p = person?;
+    let profile = &p.recipient.profile;
+    let quiet = profile
         .quiet_hours
         .as_ref()
-        .or(stored.defaults.quiet_hours.as_ref())?;
-    let tz = r
-        .profile
+        .or(p.defaults.quiet_hours.as_ref())?;
+    let tz = profile
         .timezone
         .as_deref()
         .and_then(|z| z.parse::<chrono_tz::Tz>().ok())
@@ -205,15 +216,11 @@ fn quiet_until(
 fn opted_out(
     req: &NotificationRequest,
     channel: Channel,
-    recipient: Option<&StoredRecipient>,
-    stored: &Result<Stored, StoreError>,
+    person: Option<Person<'_>>,
 ) -> Option<String> {
-    let (r, Ok(stored)) = (recipient?, stored) else {
-        return None;
-    };
-    stored
-        .defaults
-        .allows(&r.preferences, req.category.as_deref(), channel)
+    let p = person?;
+    p.defaults
+        .allows(&p.recipient.preferences, req.category.as_deref(), channel)
         .err()
 }
 
@@ -353,7 +360,8 @@ pub async fn accept(
                 continue;
             }
         };
-        let req = with_unsubscribe_link(state, tenant, req, recipient, &stored);
+        let person = Person::of(recipient, &stored);
+        let req = with_unsubscribe_link(state, tenant, req, person);
         if let Some(k) = &key {
             let Some(g) = state.in_flight.enter(tenant, k) else {
                 out.push(Some(Accepted::Refused(ApiError::KeyInFlight)));
@@ -379,12 +387,12 @@ pub async fn accept(
             .into_iter()
             .map(|d| {
                 let mut held_until_ms = None;
-                let ended = if let Some(why) = opted_out(&req, d.channel, recipient, &stored) {
+                let ended = if let Some(why) = opted_out(&req, d.channel, person) {
                     metrics::counter!(m::PREFERENCE_SUPPRESSED, "channel" => d.channel.as_str())
                         .increment(1);
                     Some((DeliveryState::Suppressed, why))
                 } else {
-                    match quiet_until(&req, d.channel, recipient, &stored, starts) {
+                    match quiet_until(&req, d.channel, person, starts) {
                         Some(until) if expires_at_ms.is_some_and(|e| e <= until) => Some((
                             DeliveryState::Expired,
                             "expired: the recipient's quiet hours end after its TTL".to_owned(),
@@ -410,8 +418,7 @@ pub async fn accept(
             })
             .collect();
         // Only a notification that will send something counts.
-        let cap = cap_check(&req, recipient, &stored)
-            .filter(|_| deliveries.iter().any(|d| d.ended.is_none()));
+        let cap = cap_check(&req, person).filter(|_| deliveries.iter().any(|d| d.ended.is_none()));
         batch.push(NewNotification {
             id,
             tenant_id: tenant.to_owned(),

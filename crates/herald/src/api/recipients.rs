@@ -17,8 +17,8 @@ use herald_core::recipient::{
     check_id, validate_preferences, validate_profile, validate_tenant_preferences, Preferences,
     Profile, StoredRecipient, TenantPreferences,
 };
-use herald_core::store::PutRecipient;
 use herald_core::store::StoreError;
+use herald_core::store::{update_profile, PutRecipient, Updated};
 
 use super::auth::Tenant;
 use super::json::{body, from_value, parse};
@@ -182,25 +182,32 @@ pub async fn patch(
             "a merge patch of a profile is a JSON object",
         ));
     }
-    for _ in 0..PATCH_ROUNDS {
-        let current = stored(&state, &tenant, &id).await?;
-        let mut doc = serde_json::to_value(&current.profile)
-            .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        merge_patch(&mut doc, &patch);
-        let profile: Profile = from_value(doc, "")?;
-        checked(&state, &profile)?;
-        let now = herald_core::now_ms();
-        let written = state
-            .recipients
-            .put_recipient(&tenant, &id, profile.clone(), Some(current.version), now)
-            .await?;
-        if let PutRecipient::Written { version, .. } = written {
-            return Ok(Json(out(id, profile, version, now)));
-        }
+    let patched = update_profile(
+        state.recipients.as_ref(),
+        &tenant,
+        &id,
+        PATCH_ROUNDS,
+        |current| {
+            let mut doc = serde_json::to_value(&current)
+                .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+            merge_patch(&mut doc, &patch);
+            let profile: Profile = from_value(doc, "")?;
+            checked(&state, &profile)?;
+            Ok::<_, ApiError>(Some(profile))
+        },
+    )
+    .await?;
+    match patched {
+        Updated::Written {
+            profile,
+            version,
+            at_ms,
+        } => Ok(Json(out(id, *profile, version, at_ms))),
+        Updated::Missing | Updated::Unchanged => Err(ApiError::NotFound),
+        Updated::Conflict => Err(ApiError::Conflict(
+            "the recipient kept changing while this patch was applied; send it again".into(),
+        )),
     }
-    Err(ApiError::Conflict(
-        "the recipient kept changing while this patch was applied; send it again".into(),
-    ))
 }
 
 /// Erase a recipient (a right-to-erasure request): the profile and every
@@ -295,11 +302,11 @@ pub async fn put_preferences(
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let found = state
+    let written = state
         .recipients
-        .set_preferences(&tenant, &id, prefs.clone(), herald_core::now_ms())
+        .set_preferences(&tenant, &id, prefs.clone(), None, herald_core::now_ms())
         .await?;
-    if found {
+    if written.is_some() {
         Ok(Json(prefs))
     } else {
         Err(ApiError::NotFound)

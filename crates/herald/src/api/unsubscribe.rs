@@ -213,7 +213,8 @@ pub async fn confirm(
 }
 
 /// Sets the recipient's preference for the category by email to off
-/// (read, change, write; tried again if the preferences moved meanwhile).
+/// (read, change, write over the version read; read again if the
+/// recipient changed meanwhile).
 async fn opt_out(state: &AppState, s: &Subject) -> Result<(), ApiError> {
     for _ in 0..3 {
         let Some(r) = state
@@ -232,24 +233,18 @@ async fn opt_out(state: &AppState, s: &Subject) -> Result<(), ApiError> {
             return Ok(());
         }
         by_channel.insert(Channel::Email, false);
-        state
+        // Only over the version read: a write in between is read again.
+        let written = state
             .recipients
-            .set_preferences(&s.tenant_id, &s.recipient_id, prefs, herald_core::now_ms())
+            .set_preferences(
+                &s.tenant_id,
+                &s.recipient_id,
+                prefs,
+                Some(r.version),
+                herald_core::now_ms(),
+            )
             .await?;
-        // Read back: another write of the preferences in between would
-        // have replaced this one.
-        let now = state
-            .recipients
-            .recipients(&s.tenant_id, std::slice::from_ref(&s.recipient_id))
-            .await?;
-        let held = now.first().is_none_or(|r| {
-            r.preferences
-                .categories
-                .get(&s.category)
-                .and_then(|c| c.get(&Channel::Email))
-                == Some(&false)
-        });
-        if held {
+        if written.is_some() {
             tracing::info!(tenant = %s.tenant_id, category = %s.category, "a recipient unsubscribed by one click");
             return Ok(());
         }

@@ -329,39 +329,17 @@ async fn screen(screen: &Screen, d: &ClaimedDelivery, address: &Address) -> Opti
 /// notification named, so later notifications by id do not fan out to it
 /// (bounded; a profile changed meanwhile is read again, a few times).
 async fn forget_device(screen: &Screen, tenant: &str, id: &str, token: &str) {
-    let work = async {
-        for _ in 0..3 {
-            let Some(r) = screen
-                .recipients
-                .recipients(tenant, &[id.to_owned()])
-                .await?
-                .into_iter()
-                .next()
-            else {
-                return Ok(false);
-            };
-            let mut profile = r.profile;
-            let before = profile.push_tokens.len();
-            profile
-                .push_tokens
-                .retain(|t| t.token.trim() != token.trim());
-            if profile.push_tokens.len() == before {
-                return Ok(false);
-            }
-            let now = herald_core::now_ms();
-            let put = screen
-                .recipients
-                .put_recipient(tenant, id, profile, Some(r.version), now)
-                .await?;
-            if matches!(put, herald_core::store::PutRecipient::Written { .. }) {
-                return Ok(true);
-            }
-        }
-        Ok::<bool, herald_core::store::StoreError>(false)
-    };
+    use herald_core::store::{update_profile, StoreError, Updated};
+    let work = update_profile(screen.recipients.as_ref(), tenant, id, 3, |mut p| {
+        let before = p.push_tokens.len();
+        p.push_tokens.retain(|t| t.token.trim() != token.trim());
+        Ok::<_, StoreError>((p.push_tokens.len() < before).then_some(p))
+    });
     match tokio::time::timeout(SUPPRESS_TIMEOUT, work).await {
-        Ok(Ok(true)) => tracing::info!("a dead push token was taken off its recipient's devices"),
-        Ok(Ok(false)) => {}
+        Ok(Ok(Updated::Written { .. })) => {
+            tracing::info!("a dead push token was taken off its recipient's devices")
+        }
+        Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not take a dead push token off its recipient")
         }
