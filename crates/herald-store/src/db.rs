@@ -18,6 +18,7 @@ use herald_core::store::{Callback, PutRecipient, ReceiptApplied, Receipts, Recip
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
+use herald_core::store::{KeyGrant, Scopes};
 use herald_core::suppression::Suppression;
 
 use crate::ops;
@@ -241,8 +242,8 @@ impl<D: Database> Tenants for Db<D> {
         reads::tenant_id(&self.reads, name).await
     }
 
-    async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
-        reads::tenant_for_key(&self.reads, key_hash).await
+    async fn key_grant(&self, key_hash: &[u8]) -> Result<Option<KeyGrant>, StoreError> {
+        reads::key_grant(&self.reads, key_hash).await
     }
 
     async fn add_api_key(
@@ -250,11 +251,13 @@ impl<D: Database> Tenants for Db<D> {
         tenant_name: &str,
         key_hash: &[u8],
         label: &str,
+        scopes: Scopes,
     ) -> Result<String, StoreError> {
         let op = ops::AddKey {
             tenant_name: tenant_name.to_owned(),
             key_hash: key_hash.to_vec(),
             label: label.to_owned(),
+            scopes,
         };
         self.writes.run(op).await
     }

@@ -23,6 +23,7 @@ use herald_core::store::{
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
+use herald_core::store::{KeyGrant, Scopes};
 use herald_core::store::{ReceiptApplied, ReceiptView, Receipts};
 use herald_core::suppression::Suppression;
 
@@ -48,7 +49,7 @@ struct State {
     outbox: BTreeMap<i64, (OutboxEvent, Option<i64>, i64)>,
     relay: Option<(String, i64)>,
     tenants: HashMap<String, String>,
-    api_keys: HashMap<Vec<u8>, String>,
+    api_keys: HashMap<Vec<u8>, KeyGrant>,
     /// Tenants' callbacks, by tenant id.
     callbacks: HashMap<String, herald_core::store::Callback>,
     tenant_preferences: HashMap<String, herald_core::recipient::TenantPreferences>,
@@ -944,7 +945,7 @@ impl Tenants for MemoryStore {
         Ok(self.lock().tenants.get(name).cloned())
     }
 
-    async fn tenant_for_key(&self, key_hash: &[u8]) -> Result<Option<String>, StoreError> {
+    async fn key_grant(&self, key_hash: &[u8]) -> Result<Option<KeyGrant>, StoreError> {
         Ok(self.lock().api_keys.get(key_hash).cloned())
     }
 
@@ -953,6 +954,7 @@ impl Tenants for MemoryStore {
         tenant_name: &str,
         key_hash: &[u8],
         _label: &str,
+        scopes: Scopes,
     ) -> Result<String, StoreError> {
         let mut s = self.lock();
         let tenant = s
@@ -962,7 +964,10 @@ impl Tenants for MemoryStore {
             .clone();
         s.api_keys
             .entry(key_hash.to_vec())
-            .or_insert_with(|| tenant.clone());
+            .or_insert_with(|| KeyGrant {
+                tenant_id: tenant.clone(),
+                scopes,
+            });
         Ok(tenant)
     }
 

@@ -83,6 +83,7 @@ pub struct AddKey {
     pub tenant_name: String,
     pub key_hash: Vec<u8>,
     pub label: String,
+    pub scopes: herald_core::store::Scopes,
 }
 op!(AddKey, String, "add_key");
 

@@ -12,6 +12,7 @@ use herald_core::store::{
     DeliverySummary, LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
     SuppressionChange, SuppressionCursor, SuppressionFilter,
 };
+use herald_core::store::{KeyGrant, Scopes};
 use herald_core::suppression::Suppression;
 
 use crate::rows::{self, Columns};
@@ -433,17 +434,29 @@ pub(crate) async fn recipients<R: Reader>(
     Ok(out)
 }
 
-pub(crate) async fn tenant_for_key<R: Reader>(
+pub(crate) async fn key_grant<R: Reader>(
     r: &R,
     key_hash: &[u8],
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<KeyGrant>, StoreError> {
     let found = r
         .rows(
-            "SELECT tenant_id FROM api_keys WHERE key_hash = $1",
+            "SELECT tenant_id, scopes FROM api_keys WHERE key_hash = $1",
             vec![Arg::Bytes(key_hash.to_vec())],
         )
         .await?;
-    found.first().map(|row| row.text("tenant_id")).transpose()
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    // A key made before scopes (NULL) keeps every scope.
+    let scopes = match row.opt_text("scopes")? {
+        None => Scopes::ALL,
+        Some(list) => Scopes::parse(&list)
+            .map_err(|e| StoreError::Corrupt(format!("api key scopes: {e}").into()))?,
+    };
+    Ok(Some(KeyGrant {
+        tenant_id: row.text("tenant_id")?,
+        scopes,
+    }))
 }
 
 /// The database answers a read.

@@ -14,6 +14,7 @@ use herald_core::store::{
     ReplayOutcome, StoredResponse,
 };
 use herald_core::store::{ChangeCursor, SuppressionCursor, SuppressionFilter};
+use herald_core::store::{KeyGrant, Scopes};
 use herald_core::store::{NotificationView, ReceiptApplied};
 use herald_core::suppression::{Suppression, SuppressionReason};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
@@ -453,19 +454,77 @@ async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
 
 async fn api_keys(store: &dyn Store) {
     let t = store
-        .add_api_key("acme", b"hash-1", "ci")
+        .add_api_key("acme", b"hash-1", "ci", Scopes::ALL)
         .await
         .expect("add");
+    let send_read = Scopes::SEND.union(Scopes::READ);
     let t2 = store
-        .add_api_key("acme", b"hash-2", "ci")
+        .add_api_key("acme", b"hash-2", "ci", send_read)
         .await
         .expect("add");
     assert_eq!(t, t2, "same tenant by name");
     assert_eq!(
-        store.tenant_for_key(b"hash-2").await.expect("read"),
-        Some(t)
+        store.key_grant(b"hash-2").await.expect("read"),
+        Some(KeyGrant {
+            tenant_id: t.clone(),
+            scopes: send_read
+        })
     );
-    assert_eq!(store.tenant_for_key(b"nope").await.expect("read"), None);
+    assert_eq!(
+        store.key_grant(b"hash-1").await.expect("read"),
+        Some(KeyGrant {
+            tenant_id: t,
+            scopes: Scopes::ALL
+        })
+    );
+    assert_eq!(store.key_grant(b"nope").await.expect("read"), None);
+}
+
+/// A key stored before keys had scopes (the column NULL) keeps every scope.
+async fn a_key_made_before_scopes_keeps_every_scope(store: &dyn Store) {
+    let grant = store
+        .key_grant(b"old")
+        .await
+        .expect("read")
+        .expect("the key");
+    assert_eq!(grant.scopes, Scopes::ALL);
+}
+
+#[tokio::test]
+async fn sqlite_a_key_made_before_scopes_keeps_every_scope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = sqlite(&dir).await;
+    store
+        .add_api_key("acme", b"old", "ci", Scopes::SEND)
+        .await
+        .expect("add");
+    let db = rusqlite::Connection::open(dir.path().join("herald.db")).expect("open");
+    db.execute("UPDATE api_keys SET scopes = NULL", [])
+        .expect("as before scopes");
+    a_key_made_before_scopes_keeps_every_scope(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_a_key_made_before_scopes_keeps_every_scope() {
+    let check = "key_before_scopes";
+    let Some(store) = postgres(check).await else {
+        return;
+    };
+    store
+        .add_api_key("acme", b"old", "ci", Scopes::SEND)
+        .await
+        .expect("add");
+    let admin = sqlx::PgPool::connect(&postgres_url().expect("url"))
+        .await
+        .expect("connect");
+    sqlx::query(&format!(
+        "UPDATE {}.api_keys SET scopes = NULL",
+        schema(check)
+    ))
+    .execute(&admin)
+    .await
+    .expect("as before scopes");
+    a_key_made_before_scopes_keeps_every_scope(&store).await;
 }
 
 async fn failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt(store: &dyn Store) {
@@ -1492,7 +1551,7 @@ async fn recipients_are_kept_per_tenant_versioned_and_erased(store: &dyn Store) 
     )
     .expect("defaults");
     let t2 = store
-        .add_api_key("tenant-two", b"k2", "test")
+        .add_api_key("tenant-two", b"k2", "test", Scopes::ALL)
         .await
         .expect("tenant");
     store

@@ -10,7 +10,7 @@ use herald_bus::kafka::{KafkaBus, KafkaOptions, KafkaProbe, Relay};
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
 use herald_core::status::{BusHealth, Throughput};
-use herald_core::store::{Reports, Store, Tenants};
+use herald_core::store::{Reports, Scopes, Store, Tenants};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -145,15 +145,17 @@ fn bus(
     Ok(Arc::new(bus))
 }
 
-/// Adds an API key for a tenant (creating the tenant if needed).
+/// Adds an API key with `scopes` for a tenant (creating the tenant if
+/// needed).
 pub async fn add_key(
     tenants: &dyn Tenants,
     tenant: &str,
     key: &str,
     label: &str,
+    scopes: Scopes,
 ) -> anyhow::Result<String> {
     Ok(tenants
-        .add_api_key(tenant, &api::hash_key(key), label)
+        .add_api_key(tenant, &api::hash_key(key), label, scopes)
         .await?)
 }
 
@@ -213,7 +215,7 @@ impl Running {
         let reports: Arc<dyn Reports> = backend.clone();
         let store: Arc<dyn Store> = backend;
         if let Some(k) = dev_key {
-            add_key(store.as_ref(), SANDBOX_TENANT, k, "sandbox").await?;
+            add_key(store.as_ref(), SANDBOX_TENANT, k, "sandbox", Scopes::ALL).await?;
         }
         let lease = Duration::from_secs(cfg.engine.lease_seconds);
         let stop_fleet = CancellationToken::new();

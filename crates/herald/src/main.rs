@@ -1,5 +1,6 @@
 //! `herald`: the notification engine's one binary.
 
+use herald_core::store::Scopes;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -236,9 +237,20 @@ enum KeysCommand {
         /// make a new, empty one the server never reads.
         #[arg(long)]
         init: bool,
+        /// What the key may do: `send` (create and cancel notifications,
+        /// keep recipients), `read` (look), `admin` (replay dead letters,
+        /// change lists and callbacks, hold circuits, sign in to the
+        /// console); comma-separated or repeated. Without it the key has
+        /// all three, as every key made before scopes.
+        #[arg(long = "scope", value_name = "SCOPES", value_parser = parse_scopes)]
+        scopes: Vec<Scopes>,
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+fn parse_scopes(list: &str) -> Result<Scopes, String> {
+    Scopes::parse(list)
 }
 
 fn main() -> std::process::ExitCode {
@@ -309,6 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 KeysCommand::Create {
                     tenant,
                     init,
+                    scopes,
                     store,
                 },
         } => {
@@ -323,8 +336,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 app::open_existing_store(&cfg).await?
             };
             let key = herald::api::generate_key();
-            let id = app::add_key(s.as_ref(), name, &key, "cli").await?;
-            eprintln!("created a key for tenant {name} ({id}); it is shown once:");
+            let scopes = scopes
+                .into_iter()
+                .reduce(Scopes::union)
+                .unwrap_or(Scopes::ALL);
+            let id = app::add_key(s.as_ref(), name, &key, "cli", scopes).await?;
+            eprintln!(
+                "created a key for tenant {name} ({id}) with scopes {scopes}; it is shown once:"
+            );
             println!("{key}");
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -1393,13 +1393,14 @@ async fn add_key(tx: &mut PgConnection, a: &ops::AddKey) -> Result<String, Store
         .await
         .map_err(db_err)?;
     sqlx::query(
-        "INSERT INTO api_keys (key_hash, tenant_id, label, created_at_ms) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO api_keys (key_hash, tenant_id, label, created_at_ms, scopes) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (key_hash) DO NOTHING",
     )
     .bind(&a.key_hash)
     .bind(&tenant_id)
     .bind(&a.label)
     .bind(now)
+    .bind(a.scopes.to_string())
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;

@@ -1215,9 +1215,9 @@ fn add_key(tx: &Transaction<'_>, a: &ops::AddKey) -> Result<String, StoreError> 
         )
         .map_err(sql_err)?;
     tx.execute(
-        "INSERT INTO api_keys (key_hash, tenant_id, label, created_at_ms) VALUES (?1, ?2, ?3, ?4) \
+        "INSERT INTO api_keys (key_hash, tenant_id, label, created_at_ms, scopes) VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (key_hash) DO NOTHING",
-        params![a.key_hash, tenant_id, a.label, now],
+        params![a.key_hash, tenant_id, a.label, now, a.scopes.to_string()],
     )
     .map_err(sql_err)?;
     Ok(tenant_id)

@@ -13,7 +13,7 @@ use herald_core::model::DeliveryState;
 use herald_core::store::Callback;
 use herald_core::validate::{check_webhook_url, Errors};
 
-use super::auth::Tenant;
+use super::auth::{Admin, Reader};
 use super::json::{body, parse};
 use super::problem::ApiError;
 use super::types::{CallbackIn, CallbackOut};
@@ -47,6 +47,7 @@ fn out(c: Callback) -> CallbackOut {
     responses(
         (status = 200, description = "The callback", body = CallbackOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "The tenant has no callback", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -54,7 +55,7 @@ fn out(c: Callback) -> CallbackOut {
 )]
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
 ) -> Result<Json<CallbackOut>, ApiError> {
     match state.tenants.callback(&tenant).await? {
         Some(c) => Ok(Json(out(c))),
@@ -75,6 +76,7 @@ pub async fn get(
         (status = 200, description = "Set", body = CallbackOut),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "The URL or an event is not one Herald can use", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -82,7 +84,7 @@ pub async fn get(
 )]
 pub async fn put(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Admin(tenant): Admin,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CallbackOut>, ApiError> {
@@ -141,6 +143,7 @@ pub async fn put(
     responses(
         (status = 204, description = "Removed"),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "The tenant has no callback", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -148,7 +151,7 @@ pub async fn put(
 )]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Admin(tenant): Admin,
 ) -> Result<StatusCode, ApiError> {
     if state.tenants.callback(&tenant).await?.is_none() {
         return Err(ApiError::NotFound);

@@ -15,7 +15,7 @@ use herald_core::store::StoredResponse;
 use herald_core::validate::check_idempotency_key;
 
 use super::accept::{accept, Accepted, Trace};
-use super::auth::Tenant;
+use super::auth::{Reader, Sender};
 use super::json::{body, parse, query_args};
 use super::problem::{problem_response, ApiError};
 use super::types::{self, BatchItem, BatchOut, CancelOut, NotificationOut};
@@ -47,6 +47,7 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             headers(("Location" = String, description = "The notification's status URL"))),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 409, description = "A request with this Idempotency-Key is still being processed", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks a rule (errors names each), or the key was used with another body", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Throttled,
@@ -56,7 +57,7 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 )]
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -116,6 +117,7 @@ struct BatchBody {
         (status = 200, description = "One result per item", body = BatchOut),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "The batch is empty, too large or not of this shape", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Throttled,
         super::problem::Unavailable,
@@ -124,7 +126,7 @@ struct BatchBody {
 )]
 pub async fn batch(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -198,6 +200,7 @@ pub async fn batch(
     responses(
         (status = 200, description = "The notification", body = NotificationOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No such notification for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -205,7 +208,7 @@ pub async fn batch(
 )]
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<NotificationOut>, ApiError> {
     // An id that is not a UUID (or not even UTF-8) cannot exist: the same
@@ -235,6 +238,7 @@ pub async fn get(
     responses(
         (status = 200, description = "Each delivery as the cancel left it", body = CancelOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No such notification for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -242,7 +246,7 @@ pub async fn get(
 )]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CancelOut>, ApiError> {
     let Ok(Path(id)) = id else {
@@ -269,6 +273,7 @@ struct ByKey {
     responses(
         (status = 200, description = "Each delivery as the cancel left it", body = CancelOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No notification made with this key for this tenant (or the key has been purged)", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "No idempotency_key given, or not a valid one", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
@@ -277,7 +282,7 @@ struct ByKey {
 )]
 pub async fn cancel_by_key(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     RawQuery(query): RawQuery,
 ) -> Result<Json<CancelOut>, ApiError> {
     let args: ByKey = query_args(query.as_deref().unwrap_or(""))?;

@@ -15,6 +15,8 @@ pub enum ApiError {
     Invalid(Errors),
     #[error("a valid API key is required")]
     Unauthorized,
+    #[error("this API key does not have the {0} scope")]
+    Forbidden(herald_core::store::Scopes),
     #[error("not found")]
     NotFound,
     #[error("the request body is larger than {0} bytes")]
@@ -103,6 +105,15 @@ pub enum BodyRefused {
 )]
 pub struct Unauthorized(pub Problem);
 
+/// `403`, for the OpenAPI document of every endpoint that takes a key.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 403,
+    description = "The API key does not have the scope this operation needs (send, read or admin)",
+    content_type = "application/problem+json"
+)]
+pub struct Forbidden(pub Problem);
+
 /// `429`, for the OpenAPI document of the endpoints that take notifications.
 #[derive(utoipa::IntoResponses)]
 #[response(
@@ -136,6 +147,7 @@ impl ApiError {
                 "Invalid request",
             ),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -20,7 +20,7 @@ use herald_core::recipient::{
 use herald_core::store::StoreError;
 use herald_core::store::{update_profile, PutRecipient, Updated};
 
-use super::auth::Tenant;
+use super::auth::{Admin, Reader, Sender};
 use super::json::{body, from_value, parse};
 use super::problem::ApiError;
 use super::types::{ErasedOut, RecipientOut};
@@ -88,6 +88,7 @@ async fn stored(state: &AppState, tenant: &str, id: &str) -> Result<StoredRecipi
         (status = 201, description = "Created", body = RecipientOut),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "An address, the locale, the time zone or the data is not one Herald can use", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -95,7 +96,7 @@ async fn stored(state: &AppState, tenant: &str, id: &str) -> Result<StoredRecipi
 )]
 pub async fn put(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -130,6 +131,7 @@ pub async fn put(
     responses(
         (status = 200, description = "The recipient", body = RecipientOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No recipient with this id", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -137,7 +139,7 @@ pub async fn put(
 )]
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RecipientOut>, ApiError> {
     let id = recipient_id(id)?;
@@ -159,6 +161,7 @@ pub async fn get(
         (status = 200, description = "Changed", body = RecipientOut),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No recipient with this id", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Other writes kept coming between this one's read and write; try again", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The patched profile is not one Herald can use", body = super::problem::Problem, content_type = "application/problem+json"),
@@ -168,7 +171,7 @@ pub async fn get(
 )]
 pub async fn patch(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -223,6 +226,7 @@ pub async fn patch(
     responses(
         (status = 200, description = "Erased; what was removed", body = ErasedOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No recipient with this id", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -230,7 +234,7 @@ pub async fn patch(
 )]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ErasedOut>, ApiError> {
     let id = recipient_id(id)?;
@@ -252,6 +256,7 @@ pub async fn delete(
     responses(
         (status = 200, description = "The preferences (empty when none were set)", body = Preferences),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No recipient with this id", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -259,7 +264,7 @@ pub async fn delete(
 )]
 pub async fn get_preferences(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Preferences>, ApiError> {
     let id = recipient_id(id)?;
@@ -281,6 +286,7 @@ pub async fn get_preferences(
         (status = 200, description = "Set", body = Preferences),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No recipient with this id", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A category name Herald cannot use, or an opt-out of a required category", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
@@ -289,7 +295,7 @@ pub async fn get_preferences(
 )]
 pub async fn put_preferences(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Sender(tenant): Sender,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -321,13 +327,14 @@ pub async fn put_preferences(
     responses(
         (status = 200, description = "The defaults (empty when none were set)", body = TenantPreferences),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
 pub async fn get_defaults(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
 ) -> Result<Json<TenantPreferences>, ApiError> {
     Ok(Json(state.recipients.tenant_preferences(&tenant).await?))
 }
@@ -345,6 +352,7 @@ pub async fn get_defaults(
         (status = 200, description = "Set", body = TenantPreferences),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "A category name Herald cannot use", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -352,7 +360,7 @@ pub async fn get_defaults(
 )]
 pub async fn put_defaults(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Admin(tenant): Admin,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TenantPreferences>, ApiError> {

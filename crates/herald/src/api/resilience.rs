@@ -14,7 +14,7 @@ use herald_core::model::Channel;
 use herald_core::store::{DeadLetterFilter, ReplayOutcome};
 use serde::Deserialize;
 
-use super::auth::Tenant;
+use super::auth::{Admin, Reader};
 use super::json::{body, parse, query_args};
 use super::problem::ApiError;
 use super::types::{
@@ -32,13 +32,14 @@ use crate::dlq;
     responses(
         (status = 200, description = "The providers", body = ProvidersOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         super::problem::Unavailable,
     ),
     security(("api_key" = []))
 )]
 pub async fn providers(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
 ) -> Json<ProvidersOut> {
     let now = herald_core::now_ms();
     let providers = state
@@ -107,6 +108,7 @@ impl FilterArgs {
     responses(
         (status = 200, description = "A page", body = DeadLettersOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "A parameter is unknown, repeated or out of range", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -114,7 +116,7 @@ impl FilterArgs {
 )]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeadLettersOut>, ApiError> {
     let args: FilterArgs = query_args(query.as_deref().unwrap_or(""))?;
@@ -150,6 +152,7 @@ pub async fn list(
     responses(
         (status = 202, description = "Queued again", body = Replayed),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "No such delivery for this tenant", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The delivery is not dead", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
@@ -158,7 +161,7 @@ pub async fn list(
 )]
 pub async fn replay_one(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Admin(tenant): Admin,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Ok(Path(id)) = id else {
@@ -193,6 +196,7 @@ pub async fn replay_one(
         (status = 200, description = "How many were queued again", body = ReplayedMany),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "A filter field is unknown or out of range", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -200,7 +204,7 @@ pub async fn replay_one(
 )]
 pub async fn replay_many(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Admin(tenant): Admin,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ReplayedMany>, ApiError> {

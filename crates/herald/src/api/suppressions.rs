@@ -17,7 +17,7 @@ use herald_core::suppression::{check_address, normalize, Suppression, Suppressio
 use herald_core::validate::Errors;
 use serde::Deserialize;
 
-use super::auth::Tenant;
+use super::auth::{Admin, Reader};
 use super::json::{body, parse, query_args};
 use super::problem::ApiError;
 use super::types::{SuppressionIn, SuppressionOut, SuppressionsOut};
@@ -60,6 +60,7 @@ struct LiftArgs {
     responses(
         (status = 200, description = "A page", body = SuppressionsOut),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "A parameter is unknown, repeated or out of range", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -67,7 +68,7 @@ struct LiftArgs {
 )]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Reader(tenant): Reader,
     RawQuery(query): RawQuery,
 ) -> Result<Json<SuppressionsOut>, ApiError> {
     let args: ListArgs = query_args(query.as_deref().unwrap_or(""))?;
@@ -131,6 +132,7 @@ pub async fn list(
         (status = 200, description = "It was listed already; its reason and note are the new ones", body = SuppressionOut),
         super::problem::BodyRefused,
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 422, description = "A field is missing or invalid", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
     ),
@@ -138,7 +140,7 @@ pub async fn list(
 )]
 pub async fn put(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Admin(tenant): Admin,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -195,6 +197,7 @@ pub async fn put(
     responses(
         (status = 204, description = "Lifted"),
         super::problem::Unauthorized,
+        super::problem::Forbidden,
         (status = 404, description = "The address is not on the tenant's list", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A parameter is missing, unknown or repeated", body = super::problem::Problem, content_type = "application/problem+json"),
         super::problem::Unavailable,
@@ -203,7 +206,7 @@ pub async fn put(
 )]
 pub async fn lift(
     State(state): State<Arc<AppState>>,
-    Tenant(tenant): Tenant,
+    Admin(tenant): Admin,
     RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
     let args: LiftArgs = query_args(query.as_deref().unwrap_or(""))?;

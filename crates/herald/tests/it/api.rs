@@ -62,6 +62,66 @@ async fn auth_is_required_and_checked() {
     assert_eq!(basic.status(), 401);
 }
 
+/// A key does what its scopes allow and is refused the rest with a 403
+/// that names the scope it lacks; the tenant is the key's either way.
+#[tokio::test]
+async fn a_key_does_only_what_its_scopes_allow() {
+    use herald_core::store::Scopes;
+    let s = TestServer::start().await;
+    let sender = s.key_with("sandbox", Scopes::SEND).await;
+    let reader = s.key_with("sandbox", Scopes::READ).await;
+    let admin = s.key_with("sandbox", Scopes::ADMIN).await;
+
+    let (st, _, v) = s
+        .post_as(&sender, "/v1/notifications", &email("scoped"), None)
+        .await;
+    assert_eq!(st, 202, "a send key sends: {v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let path = format!("/v1/notifications/{id}");
+
+    let resp = s
+        .http
+        .get(format!("{}{path}", s.base))
+        .bearer_auth(&sender)
+        .send()
+        .await
+        .expect("sent");
+    let (st, h, v) = decode(resp).await;
+    assert_problem(&h, &v, 403, "forbidden");
+    assert_eq!(st, 403);
+    assert!(v["detail"].as_str().unwrap().contains("read"), "{v}");
+
+    let (st, v) = s.get_as(&reader, &path).await;
+    assert_eq!(st, 200, "a read key reads the send key's notification: {v}");
+    let (st, _, v) = s
+        .post_as(&reader, "/v1/notifications", &email("no"), None)
+        .await;
+    assert_eq!(st, 403, "a read key does not send: {v}");
+    assert!(v["detail"].as_str().unwrap().contains("send"), "{v}");
+
+    // Replaying dead letters and changing callbacks are the admin's.
+    for key in [&sender, &reader] {
+        let (st, _, v) = s
+            .post_as(key, "/v1/dead-letters/replay", &json!({}), None)
+            .await;
+        assert_eq!(st, 403, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains("admin"), "{v}");
+    }
+    let (st, _, v) = s
+        .post_as(&admin, "/v1/dead-letters/replay", &json!({}), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.get_as(&admin, &path).await;
+    assert_eq!(st, 403, "admin alone does not read notifications: {v}");
+
+    // The sandbox's key, made as every key before scopes, does it all.
+    let (st, _) = s.get(&path).await;
+    assert_eq!(st, 200);
+    // An unknown key is still a 401, not a 403.
+    let (st, _) = s.get_as("hrld_unknown", &path).await;
+    assert_eq!(st, 401);
+}
+
 #[tokio::test]
 async fn validation_names_the_field_and_the_reason() {
     let s = TestServer::start().await;

@@ -75,6 +75,27 @@ async fn the_binary_serves_stops_cleanly_and_keeps_its_data() {
 
     let acme = create_key("acme", &["--data-dir".as_ref(), dir.path().as_os_str()]).await;
     assert!(acme.starts_with("hrld_") && acme.len() > 40, "{acme}");
+    let sender = create_key(
+        "sandbox",
+        &[
+            "--scope".as_ref(),
+            "send".as_ref(),
+            "--data-dir".as_ref(),
+            dir.path().as_os_str(),
+        ],
+    )
+    .await;
+    let refused = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["keys", "create", "--tenant", "acme", "--scope", "send,root"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("runs");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("\"root\""), "names the unknown scope: {err}");
+    assert!(refused.stdout.is_empty(), "no key printed");
 
     let (child, base) = serve(dir.path()).await;
     let view_url = format!("{base}/v1/notifications/{id}");
@@ -96,6 +117,15 @@ async fn the_binary_serves_stops_cleanly_and_keeps_its_data() {
     )
     .await;
     assert_eq!(st, 404, "another tenant cannot see it");
+    let (st, _, _) = decode(
+        http.get(&view_url)
+            .bearer_auth(&sender)
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(st, 403, "a key made with --scope send does not read");
     let resp = http
         .post(format!("{base}/v1/notifications"))
         .bearer_auth(&acme)
@@ -167,7 +197,7 @@ async fn dlq_lists_and_replays_from_the_command_line() {
     };
     let store = herald::app::open_store(&cfg).await.expect("store");
     let acme = store
-        .add_api_key("acme", b"k", "test")
+        .add_api_key("acme", b"k", "test", herald_core::store::Scopes::ALL)
         .await
         .expect("tenant");
     let mut dead = Vec::new();

@@ -350,7 +350,7 @@ async fn recipients_are_imported_from_json_lines_and_csv() {
     };
     let store = herald::app::open_store(&cfg).await.expect("store");
     let tenant = store
-        .add_api_key("acme", b"k", "test")
+        .add_api_key("acme", b"k", "test", herald_core::store::Scopes::ALL)
         .await
         .expect("tenant");
     drop(store);

@@ -362,7 +362,7 @@ async fn the_cli_keeps_the_same_list() {
     };
     let store = herald::app::open_store(&cfg).await.expect("store");
     store
-        .add_api_key("acme", b"k", "test")
+        .add_api_key("acme", b"k", "test", herald_core::store::Scopes::ALL)
         .await
         .expect("tenant");
     drop(store);

@@ -97,9 +97,14 @@ impl TestServer {
 
     /// A key for another tenant.
     pub async fn key_for(&self, tenant: &str) -> String {
+        self.key_with(tenant, herald_core::store::Scopes::ALL).await
+    }
+
+    /// A key for `tenant` with only `scopes`.
+    pub async fn key_with(&self, tenant: &str, scopes: herald_core::store::Scopes) -> String {
         let key = herald::api::generate_key();
         let store = &self.running.as_ref().expect("running").store;
-        herald::app::add_key(store.as_ref(), tenant, &key, "test")
+        herald::app::add_key(store.as_ref(), tenant, &key, "test", scopes)
             .await
             .expect("key added");
         key

@@ -258,8 +258,14 @@ async fn store_recipients(
     let mut cfg = crate::config::Config::load(None)?;
     cfg.store.data_dir = data_dir.to_path_buf();
     let store = crate::app::open_store(&cfg).await?;
-    let tenant =
-        crate::app::add_key(store.as_ref(), crate::app::SANDBOX_TENANT, key, "bench").await?;
+    let tenant = crate::app::add_key(
+        store.as_ref(),
+        crate::app::SANDBOX_TENANT,
+        key,
+        "bench",
+        herald_core::store::Scopes::ALL,
+    )
+    .await?;
     // Quiet hours in the profiles' zone (Europe/Lisbon) starting six hours
     // from now, an hour long: checked for every delivery, in force for none.
     let quiet = rules.then(|| {
