@@ -116,13 +116,13 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_print_by_name() {
-        assert_eq!(Scopes::parse("send").unwrap(), Scopes::SEND);
-        let sr = Scopes::parse(" read , send").unwrap();
+        assert_eq!(Scopes::parse("send").expect("scopes"), Scopes::SEND);
+        let sr = Scopes::parse(" read , send").expect("scopes");
         assert!(sr.allows(Scopes::SEND) && sr.allows(Scopes::READ));
         assert!(!sr.allows(Scopes::ADMIN));
         assert_eq!(sr.to_string(), "send,read");
-        assert_eq!(Scopes::parse("send,read,admin").unwrap(), Scopes::ALL);
-        assert!(Scopes::parse("root").unwrap_err().contains("\"root\""));
+        assert_eq!(Scopes::parse("send,read,admin").expect("scopes"), Scopes::ALL);
+        assert!(Scopes::parse("root").expect_err("unknown").contains("\"root\""));
         assert!(Scopes::parse("").is_err());
         assert!(Scopes::parse("send,").is_err());
     }
