@@ -121,8 +121,13 @@ mod tests {
         assert!(sr.allows(Scopes::SEND) && sr.allows(Scopes::READ));
         assert!(!sr.allows(Scopes::ADMIN));
         assert_eq!(sr.to_string(), "send,read");
-        assert_eq!(Scopes::parse("send,read,admin").expect("scopes"), Scopes::ALL);
-        assert!(Scopes::parse("root").expect_err("unknown").contains("\"root\""));
+        assert_eq!(
+            Scopes::parse("send,read,admin").expect("scopes"),
+            Scopes::ALL
+        );
+        assert!(Scopes::parse("root")
+            .expect_err("unknown")
+            .contains("\"root\""));
         assert!(Scopes::parse("").is_err());
         assert!(Scopes::parse("send,").is_err());
     }

@@ -89,7 +89,10 @@ async fn a_key_does_only_what_its_scopes_allow() {
     let (st, h, v) = decode(resp).await;
     assert_problem(&h, &v, 403, "forbidden");
     assert_eq!(st, 403);
-    assert!(v["detail"].as_str().expect("detail").contains("read"), "{v}");
+    assert!(
+        v["detail"].as_str().expect("detail").contains("read"),
+        "{v}"
+    );
 
     let (st, v) = s.get_as(&reader, &path).await;
     assert_eq!(st, 200, "a read key reads the send key's notification: {v}");
@@ -97,7 +100,10 @@ async fn a_key_does_only_what_its_scopes_allow() {
         .post_as(&reader, "/v1/notifications", &email("no"), None)
         .await;
     assert_eq!(st, 403, "a read key does not send: {v}");
-    assert!(v["detail"].as_str().expect("detail").contains("send"), "{v}");
+    assert!(
+        v["detail"].as_str().expect("detail").contains("send"),
+        "{v}"
+    );
 
     // Replaying dead letters and changing callbacks are the admin's.
     for key in [&sender, &reader] {
@@ -105,7 +111,10 @@ async fn a_key_does_only_what_its_scopes_allow() {
             .post_as(key, "/v1/dead-letters/replay", &json!({}), None)
             .await;
         assert_eq!(st, 403, "{v}");
-        assert!(v["detail"].as_str().expect("detail").contains("admin"), "{v}");
+        assert!(
+            v["detail"].as_str().expect("detail").contains("admin"),
+            "{v}"
+        );
     }
     let (st, _, v) = s
         .post_as(&admin, "/v1/dead-letters/replay", &json!({}), None)
