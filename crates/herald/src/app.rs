@@ -170,7 +170,7 @@ fn unsubscribe_links(
     let public = cfg.server.public_url.trim_end_matches('/');
     let base = if !public.is_empty() {
         public.to_owned()
-    } else if cfg.sandbox {
+    } else if cfg.sandbox.is_some() {
         format!("http://{local}")
     } else {
         if !keys.is_empty() {

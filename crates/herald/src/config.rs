@@ -48,9 +48,11 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderSettings>,
     #[serde(default)]
     pub templates: BTreeMap<String, TemplateConfig>,
-    /// Set by `into_sandbox`: the node runs against the simulator.
+    /// Set by `into_sandbox`: the node runs against the simulator at this
+    /// URL, and says so (a banner, a header on every response, `/readyz`,
+    /// `/v1/providers`).
     #[serde(skip)]
-    pub sandbox: bool,
+    pub sandbox: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,7 +410,7 @@ impl Config {
         if self.unsubscribe.keys.is_empty() {
             self.unsubscribe.keys = vec![Secret::new(SANDBOX_UNSUBSCRIBE_KEY)];
         }
-        self.sandbox = true;
+        self.sandbox = Some(sim_base_url.to_owned());
         self
     }
 
@@ -751,6 +753,7 @@ impl Config {
             rate_limit_burst: self.server.rate_limit_burst,
             public_url: Some(self.server.public_url.trim_end_matches('/').to_owned())
                 .filter(|u| !u.is_empty()),
+            sandbox: self.sandbox.clone(),
         }
     }
 

@@ -70,6 +70,11 @@ enum Command {
         /// this URL (`herald sim`) instead of starting one.
         #[arg(long, conflicts_with = "config")]
         sim_url: Option<String>,
+        /// Run the sandbox on an address other than loopback (a demo on a
+        /// shared host). Without it a sandbox refuses one: its vendors are
+        /// simulated and its key may have been printed.
+        #[arg(long, conflicts_with = "config")]
+        sandbox: bool,
         /// This node's roles, comma-separated (overrides node.roles).
         #[arg(long, value_enum, value_delimiter = ',')]
         roles: Vec<herald::config::Role>,
@@ -358,11 +363,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             store,
             listen,
             sim_url,
+            sandbox,
             roles,
             channels,
         } => {
             let node = Node { roles, channels };
-            serve(store, listen, sim_url, node).await?;
+            let sandbox = SandboxArgs {
+                sim_url,
+                explicit: sandbox,
+            };
+            serve(store, listen, sandbox, node).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
@@ -472,10 +482,29 @@ fn parse_channel(s: &str) -> Result<herald_core::model::Channel, String> {
         .map_err(|_| format!("{s:?} is not a channel (email, sms, push, webhook)"))
 }
 
+/// How a node without a config runs its sandbox.
+struct SandboxArgs {
+    /// A simulator already running, instead of starting one.
+    sim_url: Option<String>,
+    /// `--sandbox`: asked for by name, so it may listen beyond loopback.
+    explicit: bool,
+}
+
+/// Says, where nobody can miss it, that this node sends nothing real.
+fn sandbox_banner(sim_url: &str, data_dir: &std::path::Path) -> String {
+    let line = "=".repeat(76);
+    format!(
+        "{line}\n  SANDBOX: every vendor is Herald's simulator at {sim_url}\n  \
+         Nothing reaches a real person. Data in {}.\n  \
+         For production, start with --config (docs/configuration.md).\n{line}",
+        data_dir.display()
+    )
+}
+
 async fn serve(
     args: StoreArgs,
     listen: Option<SocketAddr>,
-    sim_url: Option<String>,
+    sandboxing: SandboxArgs,
     node: Node,
 ) -> anyhow::Result<()> {
     let mut cfg = args.load_with(|cfg| {
@@ -489,10 +518,19 @@ async fn serve(
     if let Some(l) = listen {
         cfg.server.listen = l;
     }
+    // A node with a config never falls back to the simulator; one without
+    // is a sandbox, on loopback unless asked for by name.
     let sandbox = args.config.is_none();
+    if sandbox && !sandboxing.explicit && !cfg.server.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "a sandbox listens on loopback only (its vendors are simulated and its API key may have been printed): \
+             pass --sandbox to listen on {} anyway, or --config for a real node",
+            cfg.server.listen
+        );
+    }
     let mut dev_key = None;
     let _sim = if sandbox {
-        let (sim_url, task) = match sim_url {
+        let (sim_url, task) = match sandboxing.sim_url {
             Some(url) => (url.trim_end_matches('/').to_owned(), None),
             None => {
                 let sim = herald_sim::Sim::new(None);
@@ -510,10 +548,8 @@ async fn serve(
             }
         };
         dev_key = Some(key);
-        eprintln!(
-            "sandbox: data in {}, simulated vendors at {sim_url} (ledger: /_sim/ledger)",
-            cfg.store.data_dir.display()
-        );
+        eprintln!("{}", sandbox_banner(&sim_url, &cfg.store.data_dir));
+        eprintln!("the simulator's ledger of what it was sent: {sim_url}/_sim/ledger");
         task
     } else {
         None

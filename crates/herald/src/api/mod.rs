@@ -62,6 +62,8 @@ pub struct ApiSettings {
     pub rate_limit_burst: u32,
     /// The base URL vendors call this API at (`server.public_url`).
     pub public_url: Option<String>,
+    /// A sandbox's simulator URL: the node says it is a sandbox.
+    pub sandbox: Option<String>,
 }
 
 /// What the API reaches: the store by the roles it uses, the bus, and the
@@ -98,6 +100,8 @@ pub struct AppState {
     pub accounts: HashMap<String, Arc<dyn Provider>>,
     pub callbacks: Option<Arc<crate::engine::callbacks::Callbacks>>,
     pub public_url: Option<String>,
+    /// A sandbox's simulator URL (`/readyz` and `/v1/providers` name it).
+    pub sandbox: Option<String>,
     /// Vendors' receipt-signing certificates, fetched once (Amazon SNS).
     pub certificates: receipts::Certificates,
     pub depths: Arc<dyn Depths>,
@@ -136,6 +140,7 @@ impl AppState {
             accounts: parts.accounts,
             callbacks: parts.callbacks,
             public_url: settings.public_url,
+            sandbox: settings.sandbox,
             certificates: receipts::Certificates::default(),
             depths: store.clone(),
             health: store,
@@ -160,8 +165,12 @@ impl AppState {
     }
 }
 
+/// On a sandbox's every response: its vendors are simulated.
+pub const SANDBOX_HEADER: &str = "herald-sandbox";
+
 pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) -> Router {
     let limit = state.max_body_bytes;
+    let sandbox = state.sandbox.is_some();
     let request_id = HeaderName::from_static("x-request-id");
     // A node without the api role serves only the operations endpoints.
     let api = if serve_api {
@@ -241,6 +250,17 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                 .layer(HandleErrorLayer::new(ops::timed_out))
                 .timeout(request_timeout),
         )
+        // Outermost: every answer a sandbox gives says so, errors too.
+        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(SANDBOX_HEADER),
+            move |_: &Response| {
+                sandbox.then(|| {
+                    axum::http::HeaderValue::from_static(
+                        "vendors are simulated: nothing reaches a real person",
+                    )
+                })
+            },
+        ))
         .with_state(state)
 }
 

@@ -47,6 +47,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             bus: None,
             shedding: Vec::new(),
             credentials: Vec::new(),
+            simulator: state.sandbox.clone(),
         };
         return (StatusCode::SERVICE_UNAVAILABLE, Json(draining)).into_response();
     }
@@ -69,6 +70,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         bus: Some(report(bus)),
         shedding: state.admission.shedding(),
         credentials: refused_credentials(state.providers.as_ref()),
+        simulator: state.sandbox.clone(),
     });
     if ready {
         body.into_response()

@@ -48,7 +48,10 @@ pub async fn providers(
         .into_iter()
         .map(ProviderOut::from)
         .collect();
-    Json(ProvidersOut { providers })
+    Json(ProvidersOut {
+        providers,
+        simulator: state.sandbox.clone(),
+    })
 }
 
 /// The filter fields, as a query string (list) or a JSON body (bulk replay).

@@ -194,6 +194,10 @@ impl From<&AttemptView> for AttemptOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProvidersOut {
     pub providers: Vec<ProviderOut>,
+    /// On a sandbox: the vendor simulator every provider here sends to
+    /// (nothing reaches a real person).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulator: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -391,6 +395,9 @@ pub struct Readiness {
     /// still ready (it takes work, which waits or fails over).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,
+    /// On a sandbox: the vendor simulator its providers send to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulator: Option<String>,
 }
 
 /// `PUT /v1/suppressions`: an address not to send to.

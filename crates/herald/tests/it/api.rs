@@ -617,3 +617,34 @@ async fn an_sms_too_long_for_the_vendors_or_its_segments_is_refused_at_the_api()
     assert_eq!(status, 422, "{v}");
     assert_eq!(v["errors"][0]["field"], "content.text", "{v}");
 }
+
+/// A sandbox says so on every response (errors too), and `/readyz` and
+/// `/v1/providers` name its simulator.
+#[tokio::test]
+async fn a_sandbox_says_so_everywhere_it_answers() {
+    let s = TestServer::start().await;
+    for (resp, status) in [
+        (s.get_raw("/healthz").await, 200),
+        (s.get_raw("/v1/notifications/nope").await, 401),
+        (s.get_raw("/no-such-route").await, 404),
+    ] {
+        assert_eq!(resp.status(), status);
+        assert!(
+            resp.headers().contains_key("herald-sandbox"),
+            "{status}: {:?}",
+            resp.headers()
+        );
+    }
+    let (_, _, ready) = decode(s.get_raw("/readyz").await).await;
+    assert_eq!(ready["simulator"], s.sim_url.as_str(), "{ready}");
+    let (_, providers) = s.get("/v1/providers").await;
+    assert_eq!(providers["simulator"], s.sim_url.as_str(), "{providers}");
+
+    // A node from a config (here pointed at the same simulator, as at any
+    // vendor) does not call itself a sandbox.
+    let real = TestServer::start_with(|c| c.sandbox = None).await;
+    let resp = real.get_raw("/healthz").await;
+    assert!(!resp.headers().contains_key("herald-sandbox"));
+    let (_, _, ready) = decode(real.get_raw("/readyz").await).await;
+    assert!(ready.get("simulator").is_none(), "{ready}");
+}

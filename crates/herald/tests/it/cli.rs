@@ -382,6 +382,11 @@ async fn serve_logs_plain_text_off_a_terminal_and_announces_itself_once() {
         .filter(|l| l.to_ascii_lowercase().contains("listening"))
         .count();
     assert_eq!(announcements, 1, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("SANDBOX") && l.contains("simulator")),
+        "a sandbox says so at start-up: {seen:?}"
+    );
     let help = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["keys", "create", "--help"])
         .output()
@@ -397,4 +402,40 @@ async fn serve_logs_plain_text_off_a_terminal_and_announces_itself_once() {
             .starts_with("The tenant the key belongs to"),
         "--tenant has no description: {help}"
     );
+}
+
+/// A sandbox (no --config) refuses an address beyond loopback unless asked
+/// for by name; asked, it runs there and every response says it is one.
+#[tokio::test]
+async fn a_sandbox_stays_on_loopback_unless_asked_for_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HERALD_DEV_API_KEY", DEV_KEY)
+        .output()
+        .await
+        .expect("runs");
+    assert!(!out.status.success(), "a sandbox on 0.0.0.0 started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--sandbox") && err.contains("loopback"),
+        "{err}"
+    );
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["serve", "--sandbox", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HERALD_DEV_API_KEY", DEV_KEY);
+    let (child, base) = spawn_serve(cmd).await;
+    let resp = reqwest::get(format!("{base}/healthz")).await.expect("get");
+    assert!(
+        resp.headers()["herald-sandbox"]
+            .to_str()
+            .expect("ascii")
+            .contains("simulated"),
+        "{:?}",
+        resp.headers()
+    );
+    sigterm(child).await;
 }
