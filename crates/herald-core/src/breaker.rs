@@ -242,6 +242,14 @@ impl Breaker {
         Some(t)
     }
 
+    /// An operator closes the circuit by hand: calls go through again and
+    /// the failures so far are forgotten.
+    pub fn close_by_hand(&mut self, now_ms: i64) -> Option<Transition> {
+        self.failures = 0;
+        self.probes_in_flight = 0;
+        (self.state != CircuitState::Closed).then(|| self.move_to(CircuitState::Closed, now_ms))
+    }
+
     /// When the current open period began (to share it with the fleet).
     pub fn opened_at(&self) -> Option<i64> {
         (self.state == CircuitState::Open).then_some(self.opened_at_ms)

@@ -30,6 +30,18 @@ pub struct AccountView {
     pub request_timeout_ms: u128,
     /// Set while the vendor refuses the account's credential.
     pub refused: Option<Refused>,
+    /// Set while an operator holds the circuit open by hand.
+    pub hold: Option<crate::store::CircuitHold>,
+    /// The latest call that counted against the circuit (5xx, timeout,
+    /// connection trouble, a refused credential): when, and the answer.
+    pub last_error: Option<LastError>,
+}
+
+/// A failed call, as an operator reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    pub at_ms: i64,
+    pub reason: String,
 }
 
 /// The vendor refuses an account's credential (the account error class):
@@ -68,6 +80,12 @@ pub trait ProviderStatus: Send + Sync {
     /// whose open time is up reads half-open before any probe has run),
     /// for a metrics scrape.
     fn publish_gauges(&self, now_ms: i64);
+    /// Takes the store's circuit holds at once (an operator's change on
+    /// this node need not wait for the next read).
+    fn apply_holds(&self, holds: &[crate::store::CircuitHold]);
+    /// Closes a provider's circuits on this node by hand; `false`: no such
+    /// provider.
+    fn close_by_hand(&self, provider: &str) -> bool;
 }
 
 /// Deliveries this node's engine has finished (sent, failed, dead or

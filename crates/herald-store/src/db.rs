@@ -18,7 +18,7 @@ use herald_core::store::{Callback, PutRecipient, ReceiptApplied, Receipts, Recip
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
-use herald_core::store::{KeyGrant, Scopes};
+use herald_core::store::{CircuitHold, Circuits, KeyGrant, Scopes};
 use herald_core::suppression::Suppression;
 
 use crate::ops;
@@ -53,6 +53,7 @@ pub trait Database:
     + Runs<ops::SetPreferences>
     + Runs<ops::SetTenantPreferences>
     + Runs<ops::DeleteRecipient>
+    + Runs<ops::HoldCircuit>
 {
     type Reader: Reader;
 }
@@ -422,6 +423,29 @@ impl<D: Database> Recipients for Db<D> {
             id: id.to_owned(),
         };
         self.writes.run(op).await
+    }
+}
+
+#[async_trait]
+impl<D: Database> Circuits for Db<D> {
+    async fn hold_circuit(&self, hold: CircuitHold) -> Result<(), StoreError> {
+        let op = ops::HoldCircuit {
+            provider: hold.provider.clone(),
+            hold: Some(hold),
+        };
+        self.writes.run(op).await.map(|_| ())
+    }
+
+    async fn release_circuit(&self, provider: &str) -> Result<bool, StoreError> {
+        let op = ops::HoldCircuit {
+            provider: provider.to_owned(),
+            hold: None,
+        };
+        self.writes.run(op).await
+    }
+
+    async fn circuit_holds(&self) -> Result<Vec<CircuitHold>, StoreError> {
+        reads::circuit_holds(&self.reads).await
     }
 }
 

@@ -23,7 +23,7 @@ use herald_core::store::{
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
 };
-use herald_core::store::{KeyGrant, Scopes};
+use herald_core::store::{CircuitHold, Circuits, KeyGrant, Scopes};
 use herald_core::store::{ReceiptApplied, ReceiptView, Receipts};
 use herald_core::suppression::Suppression;
 
@@ -50,6 +50,7 @@ struct State {
     relay: Option<(String, i64)>,
     tenants: HashMap<String, String>,
     api_keys: HashMap<Vec<u8>, KeyGrant>,
+    circuit_holds: std::collections::BTreeMap<String, CircuitHold>,
     /// Tenants' callbacks, by tenant id.
     callbacks: HashMap<String, herald_core::store::Callback>,
     tenant_preferences: HashMap<String, herald_core::recipient::TenantPreferences>,
@@ -936,6 +937,24 @@ impl herald_core::store::Recipients for MemoryStore {
         s.cap_events
             .retain(|(t, r, _), _| !(t == tenant_id && r == id));
         Ok(s.recipients.remove(&(tenant_id.to_owned(), id.to_owned())))
+    }
+}
+
+#[async_trait]
+impl Circuits for MemoryStore {
+    async fn hold_circuit(&self, hold: CircuitHold) -> Result<(), StoreError> {
+        self.lock()
+            .circuit_holds
+            .insert(hold.provider.clone(), hold);
+        Ok(())
+    }
+
+    async fn release_circuit(&self, provider: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().circuit_holds.remove(provider).is_some())
+    }
+
+    async fn circuit_holds(&self) -> Result<Vec<CircuitHold>, StoreError> {
+        Ok(self.lock().circuit_holds.values().cloned().collect())
     }
 }
 

@@ -211,6 +211,14 @@ pub struct SetTenantPreferences {
 }
 op!(SetTenantPreferences, (), "set_tenant_preferences");
 
+/// A provider's circuit held open by hand (`Some`), or released (`None`);
+/// answers whether a hold was there before.
+pub struct HoldCircuit {
+    pub provider: String,
+    pub hold: Option<herald_core::store::CircuitHold>,
+}
+op!(HoldCircuit, bool, "hold_circuit");
+
 /// A tenant's recipient erased; answers what was stored.
 pub struct DeleteRecipient {
     pub tenant_id: String,

@@ -12,7 +12,7 @@ use herald_core::store::{
     DeliverySummary, LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
     SuppressionChange, SuppressionCursor, SuppressionFilter,
 };
-use herald_core::store::{KeyGrant, Scopes};
+use herald_core::store::{CircuitHold, KeyGrant, Scopes};
 use herald_core::suppression::Suppression;
 
 use crate::rows::{self, Columns};
@@ -457,6 +457,26 @@ pub(crate) async fn key_grant<R: Reader>(
         tenant_id: row.text("tenant_id")?,
         scopes,
     }))
+}
+
+/// Every circuit held open by hand.
+pub(crate) async fn circuit_holds<R: Reader>(r: &R) -> Result<Vec<CircuitHold>, StoreError> {
+    let rows = r
+        .rows(
+            "SELECT provider, held_by, reason, since_ms FROM circuit_holds ORDER BY provider",
+            vec![],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(CircuitHold {
+                provider: row.text("provider")?,
+                by: row.text("held_by")?,
+                reason: row.text("reason")?,
+                since_ms: row.int("since_ms")?,
+            })
+        })
+        .collect()
 }
 
 /// The database answers a read.

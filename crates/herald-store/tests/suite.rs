@@ -14,7 +14,7 @@ use herald_core::store::{
     ReplayOutcome, StoredResponse,
 };
 use herald_core::store::{ChangeCursor, SuppressionCursor, SuppressionFilter};
-use herald_core::store::{KeyGrant, Scopes};
+use herald_core::store::{CircuitHold, KeyGrant, Scopes};
 use herald_core::store::{NotificationView, ReceiptApplied};
 use herald_core::suppression::{Suppression, SuppressionReason};
 use herald_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
@@ -478,6 +478,39 @@ async fn api_keys(store: &dyn Store) {
         })
     );
     assert_eq!(store.key_grant(b"nope").await.expect("read"), None);
+}
+
+/// Circuits held by hand: held, replaced, read by every node, released.
+async fn circuit_holds(store: &dyn Store) {
+    assert_eq!(store.circuit_holds().await.expect("read"), vec![]);
+    let hold = |provider: &str, by: &str| CircuitHold {
+        provider: provider.into(),
+        by: by.into(),
+        reason: "vendor incident 4411".into(),
+        since_ms: 1_000,
+    };
+    store
+        .hold_circuit(hold("twilio", "ada"))
+        .await
+        .expect("hold");
+    store
+        .hold_circuit(hold("sendgrid", "ada"))
+        .await
+        .expect("hold");
+    store
+        .hold_circuit(hold("twilio", "grace"))
+        .await
+        .expect("held again");
+    assert_eq!(
+        store.circuit_holds().await.expect("read"),
+        vec![hold("sendgrid", "ada"), hold("twilio", "grace")]
+    );
+    assert!(store.release_circuit("twilio").await.expect("release"));
+    assert!(!store.release_circuit("twilio").await.expect("release"));
+    assert_eq!(
+        store.circuit_holds().await.expect("read"),
+        vec![hold("sendgrid", "ada")]
+    );
 }
 
 /// A key stored before keys had scopes (the column NULL) keeps every scope.
@@ -1893,6 +1926,7 @@ suite!(
     a_sweep_leaves_new_work_and_takes_run_out_leases,
     idempotency_keys_are_per_tenant,
     api_keys,
+    circuit_holds,
     failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt,
     a_pin_holds_for_later_attempts,
     dead_letters_are_listed_paged_filtered_and_replayed,

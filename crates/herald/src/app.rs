@@ -24,6 +24,10 @@ use crate::engine::suppressions::SuppressionList;
 use crate::engine::{self, Engine};
 use crate::render::Templates;
 
+/// How often a node reads the circuits held by hand (a hold made on
+/// another node takes at most this long to reach this one).
+const HOLDS_REFRESH: Duration = Duration::from_secs(2);
+
 /// The tenant that owns the sandbox's development key.
 pub const SANDBOX_TENANT: &str = "sandbox";
 
@@ -236,6 +240,13 @@ impl Running {
                 stop_fleet.clone(),
             ));
         }
+        // Circuits held by hand, fleet-wide through the store.
+        tokio::spawn(crate::engine::accounts::follow_holds(
+            store.clone(),
+            accounts.clone(),
+            HOLDS_REFRESH,
+            stop_fleet.clone(),
+        ));
         // What this node's engine finishes, per lane: the rate admission
         // control judges lanes by on a node that also delivers.
         let throughput = Arc::new(Throughput::default());

@@ -4,7 +4,8 @@
 //! drains the outbox (`Outbox`), housekeeping expires and purges (`Upkeep`),
 //! operators handle dead letters (`DeadLetters`) and keys (`Tenants`),
 //! the API, CLI and engine keep suppression lists (`Suppressions`), the
-//! API keeps the tenants' recipients (`Recipients`) —
+//! API keeps the tenants' recipients (`Recipients`), operators hold
+//! circuits open by hand (`Circuits`) —
 //! and `Store` is their sum, so wiring passes one value. SQLite,
 //! PostgreSQL and the in-memory store implement them all, with the same
 //! meaning (one behavioural suite runs against each).
@@ -14,6 +15,7 @@
 
 use std::sync::Arc;
 
+mod circuits;
 mod dead_letters;
 mod intake;
 mod outbox;
@@ -25,6 +27,7 @@ mod suppressions;
 mod tenants;
 mod upkeep;
 
+pub use circuits::*;
 pub use dead_letters::*;
 pub use intake::*;
 pub use outbox::*;
@@ -40,8 +43,8 @@ pub use upkeep::*;
 /// tests): `use herald_core::store::roles::*`.
 pub mod roles {
     pub use super::{
-        DeadLetters, Depths, Health, Intake, Outbox, Queue, Receipts, Recipients, Reports, Store,
-        Suppressions, Tenants, Upkeep,
+        Circuits, DeadLetters, Depths, Health, Intake, Outbox, Queue, Receipts, Recipients,
+        Reports, Store, Suppressions, Tenants, Upkeep,
     };
 }
 
@@ -142,6 +145,7 @@ pub trait Store:
     + Suppressions
     + Receipts
     + Recipients
+    + Circuits
     + Health
     + 'static
 {
@@ -157,6 +161,7 @@ impl<T> Store for T where
         + Suppressions
         + Receipts
         + Recipients
+        + Circuits
         + Health
         + 'static
 {

@@ -373,6 +373,31 @@ impl PgOp for ops::SetCallback {
     }
 }
 
+impl PgOp for ops::HoldCircuit {
+    async fn apply(&self, tx: &mut PgConnection, _: &Ctx) -> Result<bool, StoreError> {
+        let existed = sqlx::query("DELETE FROM circuit_holds WHERE provider = $1")
+            .bind(&self.provider)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected()
+            > 0;
+        if let Some(h) = &self.hold {
+            sqlx::query(
+                "INSERT INTO circuit_holds (provider, held_by, reason, since_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&h.provider)
+            .bind(&h.by)
+            .bind(&h.reason)
+            .bind(h.since_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(existed)
+    }
+}
+
 impl PgOp for ops::PutRecipient {
     async fn apply(
         &self,

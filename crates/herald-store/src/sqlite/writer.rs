@@ -428,6 +428,24 @@ impl SqliteOp for ops::SetCallback {
     }
 }
 
+impl SqliteOp for ops::HoldCircuit {
+    fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<bool, StoreError> {
+        let existed = tx
+            .prepare_cached("DELETE FROM circuit_holds WHERE provider = ?1")
+            .and_then(|mut q| q.execute([&self.provider]))
+            .map_err(sql_err)?
+            > 0;
+        if let Some(h) = &self.hold {
+            tx.prepare_cached(
+                "INSERT INTO circuit_holds (provider, held_by, reason, since_ms) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut q| q.execute(params![h.provider, h.by, h.reason, h.since_ms]))
+            .map_err(sql_err)?;
+        }
+        Ok(existed)
+    }
+}
+
 impl SqliteOp for ops::PutRecipient {
     fn apply(&self, tx: &Transaction<'_>, _: &Ctx) -> Result<PutRecipient, StoreError> {
         let profile = crate::writes::profile_json(&self.profile)?;

@@ -5,6 +5,7 @@ mod accept;
 pub mod admission;
 mod auth;
 mod callbacks;
+mod circuits;
 mod json;
 mod limits;
 mod notifications;
@@ -36,7 +37,8 @@ use herald_core::model::Channel;
 use herald_core::provider::Provider;
 use herald_core::status::{BusHealth, ProviderStatus};
 use herald_core::store::{
-    DeadLetters, Depths, Health, Intake, Receipts, Recipients, Store, Suppressions, Tenants,
+    Circuits, DeadLetters, Depths, Health, Intake, Receipts, Recipients, Store, Suppressions,
+    Tenants,
 };
 use herald_core::validate::Limits;
 use tower::ServiceBuilder;
@@ -93,6 +95,7 @@ pub struct AppState {
     pub local_suppressions: Option<Arc<crate::engine::suppressions::SuppressionList>>,
     pub receipts: Arc<dyn Receipts>,
     pub recipients: Arc<dyn Recipients>,
+    pub circuits: Arc<dyn Circuits>,
     /// Tenants' default preferences, as this node last read them.
     pub tenant_preferences: recipients::TenantDefaults,
     /// One-click unsubscribe links, when keys and a public URL are set.
@@ -135,6 +138,7 @@ impl AppState {
             local_suppressions: parts.local_suppressions,
             receipts: store.clone(),
             recipients: store.clone(),
+            circuits: store.clone(),
             tenant_preferences: recipients::TenantDefaults::default(),
             unsubscribe: None,
             accounts: parts.accounts,
@@ -185,6 +189,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                 get(notifications::get).delete(notifications::cancel),
             )
             .route("/v1/providers", get(resilience::providers))
+            .route(
+                "/v1/providers/{name}/hold",
+                axum::routing::put(circuits::put_hold).delete(circuits::delete_hold),
+            )
             .route("/v1/dead-letters", get(resilience::list))
             .route("/v1/dead-letters/replay", post(resilience::replay_many))
             .route("/v1/dead-letters/{id}/replay", post(resilience::replay_one))

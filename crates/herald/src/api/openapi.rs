@@ -23,6 +23,8 @@ use utoipa::{Modify, OpenApi};
         super::notifications::cancel,
         super::notifications::cancel_by_key,
         super::resilience::providers,
+        super::circuits::put_hold,
+        super::circuits::delete_hold,
         super::resilience::list,
         super::resilience::replay_one,
         super::resilience::replay_many,

@@ -217,6 +217,25 @@ pub struct ProviderOut {
     /// expired or revoked): its messages wait, critical ones fail over.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_refused: Option<RefusedOut>,
+    /// Present while an operator holds the circuit open by hand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldOut>,
+    /// The latest call that counted against the circuit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastErrorOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeldOut {
+    pub by: String,
+    pub reason: String,
+    pub since: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastErrorOut {
+    pub at: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -294,6 +313,15 @@ impl From<AccountView> for ProviderOut {
                 since: rfc3339(r.since_ms),
                 reason: r.reason,
                 calls: r.calls,
+            }),
+            held: a.hold.map(|h| HeldOut {
+                by: h.by,
+                reason: h.reason,
+                since: rfc3339(h.since_ms),
+            }),
+            last_error: a.last_error.map(|e| LastErrorOut {
+                at: rfc3339(e.at_ms),
+                reason: e.reason,
             }),
         }
     }

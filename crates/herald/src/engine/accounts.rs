@@ -22,9 +22,9 @@ use herald_core::lease::Lease;
 use herald_core::model::Channel;
 use herald_core::provider::{AccessToken, Address, AwsChain, OutboundMessage, Outcome, Provider};
 use herald_core::status::{
-    AccountView, DestinationsView, OpenDestination, ProviderStatus, Refused,
+    AccountView, DestinationsView, LastError, OpenDestination, ProviderStatus, Refused,
 };
-use herald_core::store::CallRecord;
+use herald_core::store::{CallRecord, CircuitHold};
 use herald_providers::ProviderConfig;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
@@ -54,6 +54,9 @@ pub struct Account {
     /// The account's access token, for providers that get one from their
     /// vendor (`Provider::token_request`).
     token: Token,
+    /// Set while an operator holds the circuit open (the store's holds,
+    /// read by every delivering node): no call goes out.
+    hold: Mutex<Option<CircuitHold>>,
 }
 
 /// An account's access token: one for every call, got once however many
@@ -88,6 +91,8 @@ struct Guard {
     limiter: Option<DefaultDirectRateLimiter>,
     slots: Option<Semaphore>,
     breaker: Mutex<Breaker>,
+    /// The latest call that counted against the circuit.
+    last_error: Mutex<Option<LastError>>,
 }
 
 /// How an account's calls share guards.
@@ -148,6 +153,16 @@ fn health(outcome: &Outcome) -> Health {
     }
 }
 
+/// Keeps a call that counted against the circuit as the guard's last error.
+fn note_failure(guard: &Guard, outcome: &Outcome, at_ms: i64) {
+    if health(outcome) == Health::Failing {
+        *lock(&guard.last_error) = Some(LastError {
+            at_ms,
+            reason: outcome.reason().unwrap_or("failed").to_owned(),
+        });
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing holding these locks panics midway; a poisoned lock is sound.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -168,6 +183,7 @@ impl Guard {
             limiter,
             slots: guards.max_concurrency.map(Semaphore::new),
             breaker: Mutex::new(Breaker::new(guards.breaker)),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -222,6 +238,7 @@ impl Account {
             fleet,
             refused: Mutex::new(None),
             token,
+            hold: Mutex::new(None),
         };
         metrics::gauge!(m::CREDENTIALS_REFUSED, "provider" => name.to_owned()).set(0.0);
         Ok(Arc::new(account))
@@ -235,6 +252,9 @@ impl Account {
     /// none of its own: it reads closed, and each destination is judged
     /// when its delivery is tried.
     pub fn circuit(&self, now_ms: i64) -> CircuitState {
+        if lock(&self.hold).is_some() {
+            return CircuitState::Open;
+        }
         match &self.scope {
             Scope::Account(g) => lock(&g.breaker).state(now_ms),
             Scope::Destination(_) => CircuitState::Closed,
@@ -274,6 +294,18 @@ impl Account {
     pub async fn call(&self, msg: &mut OutboundMessage, lease: Lease) -> Try {
         let guard = self.guard_for(msg);
         let now = herald_core::now_ms();
+        // A circuit held open by hand stays open, whatever its own says.
+        if let Some(h) = lock(&self.hold).as_ref() {
+            return Try::Skipped {
+                retry_at_ms: now + self.guards.breaker.open_ms,
+                why: format!(
+                    "{}: circuit held open by {}: {}",
+                    self.name(),
+                    h.by,
+                    h.reason
+                ),
+            };
+        }
         // An open circuit is skipped before anything is spent on it.
         if let Some(retry_at_ms) = lock(&guard.breaker).open_until(now) {
             return Try::Skipped {
@@ -317,6 +349,7 @@ impl Account {
                 // The token endpoint's failure is the account's call.
                 let now = herald_core::now_ms();
                 let transition = ticket.report(health(&outcome));
+                note_failure(&guard, &outcome, now);
                 self.transitioned(&guard, transition, outcome.reason());
                 self.note_credential(&outcome, now);
                 let call = self.call_record(&outcome, None, now, 0);
@@ -357,6 +390,7 @@ impl Account {
         };
         self.note_credential(&outcome, started_at_ms);
         let transition = ticket.report(health(&outcome));
+        note_failure(&guard, &outcome, started_at_ms);
         self.transitioned(&guard, transition, outcome.reason());
         let latency_ms = herald_core::ms(took);
         metrics::histogram!(m::ATTEMPT_SECONDS, "channel" => self.channel.as_str(), "provider" => self.name().to_owned())
@@ -633,8 +667,13 @@ impl Account {
     /// The account as `tenant_id` may see it (its own destinations only).
     pub fn view(&self, now_ms: i64, tenant_id: Option<&str>) -> AccountView {
         let max = self.guards.max_concurrency;
-        let (circuit, destinations, in_flight) = match &self.scope {
-            Scope::Account(g) => (lock(&g.breaker).view(now_ms), None, g.in_flight(max)),
+        let (mut circuit, destinations, in_flight, last_error) = match &self.scope {
+            Scope::Account(g) => (
+                lock(&g.breaker).view(now_ms),
+                None,
+                g.in_flight(max),
+                lock(&g.last_error).clone(),
+            ),
             Scope::Destination(map) => {
                 let map = lock(map);
                 let mut open = Vec::new();
@@ -660,9 +699,15 @@ impl Account {
                     open_count,
                 };
                 let closed = Breaker::new(self.guards.breaker).view(now_ms);
-                (closed, Some(view), in_flight)
+                (closed, Some(view), in_flight, None)
             }
         };
+        let hold = lock(&self.hold).clone();
+        if let Some(h) = &hold {
+            circuit.state = CircuitState::Open;
+            circuit.opened_at_ms = Some(h.since_ms);
+            circuit.reopens_at_ms = None;
+        }
         AccountView {
             name: self.name().to_owned(),
             vendor: self.provider.vendor(),
@@ -674,6 +719,8 @@ impl Account {
             in_flight: max.map(|_| in_flight),
             request_timeout_ms: self.guards.request_timeout.as_millis(),
             refused: self.refused(),
+            hold,
+            last_error,
         }
     }
 
@@ -829,7 +876,93 @@ impl Accounts {
     }
 }
 
+impl Accounts {
+    /// Takes the store's holds: a newly held account stops calling at once;
+    /// a released one has its circuits closed by hand (failures forgotten).
+    fn take_holds(&self, holds: &[CircuitHold]) {
+        let now = herald_core::now_ms();
+        for a in &self.all {
+            let new = holds.iter().find(|h| h.provider == a.name()).cloned();
+            let old = std::mem::replace(&mut *lock(&a.hold), new.clone());
+            match (old, new) {
+                (None, Some(h)) => {
+                    tracing::warn!(provider = %a.name(), by = %h.by, reason = %h.reason, "circuit held open by hand: no calls until released");
+                    metrics::gauge!(m::CIRCUIT_STATE, "provider" => a.name().to_owned())
+                        .set(CircuitState::Open.gauge());
+                }
+                (Some(h), None) => {
+                    a.close_by_hand(now);
+                    tracing::info!(provider = %a.name(), held_by = %h.by, "circuit hold released: closed by hand");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes `name`'s circuits by hand (an automatically opened one too):
+    /// calls go to it again, its failures forgotten. `false`: no such account.
+    fn close_account(&self, name: &str) -> bool {
+        let Some(a) = self.all.iter().find(|a| a.name() == name) else {
+            return false;
+        };
+        a.close_by_hand(herald_core::now_ms());
+        true
+    }
+}
+
+/// Keeps the accounts' holds as the store has them: read every `every`
+/// (each read bounded by the store's own timeout); while the store does
+/// not answer, the holds last read stand.
+pub async fn follow_holds(
+    store: Arc<dyn herald_core::store::Circuits>,
+    accounts: Arc<Accounts>,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match store.circuit_holds().await {
+            Ok(holds) => {
+                failing = false;
+                accounts.take_holds(&holds);
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot read circuit holds; the last ones read stand");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Account {
+    fn close_by_hand(&self, now_ms: i64) {
+        let guards: Vec<Arc<Guard>> = match &self.scope {
+            Scope::Account(g) => vec![g.clone()],
+            Scope::Destination(map) => lock(map).iter().map(|(_, g)| g.clone()).collect(),
+        };
+        for g in guards {
+            let t = lock(&g.breaker).close_by_hand(now_ms);
+            self.transitioned(&g, t, Some("closed by hand"));
+        }
+    }
+}
+
 impl ProviderStatus for Accounts {
+    fn apply_holds(&self, holds: &[CircuitHold]) {
+        self.take_holds(holds);
+    }
+
+    fn close_by_hand(&self, provider: &str) -> bool {
+        self.close_account(provider)
+    }
+
     fn views(&self, now_ms: i64, tenant_id: Option<&str>) -> Vec<AccountView> {
         self.all.iter().map(|a| a.view(now_ms, tenant_id)).collect()
     }

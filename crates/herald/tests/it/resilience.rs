@@ -677,3 +677,84 @@ async fn one_receivers_failures_hold_back_no_other_webhooks() {
         "called while open"
     );
 }
+
+/// An operator holds Twilio's circuit open by hand: nothing goes to it,
+/// critical SMS fail over to SNS at once, low ones wait; the hold shows on
+/// `/v1/providers` with who and why; released, the circuit closes and what
+/// waited goes out through Twilio.
+#[tokio::test]
+async fn a_circuit_held_by_hand_stops_calls_until_released() {
+    use herald_core::store::Scopes;
+    use reqwest::Method;
+    let s = TestServer::start_with(|c| max_attempts(c, 100)).await;
+    let hold = json!({"reason": "Twilio incident INC-4411"});
+
+    let reader = s.key_with("sandbox", Scopes::READ).await;
+    let (st, v) = s
+        .send_as(
+            &reader,
+            Method::PUT,
+            "/v1/providers/twilio/hold",
+            Some(&hold),
+        )
+        .await;
+    assert_eq!(st, 403, "holding is the admin's: {v}");
+    let (st, v) = s
+        .send(Method::PUT, "/v1/providers/nope/hold", Some(&hold))
+        .await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = s
+        .send(
+            Method::PUT,
+            "/v1/providers/twilio/hold",
+            Some(&json!({"reason": " "})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["errors"][0]["field"], "reason", "{v}");
+
+    let (st, v) = s
+        .send(Method::PUT, "/v1/providers/twilio/hold", Some(&hold))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["circuit"]["state"], "open", "{v}");
+    assert_eq!(v["held"]["reason"], "Twilio incident INC-4411", "{v}");
+    assert!(
+        v["held"]["by"].as_str().is_some_and(|b| !b.is_empty()),
+        "{v}"
+    );
+
+    let (st, _, v) = s
+        .post("/v1/notifications", &sms_to("+14155550001", "critical"))
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let (st, _, v) = s
+        .post("/v1/notifications", &sms_to("+14155550002", "low"))
+        .await;
+    assert_eq!(st, 202, "{v}");
+    s.wait_delivered(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entries = s.sim.entries();
+    assert_eq!(entries.len(), 1, "only the critical one went: {entries:?}");
+    assert_eq!(entries[0].vendor, "sns");
+    assert_eq!(s.sim.stats().get("twilio").map_or(0, |t| t.received), 0);
+    assert_eq!(
+        s.provider("twilio").await["held"]["reason"],
+        "Twilio incident INC-4411"
+    );
+
+    let (st, v) = s
+        .send(Method::DELETE, "/v1/providers/twilio/hold", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["circuit"]["state"], "closed", "{v}");
+    assert!(v["held"].is_null(), "{v}");
+    s.wait_delivered(2, Duration::from_secs(15)).await;
+    let low = s
+        .sim
+        .entries()
+        .into_iter()
+        .find(|e| e.recipient == "+14155550002")
+        .expect("the low one went out");
+    assert_eq!(low.vendor, "twilio", "it waited for its primary");
+}
