@@ -285,6 +285,23 @@ pub struct Recipient {
     pub chat: Option<String>,
 }
 
+impl Recipient {
+    /// Whether `address` is one of this recipient's: its id, email (in any
+    /// case), phone, a push token, webhook URL or chat address.
+    pub fn has(&self, address: &str) -> bool {
+        let is = |a: &Option<String>| a.as_deref() == Some(address);
+        is(&self.id)
+            || self
+                .email
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(address))
+            || is(&self.phone)
+            || is(&self.webhook_url)
+            || is(&self.chat)
+            || self.push_tokens.iter().any(|t| t.token == address)
+    }
+}
+
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

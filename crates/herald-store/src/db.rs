@@ -99,6 +99,16 @@ impl<D: Database> Intake for Db<D> {
     ) -> Result<Option<uuid::Uuid>, StoreError> {
         reads::notification_for_key(&self.reads, tenant_id, key).await
     }
+
+    async fn notifications_to(
+        &self,
+        tenant_id: &str,
+        address: &str,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<uuid::Uuid>, StoreError> {
+        reads::notifications_to(&self.reads, tenant_id, address, scan, limit).await
+    }
 }
 
 #[async_trait]

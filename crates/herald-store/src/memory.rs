@@ -363,6 +363,25 @@ impl Intake for MemoryStore {
         Ok(Some(out))
     }
 
+    async fn notifications_to(
+        &self,
+        tenant_id: &str,
+        address: &str,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<uuid::Uuid>, StoreError> {
+        let s = self.lock();
+        Ok(s.notifications
+            .iter()
+            .rev()
+            .filter(|(_, n)| n.tenant_id == tenant_id)
+            .take(scan)
+            .filter(|(_, n)| n.request.recipient.has(address))
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect())
+    }
+
     async fn notification_for_key(
         &self,
         tenant_id: &str,

@@ -370,6 +370,54 @@ pub(crate) async fn callback<R: Reader>(
 }
 
 /// The notification an idempotency key made: its stored response names it.
+/// The tenant's latest `scan` notifications, newest first, narrowed by a
+/// `LIKE` on the stored request (the address, JSON-escaped, as a
+/// substring), then checked exactly on the parsed recipient.
+pub(crate) async fn notifications_to<R: Reader>(
+    r: &R,
+    tenant_id: &str,
+    address: &str,
+    scan: usize,
+    limit: usize,
+) -> Result<Vec<uuid::Uuid>, StoreError> {
+    // As the address appears inside the stored JSON (quotes and
+    // backslashes escaped), then escaped for LIKE.
+    let json = serde_json::to_string(address).unwrap_or_default();
+    let inner = json.get(1..json.len().saturating_sub(1)).unwrap_or("");
+    let mut pattern = String::from("%");
+    for c in inner.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    // Emails match in any case; LIKE is case-sensitive on PostgreSQL, so
+    // both sides are lowered there and on SQLite alike.
+    let rows = r
+        .rows(
+            "SELECT id, payload FROM (                  SELECT id, payload FROM notifications WHERE tenant_id = $1                  ORDER BY id DESC LIMIT $2              ) recent WHERE lower(payload) LIKE lower($3) ESCAPE '!' ORDER BY id DESC",
+            vec![
+                Arg::Text(tenant_id.to_owned()),
+                Arg::Int(i64::try_from(scan).unwrap_or(i64::MAX)),
+                Arg::Text(pattern),
+            ],
+        )
+        .await?;
+    let mut found = Vec::new();
+    for row in &rows {
+        let request: herald_core::NotificationRequest = serde_json::from_str(&row.text("payload")?)
+            .map_err(|e| StoreError::Corrupt(format!("notification payload: {e}").into()))?;
+        if request.recipient.has(address) {
+            found.push(row.uuid("id")?);
+            if found.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
 pub(crate) async fn notification_for_key<R: Reader>(
     r: &R,
     tenant_id: &str,

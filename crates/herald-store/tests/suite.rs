@@ -480,6 +480,50 @@ async fn api_keys(store: &dyn Store) {
     assert_eq!(store.key_grant(b"nope").await.expect("read"), None);
 }
 
+/// The support search: a tenant's notifications to an address, newest
+/// first, among its latest `scan`; never another tenant's, never a
+/// notification that only mentions the address elsewhere.
+async fn notifications_to_an_address(store: &dyn Store) {
+    let to = |email: &str, phone: &str, text: &str| {
+        let req: NotificationRequest = serde_json::from_value(serde_json::json!({
+            "recipient": {"email": email, "phone": phone},
+            "channels": ["email"],
+            "content": {"subject": "s", "text": text}
+        }))
+        .expect("fixture");
+        new_notification("t1", req, 1_000)
+    };
+    let ada = to("ada@example.com", "+14155550100", "x");
+    let grace = to("grace@example.com", "+14155550101", "for ada@example.com");
+    let ada_again = to("Ada@Example.com", "+14155550102", "y");
+    let mut other = to("ada@example.com", "+14155550100", "z");
+    other.tenant_id = "t2".into();
+    for n in [&ada, &grace, &ada_again, &other] {
+        store.create(vec![n.clone()]).await.expect("create");
+    }
+    let found = |address: &'static str, scan| async move {
+        store
+            .notifications_to("t1", address, scan, 20)
+            .await
+            .expect("search")
+    };
+    assert_eq!(
+        found("ada@example.com", 100).await,
+        vec![ada_again.id, ada.id]
+    );
+    assert_eq!(found("+14155550101", 100).await, vec![grace.id]);
+    assert_eq!(
+        found("ada@example.com", 1).await,
+        vec![ada_again.id],
+        "scans the latest 1"
+    );
+    assert!(
+        found("%", 100).await.is_empty(),
+        "LIKE's wildcards are literal"
+    );
+    assert!(found("nobody@example.com", 100).await.is_empty());
+}
+
 /// Circuits held by hand: held, replaced, read by every node, released.
 async fn circuit_holds(store: &dyn Store) {
     assert_eq!(store.circuit_holds().await.expect("read"), vec![]);
@@ -1927,6 +1971,7 @@ suite!(
     idempotency_keys_are_per_tenant,
     api_keys,
     circuit_holds,
+    notifications_to_an_address,
     failover_calls_are_all_logged_and_a_deferral_is_not_an_attempt,
     a_pin_holds_for_later_attempts,
     dead_letters_are_listed_paged_filtered_and_replayed,

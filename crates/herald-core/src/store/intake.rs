@@ -187,6 +187,17 @@ pub trait Intake: Send + Sync {
         id: uuid::Uuid,
         now_ms: i64,
     ) -> Result<Option<Vec<CancelledDelivery>>, StoreError>;
+    /// A support search: the tenant's notifications to `address` (see
+    /// `Recipient::has`) among its latest `scan` notifications, newest
+    /// first, at most `limit`. Bounded by `scan`, not indexed: it costs
+    /// nothing at acceptance and a bounded read when someone asks.
+    async fn notifications_to(
+        &self,
+        tenant_id: &str,
+        address: &str,
+        scan: usize,
+        limit: usize,
+    ) -> Result<Vec<uuid::Uuid>, StoreError>;
     /// The notification a tenant's idempotency key made, while the key is
     /// kept.
     async fn notification_for_key(
