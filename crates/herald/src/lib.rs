@@ -6,6 +6,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod dlq;
 pub mod engine;
 pub mod progress;

@@ -5,10 +5,10 @@ mod accept;
 pub mod admission;
 mod auth;
 mod callbacks;
-mod circuits;
+pub(crate) mod circuits;
 mod json;
 mod limits;
-mod notifications;
+pub(crate) mod notifications;
 pub mod openapi;
 mod ops;
 pub mod problem;
@@ -125,6 +125,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Admission control's verdicts per channel and lane.
     pub admission: Arc<admission::Gate>,
+    /// The console's samples of this node's metrics.
+    pub console: Arc<crate::console::Sampler>,
 }
 
 impl AppState {
@@ -163,6 +165,7 @@ impl AppState {
                 settings.rate_limit_burst,
             ),
             metrics: crate::telemetry::metrics(),
+            console: crate::console::Sampler::new(crate::telemetry::metrics()),
             draining: AtomicBool::new(false),
             admission: Arc::default(),
         }
@@ -229,6 +232,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                     .delete(callbacks::delete),
             )
             .route("/openapi.json", get(openapi::openapi_json))
+            .merge(crate::console::routes())
     } else {
         Router::new()
     };

@@ -296,7 +296,7 @@ pub async fn cancel_by_key(
     cancelled(&state, &tenant, id).await
 }
 
-async fn cancelled(
+pub(crate) async fn cancelled(
     state: &AppState,
     tenant: &str,
     id: uuid::Uuid,
