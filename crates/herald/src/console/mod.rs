@@ -280,9 +280,11 @@ fn render(status: StatusCode, name: &str, ctx: Value) -> Response {
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the
+    // console's own forms, and the origin check could not tell them apart.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -889,6 +891,7 @@ async fn asset(Path(file): Path<String>) -> Response {
             include_str!("assets/console.js"),
             "text/javascript; charset=utf-8",
         ),
+        "favicon.svg" => (include_str!("assets/favicon.svg"), "image/svg+xml"),
         _ => return error_page(StatusCode::NOT_FOUND, "No such file."),
     };
     (

@@ -11,6 +11,7 @@ mod chat;
 mod cli;
 mod cluster;
 mod connections;
+mod console;
 mod crash;
 mod credentials;
 mod delivery;
