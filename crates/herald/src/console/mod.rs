@@ -133,6 +133,28 @@ impl IntoResponse for Refusal {
 
 type PageResult = Result<Response, Refusal>;
 
+/// A posted form; one that cannot be read is a page saying so (400), not
+/// the framework's plain-text refusal.
+struct Posted<T>(T);
+
+impl<T, S> axum::extract::FromRequest<S> for Posted<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        match Form::<T>::from_request(req, state).await {
+            Ok(Form(v)) => Ok(Posted(v)),
+            Err(e) => Err(error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("This form could not be read: {}.", e.body_text()),
+            )),
+        }
+    }
+}
+
 /// The session's key and name, from the cookie.
 fn session(headers: &HeaderMap) -> Option<(String, String)> {
     headers
@@ -336,7 +358,7 @@ struct SignIn {
     who: String,
 }
 
-async fn sign_in(State(state): St, headers: HeaderMap, Form(form): Form<SignIn>) -> Response {
+async fn sign_in(State(state): St, headers: HeaderMap, Posted(form): Posted<SignIn>) -> Response {
     let refuse = |message: &str| {
         render(
             StatusCode::UNAUTHORIZED,
@@ -396,7 +418,7 @@ struct Csrf {
     csrf: String,
 }
 
-async fn sign_out(State(state): St, headers: HeaderMap, Form(form): Form<Csrf>) -> PageResult {
+async fn sign_out(State(state): St, headers: HeaderMap, Posted(form): Posted<Csrf>) -> PageResult {
     acting(&state, &headers, &form.csrf).await?;
     let mut resp = see_other("/console/sign-in");
     resp.headers_mut().insert(
@@ -642,7 +664,7 @@ async fn cancel(
     State(state): St,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-    Form(form): Form<Csrf>,
+    Posted(form): Posted<Csrf>,
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
     let id = notification_id(id)?;
@@ -770,7 +792,7 @@ async fn confirm_replay(State(state): St, headers: HeaderMap, RawQuery(q): RawQu
 async fn replay_many(
     State(state): St,
     headers: HeaderMap,
-    Form(filter): Form<Filter>,
+    Posted(filter): Posted<Filter>,
 ) -> PageResult {
     let op = acting(&state, &headers, &filter.csrf).await?;
     let store_filter = filter.for_tenant(&op.tenant)?;
@@ -790,7 +812,7 @@ async fn replay_one(
     State(state): St,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-    Form(form): Form<Csrf>,
+    Posted(form): Posted<Csrf>,
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
     let id = notification_id(id)?;
@@ -847,7 +869,7 @@ async fn hold(
     State(state): St,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-    Form(form): Form<HoldForm>,
+    Posted(form): Posted<HoldForm>,
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
     let name = provider_name(name)?;
@@ -863,7 +885,7 @@ async fn close(
     State(state): St,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-    Form(form): Form<Csrf>,
+    Posted(form): Posted<Csrf>,
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
     let name = provider_name(name)?;

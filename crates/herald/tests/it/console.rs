@@ -159,3 +159,113 @@ async fn the_console_works_in_a_real_browser() {
         "{twilio}"
     );
 }
+
+/// The console at its edges, without a browser: signed out it sends you to
+/// sign in; a wrong, unknown or non-admin key is refused on the page; a
+/// form without the session's token or from another origin changes
+/// nothing; what it shows back is escaped; names in any script survive.
+#[tokio::test]
+async fn the_console_refuses_what_it_should() {
+    let s = TestServer::start().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let url = |p: &str| format!("{}{p}", s.base);
+
+    let r = http.get(url("/console/now")).send().await.expect("get");
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console/sign-in");
+
+    let r = http
+        .post(url("/console/sign-in"))
+        .json(&json!({"key": s.key}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 400, "a JSON body is not the form");
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/html"));
+
+    let reader = s.key_with("sandbox", Scopes::READ).await;
+    for (key, says) in [
+        ("hrld_nope", "No such API key"),
+        (reader.as_str(), "admin scope"),
+    ] {
+        let r = http
+            .post(url("/console/sign-in"))
+            .form(&[("key", key), ("who", "Ada")])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get("set-cookie").is_none());
+        assert!(r.text().await.expect("body").contains(says));
+    }
+
+    let who = "Zoë 😀 <b>";
+    let r = http
+        .post(url("/console/sign-in"))
+        .form(&[("key", s.key.as_str()), ("who", who)])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().expect("pair").to_owned();
+
+    let page = http
+        .get(url("/console/find?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = page.text().await.expect("body");
+    assert!(!html.contains("<script>alert(1)"), "the query is escaped");
+    assert!(
+        html.contains("Zoë 😀 &lt;b&gt;"),
+        "the name survives, escaped"
+    );
+
+    // No token, or another origin: refused, and the circuit stays closed.
+    let hold = |csrf: &str, origin: &str| {
+        http.post(url("/console/providers/twilio/hold"))
+            .header("cookie", &session)
+            .header("origin", origin.to_owned())
+            .form(&[("csrf", csrf.to_owned()), ("reason", "x".to_owned())])
+            .send()
+    };
+    let same = s.base.clone();
+    assert_eq!(hold("", &same).await.expect("post").status(), 403);
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the page's token")
+        .to_owned();
+    assert_eq!(
+        hold(&token, "https://evil.example")
+            .await
+            .expect("post")
+            .status(),
+        403
+    );
+    assert_eq!(s.provider("twilio").await["circuit"]["state"], "closed");
+    assert_eq!(hold(&token, &same).await.expect("post").status(), 303);
+    assert_eq!(s.provider("twilio").await["circuit"]["state"], "open");
+}
