@@ -71,6 +71,7 @@ struct Notification {
     accepted_at_ms: i64,
     expires_at_ms: Option<i64>,
     key: Option<String>,
+    traceparent: Option<String>,
 }
 
 struct Delivery {
@@ -159,6 +160,7 @@ impl State {
                 pinned_provider: d.pinned_provider.clone(),
                 in_doubt: d.in_doubt,
                 calling: d.calling.clone(),
+                traceparent: n.traceparent.clone(),
             });
         }
         out
@@ -318,6 +320,7 @@ impl Intake for MemoryStore {
                     accepted_at_ms: n.accepted_at_ms,
                     expires_at_ms: n.expires_at_ms,
                     key: n.idempotency.map(|(k, _)| k),
+                    traceparent: n.traceparent,
                 },
             );
             results.push(CreateResult::Created);

@@ -1063,7 +1063,9 @@ async fn a_bus_consumer_claims_named_deliveries_once(store: &dyn Store) {
     let now = 10_000;
     let mut later = new_notification("t1", request(Priority::Low, &["email"]), now);
     later.due_at_ms = now + 60_000; // scheduled: not due yet
-    let n = new_notification("t1", request(Priority::Critical, &["email", "sms"]), now);
+    let mut n = new_notification("t1", request(Priority::Critical, &["email", "sms"]), now);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    n.traceparent = Some(traceparent.into());
     store
         .create(vec![n.clone(), later.clone()])
         .await
@@ -1083,10 +1085,11 @@ async fn a_bus_consumer_claims_named_deliveries_once(store: &dyn Store) {
     assert_eq!(e.tenant_id, "t1");
     assert_eq!(e.notification_id, n.id);
     assert!(!e.payload.is_empty());
-    assert_eq!(
-        got.iter().find(|d| d.id == sms).expect("sms").channel,
-        Channel::Sms
-    );
+    let s = got.iter().find(|d| d.id == sms).expect("sms");
+    assert_eq!(s.channel, Channel::Sms);
+    // Both carry the trace context the notification was accepted under.
+    assert_eq!(e.traceparent.as_deref(), Some(traceparent));
+    assert_eq!(s.traceparent.as_deref(), Some(traceparent));
 
     // The event again (redelivered): nothing, the leases hold.
     let again = store

@@ -40,6 +40,8 @@ pub struct Config {
     pub suppression: SuppressionConfig,
     #[serde(default)]
     pub unsubscribe: UnsubscribeConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     pub http: HttpConfig,
     pub webhooks: WebhookPolicy,
     pub lanes: LanesConfig,
@@ -180,6 +182,43 @@ pub struct UnsubscribeConfig {
     /// dropping the old one once mail that carries it is stale.
     #[serde(default)]
     pub keys: Vec<Secret>,
+}
+
+/// `[telemetry]`: logs and traces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `auto` (text with colour on a terminal, JSON lines otherwise),
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Where OTLP/HTTP traces go (`http://collector:4318`; `/v1/traces` is
+    /// added). Empty: off, unless `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
+    pub otlp_endpoint: String,
+    /// The share of new traces kept, 0 to 1 (a caller's sampled
+    /// `traceparent` is followed either way).
+    pub sample_ratio: f64,
+    /// `service.name` on every span (`OTEL_SERVICE_NAME` overrides).
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Auto,
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
+            service_name: "herald".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
 }
 
 /// The sandbox's unsubscribe key (documented; never for production).
@@ -416,6 +455,16 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         crate::api::unsubscribe::Keys::parse(&self.unsubscribe.keys).map_err(anyhow::Error::msg)?;
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            anyhow::bail!("telemetry.sample_ratio must be between 0 and 1");
+        }
+        let endpoint = t.otlp_endpoint.trim();
+        if !endpoint.is_empty()
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            anyhow::bail!("telemetry.otlp_endpoint must be an http:// or https:// URL (OTLP over HTTP)");
+        }
         let e = &self.engine;
         let positive = [
             ("server.max_body_bytes", self.server.max_body_bytes as u64),

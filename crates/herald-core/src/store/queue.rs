@@ -76,6 +76,9 @@ pub struct ClaimedDelivery {
     /// The backup provider the last holder noted it was calling, if any (a
     /// call to the primary is not noted: it is the one tried first anyway).
     pub calling: Option<String>,
+    /// The W3C `traceparent` the notification was accepted under, when
+    /// tracing was on: the delivery's spans join that trace.
+    pub traceparent: Option<String>,
 }
 
 /// Where a delivery goes after an attempt.

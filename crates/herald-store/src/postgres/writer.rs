@@ -686,8 +686,8 @@ async fn create(
     }
     if !n_cols.id.is_empty() {
         sqlx::query(
-            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $7::text[])",
+            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key, traceparent) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[])",
         )
         .bind(&n_cols.id)
         .bind(&n_cols.tenant_id)
@@ -696,6 +696,7 @@ async fn create(
         .bind(&n_cols.accepted_at_ms)
         .bind(&n_cols.expires_at_ms)
         .bind(&n_cols.idempotency_key)
+        .bind(&n_cols.traceparent)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -857,6 +858,7 @@ struct NotificationColumns {
     accepted_at_ms: Vec<i64>,
     expires_at_ms: Vec<Option<i64>>,
     idempotency_key: Vec<Option<String>>,
+    traceparent: Vec<Option<String>>,
 }
 
 impl NotificationColumns {
@@ -872,6 +874,7 @@ impl NotificationColumns {
         self.expires_at_ms.push(n.expires_at_ms);
         self.idempotency_key
             .push(n.idempotency.as_ref().map(|(key, _)| key.clone()));
+        self.traceparent.push(n.traceparent.clone());
         Ok(())
     }
 }
@@ -1107,13 +1110,14 @@ async fn leased(
             pinned_provider: row.opt_text("pinned_provider")?,
             calling: row.opt_text("calling")?,
             in_doubt: row.try_get("in_doubt").map_err(db_err)?,
+            traceparent: None,
         });
     }
     let mut ids: Vec<uuid::Uuid> = claimed.iter().map(|c| c.notification_id).collect();
     ids.sort_unstable();
     ids.dedup();
     let notes = sqlx::query(
-        "SELECT id, tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications WHERE id = ANY($1)",
+        "SELECT id, tenant_id, payload, accepted_at_ms, expires_at_ms, traceparent FROM notifications WHERE id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
@@ -1131,6 +1135,7 @@ async fn leased(
         c.payload = row.text("payload")?;
         c.accepted_at_ms = row.int("accepted_at_ms")?;
         c.expires_at_ms = row.opt_int("expires_at_ms")?;
+        c.traceparent = row.opt_text("traceparent")?;
     }
     Ok(claimed)
 }

@@ -649,8 +649,9 @@ fn create(
     let mut insert_notification = tx
         .prepare_cached(
             "INSERT INTO notifications \
-             (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key, \
+              traceparent) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(sql_err)?;
     let mut insert_delivery = tx
@@ -692,7 +693,8 @@ fn create(
                 payload,
                 n.accepted_at_ms,
                 n.expires_at_ms,
-                n.idempotency.as_ref().map(|(key, _)| key)
+                n.idempotency.as_ref().map(|(key, _)| key),
+                n.traceparent
             ])
             .map_err(sql_err)?;
         let capped = match &n.cap {
@@ -895,6 +897,7 @@ fn leased(
         pinned_provider: row.get(4).map_err(sql_err)?,
         calling: row.get(5).map_err(sql_err)?,
         in_doubt: row.get::<_, i64>(6).map_err(sql_err)? != 0,
+        traceparent: None,
     })
 }
 
@@ -947,7 +950,8 @@ fn with_notifications(
     // were claimed together.
     let mut notification = tx
         .prepare_cached(
-            "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms FROM notifications WHERE id = ?1",
+            "SELECT tenant_id, payload, accepted_at_ms, expires_at_ms, traceparent \
+             FROM notifications WHERE id = ?1",
         )
         .map_err(sql_err)?;
     let mut seen: HashMap<uuid::Uuid, usize> = HashMap::with_capacity(claimed.len());
@@ -959,14 +963,15 @@ fn with_notifications(
                 claimed[first].payload.clone(),
             );
             let (accepted, expires) = (claimed[first].accepted_at_ms, claimed[first].expires_at_ms);
+            let traceparent = claimed[first].traceparent.clone();
             let c = &mut claimed[i];
-            (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms) =
-                (tenant_id, payload, accepted, expires);
+            (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms, c.traceparent) =
+                (tenant_id, payload, accepted, expires, traceparent);
             continue;
         }
         let c = &mut claimed[i];
-        (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms) = notification
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms, c.traceparent) = notification
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
             .optional()
             .map_err(sql_err)?
             .ok_or_else(|| {
