@@ -61,6 +61,7 @@ fn start_relay(store: &Arc<dyn Store>, brokers: &str, stop: &CancellationToken) 
         batch: 100,
         lease: Duration::from_secs(5),
         idle: Duration::from_millis(20),
+        traced: None,
     };
     tokio::spawn(relay.run(stop.clone()));
 }

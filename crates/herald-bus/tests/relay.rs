@@ -42,6 +42,7 @@ fn relay(store: &Arc<dyn Store>, brokers: &str, holder: &str) -> Relay {
         batch: 64,
         lease: Duration::from_millis(600),
         idle: Duration::from_millis(20),
+        traced: None,
     }
 }
 

@@ -290,6 +290,8 @@ impl Running {
                     batch: 5_000,
                     lease: Duration::from_secs(10),
                     idle: Duration::from_millis(cfg.engine.poll_interval_ms.min(50)),
+                    traced: crate::telemetry::tracing_on()
+                        .then_some(crate::telemetry::kafka_publish as herald_bus::kafka::Traced),
                 };
                 tokio::spawn(relay.run(stop_fleet.clone()));
             } else if cfg.node.roles.len() == 1 {

@@ -460,10 +460,11 @@ impl Config {
             anyhow::bail!("telemetry.sample_ratio must be between 0 and 1");
         }
         let endpoint = t.otlp_endpoint.trim();
-        if !endpoint.is_empty()
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            anyhow::bail!("telemetry.otlp_endpoint must be an http:// or https:// URL (OTLP over HTTP)");
+        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !http {
+            anyhow::bail!(
+                "telemetry.otlp_endpoint must be an http:// or https:// URL (OTLP over HTTP)"
+            );
         }
         let e = &self.engine;
         let positive = [
@@ -961,5 +962,21 @@ mod tests {
         std::fs::write(&f, "[server]\nlisten_port = 1\n").expect("write");
         let e = Config::load(Some(&f)).expect_err("unknown keys are refused");
         assert!(e.to_string().contains("listen_port"), "{e}");
+
+        for (toml, names) in [
+            (
+                "[telemetry]\nsample_ratio = 1.5\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4317\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+            ("[telemetry]\nlog_format = \"xml\"\n", "log_format"),
+        ] {
+            std::fs::write(&f, toml).expect("write");
+            let e = Config::load(Some(&f)).expect_err(toml);
+            assert!(format!("{e:#}").contains(names), "{toml}: {e:#}");
+        }
     }
 }

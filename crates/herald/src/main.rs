@@ -259,8 +259,11 @@ fn parse_scopes(list: &str) -> Result<Scopes, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    herald::telemetry::init_logging();
     let cli = Cli::parse();
+    // `serve` sets up logs and traces from its config (`[telemetry]`).
+    if !matches!(cli.command, Command::Serve { .. }) {
+        herald::telemetry::init_logging();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -518,6 +521,13 @@ async fn serve(
     if let Some(l) = listen {
         cfg.server.listen = l;
     }
+    let telemetry = herald::telemetry::init(&cfg.telemetry)?;
+    if herald::telemetry::tracing_on() {
+        tracing::info!(
+            sample_ratio = cfg.telemetry.sample_ratio,
+            "traces go out over OTLP"
+        );
+    }
     // A node with a config never falls back to the simulator; one without
     // is a sandbox, on loopback unless asked for by name.
     let sandbox = args.config.is_none();
@@ -562,5 +572,7 @@ async fn serve(
     app::shutdown_signal().await;
     eprintln!("shutting down: finishing in-flight work");
     running.shutdown().await;
+    // The spans still buffered go out (bounded by the exporter's timeout).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }

@@ -108,22 +108,222 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
-/// Logs to stderr; `RUST_LOG` sets the filter (default `info`), and
-/// `HERALD_LOG_FORMAT=json` switches to JSON lines. Colours only on a
-/// terminal (and never with `NO_COLOR` set): a log written to a file or a
-/// pipe is plain text.
+/// Logs to stderr with the defaults (`[telemetry]` not read): for the
+/// commands other than `serve`, and before a config is loaded.
 pub fn init_logging() {
+    let _ = init(&crate::config::TelemetryConfig::default());
+}
+
+/// What `init` set up; `shutdown` sends the spans still buffered.
+#[must_use = "shut down at exit, or the last spans are lost"]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends what is buffered (bounded by the exporter's timeout) and stops.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+static TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether traces are exported: spans per notification and delivery are
+/// made only then, so a node without tracing pays nothing per delivery.
+pub fn tracing_on() -> bool {
+    TRACING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Where OTLP traces go: `[telemetry] otlp_endpoint`, else the standard
+/// environment (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`); `None` (off) when neither is set or
+/// `OTEL_SDK_DISABLED=true`.
+fn otlp_endpoint(cfg: &crate::config::TelemetryConfig) -> Option<Option<String>> {
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    let set = |v: &str| !v.trim().is_empty();
+    if set(&cfg.otlp_endpoint) {
+        let base = cfg.otlp_endpoint.trim().trim_end_matches('/');
+        let url = if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        };
+        return Some(Some(url));
+    }
+    let from_env = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| set(&v)));
+    // The exporter reads the environment itself (and adds /v1/traces to
+    // the general endpoint, as the specification says).
+    from_env.then_some(None)
+}
+
+/// Logs to stderr, and traces over OTLP when configured. `RUST_LOG` sets
+/// the log filter (default `info`); the format is `[telemetry] log_format`
+/// (`HERALD_LOG_FORMAT` overrides): `auto` is coloured text on a terminal
+/// (never with `NO_COLOR`) and JSON lines otherwise. Spans carry the trace
+/// and notification ids, so JSON log lines do too.
+pub fn init(cfg: &crate::config::TelemetryConfig) -> anyhow::Result<Telemetry> {
+    use crate::config::LogFormat;
+    use opentelemetry::trace::TracerProvider as _;
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let format = match std::env::var("HERALD_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        Ok("text") => LogFormat::Text,
+        _ => cfg.log_format,
     };
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        let colour = terminal && std::env::var_os("NO_COLOR").is_none();
+        tracing_subscriber::fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
+    };
+    let provider = match otlp_endpoint(cfg) {
+        None => None,
+        Some(endpoint) => {
+            use opentelemetry_otlp::WithExportConfig;
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_timeout(std::time::Duration::from_secs(5));
+            if let Some(url) = endpoint {
+                exporter = exporter.with_endpoint(url);
+            }
+            let exporter = exporter
+                .build()
+                .map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint: {e}"))?;
+            let sampler = opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(cfg.sample_ratio),
+            ));
+            let name = std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| cfg.service_name.clone());
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(name)
+                .build();
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_sampler(sampler)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+    };
+    // Herald's own spans only, whatever RUST_LOG says for the logs.
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("herald"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("herald", tracing::Level::INFO),
+            )
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok();
+    TRACING.store(
+        installed && provider.is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Ok(Telemetry { provider })
+}
+
+/// The relay's span for publishing one event to Kafka: a child of the
+/// context the event was stored under; its own context goes in the
+/// event's headers.
+pub fn kafka_publish(stored: Option<&str>) -> (tracing::Span, Option<String>) {
+    let span = tracing::info_span!(
+        "kafka publish",
+        otel.kind = "producer",
+        trace_id = tracing::field::Empty
+    );
+    context::join(&span, stored);
+    let traceparent = context::traceparent(&span).or_else(|| stored.map(str::to_owned));
+    (span, traceparent)
+}
+
+/// W3C trace context: reading a `traceparent` into a parent context, and
+/// writing a span's context out (event headers, stored notifications,
+/// webhook requests).
+pub mod context {
+    use std::collections::HashMap;
+
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    /// A context whose remote parent is `traceparent` (invalid or absent:
+    /// the empty context, so the span starts a new trace).
+    pub fn parent(traceparent: Option<&str>) -> opentelemetry::Context {
+        let mut carrier = HashMap::new();
+        if let Some(t) = traceparent {
+            carrier.insert("traceparent".to_owned(), t.to_owned());
+        }
+        opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier)
+    }
+
+    /// `span`'s W3C `traceparent`, when it has a valid context.
+    pub fn traceparent(span: &tracing::Span) -> Option<String> {
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier = HashMap::new();
+        opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .inject_context(&cx, &mut carrier);
+        carrier.remove("traceparent")
+    }
+
+    /// `span`'s trace id in hex (for logs), when it has one.
+    pub fn trace_id(span: &tracing::Span) -> Option<String> {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| sc.trace_id().to_string())
+    }
+
+    /// Makes `span` a child of `traceparent` and records its trace id in
+    /// the span's `trace_id` field (declared empty by the caller).
+    pub fn join(span: &tracing::Span, traceparent: Option<&str>) {
+        if traceparent.is_some() {
+            let _ = span.set_parent(parent(traceparent));
+        }
+        if let Some(id) = trace_id(span) {
+            span.record("trace_id", id.as_str());
+        }
+    }
 }

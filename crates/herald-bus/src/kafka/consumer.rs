@@ -221,6 +221,10 @@ impl LaneConsumer {
                 },
             };
             let mut ids = self.ids(&first);
+            // The trace context each event's header carries, for the
+            // deliveries it names (their spans then hang under the hop).
+            let mut traced = HashMap::new();
+            note_traceparent(&first, &ids, &mut traced);
             let mut batch = vec![first];
             while ids.len() < BATCH {
                 let next = match held.pop_front() {
@@ -231,7 +235,9 @@ impl LaneConsumer {
                         _ => break,
                     },
                 };
-                ids.extend(self.ids(&next));
+                let more = self.ids(&next);
+                note_traceparent(&next, &more, &mut traced);
+                ids.extend(more);
                 batch.push(next);
             }
             for chunk in ids.chunks(BATCH) {
@@ -244,7 +250,10 @@ impl LaneConsumer {
                     return;
                 };
                 if !claimed.is_empty() {
-                    for (permit, d) in permits.zip(claimed) {
+                    for (permit, mut d) in permits.zip(claimed) {
+                        if let Some(tp) = traced.get(&d.id) {
+                            d.traceparent = Some(String::clone(tp));
+                        }
                         permit.send(d);
                     }
                     self.wake.notify_one();
@@ -480,5 +489,30 @@ impl Bus for KafkaBus {
             }
             None => tokio::time::sleep(at_most).await,
         }
+    }
+}
+
+/// Notes `message`'s `traceparent` header, if any, for each delivery id it
+/// names.
+fn note_traceparent(
+    message: &BorrowedMessage<'_>,
+    ids: &[uuid::Uuid],
+    traced: &mut HashMap<uuid::Uuid, std::sync::Arc<String>>,
+) {
+    use rdkafka::message::Headers as _;
+    let Some(headers) = message.headers() else {
+        return;
+    };
+    let Some(tp) = headers
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+    else {
+        return;
+    };
+    let tp = std::sync::Arc::new(tp.to_owned());
+    for id in ids {
+        traced.insert(*id, tp.clone());
     }
 }

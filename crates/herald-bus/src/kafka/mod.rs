@@ -27,7 +27,7 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer};
 
 pub use consumer::KafkaBus;
 pub use probe::KafkaProbe;
-pub use relay::Relay;
+pub use relay::{Relay, Traced};
 
 /// The relay's published events (label `lane`).
 pub const PUBLISHED: &str = "herald_bus_published_total";

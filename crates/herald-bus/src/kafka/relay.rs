@@ -27,7 +27,16 @@ pub struct Relay {
     /// How long to wait when there is nothing to publish, or the lease is
     /// another relay's.
     pub idle: Duration,
+    /// With tracing on: makes an event's publish span, a child of the
+    /// context the event was stored under, and gives the `traceparent` its
+    /// Kafka headers carry (the span's own, so the consumer's side hangs
+    /// under the hop). Without it the stored context passes through.
+    pub traced: Option<Traced>,
 }
+
+/// `traced`'s signature: the stored `traceparent` in, the span and the
+/// `traceparent` to send out.
+pub type Traced = fn(Option<&str>) -> (tracing::Span, Option<String>);
 
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
@@ -82,14 +91,22 @@ impl Relay {
         let topics = Lanes::from_fn(|lane| topic(&self.topic_prefix, lane));
         let mut acks = Vec::with_capacity(events.len());
         for e in &events {
+            let (span, traceparent) = match self.traced {
+                Some(traced) => {
+                    let (span, tp) = traced(e.traceparent.as_deref());
+                    (Some(span), tp)
+                }
+                None => (None, e.traceparent.clone()),
+            };
             let record = FutureRecord::to(&topics[e.lane])
                 .key(&e.key)
                 .payload(&e.payload)
-                .headers(headers(e));
-            acks.push((e.seq, e.lane, self.producer.send_result(record)));
+                .headers(headers(e, traceparent.as_deref()));
+            acks.push((e.seq, e.lane, self.producer.send_result(record), span));
         }
         let mut done = Vec::with_capacity(events.len());
-        for (seq, lane, queued) in acks {
+        // Each publish span ends when its acknowledgement is in.
+        for (seq, lane, queued, _span) in acks {
             let acked = match queued {
                 Ok(ack) => matches!(ack.await, Ok(Ok(_))),
                 Err((e, _)) => {
@@ -115,7 +132,7 @@ impl Relay {
     }
 }
 
-fn headers(e: &OutboxEvent) -> OwnedHeaders {
+fn headers(e: &OutboxEvent, traceparent: Option<&str>) -> OwnedHeaders {
     let mut h = OwnedHeaders::new()
         .insert(Header {
             key: "event",
@@ -131,10 +148,10 @@ fn headers(e: &OutboxEvent) -> OwnedHeaders {
             value: Some(id.as_str()),
         });
     }
-    if let Some(tp) = &e.traceparent {
+    if let Some(tp) = traceparent {
         h = h.insert(Header {
             key: "traceparent",
-            value: Some(tp.as_str()),
+            value: Some(tp),
         });
     }
     h

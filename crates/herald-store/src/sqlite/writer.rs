@@ -965,13 +965,26 @@ fn with_notifications(
             let (accepted, expires) = (claimed[first].accepted_at_ms, claimed[first].expires_at_ms);
             let traceparent = claimed[first].traceparent.clone();
             let c = &mut claimed[i];
-            (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms, c.traceparent) =
-                (tenant_id, payload, accepted, expires, traceparent);
+            (
+                c.tenant_id,
+                c.payload,
+                c.accepted_at_ms,
+                c.expires_at_ms,
+                c.traceparent,
+            ) = (tenant_id, payload, accepted, expires, traceparent);
             continue;
         }
         let c = &mut claimed[i];
-        (c.tenant_id, c.payload, c.accepted_at_ms, c.expires_at_ms, c.traceparent) = notification
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        (
+            c.tenant_id,
+            c.payload,
+            c.accepted_at_ms,
+            c.expires_at_ms,
+            c.traceparent,
+        ) = notification
+            .query_row([id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()
             .map_err(sql_err)?
             .ok_or_else(|| {

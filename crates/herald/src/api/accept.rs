@@ -282,9 +282,17 @@ impl Trace {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
+        // With tracing on, the trace continues from this request's span
+        // (itself the caller's child); off, the caller's context passes
+        // through to the bus's event headers as it came.
+        let traceparent = if crate::telemetry::tracing_on() {
+            crate::telemetry::context::traceparent(&tracing::Span::current())
+        } else {
+            text("traceparent").filter(|t| valid_traceparent(t))
+        };
         Trace {
             correlation_id: text("x-request-id").filter(|id| id.len() <= 200),
-            traceparent: text("traceparent").filter(|t| valid_traceparent(t)),
+            traceparent,
         }
     }
 }
@@ -450,7 +458,16 @@ pub async fn accept(
     }
 
     if !batch.is_empty() {
-        match state.intake.create(batch).await {
+        let create = state.intake.create(batch);
+        let created = if crate::telemetry::tracing_on() {
+            use tracing::Instrument as _;
+            create
+                .instrument(tracing::info_span!("store write", otel.kind = "client"))
+                .await
+        } else {
+            create.await
+        };
+        match created {
             Ok(results) => {
                 for ((idx, hash, response, prio), result) in pending.into_iter().zip(results) {
                     out[idx] = Some(match result {

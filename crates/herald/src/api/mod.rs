@@ -255,7 +255,13 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, serve_api: bool) 
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, trace_id = tracing::field::Empty, otel.kind = "server");
+                    if crate::telemetry::tracing_on() {
+                        // The caller's trace context, if it sent one.
+                        let caller = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+                        crate::telemetry::context::join(&span, caller);
+                    }
+                    span
                 }))
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(ops::panic_response))

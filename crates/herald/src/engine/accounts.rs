@@ -373,7 +373,7 @@ impl Account {
             }
             Ok(req)
         });
-        let req = match built {
+        let mut req = match built {
             Ok(r) => r,
             Err(e) => {
                 let outcome = Outcome::permanent(e.to_string());
@@ -382,7 +382,35 @@ impl Account {
             }
         };
         let sending = tokio::time::Instant::now();
-        let result = self.transport.send(req, self.guards.request_timeout).await;
+        let result = if crate::telemetry::tracing_on() {
+            use tracing::Instrument as _;
+            let span = tracing::info_span!(
+                "vendor call",
+                provider = %self.name(),
+                vendor = self.provider.vendor(),
+                otel.kind = "client",
+                http.response.status_code = tracing::field::Empty,
+            );
+            // A webhook's receiver may trace too: it gets the call's context.
+            if self.channel == Channel::Webhook {
+                if let Some(tp) = crate::telemetry::context::traceparent(&span) {
+                    if let Ok(v) = http::HeaderValue::from_str(&tp) {
+                        req.headers_mut().insert("traceparent", v);
+                    }
+                }
+            }
+            let result = self
+                .transport
+                .send(req, self.guards.request_timeout)
+                .instrument(span.clone())
+                .await;
+            if let Ok(resp) = &result {
+                span.record("http.response.status_code", resp.status.as_u16());
+            }
+            result
+        } else {
+            self.transport.send(req, self.guards.request_timeout).await
+        };
         let took = sending.elapsed();
         let (outcome, status) = match result {
             Ok(resp) => (self.provider.classify(&resp), Some(resp.status.as_u16())),

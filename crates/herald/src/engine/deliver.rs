@@ -66,7 +66,13 @@ pub async fn deliver(shared: Arc<Shared>, d: ClaimedDelivery) {
         lane = %d.priority,
         attempt = d.attempt,
         provider = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
+    if crate::telemetry::tracing_on() {
+        // The notification's trace: this attempt is a child of the API
+        // request that accepted it (retries are siblings).
+        crate::telemetry::context::join(&span, d.traceparent.as_deref());
+    }
     async move {
         if let Some(mut held) = shared.unwritten.take(d.id) {
             // Its last call's outcome is known, only not written yet (the

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 use crate::utils::{create_key, decode, email, spawn_serve};
@@ -335,10 +335,10 @@ async fn commands_refuse_a_store_that_does_not_exist() {
     assert!(missing.join("herald.db").is_file());
 }
 
-/// Logs written to a pipe or file are plain text, and `serve` says it is
-/// listening once.
+/// Logs written to a pipe or file are JSON lines without colour (for a log
+/// shipper), and `serve` says it is listening once.
 #[tokio::test]
-async fn serve_logs_plain_text_off_a_terminal_and_announces_itself_once() {
+async fn serve_logs_json_lines_off_a_terminal_and_announces_itself_once() {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -376,6 +376,15 @@ async fn serve_logs_plain_text_off_a_terminal_and_announces_itself_once() {
     assert!(
         seen.iter().all(|l| !l.contains('\u{1b}')),
         "ANSI escapes in a piped log: {seen:?}"
+    );
+    let json: Vec<Value> = seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    assert!(
+        json.iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"].is_string()),
+        "no JSON log line: {seen:?}"
     );
     let announcements = seen
         .iter()

@@ -29,4 +29,5 @@ mod restart;
 mod ses;
 mod smtp;
 mod suppressions;
+mod traces;
 mod utils;

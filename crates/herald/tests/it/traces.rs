@@ -1,0 +1,270 @@
+//! Traces over OTLP, received by a real OTLP/HTTP receiver built on the
+//! official protobuf definitions (`opentelemetry-proto`): the binary,
+//! started as a user would with `OTEL_EXPORTER_OTLP_ENDPOINT`, exports one
+//! notification's spans as one tree under the caller's `traceparent`, from
+//! the API request to the vendor call, on the local bus and on the Kafka
+//! bus (librdkafka's mock cluster, `herald kafka-mock`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use serde_json::{json, Value};
+use tokio::process::Command;
+
+use crate::utils::{decode, spawn_serve};
+
+/// A span as received.
+#[derive(Debug, Clone)]
+struct Received {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    service: String,
+}
+
+type Spans = Arc<Mutex<Vec<Received>>>;
+
+/// An OTLP/HTTP receiver on a free port: `POST /v1/traces` with a protobuf
+/// `ExportTraceServiceRequest`, as the OpenTelemetry Collector takes it.
+async fn receiver() -> (String, Spans) {
+    async fn take(State(spans): State<Spans>, body: Bytes) -> axum::http::StatusCode {
+        let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+            return axum::http::StatusCode::BAD_REQUEST;
+        };
+        let mut spans = spans.lock().unwrap_or_else(|p| p.into_inner());
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s),
+                    ) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push(Received {
+                        name: s.name,
+                        trace_id: hex::encode(s.trace_id),
+                        span_id: hex::encode(s.span_id),
+                        parent: hex::encode(s.parent_span_id),
+                        service: service.clone(),
+                    });
+                }
+            }
+        }
+        axum::http::StatusCode::OK
+    }
+    let spans: Spans = Arc::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", post(take))
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), spans)
+}
+
+const KEY: &str = "hrld_traces_test_key_0123456789abcdef";
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// Sends one SMS through a node exporting to `endpoint` (on Kafka when
+/// `brokers` is given), with the caller's trace context, stops the node
+/// (which sends what it holds), and returns the spans of that trace.
+async fn one_notification(endpoint: &str, spans: &Spans, brokers: Option<&str>) -> Vec<Received> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HERALD_DEV_API_KEY", KEY)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_SERVICE_NAME", "herald-under-test")
+        // A slow first event (the consumer group joining) is not a lane behind.
+        .env("HERALD__SERVER__ADMISSION", "false");
+    if let Some(b) = brokers {
+        // The store sweep (claiming what no event brought) seldom, so the
+        // event, not the sweep, brings the traced delivery.
+        cmd.env("HERALD__KAFKA__BROKERS", b)
+            .env("HERALD__KAFKA__SWEEP_INTERVAL_MS", "10000");
+    }
+    let (child, base) = spawn_serve(cmd).await;
+    let http = reqwest::Client::new();
+    if brokers.is_some() {
+        // A first notification, untraced, until the consumer group has
+        // joined and takes events.
+        let resp = http
+            .post(format!("{base}/v1/notifications"))
+            .bearer_auth(KEY)
+            .json(&json!({"priority": "critical", "channels": ["sms"],
+                "recipient": {"phone": "+14155550101"}, "content": {"text": "warm-up"}}))
+            .send()
+            .await
+            .expect("sent");
+        let (status, _, v) = decode(resp).await;
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().expect("id").to_owned();
+        for _ in 0..600 {
+            let resp = http
+                .get(format!("{base}/v1/notifications/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("get");
+            if decode(resp).await.2["channels"][0]["state"] == "sent" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let resp = http
+        .post(format!("{base}/v1/notifications"))
+        .bearer_auth(KEY)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .json(&json!({"priority": "critical", "channels": ["sms"],
+            "recipient": {"phone": "+14155550100"}, "content": {"text": "traced"}}))
+        .send()
+        .await
+        .expect("sent");
+    let (status, _, v) = decode(resp).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let mut state = Value::Null;
+    for _ in 0..300 {
+        let resp = http
+            .get(format!("{base}/v1/notifications/{id}"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("get");
+        state = decode(resp).await.2["channels"][0]["state"].clone();
+        if state == "sent" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "sent");
+    // SIGTERM: the node shuts down and flushes its spans.
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut child = child;
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let ours = || -> Vec<Received> {
+        spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|s| s.trace_id == CALLER_TRACE)
+            .cloned()
+            .collect()
+    };
+    for _ in 0..100 {
+        if ours().iter().any(|s| s.name == "vendor call") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ours()
+}
+
+/// The spans form one tree under the caller's span, and each named one is
+/// where it belongs; returns them by name.
+fn tree(spans: &[Received]) -> HashMap<String, Received> {
+    let by_id: HashMap<&str, &Received> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for s in spans {
+        assert_eq!(s.service, "herald-under-test", "{s:?}");
+        // Up the parents, every span reaches the caller's.
+        let mut at = s;
+        let mut hops = 0;
+        while at.parent != CALLER_SPAN {
+            at = by_id.get(at.parent.as_str()).unwrap_or_else(|| {
+                panic!("{s:?}'s parent {} was not exported: {spans:#?}", at.parent)
+            });
+            hops += 1;
+            assert!(hops < 20, "a loop: {spans:#?}");
+        }
+    }
+    spans.iter().map(|s| (s.name.clone(), s.clone())).collect()
+}
+
+fn parent_of<'a>(named: &'a HashMap<String, Received>, name: &str) -> &'a str {
+    let s = named
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name:?} span: {named:#?}"));
+    named
+        .values()
+        .find(|p| p.span_id == s.parent)
+        .map_or(s.parent.as_str(), |p| p.name.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_notification_is_one_trace_from_the_api_to_the_vendor() {
+    let (endpoint, spans) = receiver().await;
+    let received = one_notification(&endpoint, &spans, None).await;
+    let named = tree(&received);
+    assert_eq!(
+        parent_of(&named, "request"),
+        CALLER_SPAN,
+        "the caller's traceparent is continued"
+    );
+    assert_eq!(parent_of(&named, "store write"), "request");
+    assert_eq!(
+        parent_of(&named, "deliver"),
+        "request",
+        "the worker's claim joins the request's trace"
+    );
+    assert_eq!(parent_of(&named, "vendor call"), "deliver");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_kafka_bus_the_trace_goes_through_the_relay_and_the_event() {
+    let mut mock = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["kafka-mock", "--brokers", "1", "--partitions", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald kafka-mock starts");
+    let mut first = String::new();
+    let mut lines = tokio::io::BufReader::new(mock.stdout.take().expect("stdout"));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
+    )
+    .await
+    .expect("bootstrap servers printed in time")
+    .expect("read");
+    let (endpoint, spans) = receiver().await;
+    let received = one_notification(&endpoint, &spans, Some(first.trim())).await;
+    let named = tree(&received);
+    assert_eq!(parent_of(&named, "request"), CALLER_SPAN);
+    assert_eq!(
+        parent_of(&named, "kafka publish"),
+        "request",
+        "the relay publishes under the request"
+    );
+    assert_eq!(
+        parent_of(&named, "deliver"),
+        "kafka publish",
+        "the worker's claim hangs under the event's hop"
+    );
+    assert_eq!(parent_of(&named, "vendor call"), "deliver");
+}
