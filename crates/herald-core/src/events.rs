@@ -90,4 +90,7 @@ pub struct OutboxEvent {
     pub traceparent: Option<String>,
     /// The event, as JSON.
     pub payload: String,
+    /// When it was written (with its notification): how long the relay
+    /// has left it waiting.
+    pub created_at_ms: i64,
 }

@@ -261,6 +261,7 @@ impl Intake for MemoryStore {
                     correlation_id: n.correlation_id.clone(),
                     traceparent: n.traceparent.clone(),
                     payload: row.payload,
+                    created_at_ms: n.accepted_at_ms,
                 };
                 s.outbox.insert(seq, (event, None, n.accepted_at_ms));
             }

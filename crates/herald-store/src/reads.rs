@@ -326,7 +326,7 @@ pub(crate) async fn outbox_pending<R: Reader>(
     limit: usize,
 ) -> Result<Vec<OutboxEvent>, StoreError> {
     r.rows(
-        "SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload FROM outbox \
+        "SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload, created_at_ms FROM outbox \
          WHERE published_at_ms IS NULL ORDER BY lane, seq LIMIT $1",
         vec![Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX))],
     )

@@ -240,8 +240,8 @@ pub(crate) fn suppression_change(row: &impl Columns) -> Result<SuppressionChange
     })
 }
 
-/// `SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload
-/// FROM outbox`
+/// `SELECT seq, lane, key, tenant_id, correlation_id, traceparent, payload,
+/// created_at_ms FROM outbox`
 pub(crate) fn recipient(
     row: &impl Columns,
 ) -> Result<herald_core::recipient::StoredRecipient, StoreError> {
@@ -265,5 +265,6 @@ pub(crate) fn outbox_event(row: &impl Columns) -> Result<OutboxEvent, StoreError
         correlation_id: row.opt_text("correlation_id")?,
         traceparent: row.opt_text("traceparent")?,
         payload: row.text("payload")?,
+        created_at_ms: row.int("created_at_ms")?,
     })
 }

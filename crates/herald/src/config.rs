@@ -832,6 +832,21 @@ mod tests {
         assert_eq!(o[Priority::Critical].backlog_cap, None);
     }
 
+    /// deploy/compose/herald.toml (the laptop fleet) is a valid config whose
+    /// providers all build.
+    #[test]
+    fn the_compose_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/compose/herald.toml");
+        let cfg = Config::load(Some(&path)).expect("deploy/compose/herald.toml loads");
+        assert_eq!(cfg.store.kind, StoreKind::Postgres);
+        assert!(cfg.kafka.enabled());
+        for (name, p) in &cfg.providers {
+            herald_providers::from_config(name, &p.account)
+                .unwrap_or_else(|e| panic!("providers.{name}: {e}"));
+        }
+    }
+
     #[test]
     fn defaults_parse_and_sandbox_validates() {
         let cfg = Config::load(None).expect("defaults load");

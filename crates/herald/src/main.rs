@@ -119,6 +119,18 @@ enum Command {
     /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json`
     /// serves; docs/openapi.json is this).
     Openapi,
+    /// Ask a running node whether it is ready (`/readyz`) or alive
+    /// (`--live`: `/healthz`); exit 0 if so, 1 if not. For a container's
+    /// health check, where there is no curl.
+    Health {
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Only whether the process answers (`/healthz`), not its
+        /// dependencies.
+        #[arg(long)]
+        live: bool,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -361,6 +373,31 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Openapi => {
             print!("{}", herald::api::openapi::document());
             Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Health { url, live } => {
+            let path = if live { "/healthz" } else { "/readyz" };
+            let url = format!("{}{path}", url.trim_end_matches('/'));
+            let answer = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?
+                .get(&url)
+                .send()
+                .await;
+            Ok(match answer {
+                Ok(r) if r.status().is_success() => std::process::ExitCode::SUCCESS,
+                Ok(r) => {
+                    eprintln!(
+                        "{url}: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    );
+                    std::process::ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            })
         }
         Command::Serve {
             store,

@@ -23,6 +23,9 @@ pub const LANE_OBJECTIVE_SECONDS: &str = "herald_lane_objective_seconds";
 /// `objective`, `backlog_cap`, `making_room`).
 pub const ADMISSION_REFUSED: &str = "herald_admission_refused_total";
 pub const STORE_ERRORS: &str = "herald_store_errors_total";
+/// 1 when the node's latest `/readyz` found it ready, 0 when not (draining,
+/// the store or Kafka not answering); set by each probe.
+pub const READY: &str = "herald_ready";
 /// 0 closed, 1 open, 2 half-open; label `provider`.
 pub const CIRCUIT_STATE: &str = "herald_provider_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "herald_provider_circuit_transitions_total";

@@ -31,6 +31,9 @@ pub use relay::{Relay, Traced};
 
 /// The relay's published events (label `lane`).
 pub const PUBLISHED: &str = "herald_bus_published_total";
+/// How long the oldest event the relay read last had waited in the outbox
+/// (0 when it found none): the relay's lag behind the API.
+pub const RELAY_LAG_SECONDS: &str = "herald_relay_lag_seconds";
 /// 1 while a lane's consumer is paused because its buffer is full (labels
 /// `channel`, `lane`).
 pub const PAUSED: &str = "herald_bus_lane_paused";

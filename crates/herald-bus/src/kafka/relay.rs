@@ -11,7 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use super::{topic, PUBLISHED};
+use super::{topic, PUBLISHED, RELAY_LAG_SECONDS};
 
 pub struct Relay {
     pub store: Arc<dyn Outbox>,
@@ -83,6 +83,9 @@ impl Relay {
                 return 0;
             }
         };
+        let oldest = events.iter().map(|e| e.created_at_ms).min();
+        let lag_ms = oldest.map_or(0, |at| (herald_core::now_ms() - at).max(0));
+        metrics::gauge!(RELAY_LAG_SECONDS).set(lag_ms as f64 / 1000.0);
         if events.is_empty() {
             return 0;
         }

@@ -49,6 +49,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             credentials: Vec::new(),
             simulator: state.sandbox.clone(),
         };
+        metrics::gauge!(crate::telemetry::READY).set(0.0);
         return (StatusCode::SERVICE_UNAVAILABLE, Json(draining)).into_response();
     }
     let store = match tokio::time::timeout(PROBE_TIMEOUT, state.health.ping()).await {
@@ -63,6 +64,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         None => Ok(()),
     };
     let ready = store.is_ok() && bus.is_ok();
+    metrics::gauge!(crate::telemetry::READY).set(if ready { 1.0 } else { 0.0 });
     let report = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
     let body = Json(Readiness {
         status: if ready { "ready" } else { "unavailable" }.into(),

@@ -41,7 +41,13 @@ async fn the_alerts_and_the_dashboard_use_metrics_herald_exports() {
         .await;
     assert_eq!(status, 202, "{v}");
     s.wait_finished(v["id"].as_str().expect("id")).await;
-    let exported = metric_names(&s.get_raw("/metrics").await.text().await.expect("metrics"));
+    // Probed, as an orchestrator probes it.
+    assert_eq!(s.get_raw("/readyz").await.status(), 200);
+    let mut exported = metric_names(&s.get_raw("/metrics").await.text().await.expect("metrics"));
+    // Exported only by a relay on the Kafka bus, which this sandbox is not:
+    // named from the code that exports them, so a rename still fails here.
+    exported.insert(herald_bus::kafka::RELAY_LAG_SECONDS.to_owned());
+    exported.insert(herald_bus::kafka::PUBLISHED.to_owned());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/herald.json"] {
         let used = metric_names(&std::fs::read_to_string(root.join(file)).expect(file));

@@ -446,5 +446,22 @@ async fn a_sandbox_stays_on_loopback_unless_asked_for_by_name() {
         "{:?}",
         resp.headers()
     );
+    // `herald health`, a container's health check without curl.
+    let health = |args: Vec<String>| async move {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("health")
+            .args(args)
+            .output()
+            .await
+            .expect("runs")
+            .status
+            .success()
+    };
+    assert!(health(vec!["--url".into(), base.clone()]).await, "ready");
+    assert!(health(vec!["--live".into(), "--url".into(), base.clone()]).await);
     sigterm(child).await;
+    assert!(
+        !health(vec!["--url".into(), base.clone()]).await,
+        "a stopped node is not ready"
+    );
 }
