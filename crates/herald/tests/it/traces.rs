@@ -31,9 +31,12 @@ struct Received {
 
 type Spans = Arc<Mutex<Vec<Received>>>;
 
+/// The `traceparent` headers webhook requests arrived with.
+type Hooks = Arc<Mutex<Vec<String>>>;
+
 /// An OTLP/HTTP receiver on a free port: `POST /v1/traces` with a protobuf
 /// `ExportTraceServiceRequest`, as the OpenTelemetry Collector takes it.
-async fn receiver() -> (String, Spans) {
+async fn receiver() -> (String, Spans, Hooks) {
     async fn take(State(spans): State<Spans>, body: Bytes) -> axum::http::StatusCode {
         let Ok(req) = ExportTraceServiceRequest::decode(body) else {
             return axum::http::StatusCode::BAD_REQUEST;
@@ -68,15 +71,28 @@ async fn receiver() -> (String, Spans) {
         axum::http::StatusCode::OK
     }
     let spans: Spans = Arc::default();
+    let hooks: Hooks = Arc::default();
+    let seen = hooks.clone();
+    // A webhook endpoint too: what trace context a webhook request carries.
+    let hook = post(move |headers: axum::http::HeaderMap| async move {
+        let tp = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        seen.lock().unwrap_or_else(|p| p.into_inner()).push(tp);
+        axum::http::StatusCode::OK
+    });
     let app = axum::Router::new()
         .route("/v1/traces", post(take))
-        .with_state(spans.clone());
+        .with_state(spans.clone())
+        .route("/hook", hook);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), spans)
+    (format!("http://{addr}"), spans, hooks)
 }
 
 const KEY: &str = "hrld_traces_test_key_0123456789abcdef";
@@ -86,7 +102,12 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 /// Sends one SMS through a node exporting to `endpoint` (on Kafka when
 /// `brokers` is given), with the caller's trace context, stops the node
 /// (which sends what it holds), and returns the spans of that trace.
-async fn one_notification(endpoint: &str, spans: &Spans, brokers: Option<&str>) -> Vec<Received> {
+async fn one_notification(
+    endpoint: &str,
+    spans: &Spans,
+    brokers: Option<&str>,
+    webhook: Option<&str>,
+) -> Vec<Received> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -158,6 +179,32 @@ async fn one_notification(endpoint: &str, spans: &Spans, brokers: Option<&str>) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(state, "sent");
+    if let Some(url) = webhook {
+        let resp = http
+            .post(format!("{base}/v1/notifications"))
+            .bearer_auth(KEY)
+            .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+            .json(&json!({"priority": "critical", "channels": ["webhook"],
+                "recipient": {"webhook_url": url}, "content": {"text": "traced"}}))
+            .send()
+            .await
+            .expect("sent");
+        let (status, _, v) = decode(resp).await;
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().expect("id").to_owned();
+        for _ in 0..300 {
+            let resp = http
+                .get(format!("{base}/v1/notifications/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("get");
+            if decode(resp).await.2["channels"][0]["state"] == "sent" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     // SIGTERM: the node shuts down and flushes its spans.
     let pid = child.id().expect("running").to_string();
     let killed = std::process::Command::new("kill")
@@ -217,8 +264,25 @@ fn parent_of<'a>(named: &'a HashMap<String, Received>, name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notification_is_one_trace_from_the_api_to_the_vendor() {
-    let (endpoint, spans) = receiver().await;
-    let received = one_notification(&endpoint, &spans, None).await;
+    let (endpoint, spans, hooks) = receiver().await;
+    let hook = format!("{endpoint}/hook");
+    let received = one_notification(&endpoint, &spans, None, Some(&hook)).await;
+    // The webhook's request carried its vendor call's context.
+    let sent = hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let parts: Vec<&str> = sent[0].split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent:?}");
+    assert_eq!(
+        parts[1], CALLER_TRACE,
+        "the webhook continues the caller's trace"
+    );
+    assert!(
+        received
+            .iter()
+            .any(|s| s.name == "vendor call" && s.span_id == parts[2]),
+        "the webhook's parent is a vendor call span: {sent:?} {received:#?}"
+    );
+    // Two notifications under the one caller span, each the same shape.
     let named = tree(&received);
     assert_eq!(
         parent_of(&named, "request"),
@@ -252,8 +316,8 @@ async fn on_the_kafka_bus_the_trace_goes_through_the_relay_and_the_event() {
     .await
     .expect("bootstrap servers printed in time")
     .expect("read");
-    let (endpoint, spans) = receiver().await;
-    let received = one_notification(&endpoint, &spans, Some(first.trim())).await;
+    let (endpoint, spans, _) = receiver().await;
+    let received = one_notification(&endpoint, &spans, Some(first.trim()), None).await;
     let named = tree(&received);
     assert_eq!(parent_of(&named, "request"), CALLER_SPAN);
     assert_eq!(
