@@ -7,7 +7,8 @@
 // written to SHOTS. Prints a JSON summary; exits 1 on any failure.
 //
 // Env: HERALD_URL, HERALD_KEY (admin), SHOTS, PHONE, NOTIFICATION_ID,
-// DEAD_ID, CHROMIUM (default /usr/bin/chromium).
+// DEAD_ID (a dead delivery), DEAD_NOTIFICATION_ID (its notification),
+// CHROMIUM (default /usr/bin/chromium).
 
 import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
@@ -27,6 +28,7 @@ const shots = env("SHOTS");
 const phone = env("PHONE");
 const notificationId = env("NOTIFICATION_ID");
 const deadId = env("DEAD_ID");
+const deadNotificationId = env("DEAD_NOTIFICATION_ID");
 mkdirSync(shots, { recursive: true });
 
 const failures = [];
@@ -106,6 +108,15 @@ try {
     await Promise.all([page.waitForURL("**/console/dead-letters?replayed=1"), page.click(`button[aria-label="Replay ${deadId}"]`)]);
     if (!(await page.textContent("main")).includes("Replayed 1")) { fail("no word that the dead letter was replayed"); }
     await check(page, "06-replayed", 1280);
+    // And sees it delivered: its notification's page, until it says sent.
+    let delivered = false;
+    for (let i = 0; i < 40 && !delivered; i++) {
+      await page.goto(`${base}/console/notifications/${deadNotificationId}`);
+      delivered = (await page.textContent(".delivery h3")).includes("sent");
+      if (!delivered) { await page.waitForTimeout(250); }
+    }
+    if (!delivered) { fail("the replayed dead letter's page never said sent"); }
+    await check(page, "06b-replayed-delivered", 1280);
 
     await page.click("nav >> text=Providers");
     await page.waitForURL("**/console/providers");

@@ -105,6 +105,7 @@ async fn the_console_works_in_a_real_browser() {
             .env("PHONE", phone)
             .env("NOTIFICATION_ID", &sms_id)
             .env("DEAD_ID", &dead_id)
+            .env("DEAD_NOTIFICATION_ID", &email_id)
             .kill_on_drop(true)
             .output(),
     )
@@ -120,11 +121,11 @@ async fn the_console_works_in_a_real_browser() {
         "the browser found: {:#}\n{stderr}",
         summary["failures"]
     );
-    // Sign-in, now, find, notification, dead letters, replayed, held; and
-    // five pages at a phone's width.
+    // Sign-in, now, find, notification, dead letters, replayed, the replayed
+    // letter delivered, held; and five pages at a phone's width.
     assert_eq!(
         summary["pages"].as_array().map_or(0, Vec::len),
-        12,
+        13,
         "{summary}"
     );
     eprintln!("console screenshots: {}", shots.display());
