@@ -87,6 +87,13 @@ struct Operator {
     csrf: String,
 }
 
+impl Operator {
+    /// Who did it, as kept with a hold and in the logs.
+    fn signature(&self) -> String {
+        format!("{} (console, tenant {})", self.who, self.tenant)
+    }
+}
+
 /// What a page answers when it cannot go on.
 enum Refusal {
     /// Not signed in (or the key no longer has `admin`): to the sign-in page.
@@ -694,6 +701,11 @@ struct Filter {
 }
 
 impl Filter {
+    fn from_query(q: Option<&str>) -> Result<Filter, Refusal> {
+        serde_urlencoded::from_str(q.unwrap_or(""))
+            .map_err(|e| Refusal::Page(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+    }
+
     /// The store's filter for `tenant`, or what is wrong with a field.
     fn for_tenant(&self, tenant: &str) -> Result<DeadLetterFilter, Refusal> {
         let given = |v: &Option<String>| {
@@ -740,8 +752,7 @@ impl Filter {
 
 async fn dead_letters(State(state): St, headers: HeaderMap, RawQuery(q): RawQuery) -> PageResult {
     let op = operator(&state, &headers).await?;
-    let filter: Filter = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
-        .map_err(|e| Refusal::Page(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let filter = Filter::from_query(q.as_deref())?;
     let store_filter = filter.for_tenant(&op.tenant)?;
     let mut letters = state
         .dead_letters
@@ -771,8 +782,7 @@ async fn dead_letters(State(state): St, headers: HeaderMap, RawQuery(q): RawQuer
 
 async fn confirm_replay(State(state): St, headers: HeaderMap, RawQuery(q): RawQuery) -> PageResult {
     let op = operator(&state, &headers).await?;
-    let filter: Filter = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
-        .map_err(|e| Refusal::Page(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let filter = Filter::from_query(q.as_deref())?;
     let store_filter = filter.for_tenant(&op.tenant)?;
     let found = state
         .dead_letters
@@ -873,12 +883,8 @@ async fn hold(
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
     let name = provider_name(name)?;
-    let by = format!("{} (console, tenant {})", op.who, op.tenant);
-    crate::api::circuits::hold(&state, &name, &by, &form.reason).await?;
-    Ok(see_other(&format!(
-        "/console/providers?done={}",
-        urlencode(&format!("{name}'s circuit is held open."))
-    )))
+    crate::api::circuits::hold(&state, &name, &op.signature(), &form.reason).await?;
+    Ok(providers_saying(&format!("{name}'s circuit is held open.")))
 }
 
 async fn close(
@@ -889,18 +895,14 @@ async fn close(
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
     let name = provider_name(name)?;
-    let by = format!("{} (console, tenant {})", op.who, op.tenant);
-    crate::api::circuits::release(&state, &name, &by).await?;
-    Ok(see_other(&format!(
-        "/console/providers?done={}",
-        urlencode(&format!("{name}'s circuit is closed."))
-    )))
+    crate::api::circuits::release(&state, &name, &op.signature()).await?;
+    Ok(providers_saying(&format!("{name}'s circuit is closed.")))
 }
 
-fn urlencode(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)])
-        .map(|e| e.trim_start_matches('=').to_owned())
-        .unwrap_or_default()
+/// Back to the providers page, saying what was done.
+fn providers_saying(done: &str) -> Response {
+    let query = serde_urlencoded::to_string([("done", done)]).unwrap_or_default();
+    see_other(&format!("/console/providers?{query}"))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {

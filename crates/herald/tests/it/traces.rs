@@ -99,9 +99,10 @@ const KEY: &str = "hrld_traces_test_key_0123456789abcdef";
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
-/// Sends one SMS through a node exporting to `endpoint` (on Kafka when
-/// `brokers` is given), with the caller's trace context, stops the node
-/// (which sends what it holds), and returns the spans of that trace.
+/// Sends one SMS (and a webhook to `webhook`, if given) through a node
+/// exporting to `endpoint` (on Kafka when `brokers` is given), with the
+/// caller's trace context, stops the node (which sends what it holds), and
+/// returns the spans of that trace.
 async fn one_notification(
     endpoint: &str,
     spans: &Spans,
@@ -128,82 +129,17 @@ async fn one_notification(
     if brokers.is_some() {
         // A first notification, untraced, until the consumer group has
         // joined and takes events.
-        let resp = http
-            .post(format!("{base}/v1/notifications"))
-            .bearer_auth(KEY)
-            .json(&json!({"priority": "critical", "channels": ["sms"],
-                "recipient": {"phone": "+14155550101"}, "content": {"text": "warm-up"}}))
-            .send()
-            .await
-            .expect("sent");
-        let (status, _, v) = decode(resp).await;
-        assert_eq!(status, 202, "{v}");
-        let id = v["id"].as_str().expect("id").to_owned();
-        for _ in 0..600 {
-            let resp = http
-                .get(format!("{base}/v1/notifications/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("get");
-            if decode(resp).await.2["channels"][0]["state"] == "sent" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let warm_up = json!({"priority": "critical", "channels": ["sms"],
+            "recipient": {"phone": "+14155550101"}, "content": {"text": "warm-up"}});
+        send_until_sent(&http, &base, &warm_up, false).await;
     }
-    let resp = http
-        .post(format!("{base}/v1/notifications"))
-        .bearer_auth(KEY)
-        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-        .json(&json!({"priority": "critical", "channels": ["sms"],
-            "recipient": {"phone": "+14155550100"}, "content": {"text": "traced"}}))
-        .send()
-        .await
-        .expect("sent");
-    let (status, _, v) = decode(resp).await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["id"].as_str().expect("id").to_owned();
-    let mut state = Value::Null;
-    for _ in 0..300 {
-        let resp = http
-            .get(format!("{base}/v1/notifications/{id}"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .expect("get");
-        state = decode(resp).await.2["channels"][0]["state"].clone();
-        if state == "sent" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state, "sent");
+    let sms = json!({"priority": "critical", "channels": ["sms"],
+        "recipient": {"phone": "+14155550100"}, "content": {"text": "traced"}});
+    send_until_sent(&http, &base, &sms, true).await;
     if let Some(url) = webhook {
-        let resp = http
-            .post(format!("{base}/v1/notifications"))
-            .bearer_auth(KEY)
-            .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-            .json(&json!({"priority": "critical", "channels": ["webhook"],
-                "recipient": {"webhook_url": url}, "content": {"text": "traced"}}))
-            .send()
-            .await
-            .expect("sent");
-        let (status, _, v) = decode(resp).await;
-        assert_eq!(status, 202, "{v}");
-        let id = v["id"].as_str().expect("id").to_owned();
-        for _ in 0..300 {
-            let resp = http
-                .get(format!("{base}/v1/notifications/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("get");
-            if decode(resp).await.2["channels"][0]["state"] == "sent" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let hook = json!({"priority": "critical", "channels": ["webhook"],
+            "recipient": {"webhook_url": url}, "content": {"text": "traced"}});
+        send_until_sent(&http, &base, &hook, true).await;
     }
     // SIGTERM: the node shuts down and flushes its spans.
     let pid = child.id().expect("running").to_string();
@@ -230,6 +166,36 @@ async fn one_notification(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ours()
+}
+
+/// Sends `body` (with the caller's trace context when `traced`) and waits
+/// until its one delivery is sent.
+async fn send_until_sent(http: &reqwest::Client, base: &str, body: &Value, traced: bool) {
+    let mut req = http
+        .post(format!("{base}/v1/notifications"))
+        .bearer_auth(KEY)
+        .json(body);
+    if traced {
+        req = req.header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"));
+    }
+    let (status, _, v) = decode(req.send().await.expect("sent")).await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().expect("id").to_owned();
+    let mut state = Value::Null;
+    for _ in 0..600 {
+        let resp = http
+            .get(format!("{base}/v1/notifications/{id}"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("get");
+        state = decode(resp).await.2["channels"][0]["state"].clone();
+        if state == "sent" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{body} was not sent: {state}");
 }
 
 /// The spans form one tree under the caller's span, and each named one is
