@@ -11,7 +11,7 @@
 //! connection that did not answer in time is closed, not returned to the
 //! pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -1029,9 +1029,10 @@ async fn claim(tx: &mut PgConnection, a: &Claim) -> Result<Vec<ClaimedDelivery>,
          UPDATE deliveries d SET state = 'sending', due_at_ms = $1 + $2, lease_token = $3, \
              attempts = d.attempts + 1, updated_at_ms = $1, \
              in_doubt = (d.state = 'sending') OR d.in_doubt \
-         FROM due WHERE d.id = due.id \
+         FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
          RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, \
-             d.in_doubt, d.channel, d.priority",
+             d.in_doubt, d.channel, d.priority, \
+             n.tenant_id, n.payload, n.accepted_at_ms, n.expires_at_ms, n.traceparent",
     )
     .bind(a.now_ms)
     .bind(a.lease_ms)
@@ -1043,7 +1044,7 @@ async fn claim(tx: &mut PgConnection, a: &Claim) -> Result<Vec<ClaimedDelivery>,
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    leased(tx, &rows, token, a.now_ms + a.lease_ms).await
+    leased(&rows, token, a.now_ms + a.lease_ms)
 }
 
 /// Moves these deliveries to `sending` under a new lease, each only if it
@@ -1066,9 +1067,10 @@ async fn claim_ids(
          UPDATE deliveries d SET state = 'sending', due_at_ms = $1 + $2, lease_token = $3, \
              attempts = d.attempts + 1, updated_at_ms = $1, \
              in_doubt = (d.state = 'sending') OR d.in_doubt \
-         FROM due WHERE d.id = due.id \
+         FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
          RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, \
-             d.in_doubt, d.channel, d.priority",
+             d.in_doubt, d.channel, d.priority, \
+             n.tenant_id, n.payload, n.accepted_at_ms, n.expires_at_ms, n.traceparent",
     )
     .bind(now_ms)
     .bind(lease_ms)
@@ -1077,67 +1079,39 @@ async fn claim_ids(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    leased(tx, &rows, token, now_ms + lease_ms).await
+    leased(&rows, token, now_ms + lease_ms)
 }
 
 /// A claim's returned rows as leased deliveries (with `token`, until
-/// `until_ms`), with their notifications' fields (read once per
-/// notification).
-async fn leased(
-    tx: &mut PgConnection,
+/// `until_ms`), with their notifications' fields: the claim's UPDATE
+/// returns them joined, so a claim is one statement, not two.
+fn leased(
     rows: &[sqlx::postgres::PgRow],
     token: i64,
     until_ms: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut claimed = Vec::with_capacity(rows.len());
-    for row in rows {
-        claimed.push(ClaimedDelivery {
-            id: row.uuid("id")?,
-            notification_id: row.uuid("notification_id")?,
-            tenant_id: String::new(),
-            channel: row.parsed("channel")?,
-            target: row.small("target")?,
-            priority: row.priority()?,
-            attempt: row.small("attempts")?,
-            lease_token: LeaseToken(token),
-            lease_until_ms: until_ms,
-            accepted_at_ms: 0,
-            expires_at_ms: None,
-            payload: String::new(),
-            pinned_provider: row.opt_text("pinned_provider")?,
-            calling: row.opt_text("calling")?,
-            in_doubt: row.try_get("in_doubt").map_err(db_err)?,
-            traceparent: None,
-        });
-    }
-    let mut ids: Vec<uuid::Uuid> = claimed.iter().map(|c| c.notification_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let notes = sqlx::query(
-        "SELECT id, tenant_id, payload, accepted_at_ms, expires_at_ms, traceparent FROM notifications WHERE id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let mut by_id = HashMap::with_capacity(notes.len());
-    for row in &notes {
-        by_id.insert(row.uuid("id")?, row);
-    }
-    for c in &mut claimed {
-        let row = by_id.get(&c.notification_id).ok_or_else(|| {
-            StoreError::Corrupt(format!("delivery {} has no notification", c.id).into())
-        })?;
-        c.tenant_id = row.text("tenant_id")?;
-        c.payload = row.text("payload")?;
-        c.accepted_at_ms = row.int("accepted_at_ms")?;
-        c.expires_at_ms = row.opt_int("expires_at_ms")?;
-        c.traceparent = row.opt_text("traceparent")?;
-    }
-    Ok(claimed)
+    rows.iter()
+        .map(|row| {
+            Ok(ClaimedDelivery {
+                id: row.uuid("id")?,
+                notification_id: row.uuid("notification_id")?,
+                tenant_id: row.text("tenant_id")?,
+                channel: row.parsed("channel")?,
+                target: row.small("target")?,
+                priority: row.priority()?,
+                attempt: row.small("attempts")?,
+                lease_token: LeaseToken(token),
+                lease_until_ms: until_ms,
+                accepted_at_ms: row.int("accepted_at_ms")?,
+                expires_at_ms: row.opt_int("expires_at_ms")?,
+                payload: row.text("payload")?,
+                pinned_provider: row.opt_text("pinned_provider")?,
+                calling: row.opt_text("calling")?,
+                in_doubt: row.try_get("in_doubt").map_err(db_err)?,
+                traceparent: row.opt_text("traceparent")?,
+            })
+        })
+        .collect()
 }
 
 /// Records attempts and moves their deliveries on: one INSERT for every
