@@ -269,6 +269,12 @@ impl<J> Inbox<J> {
             },
         };
         batch.push(first);
+        self.top_up(batch, max)
+    }
+
+    /// Adds what is waiting now to `batch`, up to `max`, the delivery
+    /// path's first; never waits.
+    pub(crate) fn top_up(&mut self, batch: &mut Vec<J>, max: usize) -> usize {
         for queue in [&mut self.delivery, &mut self.rest] {
             while batch.len() < max {
                 match queue.try_recv() {

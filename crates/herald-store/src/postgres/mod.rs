@@ -68,6 +68,7 @@ impl Db<Postgres> {
         let (tx, rx) = write_queues(opts.max_batch.max(1) * 4);
         let queue = Arc::new(Mutex::new(rx));
         let health = Arc::new(WriteHealth::default());
+        let in_flight = Arc::new(writer::InFlight::default());
         for _ in 0..writers {
             let w = writer::Writer {
                 pool: pool.clone(),
@@ -78,6 +79,7 @@ impl Db<Postgres> {
                 },
                 health: health.clone(),
                 timeout: opts.timeout,
+                in_flight: in_flight.clone(),
             };
             tokio::spawn(w.run());
         }

@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +92,20 @@ impl<O: PgOp> Runs<O> for super::Postgres {
 
 type Queue = Arc<Mutex<Inbox<Box<dyn Job>>>>;
 
+/// How many of the writers' transactions are being applied now; a writer
+/// that finished one says so.
+#[derive(Default)]
+pub(super) struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// How often a writer waiting to start its transaction looks for more work.
+const TOP_UP_EVERY: Duration = Duration::from_millis(1);
+/// The longest a writer gathers a batch while another transaction is in
+/// progress: what the first operation of the batch may wait for company.
+const MAX_GATHER: Duration = Duration::from_millis(2);
+
 /// How a writer works: its pool, what it takes and how long it may take.
 pub(super) struct Writer {
     pub pool: PgPool,
@@ -100,28 +115,51 @@ pub(super) struct Writer {
     pub health: Arc<WriteHealth>,
     /// The longest one transaction may take.
     pub timeout: Duration,
+    /// Shared by the writers: transactions in progress.
+    pub in_flight: Arc<InFlight>,
 }
 
 impl Writer {
     pub(super) async fn run(self) {
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
-            // One writer takes a batch while the others apply theirs.
-            let taken = self
-                .queue
-                .lock()
-                .await
-                .recv_many(&mut batch, self.max_batch)
-                .await;
+            // One writer takes a batch while the others apply theirs. While
+            // another transaction is in progress and this batch is not full,
+            // the writer holds on to the queue and gathers more, until that
+            // one commits or for 2 ms at most: the database's cost is per
+            // statement and per commit more than per row (docs/benchmarks.md,
+            // issue 18), so under light load one transaction carries what
+            // several would have, and under heavy load full batches still
+            // go in parallel.
+            let taken = {
+                let mut queue = self.queue.lock().await;
+                let mut taken = queue.recv_many(&mut batch, self.max_batch).await;
+                let gather_until = tokio::time::Instant::now() + MAX_GATHER;
+                while taken > 0
+                    && taken < self.max_batch
+                    && self.in_flight.count.load(Ordering::Acquire) > 0
+                    && tokio::time::Instant::now() < gather_until
+                {
+                    tokio::select! {
+                        _ = self.in_flight.done.notified() => {}
+                        _ = tokio::time::sleep(TOP_UP_EVERY) => {}
+                    }
+                    taken = queue.top_up(&mut batch, self.max_batch);
+                }
+                taken
+            };
             if taken == 0 {
                 break;
             }
+            self.in_flight.count.fetch_add(1, Ordering::AcqRel);
             let started = std::time::Instant::now();
             let mut jobs: Vec<Box<dyn Job>> = std::mem::take(&mut batch);
             let n = jobs.len();
             if let Some(e) = self.health.refuses() {
                 jobs.into_iter().for_each(|j| j.answer(Err(e.clone())));
                 committed(n, started);
+                self.in_flight.count.fetch_sub(1, Ordering::AcqRel);
+                self.in_flight.done.notify_waiters();
                 continue;
             }
             let applied = self.apply(&mut jobs).await;
@@ -137,6 +175,8 @@ impl Writer {
                 }
             }
             committed(n, started);
+            self.in_flight.count.fetch_sub(1, Ordering::AcqRel);
+            self.in_flight.done.notify_waiters();
         }
         tracing::debug!("store writer stopped");
     }
