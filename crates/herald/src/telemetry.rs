@@ -270,6 +270,10 @@ pub fn init(cfg: &crate::config::TelemetryConfig) -> anyhow::Result<Telemetry> {
 /// context the event was stored under; its own context goes in the
 /// event's headers.
 pub fn kafka_publish(stored: Option<&str>) -> (tracing::Span, Option<String>) {
+    // A trace not sampled gets no publish span: its context passes through.
+    if stored.is_some_and(|t| t.ends_with("-00")) {
+        return (tracing::Span::none(), stored.map(str::to_owned));
+    }
     let span = tracing::info_span!(
         "kafka publish",
         otel.kind = "producer",
@@ -310,6 +314,12 @@ pub mod context {
         opentelemetry_sdk::propagation::TraceContextPropagator::new()
             .inject_context(&cx, &mut carrier);
         carrier.remove("traceparent")
+    }
+
+    /// Whether `span`'s trace is sampled (exported): Herald makes its
+    /// extra spans only then, so a low `sample_ratio` saves their cost.
+    pub fn sampled(span: &tracing::Span) -> bool {
+        span.context().span().span_context().is_sampled()
     }
 
     /// `span`'s trace id in hex (for logs), when it has one.

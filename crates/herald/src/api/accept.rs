@@ -459,7 +459,9 @@ pub async fn accept(
 
     if !batch.is_empty() {
         let create = state.intake.create(batch);
-        let created = if crate::telemetry::tracing_on() {
+        let created = if crate::telemetry::tracing_on()
+            && crate::telemetry::context::sampled(&tracing::Span::current())
+        {
             use tracing::Instrument as _;
             create
                 .instrument(tracing::info_span!("store write", otel.kind = "client"))

@@ -382,7 +382,9 @@ impl Account {
             }
         };
         let sending = tokio::time::Instant::now();
-        let result = if crate::telemetry::tracing_on() {
+        let result = if crate::telemetry::tracing_on()
+            && crate::telemetry::context::sampled(&tracing::Span::current())
+        {
             use tracing::Instrument as _;
             let span = tracing::info_span!(
                 "vendor call",
@@ -409,6 +411,16 @@ impl Account {
             }
             result
         } else {
+            // Traced but not sampled: no span of its own, but a webhook's
+            // receiver still learns the trace (and that it is not sampled).
+            if crate::telemetry::tracing_on() && self.channel == Channel::Webhook {
+                if let Some(tp) = crate::telemetry::context::traceparent(&tracing::Span::current())
+                {
+                    if let Ok(v) = http::HeaderValue::from_str(&tp) {
+                        req.headers_mut().insert("traceparent", v);
+                    }
+                }
+            }
             self.transport.send(req, self.guards.request_timeout).await
         };
         let took = sending.elapsed();
