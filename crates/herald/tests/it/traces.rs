@@ -108,7 +108,10 @@ async fn one_notification(
     spans: &Spans,
     brokers: Option<&str>,
     webhook: Option<&str>,
+    sampled: bool,
 ) -> Vec<Received> {
+    let flags = if sampled { "01" } else { "00" };
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -131,15 +134,15 @@ async fn one_notification(
         // joined and takes events.
         let warm_up = json!({"priority": "critical", "channels": ["sms"],
             "recipient": {"phone": "+14155550101"}, "content": {"text": "warm-up"}});
-        send_until_sent(&http, &base, &warm_up, false).await;
+        send_until_sent(&http, &base, &warm_up, None).await;
     }
     let sms = json!({"priority": "critical", "channels": ["sms"],
         "recipient": {"phone": "+14155550100"}, "content": {"text": "traced"}});
-    send_until_sent(&http, &base, &sms, true).await;
+    send_until_sent(&http, &base, &sms, Some(&caller)).await;
     if let Some(url) = webhook {
         let hook = json!({"priority": "critical", "channels": ["webhook"],
             "recipient": {"webhook_url": url}, "content": {"text": "traced"}});
-        send_until_sent(&http, &base, &hook, true).await;
+        send_until_sent(&http, &base, &hook, Some(&caller)).await;
     }
     // SIGTERM: the node shuts down and flushes its spans.
     let pid = child.id().expect("running").to_string();
@@ -168,15 +171,20 @@ async fn one_notification(
     ours()
 }
 
-/// Sends `body` (with the caller's trace context when `traced`) and waits
+/// Sends `body` (with the caller's trace context, if given) and waits
 /// until its one delivery is sent.
-async fn send_until_sent(http: &reqwest::Client, base: &str, body: &Value, traced: bool) {
+async fn send_until_sent(
+    http: &reqwest::Client,
+    base: &str,
+    body: &Value,
+    traceparent: Option<&str>,
+) {
     let mut req = http
         .post(format!("{base}/v1/notifications"))
         .bearer_auth(KEY)
         .json(body);
-    if traced {
-        req = req.header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"));
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
     }
     let (status, _, v) = decode(req.send().await.expect("sent")).await;
     assert_eq!(status, 202, "{v}");
@@ -232,7 +240,7 @@ fn parent_of<'a>(named: &'a HashMap<String, Received>, name: &str) -> &'a str {
 async fn one_notification_is_one_trace_from_the_api_to_the_vendor() {
     let (endpoint, spans, hooks) = receiver().await;
     let hook = format!("{endpoint}/hook");
-    let received = one_notification(&endpoint, &spans, None, Some(&hook)).await;
+    let received = one_notification(&endpoint, &spans, None, Some(&hook), true).await;
     // The webhook's request carried its vendor call's context.
     let sent = hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert_eq!(sent.len(), 1, "{sent:?}");
@@ -283,7 +291,7 @@ async fn on_the_kafka_bus_the_trace_goes_through_the_relay_and_the_event() {
     .expect("bootstrap servers printed in time")
     .expect("read");
     let (endpoint, spans, _) = receiver().await;
-    let received = one_notification(&endpoint, &spans, Some(first.trim()), None).await;
+    let received = one_notification(&endpoint, &spans, Some(first.trim()), None, true).await;
     let named = tree(&received);
     assert_eq!(parent_of(&named, "request"), CALLER_SPAN);
     assert_eq!(
@@ -297,4 +305,23 @@ async fn on_the_kafka_bus_the_trace_goes_through_the_relay_and_the_event() {
         "the worker's claim hangs under the event's hop"
     );
     assert_eq!(parent_of(&named, "vendor call"), "deliver");
+}
+
+/// A caller's trace that is not sampled exports nothing, and a webhook
+/// still learns the trace, flagged not sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_not_sampled_exports_nothing_but_still_propagates() {
+    let (endpoint, spans, hooks) = receiver().await;
+    let hook = format!("{endpoint}/hook");
+    let received = one_notification(&endpoint, &spans, None, Some(&hook), false).await;
+    assert!(
+        received.is_empty(),
+        "spans of an unsampled trace: {received:#?}"
+    );
+    let sent = hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].starts_with(&format!("00-{CALLER_TRACE}-")) && sent[0].ends_with("-00"),
+        "{sent:?}"
+    );
 }
