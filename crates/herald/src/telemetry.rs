@@ -271,7 +271,12 @@ pub fn init(cfg: &crate::config::TelemetryConfig) -> anyhow::Result<Telemetry> {
 /// event's headers.
 pub fn kafka_publish(stored: Option<&str>) -> (tracing::Span, Option<String>) {
     // A trace not sampled gets no publish span: its context passes through.
-    if stored.is_some_and(|t| t.ends_with("-00")) {
+    let parent = context::parent(stored);
+    if stored.is_some()
+        && !opentelemetry::trace::TraceContextExt::span(&parent)
+            .span_context()
+            .is_sampled()
+    {
         return (tracing::Span::none(), stored.map(str::to_owned));
     }
     let span = tracing::info_span!(

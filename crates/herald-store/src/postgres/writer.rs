@@ -119,47 +119,66 @@ pub(super) struct Writer {
     pub in_flight: Arc<InFlight>,
 }
 
+impl InFlight {
+    /// One more transaction in progress, until the guard is dropped.
+    fn enter(&self) -> InProgress<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InProgress(self)
+    }
+}
+
+/// A transaction in progress; dropped, it says so to a writer gathering.
+struct InProgress<'a>(&'a InFlight);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.done.notify_waiters();
+    }
+}
+
 impl Writer {
+    /// Takes the next batch into `batch`; 0 once the queue is closed.
+    ///
+    /// One writer takes a batch while the others apply theirs. While
+    /// another transaction is in progress and this batch is not full, the
+    /// writer holds on to the queue and gathers more, until that one
+    /// commits or for 2 ms at most: the database's cost is per statement
+    /// and per commit more than per row (docs/benchmarks.md, issue 18), so
+    /// under light load one transaction carries what several would have,
+    /// and under heavy load full batches still go in parallel.
+    async fn take(&self, batch: &mut Vec<Box<dyn Job>>) -> usize {
+        let mut queue = self.queue.lock().await;
+        let mut taken = queue.recv_many(batch, self.max_batch).await;
+        let gather_until = tokio::time::Instant::now() + MAX_GATHER;
+        while taken > 0
+            && taken < self.max_batch
+            && self.in_flight.count.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < gather_until
+        {
+            tokio::select! {
+                _ = self.in_flight.done.notified() => {}
+                _ = tokio::time::sleep(TOP_UP_EVERY) => {}
+            }
+            taken = queue.top_up(batch, self.max_batch);
+        }
+        taken
+    }
+
     pub(super) async fn run(self) {
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
-            // One writer takes a batch while the others apply theirs. While
-            // another transaction is in progress and this batch is not full,
-            // the writer holds on to the queue and gathers more, until that
-            // one commits or for 2 ms at most: the database's cost is per
-            // statement and per commit more than per row (docs/benchmarks.md,
-            // issue 18), so under light load one transaction carries what
-            // several would have, and under heavy load full batches still
-            // go in parallel.
-            let taken = {
-                let mut queue = self.queue.lock().await;
-                let mut taken = queue.recv_many(&mut batch, self.max_batch).await;
-                let gather_until = tokio::time::Instant::now() + MAX_GATHER;
-                while taken > 0
-                    && taken < self.max_batch
-                    && self.in_flight.count.load(Ordering::Acquire) > 0
-                    && tokio::time::Instant::now() < gather_until
-                {
-                    tokio::select! {
-                        _ = self.in_flight.done.notified() => {}
-                        _ = tokio::time::sleep(TOP_UP_EVERY) => {}
-                    }
-                    taken = queue.top_up(&mut batch, self.max_batch);
-                }
-                taken
-            };
+            let taken = self.take(&mut batch).await;
             if taken == 0 {
                 break;
             }
-            self.in_flight.count.fetch_add(1, Ordering::AcqRel);
+            let _applying = self.in_flight.enter();
             let started = std::time::Instant::now();
             let mut jobs: Vec<Box<dyn Job>> = std::mem::take(&mut batch);
             let n = jobs.len();
             if let Some(e) = self.health.refuses() {
                 jobs.into_iter().for_each(|j| j.answer(Err(e.clone())));
                 committed(n, started);
-                self.in_flight.count.fetch_sub(1, Ordering::AcqRel);
-                self.in_flight.done.notify_waiters();
                 continue;
             }
             let applied = self.apply(&mut jobs).await;
@@ -175,8 +194,6 @@ impl Writer {
                 }
             }
             committed(n, started);
-            self.in_flight.count.fetch_sub(1, Ordering::AcqRel);
-            self.in_flight.done.notify_waiters();
         }
         tracing::debug!("store writer stopped");
     }

@@ -616,13 +616,12 @@ fn timeline(n: &NotificationOut) -> Vec<Event> {
     events
 }
 
-fn notification_id(id: Result<Path<String>, PathRejection>) -> Result<uuid::Uuid, Refusal> {
+/// The id in a page's path (`what` names it in the 404: a notification, a
+/// dead letter).
+fn id_in(id: Result<Path<String>, PathRejection>, what: &str) -> Result<uuid::Uuid, Refusal> {
     id.ok()
         .and_then(|Path(id)| uuid::Uuid::parse_str(&id).ok())
-        .ok_or(Refusal::Page(
-            StatusCode::NOT_FOUND,
-            "No such notification.".into(),
-        ))
+        .ok_or_else(|| Refusal::Page(StatusCode::NOT_FOUND, format!("No such {what}.")))
 }
 
 #[derive(Deserialize)]
@@ -638,7 +637,7 @@ async fn notification(
     Query(flash): Query<Flash>,
 ) -> PageResult {
     let op = operator(&state, &headers).await?;
-    let id = notification_id(id)?;
+    let id = id_in(id, "notification")?;
     let view = state
         .intake
         .notification(&op.tenant, id)
@@ -674,7 +673,7 @@ async fn cancel(
     Posted(form): Posted<Csrf>,
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
-    let id = notification_id(id)?;
+    let id = id_in(id, "notification")?;
     let out = crate::api::notifications::cancelled(&state, &op.tenant, id).await?;
     tracing::info!(who = %op.who, notification_id = %id, cancelled = out.cancelled, "cancelled from the console");
     Ok(see_other(&format!(
@@ -825,7 +824,7 @@ async fn replay_one(
     Posted(form): Posted<Csrf>,
 ) -> PageResult {
     let op = acting(&state, &headers, &form.csrf).await?;
-    let id = notification_id(id)?;
+    let id = id_in(id, "dead letter")?;
     match state
         .dead_letters
         .replay_dead_letter(Some(&op.tenant), id)

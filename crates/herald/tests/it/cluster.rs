@@ -435,24 +435,8 @@ async fn readiness_reports_the_kafka_connection_on_nodes_that_use_it() {
 
     // `herald kafka-mock`, as a user trying the Kafka bus would run it: it
     // prints the bootstrap servers on its first line.
-    let mut mock = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["kafka-mock", "--brokers", "1", "--partitions", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald kafka-mock starts");
-    let stdout = mock.stdout.take().expect("stdout");
-    let mut first = String::new();
-    let mut lines = tokio::io::BufReader::new(stdout);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
-    )
-    .await
-    .expect("bootstrap servers printed in time")
-    .expect("read");
-    let brokers = first.trim();
+    let (_mock, brokers) = crate::utils::kafka_mock().await;
+    let brokers = brokers.as_str();
     assert!(brokers.starts_with("127.0.0.1:"), "{brokers:?}");
     let dir = tempfile::tempdir().expect("tempdir");
     let (_relay, base) = sandbox_on_kafka(dir.path(), brokers, "relay").await;

@@ -274,24 +274,9 @@ async fn one_notification_is_one_trace_from_the_api_to_the_vendor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_kafka_bus_the_trace_goes_through_the_relay_and_the_event() {
-    let mut mock = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["kafka-mock", "--brokers", "1", "--partitions", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald kafka-mock starts");
-    let mut first = String::new();
-    let mut lines = tokio::io::BufReader::new(mock.stdout.take().expect("stdout"));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
-    )
-    .await
-    .expect("bootstrap servers printed in time")
-    .expect("read");
+    let (_mock, brokers) = crate::utils::kafka_mock().await;
     let (endpoint, spans, _) = receiver().await;
-    let received = one_notification(&endpoint, &spans, Some(first.trim()), None, true).await;
+    let received = one_notification(&endpoint, &spans, Some(&brokers), None, true).await;
     let named = tree(&received);
     assert_eq!(parent_of(&named, "request"), CALLER_SPAN);
     assert_eq!(

@@ -319,3 +319,26 @@ pub async fn fresh_schema(url: &str, schema: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
+
+/// `herald kafka-mock` as a user trying the Kafka bus would run it (one
+/// broker, two partitions a lane): the child (killed when dropped) and the
+/// bootstrap servers it prints on its first line.
+pub async fn kafka_mock() -> (tokio::process::Child, String) {
+    let mut mock = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["kafka-mock", "--brokers", "1", "--partitions", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald kafka-mock starts");
+    let mut first = String::new();
+    let mut lines = tokio::io::BufReader::new(mock.stdout.take().expect("stdout"));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
+    )
+    .await
+    .expect("bootstrap servers printed in time")
+    .expect("read");
+    (mock, first.trim().to_owned())
+}
