@@ -51,6 +51,17 @@ pub trait PgOp: Op {
     fn records(&self) -> &[AttemptRecord] {
         &[]
     }
+    /// Notifications to create: every create of a batch goes in one set
+    /// of statements, after the records and before the other writes
+    /// (`ops::Create`).
+    fn creates(&self) -> &[NewNotification] {
+        &[]
+    }
+    /// Its share of the batch's creates' results, taken in its order,
+    /// instead of `apply` (`ops::Create`).
+    fn created(&self, _: &mut dyn Iterator<Item = CreateResult>) -> Option<Self::Output> {
+        None
+    }
 }
 
 type Applying<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
@@ -58,7 +69,15 @@ type Applying<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send +
 /// A queued operation with its type erased, as a writer handles it.
 pub trait Job: Send + Sync {
     fn records(&self) -> &[AttemptRecord];
-    fn apply<'a>(&'a mut self, tx: &'a mut PgConnection, ctx: &'a Ctx) -> Applying<'a>;
+    fn creates(&self) -> &[NewNotification];
+    /// `created`: the batch's creates' results, in order; a create takes
+    /// its share.
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        ctx: &'a Ctx,
+        created: &'a mut (dyn Iterator<Item = CreateResult> + Send),
+    ) -> Applying<'a>;
     fn answer(self: Box<Self>, committed: Result<(), StoreError>);
 }
 
@@ -67,9 +86,21 @@ impl<O: PgOp> Job for Pending<O> {
         self.op.records()
     }
 
-    fn apply<'a>(&'a mut self, tx: &'a mut PgConnection, ctx: &'a Ctx) -> Applying<'a> {
+    fn creates(&self) -> &[NewNotification] {
+        self.op.creates()
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        ctx: &'a Ctx,
+        created: &'a mut (dyn Iterator<Item = CreateResult> + Send),
+    ) -> Applying<'a> {
         Box::pin(async move {
-            let out = self.op.apply(tx, ctx).await?;
+            let out = match self.op.created(created) {
+                Some(out) => out,
+                None => self.op.apply(tx, ctx).await?,
+            };
             self.applied(out);
             Ok(())
         })
@@ -210,7 +241,11 @@ impl Writer {
 }
 
 /// Applies every job in one transaction, all or nothing: every attempt
-/// record in one statement first (`ops::Record`), then each job in order.
+/// record in one statement first (`ops::Record`), then every notification
+/// created in one set of statements (`ops::Create`), then each other job
+/// in order. The database's cost is per statement more than per row
+/// (docs/benchmarks.md, issue 18): with one notification per request, a
+/// batch of creates applied one by one cost three statements each.
 async fn apply(
     conn: &mut PgConnection,
     jobs: &mut [Box<dyn Job>],
@@ -218,19 +253,34 @@ async fn apply(
 ) -> Result<(), StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     record(&mut tx, jobs.iter().flat_map(|j| j.records())).await?;
+    let batch: Vec<&NewNotification> = jobs.iter().flat_map(|j| j.creates()).collect();
+    let mut created = create(&mut tx, &batch, ctx.outbox).await?.into_iter();
     for job in jobs.iter_mut() {
-        job.apply(&mut tx, ctx).await?;
+        job.apply(&mut tx, ctx, &mut created).await?;
     }
     tx.commit().await.map_err(db_err)
 }
 
 impl PgOp for ops::Create {
+    fn creates(&self) -> &[NewNotification] {
+        &self.0
+    }
+
+    fn created(
+        &self,
+        created: &mut dyn Iterator<Item = CreateResult>,
+    ) -> Option<Vec<CreateResult>> {
+        Some(created.take(self.0.len()).collect())
+    }
+
+    /// Alone (the writer applies a batch's creates together instead).
     async fn apply(
         &self,
         tx: &mut PgConnection,
         ctx: &Ctx,
     ) -> Result<Vec<CreateResult>, StoreError> {
-        create(tx, &self.0, ctx.outbox).await
+        let batch: Vec<&NewNotification> = self.0.iter().collect();
+        create(tx, &batch, ctx.outbox).await
     }
 }
 
@@ -712,9 +762,12 @@ impl PgOp for ops::Probe {
 
 async fn create(
     tx: &mut PgConnection,
-    batch: &[NewNotification],
+    batch: &[&NewNotification],
     outbox: bool,
 ) -> Result<Vec<CreateResult>, StoreError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
     let taken = take_keys(tx, batch).await?;
     lock_caps(tx, batch, &taken).await?;
     let mut results = Vec::with_capacity(batch.len());
@@ -741,61 +794,52 @@ async fn create(
         }
         results.push(CreateResult::Created);
     }
-    if !n_cols.id.is_empty() {
-        sqlx::query(
-            "INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key, traceparent) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[])",
-        )
-        .bind(&n_cols.id)
-        .bind(&n_cols.tenant_id)
-        .bind(&n_cols.priority)
-        .bind(&n_cols.payload)
-        .bind(&n_cols.accepted_at_ms)
-        .bind(&n_cols.expires_at_ms)
-        .bind(&n_cols.idempotency_key)
-        .bind(&n_cols.traceparent)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    if n_cols.id.is_empty() {
+        return Ok(results);
     }
-    if !d_cols.id.is_empty() {
-        sqlx::query(
-            "INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms, last_error) \
-             SELECT id, nid, ch, tg, pr, st, due, upd, exp, err \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
-                 AS v(id, nid, ch, tg, pr, due, upd, exp, st, err)",
-        )
-        .bind(&d_cols.id)
-        .bind(&d_cols.notification_id)
-        .bind(&d_cols.channel)
-        .bind(&d_cols.target)
-        .bind(&d_cols.priority)
-        .bind(&d_cols.due_at_ms)
-        .bind(&d_cols.accepted_at_ms)
-        .bind(&d_cols.expires_at_ms)
-        .bind(&d_cols.state)
-        .bind(&d_cols.last_error)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    }
-    if !events.id.is_empty() {
-        sqlx::query(
-            "INSERT INTO outbox (notification_id, lane, key, tenant_id, correlation_id, traceparent, payload, created_at_ms) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[])",
-        )
-        .bind(&events.id)
-        .bind(&events.lane)
-        .bind(&events.key)
-        .bind(&events.tenant_id)
-        .bind(&events.correlation_id)
-        .bind(&events.traceparent)
-        .bind(&events.payload)
-        .bind(&events.created_at_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    }
+    // One statement for the notifications, their deliveries and their
+    // events (arrays left empty insert nothing).
+    sqlx::query(
+        "WITH n AS ( \
+             INSERT INTO notifications (id, tenant_id, priority, payload, accepted_at_ms, expires_at_ms, idempotency_key, traceparent) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[])), \
+         o AS ( \
+             INSERT INTO outbox (notification_id, lane, key, tenant_id, correlation_id, traceparent, payload, created_at_ms) \
+             SELECT * FROM UNNEST($19::uuid[], $20::int8[], $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::int8[])) \
+         INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms, last_error) \
+         SELECT id, nid, ch, tg, pr, st, due, upd, exp, err \
+         FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::int8[], $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::text[]) \
+             AS v(id, nid, ch, tg, pr, due, upd, exp, st, err)",
+    )
+    .bind(&n_cols.id)
+    .bind(&n_cols.tenant_id)
+    .bind(&n_cols.priority)
+    .bind(&n_cols.payload)
+    .bind(&n_cols.accepted_at_ms)
+    .bind(&n_cols.expires_at_ms)
+    .bind(&n_cols.idempotency_key)
+    .bind(&n_cols.traceparent)
+    .bind(&d_cols.id)
+    .bind(&d_cols.notification_id)
+    .bind(&d_cols.channel)
+    .bind(&d_cols.target)
+    .bind(&d_cols.priority)
+    .bind(&d_cols.due_at_ms)
+    .bind(&d_cols.accepted_at_ms)
+    .bind(&d_cols.expires_at_ms)
+    .bind(&d_cols.state)
+    .bind(&d_cols.last_error)
+    .bind(&events.id)
+    .bind(&events.lane)
+    .bind(&events.key)
+    .bind(&events.tenant_id)
+    .bind(&events.correlation_id)
+    .bind(&events.traceparent)
+    .bind(&events.payload)
+    .bind(&events.created_at_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
     Ok(results)
 }
 
@@ -805,7 +849,7 @@ async fn create(
 /// across every node.
 async fn lock_caps(
     tx: &mut PgConnection,
-    batch: &[NewNotification],
+    batch: &[&NewNotification],
     taken: &[Option<IdempotencyRecord>],
 ) -> Result<(), StoreError> {
     let mut keys: Vec<String> = batch
@@ -987,7 +1031,7 @@ impl DeliveryColumns {
 /// moment makes this insert wait for that one's outcome.
 async fn take_keys(
     tx: &mut PgConnection,
-    batch: &[NewNotification],
+    batch: &[&NewNotification],
 ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
     let mut out: Vec<Option<IdempotencyRecord>> = vec![None; batch.len()];
     let mut seen = HashSet::new();
@@ -1171,8 +1215,9 @@ fn leased(
         .collect()
 }
 
-/// Records attempts and moves their deliveries on: one INSERT for every
-/// vendor call and one UPDATE, however many workers reported.
+/// Records attempts and moves their deliveries on: one statement (an
+/// INSERT of every vendor call and an UPDATE), however many workers
+/// reported.
 async fn record(
     tx: &mut PgConnection,
     records: impl Iterator<Item = &AttemptRecord>,
@@ -1227,32 +1272,19 @@ async fn record(
         m.updated.push(r.ended_at_ms);
         m.pin.push(r.pin.as_deref());
     }
-    if !c.delivery.is_empty() {
-        sqlx::query(
-            "INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::int8[], $8::text[])",
-        )
-        .bind(&c.delivery)
-        .bind(&c.attempt)
-        .bind(&c.provider)
-        .bind(&c.started)
-        .bind(&c.latency)
-        .bind(&c.outcome)
-        .bind(&c.status)
-        .bind(&c.error)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    }
     if m.id.is_empty() {
         return Ok(());
     }
+    // One statement: the calls' log and the deliveries' moves.
     // Compare-and-set on the lease: a worker whose lease expired and was
     // taken over does not overwrite the newer holder's state. A deferred
     // attempt made no call, so it gives its attempt back. A receipt heard
     // before the send was recorded gives a sent delivery its state.
     sqlx::query(
-        "UPDATE deliveries d SET \
+        "WITH calls AS ( \
+             INSERT INTO attempts (delivery_id, attempt, provider, started_at_ms, latency_ms, outcome, status_code, error) \
+             SELECT * FROM UNNEST($12::uuid[], $13::int8[], $14::text[], $15::int8[], $16::int8[], $17::text[], $18::int8[], $19::text[])) \
+         UPDATE deliveries d SET \
              state = CASE WHEN v.state = 'sent' AND d.receipt IS NOT NULL THEN d.receipt ELSE v.state END, \
              due_at_ms = v.due, lease_token = NULL, \
              attempts = GREATEST(d.attempts - v.uncount, 0), \
@@ -1277,6 +1309,14 @@ async fn record(
     .bind(&m.sent_at)
     .bind(&m.updated)
     .bind(&m.pin)
+    .bind(&c.delivery)
+    .bind(&c.attempt)
+    .bind(&c.provider)
+    .bind(&c.started)
+    .bind(&c.latency)
+    .bind(&c.outcome)
+    .bind(&c.status)
+    .bind(&c.error)
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
