@@ -17,8 +17,18 @@ pub enum BusError {
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Says that deliveries for these channels were just stored.
-    fn announce(&self, channels: &[Channel]);
+    /// Says that deliveries of these channels and lanes were just stored
+    /// (or became due).
+    fn announce(&self, work: &[(Channel, Priority)]);
+    /// Says that deliveries of any channel and lane may have become due
+    /// (dead letters replayed, circuits released by hand).
+    fn announce_all(&self) {
+        let all: Vec<(Channel, Priority)> = Channel::ALL
+            .iter()
+            .flat_map(|&c| Priority::ALL.map(|p| (c, p)))
+            .collect();
+        self.announce(&all);
+    }
     /// Takes up to `limit` due deliveries of one channel and lane, each
     /// already moved to `sending` under a lease.
     async fn take(

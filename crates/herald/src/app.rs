@@ -136,7 +136,8 @@ fn bus(
     stop: &CancellationToken,
 ) -> anyhow::Result<Arc<dyn Bus>> {
     if !cfg.kafka.enabled() {
-        return Ok(Arc::new(LocalBus::new(store.clone(), lease)));
+        let poll = Duration::from_millis(cfg.engine.poll_interval_ms);
+        return Ok(Arc::new(LocalBus::new(store.clone(), lease, poll)));
     }
     let bus = KafkaBus::start(
         store.clone(),

@@ -394,7 +394,7 @@ impl LaneConsumer {
 #[async_trait]
 impl Bus for KafkaBus {
     /// Stored notifications reach workers through the outbox and the relay.
-    fn announce(&self, _channels: &[Channel]) {}
+    fn announce(&self, _work: &[(Channel, Priority)]) {}
 
     async fn take(
         &self,

@@ -349,7 +349,8 @@ pub async fn accept(
     // hash, response and lane.
     let mut pending: Vec<(usize, Vec<u8>, StoredResponse, &'static str)> = Vec::new();
     let mut batch = Vec::new();
-    let mut channels: HashSet<Channel> = HashSet::new();
+    // The channels and lanes of what is due now, to wake their workers.
+    let mut due: HashSet<(Channel, Priority)> = HashSet::new();
 
     let stored = profiles(state, tenant, &items).await;
     for item in items {
@@ -411,7 +412,7 @@ pub async fn accept(
                                     .increment(1);
                             }
                             held_until_ms = until;
-                            channels.insert(d.channel);
+                            due.insert((d.channel, req.priority));
                             None
                         }
                     }
@@ -483,8 +484,8 @@ pub async fn accept(
                         CreateResult::KeyTaken(existing) => replay_or_conflict(existing, &hash),
                     });
                 }
-                let chans: Vec<Channel> = channels.into_iter().collect();
-                state.bus.announce(&chans);
+                let due: Vec<(Channel, Priority)> = due.into_iter().collect();
+                state.bus.announce(&due);
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store notifications");

@@ -10,7 +10,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_core::model::Channel;
 use herald_core::store::{DeadLetterFilter, ReplayOutcome};
 use serde::Deserialize;
 
@@ -177,7 +176,7 @@ pub async fn replay_one(
         .await?
     {
         ReplayOutcome::Replayed => {
-            state.bus.announce(&Channel::ALL);
+            state.bus.announce_all();
             let replayed = Replayed {
                 id,
                 status: "queued".into(),
@@ -234,7 +233,7 @@ pub async fn replay_many(
         .replay_dead_letters(&filter, limit)
         .await?;
     if replayed > 0 {
-        state.bus.announce(&Channel::ALL);
+        state.bus.announce_all();
     }
     Ok(Json(ReplayedMany { replayed }))
 }

@@ -811,7 +811,7 @@ async fn replay_many(
         .await
         .map_err(ApiError::from)?;
     if n > 0 {
-        state.bus.announce(&Channel::ALL);
+        state.bus.announce_all();
     }
     tracing::info!(who = %op.who, tenant = %op.tenant, replayed = n, filter = %filter.describe(), "dead letters replayed from the console");
     Ok(see_other(&format!("/console/dead-letters?replayed={n}")))
@@ -832,7 +832,7 @@ async fn replay_one(
         .map_err(ApiError::from)?
     {
         ReplayOutcome::Replayed => {
-            state.bus.announce(&Channel::ALL);
+            state.bus.announce_all();
             tracing::info!(who = %op.who, delivery_id = %id, "dead letter replayed from the console");
             Ok(see_other("/console/dead-letters?replayed=1"))
         }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_core::bus::Bus;
-use herald_core::model::{Channel, DeliveryState, NotificationRequest};
+use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::store::{
     Callback, CreateResult, IdempotencyRecord, Intake, NewDelivery, NewNotification,
     StoredResponse, Tenants,
@@ -169,7 +169,7 @@ impl Callbacks {
         match tokio::time::timeout(WRITE_TIMEOUT, self.intake.create(vec![n])).await {
             Ok(Ok(results)) => {
                 if results.first() == Some(&CreateResult::Created) {
-                    self.bus.announce(&[Channel::Webhook]);
+                    self.bus.announce(&[(Channel::Webhook, Priority::Normal)]);
                 }
             }
             Ok(Err(err)) => {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_bus::LocalBus;
 use herald_core::bus::Bus;
-use herald_core::model::{Channel, DeliveryState, NotificationRequest};
+use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::provider::{Outcome, VendorRequest, VendorResponse};
 use herald_core::store::{Intake, NewDelivery, NewNotification};
 use herald_store::MemoryStore;
@@ -22,6 +22,10 @@ use super::outbound::{Outbound, Transport};
 use super::Engine;
 use crate::config::{Config, ProviderGuards};
 use crate::render::Templates;
+
+fn lane_of(lane: &str) -> Priority {
+    serde_json::from_value(serde_json::json!(lane)).expect("a lane")
+}
 
 /// How a scripted vendor answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +163,7 @@ impl Rig {
         let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(
             store.clone(),
             Duration::from_secs(cfg.engine.lease_seconds),
+            Duration::from_millis(cfg.engine.poll_interval_ms),
         ));
         let templates = Arc::new(Templates::new(&cfg.templates).expect("templates"));
         let outbound = Outbound::new(&cfg.http, cfg.limits());
@@ -193,7 +198,7 @@ impl Rig {
     /// An SMS in `lane`, accepted as the API would.
     async fn sms(&self, lane: &str) -> uuid::Uuid {
         let (id, _) = self.sms_unannounced(lane).await;
-        self.bus.announce(&[Channel::Sms]);
+        self.bus.announce(&[(Channel::Sms, lane_of(lane))]);
         id
     }
 
@@ -392,7 +397,10 @@ async fn low_waits_while_a_lane_above_it_has_more_due_than_one_claim_takes() {
     for _ in 0..50 {
         low.insert(rig.sms_unannounced("low").await.1.to_string());
     }
-    rig.bus.announce(&[Channel::Sms]);
+    rig.bus.announce(&[
+        (Channel::Sms, Priority::High),
+        (Channel::Sms, Priority::Low),
+    ]);
     let twilio = rig.vendor("twilio");
     assert!(
         rig.until(Duration::from_secs(30), || async { twilio.calls() == 350 })
@@ -455,5 +463,36 @@ async fn a_vendor_down_for_good_makes_a_dead_letter_after_the_lanes_attempts() {
     );
     assert_eq!(rig.vendor("twilio").calls(), 5);
     assert_eq!(rig.vendor("sns").calls(), 0);
+    rig.stop().await;
+}
+
+/// Workers ask the store only for lanes that may hold work: what was
+/// announced, and every lane once a poll interval. A delivery stored
+/// without an announcement (a retry come due, another node's) is still
+/// found while another lane's announcements keep the workers awake.
+#[tokio::test(start_paused = true)]
+async fn a_lane_nothing_is_announced_for_is_still_asked_each_poll_interval() {
+    let rig = Rig::start();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (quiet, _) = rig.sms_unannounced("low").await;
+    // Critical SMS announced every 5 ms: ten a poll interval (50 ms here).
+    let mut announced = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline && !rig.sent(quiet).await {
+        announced.push(rig.sms("critical").await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        rig.sent(quiet).await,
+        "the unannounced delivery was never claimed"
+    );
+    assert!(
+        announced.len() >= 5,
+        "the workers were woken many times meanwhile ({})",
+        announced.len()
+    );
+    for id in announced {
+        assert!(rig.until(Duration::from_secs(1), || rig.sent(id)).await);
+    }
     rig.stop().await;
 }
