@@ -248,6 +248,50 @@ async fn claims_by_channel_and_lane(store: &dyn Store) {
     );
 }
 
+/// Claims of several channels and lanes at once (a node's worker pools
+/// each claiming, and a second claim of one lane besides): each gets its
+/// own lane's due work under its own lease, none a delivery another got,
+/// and every claimed delivery is recorded with its claim's token.
+async fn claims_at_once_each_get_their_own_lane(store: &dyn Store) {
+    let now = 1_000;
+    let mut batch = Vec::new();
+    for lane in Priority::ALL {
+        for _ in 0..3 {
+            batch.push(new_notification("t1", request(lane, &["email", "sms"]), now));
+        }
+    }
+    store.create(batch).await.expect("create");
+    let mut claims: Vec<(Channel, Priority)> = [Channel::Email, Channel::Sms]
+        .into_iter()
+        .flat_map(|c| Priority::ALL.map(|p| (c, p)))
+        .collect();
+    claims.push((Channel::Sms, Priority::Critical));
+    let claimed = futures_util::future::join_all(
+        claims
+            .iter()
+            .map(|&(c, p)| store.claim(Claim::new(c, p, 2, now, 30_000))),
+    )
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    let mut records = Vec::new();
+    for (&(channel, lane), got) in claims.iter().zip(claimed) {
+        let got = got.expect("claim");
+        for d in &got {
+            assert_eq!((d.channel, d.priority), (channel, lane));
+            assert_eq!(d.attempt, 1);
+            assert!(seen.insert(d.id), "{} was claimed twice", d.id);
+            records.push(sent(d, now));
+        }
+    }
+    // 3 due in each of 8 lanes, claims of 2: 2 each, and the critical
+    // SMS lane's third to its second claim.
+    assert_eq!(seen.len(), 17);
+    store.record(records).await.expect("record");
+    let depths = store.queue_depths().await.expect("depths");
+    let pending: u64 = depths.iter().map(|d| d.pending).sum();
+    assert_eq!(pending, 24 - 17, "the claimed ones were recorded sent: {depths:?}");
+}
+
 async fn future_work_waits(store: &dyn Store) {
     let mut n = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
     n.due_at_ms = 5_000;
@@ -1967,6 +2011,7 @@ macro_rules! suite {
 
 suite!(
     claims_by_channel_and_lane,
+    claims_at_once_each_get_their_own_lane,
     future_work_waits,
     expired_lease_is_claimed_again_and_old_holder_cannot_write,
     released_work_is_claimable_at_once,

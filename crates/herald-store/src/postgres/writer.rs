@@ -57,11 +57,25 @@ pub trait PgOp: Op {
     fn creates(&self) -> &[NewNotification] {
         &[]
     }
-    /// Its share of the batch's creates' results, taken in its order,
-    /// instead of `apply` (`ops::Create`).
-    fn created(&self, _: &mut dyn Iterator<Item = CreateResult>) -> Option<Self::Output> {
+    /// A claim of due work: a batch's claims (of different channels and
+    /// lanes) go in one statement, after its creates (`ops::ClaimDue`).
+    fn claim(&self) -> Option<&Claim> {
         None
     }
+    /// Its share of what the batch's merged statements gave, instead of
+    /// `apply` (`job`: its place in the batch); `None` if it had none.
+    fn share(&self, _: &mut Shares, _job: usize) -> Option<Self::Output> {
+        None
+    }
+}
+
+/// What a batch's merged statements gave, for each job to take its share.
+pub struct Shares {
+    /// The creates' results, in the batch's order.
+    created: std::vec::IntoIter<CreateResult>,
+    /// Each claim's deliveries, by its job's place in the batch (`None`
+    /// for a job whose claim was not merged: it claims alone).
+    claimed: Vec<Option<Vec<ClaimedDelivery>>>,
 }
 
 type Applying<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
@@ -70,13 +84,15 @@ type Applying<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send +
 pub trait Job: Send + Sync {
     fn records(&self) -> &[AttemptRecord];
     fn creates(&self) -> &[NewNotification];
-    /// `created`: the batch's creates' results, in order; a create takes
-    /// its share.
+    fn claim(&self) -> Option<&Claim>;
+    /// Takes its share of `shares` (`job`: its place in the batch), or
+    /// applies its own statements.
     fn apply<'a>(
         &'a mut self,
         tx: &'a mut PgConnection,
         ctx: &'a Ctx,
-        created: &'a mut (dyn Iterator<Item = CreateResult> + Send),
+        shares: &'a mut Shares,
+        job: usize,
     ) -> Applying<'a>;
     fn answer(self: Box<Self>, committed: Result<(), StoreError>);
 }
@@ -90,14 +106,19 @@ impl<O: PgOp> Job for Pending<O> {
         self.op.creates()
     }
 
+    fn claim(&self) -> Option<&Claim> {
+        self.op.claim()
+    }
+
     fn apply<'a>(
         &'a mut self,
         tx: &'a mut PgConnection,
         ctx: &'a Ctx,
-        created: &'a mut (dyn Iterator<Item = CreateResult> + Send),
+        shares: &'a mut Shares,
+        job: usize,
     ) -> Applying<'a> {
         Box::pin(async move {
-            let out = match self.op.created(created) {
+            let out = match self.op.share(shares, job) {
                 Some(out) => out,
                 None => self.op.apply(tx, ctx).await?,
             };
@@ -242,10 +263,11 @@ impl Writer {
 
 /// Applies every job in one transaction, all or nothing: every attempt
 /// record in one statement first (`ops::Record`), then every notification
-/// created in one set of statements (`ops::Create`), then each other job
-/// in order. The database's cost is per statement more than per row
-/// (docs/benchmarks.md, issue 18): with one notification per request, a
-/// batch of creates applied one by one cost three statements each.
+/// created in one set of statements (`ops::Create`), then every claim in
+/// one statement (`ops::ClaimDue`), then each other job in order. The
+/// database's cost is per statement more than per row (docs/benchmarks.md,
+/// issue 18): with one notification per request, creates applied one by
+/// one cost three statements each.
 async fn apply(
     conn: &mut PgConnection,
     jobs: &mut [Box<dyn Job>],
@@ -254,9 +276,11 @@ async fn apply(
     let mut tx = conn.begin().await.map_err(db_err)?;
     record(&mut tx, jobs.iter().flat_map(|j| j.records())).await?;
     let batch: Vec<&NewNotification> = jobs.iter().flat_map(|j| j.creates()).collect();
-    let mut created = create(&mut tx, &batch, ctx.outbox).await?.into_iter();
-    for job in jobs.iter_mut() {
-        job.apply(&mut tx, ctx, &mut created).await?;
+    let created = create(&mut tx, &batch, ctx.outbox).await?.into_iter();
+    let claimed = claim_each(&mut tx, jobs).await?;
+    let mut shares = Shares { created, claimed };
+    for (i, job) in jobs.iter_mut().enumerate() {
+        job.apply(&mut tx, ctx, &mut shares, i).await?;
     }
     tx.commit().await.map_err(db_err)
 }
@@ -266,11 +290,8 @@ impl PgOp for ops::Create {
         &self.0
     }
 
-    fn created(
-        &self,
-        created: &mut dyn Iterator<Item = CreateResult>,
-    ) -> Option<Vec<CreateResult>> {
-        Some(created.take(self.0.len()).collect())
+    fn share(&self, shares: &mut Shares, _: usize) -> Option<Vec<CreateResult>> {
+        Some(shares.created.by_ref().take(self.0.len()).collect())
     }
 
     /// Alone (the writer applies a batch's creates together instead).
@@ -285,6 +306,15 @@ impl PgOp for ops::Create {
 }
 
 impl PgOp for ops::ClaimDue {
+    fn claim(&self) -> Option<&Claim> {
+        Some(&self.0)
+    }
+
+    fn share(&self, shares: &mut Shares, job: usize) -> Option<Vec<ClaimedDelivery>> {
+        shares.claimed.get_mut(job)?.take()
+    }
+
+    /// Alone (the writer merges a batch's claims of different lanes).
     async fn apply(
         &self,
         tx: &mut PgConnection,
@@ -1148,6 +1178,90 @@ async fn claim(tx: &mut PgConnection, a: &Claim) -> Result<Vec<ClaimedDelivery>,
     leased(&rows, token, a.now_ms + a.lease_ms)
 }
 
+/// The claims among `jobs`, in one statement, by the job's place in the
+/// batch. A batch holds claims of several channels and lanes (each
+/// node's worker pools claim one lane at a time); a second claim of the
+/// same channel and lane is left to claim alone, after, so the merged
+/// claims never reach for the same rows.
+async fn claim_each(
+    tx: &mut PgConnection,
+    jobs: &[Box<dyn Job>],
+) -> Result<Vec<Option<Vec<ClaimedDelivery>>>, StoreError> {
+    let mut out: Vec<Option<Vec<ClaimedDelivery>>> = jobs.iter().map(|_| None).collect();
+    let mut lanes = HashSet::new();
+    let merged: Vec<(usize, &Claim)> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| Some((i, j.claim()?)))
+        .filter(|(_, c)| lanes.insert((c.channel, c.lane)))
+        .collect();
+    if let [(i, c)] = merged[..] {
+        out[i] = Some(claim(tx, c).await?);
+    }
+    if merged.len() < 2 {
+        return Ok(out);
+    }
+    let tokens: Vec<i64> = merged.iter().map(|_| rand::random()).collect();
+    let (mut job, mut channel, mut lane, mut limit, mut now, mut lease, mut settled) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for &(i, c) in &merged {
+        out[i] = Some(Vec::new());
+        job.push(i as i64);
+        channel.push(c.channel.as_str());
+        lane.push(c.lane.index() as i64);
+        limit.push(i64::try_from(c.limit).unwrap_or(i64::MAX));
+        now.push(c.now_ms);
+        lease.push(c.lease_ms);
+        settled.push(c.settled_before_ms);
+    }
+    // As `claim`, each claim's due rows found by a lateral subquery of
+    // its own.
+    let rows = sqlx::query(
+        "WITH due AS ( \
+             SELECT q.job, q.token, q.now, q.lease, x.id \
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]) \
+                 AS q(job, ch, pr, lim, now, lease, settled, token) \
+             CROSS JOIN LATERAL ( \
+                 SELECT id FROM deliveries \
+                 WHERE channel = q.ch AND priority = q.pr \
+                   AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= q.now \
+                   AND (state <> 'queued' OR updated_at_ms <= q.settled) \
+                 ORDER BY due_at_ms LIMIT q.lim FOR UPDATE SKIP LOCKED) x) \
+         UPDATE deliveries d SET state = 'sending', due_at_ms = due.now + due.lease, \
+             lease_token = due.token, attempts = d.attempts + 1, updated_at_ms = due.now, \
+             in_doubt = (d.state = 'sending') OR d.in_doubt \
+         FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
+         RETURNING due.job, d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, \
+             d.calling, d.in_doubt, d.channel, d.priority, \
+             n.tenant_id, n.payload, n.accepted_at_ms, n.expires_at_ms, n.traceparent",
+    )
+    .bind(&job)
+    .bind(&channel)
+    .bind(&lane)
+    .bind(&limit)
+    .bind(&now)
+    .bind(&lease)
+    .bind(&settled)
+    .bind(&tokens)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    for row in &rows {
+        let i = usize::try_from(row.int("job")?)
+            .map_err(|_| StoreError::Corrupt("a claim's job".into()))?;
+        let at = merged
+            .iter()
+            .position(|&(j, _)| j == i)
+            .ok_or_else(|| StoreError::Corrupt(format!("claim job {i}").into()))?;
+        let c = merged[at].1;
+        let d = leased_row(row, tokens[at], c.now_ms + c.lease_ms)?;
+        if let Some(Some(claimed)) = out.get_mut(i) {
+            claimed.push(d);
+        }
+    }
+    Ok(out)
+}
+
 /// Moves these deliveries to `sending` under a new lease, each only if it
 /// is waiting and due (queued, a retry come due, or a lease run out): the
 /// idempotent consumer's step, so an event seen twice sends once. Rows
@@ -1192,27 +1306,34 @@ fn leased(
     until_ms: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     rows.iter()
-        .map(|row| {
-            Ok(ClaimedDelivery {
-                id: row.uuid("id")?,
-                notification_id: row.uuid("notification_id")?,
-                tenant_id: row.text("tenant_id")?,
-                channel: row.parsed("channel")?,
-                target: row.small("target")?,
-                priority: row.priority()?,
-                attempt: row.small("attempts")?,
-                lease_token: LeaseToken(token),
-                lease_until_ms: until_ms,
-                accepted_at_ms: row.int("accepted_at_ms")?,
-                expires_at_ms: row.opt_int("expires_at_ms")?,
-                payload: row.text("payload")?,
-                pinned_provider: row.opt_text("pinned_provider")?,
-                calling: row.opt_text("calling")?,
-                in_doubt: row.try_get("in_doubt").map_err(db_err)?,
-                traceparent: row.opt_text("traceparent")?,
-            })
-        })
+        .map(|row| leased_row(row, token, until_ms))
         .collect()
+}
+
+/// One row of a claim's, leased with `token` until `until_ms`.
+fn leased_row(
+    row: &sqlx::postgres::PgRow,
+    token: i64,
+    until_ms: i64,
+) -> Result<ClaimedDelivery, StoreError> {
+    Ok(ClaimedDelivery {
+        id: row.uuid("id")?,
+        notification_id: row.uuid("notification_id")?,
+        tenant_id: row.text("tenant_id")?,
+        channel: row.parsed("channel")?,
+        target: row.small("target")?,
+        priority: row.priority()?,
+        attempt: row.small("attempts")?,
+        lease_token: LeaseToken(token),
+        lease_until_ms: until_ms,
+        accepted_at_ms: row.int("accepted_at_ms")?,
+        expires_at_ms: row.opt_int("expires_at_ms")?,
+        payload: row.text("payload")?,
+        pinned_provider: row.opt_text("pinned_provider")?,
+        calling: row.opt_text("calling")?,
+        in_doubt: row.try_get("in_doubt").map_err(db_err)?,
+        traceparent: row.opt_text("traceparent")?,
+    })
 }
 
 /// Records attempts and moves their deliveries on: one statement (an
