@@ -12,7 +12,8 @@
 #
 # Needs a release build (cargo build --release -p herald) and PostgreSQL at
 # $HERALD_BENCH_POSTGRES_URL (default: the machine's, database `test`); it
-# uses a schema of its own, `hb_fleet`, made afresh each run.
+# uses a schema of its own, `hb_fleet`, made afresh each run. Besides the
+# bench's report it prints the whole machine's CPU per delivery.
 set -euo pipefail
 kafka=false
 if [[ ${1:-} == --kafka ]]; then kafka=true; shift; fi
@@ -56,6 +57,17 @@ sleep 3
 for pid in "${pids[@]}"; do
   kill -0 "$pid" 2>/dev/null || { echo "a fleet process exited at start (port in use?)" >&2; exit 1; }
 done
+# The whole machine's busy time over the run (every process: the nodes,
+# PostgreSQL, the mock cluster, the simulator and the bench itself).
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+before=$(busy)
 "$bin" bench steady --target http://127.0.0.1:8181 --api-key "$HERALD_DEV_API_KEY" \
   --sim-url http://127.0.0.1:9190 --rate "$rate" --duration-seconds "$seconds" \
-  --json "$name.json"
+  --json "$name.json" ${HERALD_BENCH_ARGS:-}
+after=$(busy)
+python3 - "$name.json" "$((after - before))" "$(getconf CLK_TCK)" <<'EOF2'
+import json, sys
+r = json.load(open(sys.argv[1]))
+ms = int(sys.argv[2]) * 1000 / int(sys.argv[3]) / max(r["delivered"], 1)
+print(f"whole machine: {ms:.3f} ms of CPU per delivery ({r['delivered']} delivered)")
+EOF2
