@@ -257,7 +257,11 @@ async fn claims_at_once_each_get_their_own_lane(store: &dyn Store) {
     let mut batch = Vec::new();
     for lane in Priority::ALL {
         for _ in 0..3 {
-            batch.push(new_notification("t1", request(lane, &["email", "sms"]), now));
+            batch.push(new_notification(
+                "t1",
+                request(lane, &["email", "sms"]),
+                now,
+            ));
         }
     }
     store.create(batch).await.expect("create");
@@ -289,7 +293,11 @@ async fn claims_at_once_each_get_their_own_lane(store: &dyn Store) {
     store.record(records).await.expect("record");
     let depths = store.queue_depths().await.expect("depths");
     let pending: u64 = depths.iter().map(|d| d.pending).sum();
-    assert_eq!(pending, 24 - 17, "the claimed ones were recorded sent: {depths:?}");
+    assert_eq!(
+        pending,
+        24 - 17,
+        "the claimed ones were recorded sent: {depths:?}"
+    );
 }
 
 async fn future_work_waits(store: &dyn Store) {
