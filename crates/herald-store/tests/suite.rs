@@ -98,6 +98,7 @@ async fn postgres_open(check: &str, outbox: bool) -> PostgresStore {
         max_batch: 256,
         outbox,
         timeout: std::time::Duration::from_secs(5),
+        gather: std::time::Duration::from_millis(10),
     })
     .await
     .expect("open postgres")

@@ -79,6 +79,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Backend>> {
                 max_batch: cfg.store.group_commit_max_batch,
                 outbox: cfg.kafka.enabled(),
                 timeout: Duration::from_millis(cfg.store.timeout_ms),
+                gather: Duration::from_millis(cfg.store.gather_ms),
             })
             .await
             .context("opening the PostgreSQL store (store.url)")?;

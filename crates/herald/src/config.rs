@@ -147,6 +147,8 @@ pub struct StoreConfig {
     pub url: Secret,
     pub writers: usize,
     pub max_connections: u32,
+    /// PostgreSQL: the longest a group commit waits for more operations.
+    pub gather_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -593,6 +595,9 @@ impl Config {
                     "store.max_connections: must be at least store.writers + store.read_connections ({needed})"
                 );
             }
+            if self.store.gather_ms > 1_000 || self.store.gather_ms >= self.store.timeout_ms {
+                bail!("store.gather_ms: must be at most 1000 and less than store.timeout_ms (a write waits for its group commit within the timeout)");
+            }
         }
         for (ch, c) in &self.channels {
             match c.max_segments {
@@ -940,6 +945,14 @@ mod tests {
         })
         .expect_err("too few connections");
         assert!(e.to_string().contains("store.max_connections"), "{e}");
+        let e = Config::load_with(None, |c| {
+            c.store.kind = StoreKind::Postgres;
+            c.store.url = Secret::new("postgres://h/db");
+            c.store.timeout_ms = 50;
+            c.store.gather_ms = 50;
+        })
+        .expect_err("a gather as long as the timeout");
+        assert!(e.to_string().contains("store.gather_ms"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct PostgresOptions {
     /// The longest a connection, a read, a transaction or a caller's
     /// write may take before it fails as unavailable.
     pub timeout: Duration,
+    /// The longest a group commit holds its first operation while more
+    /// keeps coming, to carry it in one transaction.
+    pub gather: Duration,
 }
 
 impl Db<Postgres> {
@@ -79,6 +82,7 @@ impl Db<Postgres> {
                 },
                 health: health.clone(),
                 timeout: opts.timeout,
+                gather: opts.gather,
                 in_flight: in_flight.clone(),
             };
             tokio::spawn(w.run());

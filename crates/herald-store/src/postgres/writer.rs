@@ -144,19 +144,22 @@ impl<O: PgOp> Runs<O> for super::Postgres {
 
 type Queue = Arc<Mutex<Inbox<Box<dyn Job>>>>;
 
-/// How many of the writers' transactions are being applied now; a writer
-/// that finished one says so.
+/// How many of the writers' transactions are being applied now (a writer
+/// that finished one says so), and how many operations the last batch
+/// taken held.
 #[derive(Default)]
 pub(super) struct InFlight {
     count: std::sync::atomic::AtomicUsize,
     done: tokio::sync::Notify,
+    last_batch: std::sync::atomic::AtomicUsize,
 }
+
+/// A batch this big says the writers are under load: the next one
+/// gathers.
+const UNDER_LOAD: usize = 4;
 
 /// How often a writer waiting to start its transaction looks for more work.
 const TOP_UP_EVERY: Duration = Duration::from_millis(1);
-/// The longest a writer gathers a batch while another transaction is in
-/// progress: what the first operation of the batch may wait for company.
-const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// How a writer works: its pool, what it takes and how long it may take.
 pub(super) struct Writer {
@@ -167,6 +170,9 @@ pub(super) struct Writer {
     pub health: Arc<WriteHealth>,
     /// The longest one transaction may take.
     pub timeout: Duration,
+    /// The longest a batch's first operation waits for company
+    /// (`store.gather_ms`).
+    pub gather: Duration,
     /// Shared by the writers: transactions in progress.
     pub in_flight: Arc<InFlight>,
 }
@@ -192,28 +198,38 @@ impl Drop for InProgress<'_> {
 impl Writer {
     /// Takes the next batch into `batch`; 0 once the queue is closed.
     ///
-    /// One writer takes a batch while the others apply theirs. While
-    /// another transaction is in progress and this batch is not full, the
-    /// writer holds on to the queue and gathers more, until that one
-    /// commits or for 2 ms at most: the database's cost is per statement
-    /// and per commit more than per row (docs/benchmarks.md, issue 18), so
-    /// under light load one transaction carries what several would have,
-    /// and under heavy load full batches still go in parallel.
+    /// One writer takes a batch while the others apply theirs. Under load
+    /// (this batch or the last one holds a few operations already), a
+    /// batch that is not full is held open, for `gather` at most, as long
+    /// as more keeps coming (each millisecond brings some) or another
+    /// transaction is in progress: a transaction's cost on the database is
+    /// mostly per transaction and per statement, not per row
+    /// (docs/benchmarks.md, issue 18), so one transaction carries what
+    /// several would have. Under light load a write goes at once, and full
+    /// batches always go, in parallel.
     async fn take(&self, batch: &mut Vec<Box<dyn Job>>) -> usize {
         let mut queue = self.queue.lock().await;
         let mut taken = queue.recv_many(batch, self.max_batch).await;
-        let gather_until = tokio::time::Instant::now() + MAX_GATHER;
-        while taken > 0
+        let busy =
+            taken >= UNDER_LOAD || self.in_flight.last_batch.load(Ordering::Acquire) >= UNDER_LOAD;
+        let gather_until = tokio::time::Instant::now() + self.gather;
+        while busy
+            && taken > 0
             && taken < self.max_batch
-            && self.in_flight.count.load(Ordering::Acquire) > 0
             && tokio::time::Instant::now() < gather_until
         {
+            let others = self.in_flight.count.load(Ordering::Acquire) > 0;
             tokio::select! {
                 _ = self.in_flight.done.notified() => {}
                 _ = tokio::time::sleep(TOP_UP_EVERY) => {}
             }
+            let before = taken;
             taken = queue.top_up(batch, self.max_batch);
+            if taken == before && !others {
+                break;
+            }
         }
+        self.in_flight.last_batch.store(taken, Ordering::Release);
         taken
     }
 
