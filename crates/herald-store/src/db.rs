@@ -386,7 +386,7 @@ impl<D: Database> Recipients for Db<D> {
         tenant_id: &str,
         ids: &[String],
     ) -> Result<Vec<StoredRecipient>, StoreError> {
-        reads::recipients(&self.reads, tenant_id, ids).await
+        self.reads.recipients(tenant_id, ids).await
     }
 
     async fn set_preferences(

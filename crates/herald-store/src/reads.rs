@@ -32,6 +32,19 @@ pub enum Arg {
 pub trait Reader: Send + Sync + 'static {
     type Row: Columns + Send + Sync;
     async fn rows(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<Self::Row>, StoreError>;
+
+    /// A tenant's stored recipients among `ids`: a query of its own, or
+    /// (PostgreSQL) one shared with concurrent callers'.
+    async fn recipients(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecipient>, StoreError>
+    where
+        Self: Sized,
+    {
+        recipients(self, tenant_id, ids).await
+    }
 }
 
 pub(crate) async fn notification<R: Reader>(

@@ -301,6 +301,65 @@ async fn claims_at_once_each_get_their_own_lane(store: &dyn Store) {
     );
 }
 
+/// Reads of stored recipients at once, by requests of several tenants
+/// (PostgreSQL answers concurrent reads from one query): each gets its own
+/// tenant's, and only those it named.
+async fn concurrent_recipient_reads_each_get_their_own(store: &dyn Store) {
+    use herald_core::recipient::Profile;
+    for tenant in ["t1", "t2", "t3"] {
+        for n in 0..4 {
+            let p: Profile = serde_json::from_value(serde_json::json!({
+                "email": format!("{tenant}-{n}@example.com")
+            }))
+            .expect("a profile");
+            store
+                .put_recipient(tenant, &format!("u{n}"), p, None, 1_000)
+                .await
+                .expect("put");
+        }
+    }
+    let asks: Vec<(&str, Vec<String>)> = (0..30)
+        .map(|i| {
+            let tenant = ["t1", "t2", "t3", "t4"][i % 4];
+            let mut ids = vec![
+                format!("u{}", i % 4),
+                format!("u{}", (i + 1) % 5),
+                "nobody".into(),
+            ];
+            // A request's ids are distinct (the API dedups them).
+            ids.sort();
+            ids.dedup();
+            (tenant, ids)
+        })
+        .collect();
+    let got = futures_util::future::join_all(
+        asks.iter()
+            .map(|(tenant, ids)| store.recipients(tenant, ids)),
+    )
+    .await;
+    for ((tenant, ids), got) in asks.iter().zip(got) {
+        let mut got: Vec<(String, Option<String>)> = got
+            .expect("read")
+            .into_iter()
+            .map(|r| (r.id, r.profile.email))
+            .collect();
+        got.sort();
+        let mut expected: Vec<(String, Option<String>)> = ids
+            .iter()
+            .filter(|id| *tenant != "t4" && *id != "nobody" && *id != "u4")
+            .map(|id| {
+                (
+                    id.clone(),
+                    Some(format!("{tenant}-{}@example.com", &id[1..])),
+                )
+            })
+            .collect();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(got, expected, "{tenant} asked for {ids:?}");
+    }
+}
+
 async fn future_work_waits(store: &dyn Store) {
     let mut n = new_notification("t1", request(Priority::Normal, &["email"]), 1_000);
     n.due_at_ms = 5_000;
@@ -2021,6 +2080,7 @@ macro_rules! suite {
 suite!(
     claims_by_channel_and_lane,
     claims_at_once_each_get_their_own_lane,
+    concurrent_recipient_reads_each_get_their_own,
     future_work_waits,
     expired_lease_is_claimed_again_and_old_holder_cannot_write,
     released_work_is_claimable_at_once,

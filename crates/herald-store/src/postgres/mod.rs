@@ -7,12 +7,14 @@
 //! number of nodes claim from the same table without waiting on each other.
 //! Reads use the same pool.
 
+mod recipient_reads;
 mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use herald_core::recipient::StoredRecipient;
 use herald_core::store::{Cause, StoreError};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::PgPool;
@@ -89,6 +91,11 @@ impl Db<Postgres> {
         }
         Ok(Db {
             reads: PgReader {
+                recipients: recipient_reads::RecipientReads::start(
+                    pool.clone(),
+                    opts.timeout,
+                    opts.gather,
+                ),
                 pool,
                 timeout: opts.timeout,
             },
@@ -106,6 +113,7 @@ impl Db<Postgres> {
 pub struct PgReader {
     pool: PgPool,
     timeout: Duration,
+    recipients: recipient_reads::RecipientReads,
 }
 
 #[async_trait]
@@ -127,6 +135,17 @@ impl Reader for PgReader {
             Ok(rows) => rows.map_err(db_err),
             Err(_) => Err(cut_off(&mut conn, self.timeout)),
         }
+    }
+
+    async fn recipients(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredRecipient>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.recipients.read(tenant_id, ids).await
     }
 }
 
