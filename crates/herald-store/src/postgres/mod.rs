@@ -5,7 +5,8 @@
 //! requests share commits (one WAL flush each) while the database works on
 //! several batches at once. Claims lock with `FOR UPDATE SKIP LOCKED`, so any
 //! number of nodes claim from the same table without waiting on each other.
-//! Reads use the same pool.
+//! Reads use the same pool; the recipients concurrent requests name are
+//! read together (`recipient_reads.rs`).
 
 mod recipient_reads;
 mod writer;
