@@ -1161,12 +1161,22 @@ async fn take_keys(
     Ok(out)
 }
 
+/// What every claim's UPDATE returns of each leased delivery (`d`) and its
+/// notification (`n`), for `leased_row`.
+macro_rules! leased_columns {
+    () => {
+        "d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, \
+         d.in_doubt, d.channel, d.priority, \
+         n.tenant_id, n.payload, n.accepted_at_ms, n.expires_at_ms, n.traceparent"
+    };
+}
+
 async fn claim(tx: &mut PgConnection, a: &Claim) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let token: i64 = rand::random();
     // SKIP LOCKED: rows another node is claiming right now are left to it.
     // The SET's `d.state` is the row before the update: taking over a
     // `sending` row (its lease expired) marks it in doubt.
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH due AS ( \
              SELECT id FROM deliveries \
              WHERE channel = $4 AND priority = $5 \
@@ -1177,10 +1187,9 @@ async fn claim(tx: &mut PgConnection, a: &Claim) -> Result<Vec<ClaimedDelivery>,
              attempts = d.attempts + 1, updated_at_ms = $1, \
              in_doubt = (d.state = 'sending') OR d.in_doubt \
          FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
-         RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, \
-             d.in_doubt, d.channel, d.priority, \
-             n.tenant_id, n.payload, n.accepted_at_ms, n.expires_at_ms, n.traceparent",
-    )
+         RETURNING ",
+        leased_columns!()
+    ))
     .bind(a.now_ms)
     .bind(a.lease_ms)
     .bind(token)
@@ -1232,7 +1241,7 @@ async fn claim_each(
     }
     // As `claim`, each claim's due rows found by a lateral subquery of
     // its own.
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH due AS ( \
              SELECT q.job, q.token, q.now, q.lease, x.id \
              FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]) \
@@ -1247,10 +1256,9 @@ async fn claim_each(
              lease_token = due.token, attempts = d.attempts + 1, updated_at_ms = due.now, \
              in_doubt = (d.state = 'sending') OR d.in_doubt \
          FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
-         RETURNING due.job, d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, \
-             d.calling, d.in_doubt, d.channel, d.priority, \
-             n.tenant_id, n.payload, n.accepted_at_ms, n.expires_at_ms, n.traceparent",
-    )
+         RETURNING due.job, ",
+        leased_columns!()
+    ))
     .bind(&job)
     .bind(&channel)
     .bind(&lane)
@@ -1289,7 +1297,7 @@ async fn claim_ids(
     lease_ms: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let token: i64 = rand::random();
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH due AS ( \
              SELECT id FROM deliveries \
              WHERE id = ANY($4) AND state IN ('queued', 'retry_scheduled', 'sending') \
@@ -1299,10 +1307,9 @@ async fn claim_ids(
              attempts = d.attempts + 1, updated_at_ms = $1, \
              in_doubt = (d.state = 'sending') OR d.in_doubt \
          FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
-         RETURNING d.id, d.notification_id, d.target, d.attempts, d.pinned_provider, d.calling, \
-             d.in_doubt, d.channel, d.priority, \
-             n.tenant_id, n.payload, n.accepted_at_ms, n.expires_at_ms, n.traceparent",
-    )
+         RETURNING ",
+        leased_columns!()
+    ))
     .bind(now_ms)
     .bind(lease_ms)
     .bind(token)
