@@ -76,8 +76,9 @@ impl RecipientReads {
             self.asks.send(ask).await.map_err(|_| gone())?;
             answer.await.map_err(|_| gone())?
         };
-        // Queueing, gathering and the query, all within the timeout.
-        crate::writes::bounded(self.timeout + self.timeout, asked).await
+        // Queueing, gathering and the query, all within the store's
+        // timeout, as any other read.
+        crate::writes::bounded(self.timeout, asked).await
     }
 }
 
