@@ -181,6 +181,17 @@ pub async fn show(
     ))
 }
 
+/// The form a mailbox provider posts for a one-click unsubscribe (RFC
+/// 8058), as the OpenAPI document describes it (a form is an object of
+/// fields). Herald reads none of it: the signed token is the request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct OneClick {
+    /// `One-Click`.
+    #[schema(rename = "List-Unsubscribe")]
+    list_unsubscribe: String,
+}
+
 /// One-click unsubscribe (RFC 8058): records that the recipient opted out
 /// of the link's category by email. No API key: the signed token is the
 /// credential. Using a link again changes nothing more.
@@ -189,7 +200,7 @@ pub async fn show(
     path = "/v1/unsubscribe/{token}",
     tag = "recipients",
     params(("token" = String, Path, description = "The signed token from the email's List-Unsubscribe link")),
-    request_body(content = String, description = "`List-Unsubscribe=One-Click` (form), as mailbox providers send it; any body is taken", content_type = "application/x-www-form-urlencoded"),
+    request_body(content = OneClick, description = "`List-Unsubscribe=One-Click` (form), as mailbox providers send it; any body is taken", content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "Unsubscribed (also when the recipient was erased since)", content_type = "text/html", body = String),
         (status = 404, description = "Not a link Herald made (or one changed since)", body = super::problem::Problem, content_type = "application/problem+json"),
