@@ -140,6 +140,13 @@ pub fn tracing_on() -> bool {
     TRACING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether Herald makes its own extra spans (store write, vendor call)
+/// here: tracing is on and the current trace is sampled, so a low
+/// `sample_ratio` saves their cost.
+pub fn sampled_here() -> bool {
+    tracing_on() && context::sampled(&tracing::Span::current())
+}
+
 /// Where OTLP traces go: `[telemetry] otlp_endpoint`, else the standard
 /// environment (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`); `None` (off) when neither is set or
@@ -321,8 +328,7 @@ pub mod context {
         carrier.remove("traceparent")
     }
 
-    /// Whether `span`'s trace is sampled (exported): Herald makes its
-    /// extra spans only then, so a low `sample_ratio` saves their cost.
+    /// Whether `span`'s trace is sampled (exported).
     pub fn sampled(span: &tracing::Span) -> bool {
         span.context().span().span_context().is_sampled()
     }

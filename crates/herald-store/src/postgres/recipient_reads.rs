@@ -162,6 +162,9 @@ impl Shared {
                 ids.push(id.as_str());
             }
         }
+        // As every read (`PgReader::rows`): a connection that did not
+        // answer in time is closed, not given back.
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
         let read = sqlx::query(
             "SELECT r.tenant_id, r.id, r.profile, r.preferences, r.version, r.updated_at_ms \
              FROM recipients r \
@@ -170,18 +173,10 @@ impl Shared {
         )
         .bind(&tenants)
         .bind(&ids)
-        .fetch_all(&self.pool);
+        .fetch_all(&mut *conn);
         let rows = match tokio::time::timeout(self.timeout, read).await {
             Ok(rows) => rows.map_err(db_err)?,
-            Err(_) => {
-                return Err(StoreError::Unavailable(
-                    format!(
-                        "no answer from PostgreSQL within {} ms",
-                        self.timeout.as_millis()
-                    )
-                    .into(),
-                ))
-            }
+            Err(_) => return Err(super::cut_off(&mut conn, self.timeout)),
         };
         rows.iter()
             .map(|row| {

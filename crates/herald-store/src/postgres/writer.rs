@@ -1171,41 +1171,14 @@ macro_rules! leased_columns {
     };
 }
 
+/// One claim of due work, alone.
 async fn claim(tx: &mut PgConnection, a: &Claim) -> Result<Vec<ClaimedDelivery>, StoreError> {
-    let token: i64 = rand::random();
-    // SKIP LOCKED: rows another node is claiming right now are left to it.
-    // The SET's `d.state` is the row before the update: taking over a
-    // `sending` row (its lease expired) marks it in doubt.
-    let rows = sqlx::query(concat!(
-        "WITH due AS ( \
-             SELECT id FROM deliveries \
-             WHERE channel = $4 AND priority = $5 \
-               AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= $1 \
-               AND (state <> 'queued' OR updated_at_ms <= $7) \
-             ORDER BY due_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) \
-         UPDATE deliveries d SET state = 'sending', due_at_ms = $1 + $2, lease_token = $3, \
-             attempts = d.attempts + 1, updated_at_ms = $1, \
-             in_doubt = (d.state = 'sending') OR d.in_doubt \
-         FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
-         RETURNING ",
-        leased_columns!()
-    ))
-    .bind(a.now_ms)
-    .bind(a.lease_ms)
-    .bind(token)
-    .bind(a.channel.as_str())
-    .bind(a.lane.index() as i64)
-    .bind(i64::try_from(a.limit).unwrap_or(i64::MAX))
-    .bind(a.settled_before_ms)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    leased(&rows, token, a.now_ms + a.lease_ms)
+    Ok(claim_lanes(tx, &[a]).await?.pop().unwrap_or_default())
 }
 
-/// The claims among `jobs`, in one statement, by the job's place in the
-/// batch. A batch holds claims of several channels and lanes (each
-/// node's worker pools claim one lane at a time); a second claim of the
+/// The claims among `jobs`, by the job's place in the batch. A batch holds
+/// claims of several channels and lanes (each node's worker pools claim
+/// one lane at a time), all made in one statement; a second claim of the
 /// same channel and lane is left to claim alone, after, so the merged
 /// claims never reach for the same rows.
 async fn claim_each(
@@ -1214,24 +1187,37 @@ async fn claim_each(
 ) -> Result<Vec<Option<Vec<ClaimedDelivery>>>, StoreError> {
     let mut out: Vec<Option<Vec<ClaimedDelivery>>> = jobs.iter().map(|_| None).collect();
     let mut lanes = HashSet::new();
-    let merged: Vec<(usize, &Claim)> = jobs
+    let (places, claims): (Vec<usize>, Vec<&Claim>) = jobs
         .iter()
         .enumerate()
         .filter_map(|(i, j)| Some((i, j.claim()?)))
         .filter(|(_, c)| lanes.insert((c.channel, c.lane)))
-        .collect();
-    if let [(i, c)] = merged[..] {
-        out[i] = Some(claim(tx, c).await?);
-    }
-    if merged.len() < 2 {
+        .unzip();
+    if claims.is_empty() {
         return Ok(out);
     }
-    let tokens: Vec<i64> = merged.iter().map(|_| rand::random()).collect();
-    let (mut job, mut channel, mut lane, mut limit, mut now, mut lease, mut settled) =
+    for (i, claimed) in places.into_iter().zip(claim_lanes(tx, &claims).await?) {
+        out[i] = Some(claimed);
+    }
+    Ok(out)
+}
+
+/// Due deliveries for each claim (of distinct channels and lanes), leased,
+/// in one statement: each claim's rows found by a lateral subquery of its
+/// own, `LIMIT` its own. What each claim got, in the claims' order.
+///
+/// SKIP LOCKED: rows another node is claiming right now are left to it.
+/// The SET's `d.state` is the row before the update: taking over a
+/// `sending` row (its lease expired) marks it in doubt.
+async fn claim_lanes(
+    tx: &mut PgConnection,
+    claims: &[&Claim],
+) -> Result<Vec<Vec<ClaimedDelivery>>, StoreError> {
+    let tokens: Vec<i64> = claims.iter().map(|_| rand::random()).collect();
+    let (mut at, mut channel, mut lane, mut limit, mut now, mut lease, mut settled) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for &(i, c) in &merged {
-        out[i] = Some(Vec::new());
-        job.push(i as i64);
+    for (i, c) in claims.iter().enumerate() {
+        at.push(i as i64);
         channel.push(c.channel.as_str());
         lane.push(c.lane.index() as i64);
         limit.push(i64::try_from(c.limit).unwrap_or(i64::MAX));
@@ -1239,13 +1225,11 @@ async fn claim_each(
         lease.push(c.lease_ms);
         settled.push(c.settled_before_ms);
     }
-    // As `claim`, each claim's due rows found by a lateral subquery of
-    // its own.
     let rows = sqlx::query(concat!(
         "WITH due AS ( \
-             SELECT q.job, q.token, q.now, q.lease, x.id \
+             SELECT q.at, q.token, q.now, q.lease, x.id \
              FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]) \
-                 AS q(job, ch, pr, lim, now, lease, settled, token) \
+                 AS q(at, ch, pr, lim, now, lease, settled, token) \
              CROSS JOIN LATERAL ( \
                  SELECT id FROM deliveries \
                  WHERE channel = q.ch AND priority = q.pr \
@@ -1256,10 +1240,10 @@ async fn claim_each(
              lease_token = due.token, attempts = d.attempts + 1, updated_at_ms = due.now, \
              in_doubt = (d.state = 'sending') OR d.in_doubt \
          FROM due, notifications n WHERE d.id = due.id AND n.id = d.notification_id \
-         RETURNING due.job, ",
+         RETURNING due.at, ",
         leased_columns!()
     ))
-    .bind(&job)
+    .bind(&at)
     .bind(&channel)
     .bind(&lane)
     .bind(&limit)
@@ -1270,18 +1254,14 @@ async fn claim_each(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
+    let mut out: Vec<Vec<ClaimedDelivery>> = claims.iter().map(|_| Vec::new()).collect();
     for row in &rows {
-        let i = usize::try_from(row.int("job")?)
-            .map_err(|_| StoreError::Corrupt("a claim's job".into()))?;
-        let at = merged
-            .iter()
-            .position(|&(j, _)| j == i)
-            .ok_or_else(|| StoreError::Corrupt(format!("claim job {i}").into()))?;
-        let c = merged[at].1;
-        let d = leased_row(row, tokens[at], c.now_ms + c.lease_ms)?;
-        if let Some(Some(claimed)) = out.get_mut(i) {
-            claimed.push(d);
-        }
+        let i = usize::try_from(row.int("at")?)
+            .ok()
+            .filter(|&i| i < claims.len())
+            .ok_or_else(|| StoreError::Corrupt("a claim's place".into()))?;
+        let c = claims[i];
+        out[i].push(leased_row(row, tokens[i], c.now_ms + c.lease_ms)?);
     }
     Ok(out)
 }

@@ -460,9 +460,7 @@ pub async fn accept(
 
     if !batch.is_empty() {
         let create = state.intake.create(batch);
-        let created = if crate::telemetry::tracing_on()
-            && crate::telemetry::context::sampled(&tracing::Span::current())
-        {
+        let created = if crate::telemetry::sampled_here() {
             use tracing::Instrument as _;
             create
                 .instrument(tracing::info_span!("store write", otel.kind = "client"))

@@ -382,9 +382,7 @@ impl Account {
             }
         };
         let sending = tokio::time::Instant::now();
-        let result = if crate::telemetry::tracing_on()
-            && crate::telemetry::context::sampled(&tracing::Span::current())
-        {
+        let result = if crate::telemetry::sampled_here() {
             use tracing::Instrument as _;
             let span = tracing::info_span!(
                 "vendor call",
