@@ -33,6 +33,7 @@ fn notification(now: i64) -> NewNotification {
             target: 0,
             ended: None,
             held_until_ms: None,
+            leased: None,
         }],
         request,
         accepted_at_ms: now,

@@ -281,9 +281,9 @@ impl Intake for MemoryStore {
                 }
             });
             for d in &n.deliveries {
-                let (state, reason) = match (&capped, d.ended.is_some()) {
-                    (Some(why), false) => (DeliveryState::Suppressed, Some(why.clone())),
-                    _ => (d.state(), d.reason().map(str::to_owned)),
+                let (state, reason, lease) = match (&capped, d.ended.is_some()) {
+                    (Some(why), false) => (DeliveryState::Suppressed, Some(why.clone()), None),
+                    _ => (d.state(), d.reason().map(str::to_owned), d.lease()),
                 };
                 s.made += 1;
                 let made = s.made;
@@ -296,11 +296,12 @@ impl Intake for MemoryStore {
                         target: d.target,
                         priority: n.request.priority,
                         state,
-                        due_at_ms: d.held_until_ms.unwrap_or(n.due_at_ms),
+                        due_at_ms: lease
+                            .map_or(d.held_until_ms.unwrap_or(n.due_at_ms), |l| l.until_ms),
                         updated_at_ms: n.accepted_at_ms,
                         expires_at_ms: n.expires_at_ms,
-                        lease_token: None,
-                        attempts: 0,
+                        lease_token: lease.map(|l| l.token),
+                        attempts: u32::from(lease.is_some()),
                         provider: None,
                         vendor_message_id: None,
                         last_error: reason,

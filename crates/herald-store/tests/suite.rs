@@ -10,8 +10,8 @@ use herald_core::receipt::{ReceiptKind, VendorReceipt};
 use herald_core::store::roles::*;
 use herald_core::store::{
     AttemptRecord, CallRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetterCursor,
-    DeadLetterFilter, IdempotencyRecord, LaneLag, LaneQueue, NewDelivery, NewNotification, Next,
-    ReplayOutcome, StoredResponse,
+    DeadLetterFilter, IdempotencyRecord, LaneLag, LaneQueue, LeaseToken, Leased, NewDelivery,
+    NewNotification, Next, ReplayOutcome, StoredResponse,
 };
 use herald_core::store::{ChangeCursor, SuppressionCursor, SuppressionFilter};
 use herald_core::store::{CircuitHold, KeyGrant, Scopes};
@@ -124,6 +124,7 @@ fn new_notification(tenant: &str, req: NotificationRequest, now: i64) -> NewNoti
             target: d.target,
             ended: None,
             held_until_ms: None,
+            leased: None,
         })
         .collect();
     NewNotification {
@@ -1903,6 +1904,106 @@ async fn deliveries_may_be_created_held_or_ended(store: &dyn Store) {
     assert_eq!(sms.last_error.as_deref(), Some("preference: no"));
 }
 
+/// A delivery created leased (handed to the accepting node's workers, not
+/// claimed) is held as a claim would hold it: no claim takes it while its
+/// lease lasts, its holder records it with the lease's token as attempt 1,
+/// a release gives it back at once, and once its lease runs out any claim
+/// takes it over, in doubt. A frequency cap still suppresses it.
+async fn a_delivery_created_leased_is_held_as_a_claim_holds_it(store: &dyn Store) {
+    let now = 1_000;
+    let lease = |token| Leased {
+        token: LeaseToken(token),
+        until_ms: now + 30_000,
+    };
+    let claim = |channel, at| store.claim(Claim::new(channel, Priority::Normal, 10, at, 30_000));
+    let mut n = new_notification("t1", request(Priority::Normal, &["email", "sms"]), now);
+    n.deliveries[0].leased = Some(lease(41));
+    let held = ClaimedDelivery::handed(&n, &n.deliveries[0], lease(41), String::new());
+    let mut other = new_notification("t1", request(Priority::Normal, &["email"]), now);
+    other.deliveries[0].leased = Some(lease(42));
+    let taken_over = other.deliveries[0].id;
+    let mut given_back = new_notification("t1", request(Priority::Normal, &["email"]), now);
+    given_back.deliveries[0].leased = Some(lease(43));
+    let back = ClaimedDelivery::handed(
+        &given_back,
+        &given_back.deliveries[0],
+        lease(43),
+        String::new(),
+    );
+    let mut capped_leased = capped("t1", "u1", "news", now);
+    for d in &mut capped_leased.deliveries {
+        d.leased = Some(lease(44));
+    }
+    capped_leased.cap.as_mut().expect("cap").max = 0;
+    let (id, capped_id) = (n.id, capped_leased.id);
+    store
+        .create(vec![n, other, given_back, capped_leased])
+        .await
+        .expect("create");
+
+    let sms = claim(Channel::Sms, now + 1).await.expect("claim");
+    assert_eq!(sms.len(), 1, "only what was created leased is held");
+    assert!(
+        claim(Channel::Email, now + 29_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "no claim takes what a lease holds"
+    );
+    assert_eq!(
+        states(store, "t1", capped_id).await,
+        [DeliveryState::Suppressed, DeliveryState::Suppressed],
+        "a cap suppresses what was to be handed too"
+    );
+
+    store
+        .record(vec![sent(&held, now + 10)])
+        .await
+        .expect("record");
+    let view = store
+        .notification("t1", id)
+        .await
+        .expect("read")
+        .expect("found");
+    let email = view
+        .deliveries
+        .iter()
+        .find(|d| d.channel == Channel::Email)
+        .expect("email");
+    assert_eq!(email.state, DeliveryState::Sent, "recorded with its token");
+    assert_eq!(email.attempts.len(), 1);
+    assert_eq!(email.attempts[0].attempt, 1, "its first attempt");
+
+    store
+        .release(vec![(back.id, back.lease_token)], false)
+        .await
+        .expect("release");
+    // The lease `taken_over` was created under has run out (a long lease
+    // for the taker, so the claim after this one finds only `back`).
+    let late = store
+        .claim(Claim::new(
+            Channel::Email,
+            Priority::Normal,
+            10,
+            now + 30_001,
+            10_000_000_000_000,
+        ))
+        .await
+        .expect("claim");
+    assert_eq!(late.len(), 1, "the lease ran out");
+    assert_eq!(late[0].id, taken_over);
+    assert_eq!(late[0].attempt, 2);
+    assert!(late[0].in_doubt, "its holder may have called the vendor");
+
+    let again = claim(Channel::Email, herald_core::now_ms())
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1, "given back: due at once");
+    assert_eq!(again[0].id, back.id);
+    assert_eq!(again[0].attempt, 1, "a release is not an attempt");
+    assert!(!again[0].in_doubt);
+}
+
 fn capped(tenant: &str, recipient: &str, category: &str, at: i64) -> NewNotification {
     let mut n = new_notification(tenant, request(Priority::Low, &["email", "sms"]), at);
     n.cap = Some(herald_core::store::CapCheck {
@@ -2104,6 +2205,7 @@ suite!(
     recipients_are_kept_per_tenant_versioned_and_erased,
     a_cancel_ends_what_is_queued_and_no_claim_takes_it_after,
     deliveries_may_be_created_held_or_ended,
+    a_delivery_created_leased_is_held_as_a_claim_holds_it,
     frequency_caps_count_per_recipient_and_category,
 );
 

@@ -138,7 +138,13 @@ fn bus(
 ) -> anyhow::Result<Arc<dyn Bus>> {
     if !cfg.kafka.enabled() {
         let poll = Duration::from_millis(cfg.engine.poll_interval_ms);
-        return Ok(Arc::new(LocalBus::new(store.clone(), lease, poll)));
+        let bus = LocalBus::new(store.clone(), lease, poll);
+        if !cfg.engine.handoff {
+            return Ok(Arc::new(bus));
+        }
+        return Ok(Arc::new(
+            bus.handing_off(&cfg.worker_channels(), cfg.engine.claim_batch),
+        ));
     }
     let bus = KafkaBus::start(
         store.clone(),

@@ -164,6 +164,9 @@ pub struct EngineConfig {
     pub lease_seconds: u64,
     pub poll_interval_ms: u64,
     pub claim_batch: usize,
+    /// Deliveries due at once go straight to this node's workers (local
+    /// bus only).
+    pub handoff: bool,
     pub shutdown_grace_seconds: u64,
 }
 

@@ -75,6 +75,10 @@ pub const CANCELLED: &str = "herald_deliveries_cancelled_total";
 pub const PREFERENCE_SUPPRESSED: &str = "herald_preference_suppressed_total";
 /// Deliveries held for their recipient's quiet hours; label `channel`.
 pub const QUIET_HOURS_HELD: &str = "herald_quiet_hours_held_total";
+/// Deliveries created leased and handed to this node's workers at
+/// acceptance rather than claimed (the local bus's hand-off); label
+/// `channel`.
+pub const HANDED_OFF: &str = "herald_deliveries_handed_off_total";
 /// One-click unsubscribes taken.
 pub const UNSUBSCRIBED: &str = "herald_unsubscribes_total";
 /// The store's own (recorded in herald-store, named here with the rest).

@@ -53,6 +53,7 @@ pub fn notification(i: usize, email: &str) -> NewNotification {
             target: d.target,
             ended: None,
             held_until_ms: None,
+            leased: None,
         })
         .collect();
     let now = herald_core::now_ms();

@@ -19,14 +19,29 @@ pub struct NewDelivery {
     /// Due then rather than when the notification is (the recipient's
     /// quiet hours).
     pub held_until_ms: Option<i64>,
+    /// Made already leased to this node's workers, as its first attempt
+    /// (`sending` under this lease, as a claim would leave it), to be
+    /// handed to them in memory: the local bus's hand-off, which saves the
+    /// store a claim (`crate::bus::Handoff`). Only for a delivery due at
+    /// once and not ended; one a frequency cap suppresses is made
+    /// suppressed, unleased.
+    pub leased: Option<super::Leased>,
 }
 
 impl NewDelivery {
-    /// The state it is created in.
+    /// The state it is created in (unless a frequency cap suppresses it).
     pub fn state(&self) -> crate::model::DeliveryState {
-        self.ended
-            .as_ref()
-            .map_or(crate::model::DeliveryState::Queued, |(s, _)| *s)
+        match (&self.ended, self.leased) {
+            (Some((s, _)), _) => *s,
+            (None, Some(_)) => crate::model::DeliveryState::Sending,
+            (None, None) => crate::model::DeliveryState::Queued,
+        }
+    }
+
+    /// The lease it is created under, if it is created leased: not when
+    /// it is ended at once.
+    pub fn lease(&self) -> Option<super::Leased> {
+        self.leased.filter(|_| self.ended.is_none())
     }
 
     /// Why it was ended at once, if it was.

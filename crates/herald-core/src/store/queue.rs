@@ -44,6 +44,14 @@ impl Claim {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeaseToken(pub i64);
 
+/// A lease a delivery is created under (`NewDelivery::leased`): its token,
+/// and when it runs out (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leased {
+    pub token: LeaseToken,
+    pub until_ms: i64,
+}
+
 /// A delivery a worker now holds under a lease.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -79,6 +87,37 @@ pub struct ClaimedDelivery {
     /// The W3C `traceparent` the notification was accepted under, when
     /// tracing was on: the delivery's spans join that trace.
     pub traceparent: Option<String>,
+}
+
+impl ClaimedDelivery {
+    /// A delivery just created leased (`NewDelivery::leased`), as its
+    /// holder sees it: what a claim of it would have returned.
+    /// `payload`: the notification's request as JSON.
+    pub fn handed(
+        n: &super::NewNotification,
+        d: &super::NewDelivery,
+        lease: Leased,
+        payload: String,
+    ) -> ClaimedDelivery {
+        ClaimedDelivery {
+            id: d.id,
+            notification_id: n.id,
+            tenant_id: n.tenant_id.clone(),
+            channel: d.channel,
+            target: d.target,
+            priority: n.request.priority,
+            attempt: 1,
+            lease_token: lease.token,
+            lease_until_ms: lease.until_ms,
+            accepted_at_ms: n.accepted_at_ms,
+            expires_at_ms: n.expires_at_ms,
+            payload,
+            pinned_provider: None,
+            in_doubt: false,
+            calling: None,
+            traceparent: n.traceparent.clone(),
+        }
+    }
 }
 
 /// Where a delivery goes after an attempt.

@@ -852,10 +852,10 @@ async fn create(
          o AS ( \
              INSERT INTO outbox (notification_id, lane, key, tenant_id, correlation_id, traceparent, payload, created_at_ms) \
              SELECT * FROM UNNEST($19::uuid[], $20::int8[], $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::int8[])) \
-         INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms, last_error) \
-         SELECT id, nid, ch, tg, pr, st, due, upd, exp, err \
-         FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::int8[], $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::text[]) \
-             AS v(id, nid, ch, tg, pr, due, upd, exp, st, err)",
+         INSERT INTO deliveries (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, expires_at_ms, last_error, lease_token, attempts) \
+         SELECT id, nid, ch, tg, pr, st, due, upd, exp, err, tok, att \
+         FROM UNNEST($9::uuid[], $10::uuid[], $11::text[], $12::int8[], $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::text[], $27::int8[], $28::int8[]) \
+             AS v(id, nid, ch, tg, pr, due, upd, exp, st, err, tok, att)",
     )
     .bind(&n_cols.id)
     .bind(&n_cols.tenant_id)
@@ -883,6 +883,8 @@ async fn create(
     .bind(&events.traceparent)
     .bind(&events.payload)
     .bind(&events.created_at_ms)
+    .bind(&d_cols.lease_token)
+    .bind(&d_cols.attempts)
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -1038,6 +1040,8 @@ struct DeliveryColumns {
     expires_at_ms: Vec<Option<i64>>,
     state: Vec<&'static str>,
     last_error: Vec<Option<String>>,
+    lease_token: Vec<Option<i64>>,
+    attempts: Vec<i64>,
 }
 
 impl DeliveryColumns {
@@ -1054,19 +1058,24 @@ impl DeliveryColumns {
         self.channel.push(d.channel.as_str());
         self.target.push(i64::from(d.target));
         self.priority.push(n.request.priority.index() as i64);
-        self.due_at_ms.push(d.held_until_ms.unwrap_or(n.due_at_ms));
         self.accepted_at_ms.push(n.accepted_at_ms);
         self.expires_at_ms.push(n.expires_at_ms);
-        match capped.filter(|_| d.ended.is_none()) {
+        let lease = match capped.filter(|_| d.ended.is_none()) {
             Some(why) => {
                 self.state.push(DeliveryState::Suppressed.as_str());
                 self.last_error.push(Some(why.to_owned()));
+                None
             }
             None => {
                 self.state.push(d.state().as_str());
                 self.last_error.push(d.reason().map(str::to_owned));
+                d.lease()
             }
-        }
+        };
+        self.due_at_ms
+            .push(lease.map_or(d.held_until_ms.unwrap_or(n.due_at_ms), |l| l.until_ms));
+        self.lease_token.push(lease.map(|l| l.token.0));
+        self.attempts.push(i64::from(lease.is_some()));
     }
 }
 

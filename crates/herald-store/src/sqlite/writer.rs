@@ -658,8 +658,8 @@ fn create(
         .prepare_cached(
             "INSERT INTO deliveries \
              (id, notification_id, channel, target, priority, state, due_at_ms, updated_at_ms, \
-              expires_at_ms, last_error) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8, ?10)",
+              expires_at_ms, last_error, lease_token, attempts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8, ?10, ?11, ?12)",
         )
         .map_err(sql_err)?;
     let mut results = Vec::with_capacity(batch.len());
@@ -704,9 +704,9 @@ fn create(
             None => None,
         };
         for d in &n.deliveries {
-            let (state, reason) = match (&capped, d.ended.is_some()) {
-                (Some(why), false) => (DeliveryState::Suppressed, Some(why.as_str())),
-                _ => (d.state(), d.reason()),
+            let (state, reason, lease) = match (&capped, d.ended.is_some()) {
+                (Some(why), false) => (DeliveryState::Suppressed, Some(why.as_str()), None),
+                _ => (d.state(), d.reason(), d.lease()),
             };
             insert_delivery
                 .execute(params![
@@ -715,11 +715,13 @@ fn create(
                     d.channel.as_str(),
                     d.target,
                     priority,
-                    d.held_until_ms.unwrap_or(n.due_at_ms),
+                    lease.map_or(d.held_until_ms.unwrap_or(n.due_at_ms), |l| l.until_ms),
                     n.accepted_at_ms,
                     n.expires_at_ms,
                     state.as_str(),
-                    reason
+                    reason,
+                    lease.map(|l| l.token.0),
+                    i64::from(lease.is_some())
                 ])
                 .map_err(sql_err)?;
         }

@@ -6,10 +6,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use herald_core::bus::Handoff;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::recipient::{StoredRecipient, TenantPreferences};
 use herald_core::store::{
-    CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoreError, StoredResponse,
+    ClaimedDelivery, CreateResult, IdempotencyRecord, NewDelivery, NewNotification, StoreError,
+    StoredResponse,
 };
 use herald_core::validate::{validate, validate_rendered};
 use sha2::{Digest, Sha256};
@@ -351,6 +353,9 @@ pub async fn accept(
     let mut batch = Vec::new();
     // The channels and lanes of what is due now, to wake their workers.
     let mut due: HashSet<(Channel, Priority)> = HashSet::new();
+    // Deliveries created leased, to hand to this node's workers once
+    // stored: the place in `pending` of each one's notification.
+    let mut handed: Vec<(usize, Handoff, ClaimedDelivery)> = Vec::new();
 
     let stored = profiles(state, tenant, &items).await;
     for item in items {
@@ -412,7 +417,6 @@ pub async fn accept(
                                     .increment(1);
                             }
                             held_until_ms = until;
-                            due.insert((d.channel, req.priority));
                             None
                         }
                     }
@@ -423,11 +427,35 @@ pub async fn accept(
                     target: d.target,
                     ended,
                     held_until_ms,
+                    leased: None,
                 }
             })
             .collect();
         // Only a notification that will send something counts.
         let cap = cap_check(&req, person).filter(|_| deliveries.iter().any(|d| d.ended.is_none()));
+        // What is due at once goes straight to this node's workers where
+        // the bus can hand it off (not what a cap may still suppress);
+        // the rest is announced.
+        let mut deliveries = deliveries;
+        let mut places = Vec::new();
+        for (i, d) in deliveries.iter_mut().enumerate() {
+            if d.ended.is_some() {
+                continue;
+            }
+            let now_due = starts <= now_ms && d.held_until_ms.is_none() && cap.is_none();
+            match now_due
+                .then(|| state.bus.reserve(d.channel, req.priority))
+                .flatten()
+            {
+                Some(place) => {
+                    d.leased = Some(place.lease);
+                    places.push((i, place));
+                }
+                None => {
+                    due.insert((d.channel, req.priority));
+                }
+            }
+        }
         batch.push(NewNotification {
             id,
             tenant_id: tenant.to_owned(),
@@ -449,12 +477,15 @@ pub async fn accept(
             traceparent: trace.traceparent.clone(),
             cap,
         });
-        pending.push((
-            out.len(),
-            hash,
-            response,
-            batch[batch.len() - 1].request.priority.as_str(),
-        ));
+        let n = &batch[batch.len() - 1];
+        if !places.is_empty() {
+            let payload = serde_json::to_string(&n.request).unwrap_or_default();
+            for (i, place) in places {
+                let d = ClaimedDelivery::handed(n, &n.deliveries[i], place.lease, payload.clone());
+                handed.push((pending.len(), place, d));
+            }
+        }
+        pending.push((out.len(), hash, response, n.request.priority.as_str()));
         out.push(None);
     }
 
@@ -470,6 +501,10 @@ pub async fn accept(
         };
         match created {
             Ok(results) => {
+                let stored: Vec<bool> = results
+                    .iter()
+                    .map(|r| matches!(r, CreateResult::Created))
+                    .collect();
                 for ((idx, hash, response, prio), result) in pending.into_iter().zip(results) {
                     out[idx] = Some(match result {
                         CreateResult::Created => {
@@ -484,9 +519,24 @@ pub async fn accept(
                 }
                 let due: Vec<(Channel, Priority)> = due.into_iter().collect();
                 state.bus.announce(&due);
+                // A notification whose key was taken was not stored: its
+                // places are dropped, free again.
+                let handed: Vec<_> = handed
+                    .into_iter()
+                    .filter(|(n, ..)| stored.get(*n).copied().unwrap_or(false))
+                    .map(|(_, place, d)| (place, d))
+                    .collect();
+                for (_, d) in &handed {
+                    metrics::counter!(m::HANDED_OFF, "channel" => d.channel.as_str()).increment(1);
+                }
+                state.bus.hand(handed).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store notifications");
+                // Most likely nothing was stored; if the write did commit,
+                // what was created leased goes back to the queue.
+                let handed = handed.into_iter().map(|(_, place, d)| (place, d)).collect();
+                state.bus.give_back(handed).await;
                 for (idx, ..) in pending {
                     out[idx] = Some(Accepted::Refused(ApiError::Store(e.clone())));
                 }

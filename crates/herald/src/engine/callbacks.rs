@@ -156,6 +156,7 @@ impl Callbacks {
                 target: 0,
                 ended: None,
                 held_until_ms: None,
+                leased: None,
             }],
             request,
             accepted_at_ms: now,

@@ -14,7 +14,7 @@ use herald_bus::LocalBus;
 use herald_core::bus::Bus;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::provider::{Outcome, VendorRequest, VendorResponse};
-use herald_core::store::{Intake, NewDelivery, NewNotification};
+use herald_core::store::{ClaimedDelivery, Intake, NewDelivery, NewNotification};
 use herald_store::MemoryStore;
 
 use super::accounts::Accounts;
@@ -118,6 +118,36 @@ impl Transport for Scripted {
     }
 }
 
+/// An SMS in `lane`, due now, as the API makes it.
+fn sms_request(lane: &str) -> NewNotification {
+    let request: NotificationRequest = serde_json::from_value(serde_json::json!({
+        "priority": lane, "channels": ["sms"],
+        "recipient": {"phone": "+14155550100"}, "content": {"text": "code 123456"}
+    }))
+    .expect("request");
+    let now = herald_core::now_ms();
+    NewNotification {
+        id: uuid::Uuid::now_v7(),
+        tenant_id: "t".into(),
+        request,
+        accepted_at_ms: now,
+        due_at_ms: now,
+        expires_at_ms: None,
+        deliveries: vec![NewDelivery {
+            id: uuid::Uuid::now_v7(),
+            channel: Channel::Sms,
+            target: 0,
+            ended: None,
+            held_until_ms: None,
+            leased: None,
+        }],
+        idempotency: None,
+        correlation_id: None,
+        traceparent: None,
+        cap: None,
+    }
+}
+
 struct Rig {
     store: Arc<MemoryStore>,
     bus: Arc<dyn Bus>,
@@ -160,11 +190,14 @@ impl Rig {
                 .expect("accounts"),
         );
         let store = Arc::new(MemoryStore::new(false));
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(
-            store.clone(),
-            Duration::from_secs(cfg.engine.lease_seconds),
-            Duration::from_millis(cfg.engine.poll_interval_ms),
-        ));
+        let bus: Arc<dyn Bus> = Arc::new(
+            LocalBus::new(
+                store.clone(),
+                Duration::from_secs(cfg.engine.lease_seconds),
+                Duration::from_millis(cfg.engine.poll_interval_ms),
+            )
+            .handing_off(&[Channel::Sms], cfg.engine.claim_batch),
+        );
         let templates = Arc::new(Templates::new(&cfg.templates).expect("templates"));
         let outbound = Outbound::new(&cfg.http, cfg.limits());
         let parts = super::Parts {
@@ -202,38 +235,34 @@ impl Rig {
         id
     }
 
+    /// An SMS in `lane`, due at once, accepted as the API accepts it on a
+    /// node with SMS workers: created leased and handed to them (it must
+    /// be given a place).
+    async fn sms_handed(&self, lane: &str) -> uuid::Uuid {
+        let place = self
+            .bus
+            .reserve(Channel::Sms, lane_of(lane))
+            .expect("a place in the hand-off");
+        let mut n = sms_request(lane);
+        n.deliveries[0].leased = Some(place.lease);
+        let handed = ClaimedDelivery::handed(
+            &n,
+            &n.deliveries[0],
+            place.lease,
+            serde_json::to_string(&n.request).expect("payload"),
+        );
+        let id = n.id;
+        self.store.create(vec![n]).await.expect("create");
+        self.bus.hand(vec![(place, handed)]).await;
+        id
+    }
+
     /// An SMS in `lane`, stored but not yet announced to the engine: the
     /// notification's id and its delivery's (the vendor's key).
     async fn sms_unannounced(&self, lane: &str) -> (uuid::Uuid, uuid::Uuid) {
-        let request: NotificationRequest = serde_json::from_value(serde_json::json!({
-            "priority": lane, "channels": ["sms"],
-            "recipient": {"phone": "+14155550100"}, "content": {"text": "code 123456"}
-        }))
-        .expect("request");
-        let now = herald_core::now_ms();
-        let (id, delivery) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-        self.store
-            .create(vec![NewNotification {
-                id,
-                tenant_id: "t".into(),
-                request,
-                accepted_at_ms: now,
-                due_at_ms: now,
-                expires_at_ms: None,
-                deliveries: vec![NewDelivery {
-                    id: delivery,
-                    channel: Channel::Sms,
-                    target: 0,
-                    ended: None,
-                    held_until_ms: None,
-                }],
-                idempotency: None,
-                correlation_id: None,
-                traceparent: None,
-                cap: None,
-            }])
-            .await
-            .expect("create");
+        let n = sms_request(lane);
+        let (id, delivery) = (n.id, n.deliveries[0].id);
+        self.store.create(vec![n]).await.expect("create");
         (id, delivery)
     }
 
@@ -494,5 +523,38 @@ async fn a_lane_nothing_is_announced_for_is_still_asked_each_poll_interval() {
     for id in announced {
         assert!(rig.until(Duration::from_secs(1), || rig.sent(id)).await);
     }
+    rig.stop().await;
+}
+
+/// Work due at once, accepted on a node with its channel's workers, is
+/// handed to them as it is stored: sent at once, each as its first
+/// attempt under its own key, though nothing was announced and no claim
+/// could have taken it (the store holds it under the handed lease, a
+/// minute here, while the engine polls every 50 ms).
+#[tokio::test(start_paused = true)]
+async fn work_handed_off_is_sent_at_once_without_a_claim() {
+    let rig = Rig::start();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ids = Vec::new();
+    for lane in ["critical", "high", "normal", "low"].repeat(5) {
+        ids.push(rig.sms_handed(lane).await);
+    }
+    for id in &ids {
+        assert!(rig.until(Duration::from_secs(1), || rig.sent(*id)).await);
+        let view = rig
+            .store
+            .notification("t", *id)
+            .await
+            .expect("read")
+            .expect("exists");
+        let attempts = &view.deliveries[0].attempts;
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert_eq!(attempts[0].attempt, 1);
+    }
+    let mut keys = rig.vendor("twilio").keys();
+    assert_eq!(keys.len(), 20);
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 20, "one call each");
     rig.stop().await;
 }

@@ -225,6 +225,7 @@ async fn dlq_lists_and_replays_from_the_command_line() {
                     target: 0,
                     ended: None,
                     held_until_ms: None,
+                    leased: None,
                 }],
                 idempotency: None,
                 correlation_id: None,
