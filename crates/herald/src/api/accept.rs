@@ -335,6 +335,60 @@ fn replay_or_conflict(existing: IdempotencyRecord, hash: &[u8]) -> Accepted {
     }
 }
 
+/// Stores `batch` in one write and, once it is stored, hands the
+/// deliveries it created leased to this node's workers (`handed`: each
+/// with the place of its notification in `batch`). A notification whose
+/// key was taken was not stored: its places are dropped, free again. If
+/// the write failed, what may have been created leased goes back to the
+/// queue (most likely nothing was stored).
+///
+/// With something to hand, the write and the hand-off run as a task of
+/// their own: a request that goes away (its client, or the request
+/// timeout) while its write commits must not strand what it created
+/// leased, held from every claim until the lease ran out.
+async fn store(
+    state: &AppState,
+    batch: Vec<NewNotification>,
+    handed: Vec<(usize, Handoff, ClaimedDelivery)>,
+) -> Result<Vec<CreateResult>, StoreError> {
+    let intake = state.intake.clone();
+    let span = crate::telemetry::sampled_here()
+        .then(|| tracing::info_span!("store write", otel.kind = "client"));
+    let create = async move {
+        use tracing::Instrument as _;
+        match span {
+            Some(span) => intake.create(batch).instrument(span).await,
+            None => intake.create(batch).await,
+        }
+    };
+    if handed.is_empty() {
+        return create.await;
+    }
+    let bus = state.bus.clone();
+    let write = async move {
+        let created = create.await;
+        match &created {
+            Ok(results) => {
+                let handed: Vec<_> = handed
+                    .into_iter()
+                    .filter(|(n, ..)| matches!(results.get(*n), Some(CreateResult::Created)))
+                    .map(|(_, place, d)| (place, d))
+                    .collect();
+                for (_, d) in &handed {
+                    metrics::counter!(m::HANDED_OFF, "channel" => d.channel.as_str()).increment(1);
+                }
+                bus.hand(handed).await;
+            }
+            Err(_) => {
+                let handed = handed.into_iter().map(|(_, place, d)| (place, d)).collect();
+                bus.give_back(handed).await;
+            }
+        }
+        created
+    };
+    tokio::spawn(write).await.unwrap_or(Err(StoreError::Closed))
+}
+
 /// Accepts a list of requests (each with its idempotency key, if any): the
 /// ones that pass are stored together in one durable transaction.
 pub async fn accept(
@@ -490,21 +544,9 @@ pub async fn accept(
     }
 
     if !batch.is_empty() {
-        let create = state.intake.create(batch);
-        let created = if crate::telemetry::sampled_here() {
-            use tracing::Instrument as _;
-            create
-                .instrument(tracing::info_span!("store write", otel.kind = "client"))
-                .await
-        } else {
-            create.await
-        };
+        let created = store(state, batch, handed).await;
         match created {
             Ok(results) => {
-                let stored: Vec<bool> = results
-                    .iter()
-                    .map(|r| matches!(r, CreateResult::Created))
-                    .collect();
                 for ((idx, hash, response, prio), result) in pending.into_iter().zip(results) {
                     out[idx] = Some(match result {
                         CreateResult::Created => {
@@ -519,24 +561,9 @@ pub async fn accept(
                 }
                 let due: Vec<(Channel, Priority)> = due.into_iter().collect();
                 state.bus.announce(&due);
-                // A notification whose key was taken was not stored: its
-                // places are dropped, free again.
-                let handed: Vec<_> = handed
-                    .into_iter()
-                    .filter(|(n, ..)| stored.get(*n).copied().unwrap_or(false))
-                    .map(|(_, place, d)| (place, d))
-                    .collect();
-                for (_, d) in &handed {
-                    metrics::counter!(m::HANDED_OFF, "channel" => d.channel.as_str()).increment(1);
-                }
-                state.bus.hand(handed).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store notifications");
-                // Most likely nothing was stored; if the write did commit,
-                // what was created leased goes back to the queue.
-                let handed = handed.into_iter().map(|(_, place, d)| (place, d)).collect();
-                state.bus.give_back(handed).await;
                 for (idx, ..) in pending {
                     out[idx] = Some(Accepted::Refused(ApiError::Store(e.clone())));
                 }
