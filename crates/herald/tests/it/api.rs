@@ -399,6 +399,9 @@ async fn ops_endpoints() {
         "herald_queue_lag_seconds{channel=\"sms\",lane=\"critical\"}",
         "herald_lane_objective_seconds{lane=\"critical\"} 1",
         "herald_requests_rejected_total{type=\"not-found\"}",
+        // One node with the SMS workers: what it accepted and could send
+        // at once went straight to them.
+        "herald_deliveries_handed_off_total{channel=\"sms\"} 1",
     ] {
         assert!(text.contains(needle), "{needle} missing from /metrics");
     }
