@@ -131,6 +131,17 @@ impl LocalBus {
         handed.drain(..).map(|(_, d)| d).collect()
     }
 
+    /// Gives back everything handed to any lane and not yet taken.
+    async fn release_all_handed(&self) {
+        let handed: Vec<ClaimedDelivery> = self
+            .lanes
+            .iter()
+            .flat_map(|lanes| lanes.values())
+            .flat_map(Self::drain)
+            .collect();
+        self.release(handed).await;
+    }
+
     /// Gives handed deliveries back to the store: queued, due at once, as
     /// if never claimed. If the store cannot take them now, their leases
     /// run out and they are claimed then.
@@ -215,11 +226,7 @@ impl Bus for LocalBus {
 
     async fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        for lanes in &self.lanes {
-            for lane in lanes.values() {
-                self.release(Self::drain(lane)).await;
-            }
-        }
+        self.release_all_handed().await;
     }
 
     fn reserve(&self, channel: Channel, priority: Priority) -> Option<Handoff> {
@@ -262,11 +269,7 @@ impl Bus for LocalBus {
         // Closed meanwhile: what was just handed goes back to the store
         // (`close` may have drained the lanes before it came).
         if self.closed.load(Ordering::Acquire) {
-            for lanes in &self.lanes {
-                for lane in lanes.values() {
-                    self.release(Self::drain(lane)).await;
-                }
-            }
+            self.release_all_handed().await;
         }
     }
 

@@ -281,10 +281,7 @@ impl Intake for MemoryStore {
                 }
             });
             for d in &n.deliveries {
-                let (state, reason, lease) = match (&capped, d.ended.is_some()) {
-                    (Some(why), false) => (DeliveryState::Suppressed, Some(why.clone()), None),
-                    _ => (d.state(), d.reason().map(str::to_owned), d.lease()),
-                };
+                let row = d.made(n.due_at_ms, capped.as_deref());
                 s.made += 1;
                 let made = s.made;
                 s.deliveries.insert(
@@ -295,16 +292,15 @@ impl Intake for MemoryStore {
                         channel: d.channel,
                         target: d.target,
                         priority: n.request.priority,
-                        state,
-                        due_at_ms: lease
-                            .map_or(d.held_until_ms.unwrap_or(n.due_at_ms), |l| l.until_ms),
+                        state: row.state,
+                        due_at_ms: row.due_at_ms,
                         updated_at_ms: n.accepted_at_ms,
                         expires_at_ms: n.expires_at_ms,
-                        lease_token: lease.map(|l| l.token),
-                        attempts: u32::from(lease.is_some()),
+                        lease_token: row.lease.map(|l| l.token),
+                        attempts: row.attempts(),
                         provider: None,
                         vendor_message_id: None,
-                        last_error: reason,
+                        last_error: row.reason.map(str::to_owned),
                         sent_at_ms: None,
                         pinned_provider: None,
                         calling: None,

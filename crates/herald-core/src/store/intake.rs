@@ -29,24 +29,59 @@ pub struct NewDelivery {
 }
 
 impl NewDelivery {
-    /// The state it is created in (unless a frequency cap suppresses it).
-    pub fn state(&self) -> crate::model::DeliveryState {
-        match (&self.ended, self.leased) {
-            (Some((s, _)), _) => *s,
-            (None, Some(_)) => crate::model::DeliveryState::Sending,
-            (None, None) => crate::model::DeliveryState::Queued,
+    /// The row it is made as, for a notification due at `due_at_ms`;
+    /// `capped`: the reason, when the notification's frequency cap
+    /// suppresses what it sends (decided in the store's transaction). One
+    /// decision for every store: ended at once, it stays ended; else a cap
+    /// suppresses it, unleased; else it is made leased (`sending`, its
+    /// first attempt, due when the lease runs out) or queued (due when its
+    /// quiet hours end, or with its notification).
+    pub fn made<'a>(&'a self, due_at_ms: i64, capped: Option<&'a str>) -> Made<'a> {
+        let due_at_ms = self.held_until_ms.unwrap_or(due_at_ms);
+        match (&self.ended, capped, self.leased) {
+            (Some((state, why)), ..) => Made {
+                state: *state,
+                reason: Some(why),
+                due_at_ms,
+                lease: None,
+            },
+            (None, Some(why), _) => Made {
+                state: DeliveryState::Suppressed,
+                reason: Some(why),
+                due_at_ms,
+                lease: None,
+            },
+            (None, None, Some(lease)) => Made {
+                state: DeliveryState::Sending,
+                reason: None,
+                due_at_ms: lease.until_ms,
+                lease: Some(lease),
+            },
+            (None, None, None) => Made {
+                state: DeliveryState::Queued,
+                reason: None,
+                due_at_ms,
+                lease: None,
+            },
         }
     }
+}
 
-    /// The lease it is created under, if it is created leased: not when
-    /// it is ended at once.
-    pub fn lease(&self) -> Option<super::Leased> {
-        self.leased.filter(|_| self.ended.is_none())
-    }
+/// A new delivery's row as a store makes it (`NewDelivery::made`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Made<'a> {
+    pub state: DeliveryState,
+    /// Why it was made ended (`last_error`).
+    pub reason: Option<&'a str>,
+    pub due_at_ms: i64,
+    /// The lease it holds (`lease_token`; and its first attempt).
+    pub lease: Option<super::Leased>,
+}
 
-    /// Why it was ended at once, if it was.
-    pub fn reason(&self) -> Option<&str> {
-        self.ended.as_ref().map(|(_, why)| why.as_str())
+impl Made<'_> {
+    /// Attempts counted at creation: the leased one's first.
+    pub fn attempts(&self) -> u32 {
+        u32::from(self.lease.is_some())
     }
 }
 

@@ -1060,22 +1060,12 @@ impl DeliveryColumns {
         self.priority.push(n.request.priority.index() as i64);
         self.accepted_at_ms.push(n.accepted_at_ms);
         self.expires_at_ms.push(n.expires_at_ms);
-        let lease = match capped.filter(|_| d.ended.is_none()) {
-            Some(why) => {
-                self.state.push(DeliveryState::Suppressed.as_str());
-                self.last_error.push(Some(why.to_owned()));
-                None
-            }
-            None => {
-                self.state.push(d.state().as_str());
-                self.last_error.push(d.reason().map(str::to_owned));
-                d.lease()
-            }
-        };
-        self.due_at_ms
-            .push(lease.map_or(d.held_until_ms.unwrap_or(n.due_at_ms), |l| l.until_ms));
-        self.lease_token.push(lease.map(|l| l.token.0));
-        self.attempts.push(i64::from(lease.is_some()));
+        let row = d.made(n.due_at_ms, capped);
+        self.state.push(row.state.as_str());
+        self.last_error.push(row.reason.map(str::to_owned));
+        self.due_at_ms.push(row.due_at_ms);
+        self.lease_token.push(row.lease.map(|l| l.token.0));
+        self.attempts.push(i64::from(row.attempts()));
     }
 }
 

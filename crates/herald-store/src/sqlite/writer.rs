@@ -704,10 +704,7 @@ fn create(
             None => None,
         };
         for d in &n.deliveries {
-            let (state, reason, lease) = match (&capped, d.ended.is_some()) {
-                (Some(why), false) => (DeliveryState::Suppressed, Some(why.as_str()), None),
-                _ => (d.state(), d.reason(), d.lease()),
-            };
+            let row = d.made(n.due_at_ms, capped.as_deref());
             insert_delivery
                 .execute(params![
                     d.id,
@@ -715,13 +712,13 @@ fn create(
                     d.channel.as_str(),
                     d.target,
                     priority,
-                    lease.map_or(d.held_until_ms.unwrap_or(n.due_at_ms), |l| l.until_ms),
+                    row.due_at_ms,
                     n.accepted_at_ms,
                     n.expires_at_ms,
-                    state.as_str(),
-                    reason,
-                    lease.map(|l| l.token.0),
-                    i64::from(lease.is_some())
+                    row.state.as_str(),
+                    row.reason,
+                    row.lease.map(|l| l.token.0),
+                    row.attempts()
                 ])
                 .map_err(sql_err)?;
         }

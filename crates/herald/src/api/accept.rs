@@ -450,7 +450,7 @@ pub async fn accept(
         let expires_at_ms = req
             .ttl_seconds
             .map(|ttl| starts.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX / 2000) * 1000));
-        let deliveries: Vec<NewDelivery> = req
+        let mut deliveries: Vec<NewDelivery> = req
             .destinations()
             .into_iter()
             .map(|d| {
@@ -490,7 +490,6 @@ pub async fn accept(
         // What is due at once goes straight to this node's workers where
         // the bus can hand it off (not what a cap may still suppress);
         // the rest is announced.
-        let mut deliveries = deliveries;
         let mut places = Vec::new();
         for (i, d) in deliveries.iter_mut().enumerate() {
             if d.ended.is_some() {
