@@ -358,7 +358,8 @@ impl Running {
             header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(cfg.server.idle_timeout_ms),
         };
-        let api_runtime = api::server::ApiRuntime::start(cfg.server.threads, cfg.server.nice)
+        let threads = cfg.threads(crate::config::cores()).api;
+        let api_runtime = api::server::ApiRuntime::start(threads, cfg.server.nice)
             .context("starting the API's threads")?;
         let http = api_runtime.handle().spawn(api::server::serve(
             listener,

@@ -72,7 +72,7 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// How long a connection with no request in progress may sit silent.
     pub idle_timeout_ms: u64,
-    /// The API's own runtime threads; 0 for one per core.
+    /// The API's own runtime threads; 0 for the default (`Config::threads`).
     pub threads: usize,
     /// How many nice steps below the delivery engine the API's threads run.
     pub nice: u8,
@@ -168,6 +168,23 @@ pub struct EngineConfig {
     /// bus only).
     pub handoff: bool,
     pub shutdown_grace_seconds: u64,
+    /// The process runtime's threads; 0 for the default (`Config::threads`).
+    pub threads: usize,
+}
+
+/// The cores this process may run on (its CPU affinity and cgroup quota
+/// counted), at least one.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How many threads each of a node's runtimes runs (`Config::threads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// The API's runtime (`api::server::ApiRuntime`).
+    pub api: usize,
+    /// The process's runtime: everything else.
+    pub engine: usize,
 }
 
 /// `[suppression]`: the suppression lists on the delivery path.
@@ -647,7 +664,35 @@ impl Config {
         })
     }
 
-    /// Channels with at least one provider.
+    /// The threads of the node's two runtimes on a machine of `cores`:
+    /// what `server.threads` and `engine.threads` say, and where they say
+    /// 0, one thread per core in all. A node with the api role gives the
+    /// API half the cores (at least one) and the engine the rest (at least
+    /// one); a node without it gives the API one thread (health, metrics)
+    /// and the engine every core.
+    ///
+    /// One per core in all, not per core each: on two cores, 2 + 2 threads
+    /// cost 7-12% more of Herald's CPU per delivery than 1 + 1, for the
+    /// same deliveries, the same latency and the same overload behaviour
+    /// (a tokio worker that finds work wakes a sibling, which on an
+    /// oversubscribed machine is a context switch; docs/benchmarks.md,
+    /// issue 18).
+    pub fn threads(&self, cores: usize) -> Threads {
+        let cores = cores.max(1);
+        let api = match self.server.threads {
+            0 if self.has_role(Role::Api) => (cores / 2).max(1),
+            0 => 1,
+            n => n,
+        };
+        let engine = match self.engine.threads {
+            0 if self.has_role(Role::Api) => cores.saturating_sub(api).max(1),
+            0 => cores,
+            n => n,
+        };
+        Threads { api, engine }
+    }
+
+    /// Whether this node has `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.node.roles.contains(&role)
     }
@@ -903,6 +948,40 @@ mod tests {
         assert_eq!(rules[Priority::Critical].failover, Failover::OnFailure);
         assert!(rules[Priority::Critical].failover_ambiguous);
         assert_eq!(rules[Priority::Low].failover, Failover::Never);
+    }
+
+    #[test]
+    fn a_node_runs_one_thread_per_core_split_by_its_roles() {
+        let both = Config::load(None).expect("defaults");
+        assert_eq!(both.threads(2), Threads { api: 1, engine: 1 });
+        assert_eq!(both.threads(8), Threads { api: 4, engine: 4 });
+        assert_eq!(
+            both.threads(1),
+            Threads { api: 1, engine: 1 },
+            "one core still runs both runtimes"
+        );
+        assert_eq!(both.threads(0), Threads { api: 1, engine: 1 });
+
+        let worker = Config::load_with(None, |c| c.node.roles = vec![Role::Worker, Role::Relay])
+            .expect("worker");
+        assert_eq!(
+            worker.threads(8),
+            Threads { api: 1, engine: 8 },
+            "without the api role the API serves health and metrics only"
+        );
+
+        let set = Config::load_with(None, |c| {
+            c.server.threads = 3;
+            c.engine.threads = 6;
+        })
+        .expect("set");
+        assert_eq!(
+            set.threads(2),
+            Threads { api: 3, engine: 6 },
+            "what is set wins"
+        );
+        let api_set = Config::load_with(None, |c| c.server.threads = 3).expect("api set");
+        assert_eq!(api_set.threads(8), Threads { api: 3, engine: 5 });
     }
 
     #[test]

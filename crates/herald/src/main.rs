@@ -272,23 +272,40 @@ fn parse_scopes(list: &str) -> Result<Scopes, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // `serve` sets up logs and traces from its config (`[telemetry]`).
-    if !matches!(cli.command, Command::Serve { .. }) {
-        herald::telemetry::init_logging();
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+    let result = match cli.command {
+        // `serve` reads its config before its runtime starts: the runtime
+        // runs `engine.threads` threads (`Config::threads`). It sets up its
+        // logs and traces from that config (`[telemetry]`).
+        Command::Serve {
+            store,
+            listen,
+            sim_url,
+            sandbox,
+            roles,
+            channels,
+        } => {
+            let node = Node { roles, channels };
+            let sandboxing = SandboxArgs {
+                sim_url,
+                explicit: sandbox,
+            };
+            prepare_serve(&store, listen, node).and_then(|cfg| {
+                let threads = cfg.threads(herald::config::cores()).engine;
+                let sandbox = Sandbox {
+                    args: sandboxing,
+                    on: store.config.is_none(),
+                };
+                on_runtime(Some(threads), serve(cfg, sandbox))
+                    .map(|()| std::process::ExitCode::SUCCESS)
+            })
+        }
+        command => {
+            herald::telemetry::init_logging();
+            on_runtime(None, run(command))
         }
     };
     // Errors end the process with their chain on one line, not a backtrace:
     // "invalid configuration: ...", "binding 127.0.0.1:8080: Address in use".
-    let result = runtime.block_on(run(cli));
-    // A Kafka client closing against a cluster it cannot reach may hold its
-    // thread; the process does not wait on it.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -298,8 +315,31 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    match cli.command {
+/// Runs `work` to its end on a new runtime of `threads` workers (`None`:
+/// one per core).
+fn on_runtime<T>(
+    threads: Option<usize>,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(work);
+    // A Kafka client closing against a cluster it cannot reach may hold its
+    // thread; the process does not wait on it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+/// Every command but `serve` (`main` runs that on a runtime of its own
+/// size).
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
         Command::Demo(args) => Ok(if herald::tooling::demo::run(args).await? {
             std::process::ExitCode::SUCCESS
         } else {
@@ -399,22 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             })
         }
-        Command::Serve {
-            store,
-            listen,
-            sim_url,
-            sandbox,
-            roles,
-            channels,
-        } => {
-            let node = Node { roles, channels };
-            let sandbox = SandboxArgs {
-                sim_url,
-                explicit: sandbox,
-            };
-            serve(store, listen, sandbox, node).await?;
-            Ok(std::process::ExitCode::SUCCESS)
-        }
+        Command::Serve { .. } => unreachable!("main runs serve on a runtime sized by its config"),
     }
 }
 
@@ -541,12 +566,13 @@ fn sandbox_banner(sim_url: &str, data_dir: &std::path::Path) -> String {
     )
 }
 
-async fn serve(
-    args: StoreArgs,
+/// `serve`'s config: the file (or the sandbox's defaults) with the
+/// command line's overrides.
+fn prepare_serve(
+    args: &StoreArgs,
     listen: Option<SocketAddr>,
-    sandboxing: SandboxArgs,
     node: Node,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Config> {
     let mut cfg = args.load_with(|cfg| {
         if !node.roles.is_empty() {
             cfg.node.roles = node.roles;
@@ -558,6 +584,16 @@ async fn serve(
     if let Some(l) = listen {
         cfg.server.listen = l;
     }
+    Ok(cfg)
+}
+
+/// Whether `serve` runs as a sandbox (no config file), and how.
+struct Sandbox {
+    args: SandboxArgs,
+    on: bool,
+}
+
+async fn serve(mut cfg: Config, sandbox: Sandbox) -> anyhow::Result<()> {
     let telemetry = herald::telemetry::init(&cfg.telemetry)?;
     if herald::telemetry::tracing_on() {
         tracing::info!(
@@ -567,7 +603,10 @@ async fn serve(
     }
     // A node with a config never falls back to the simulator; one without
     // is a sandbox, on loopback unless asked for by name.
-    let sandbox = args.config.is_none();
+    let Sandbox {
+        args: sandboxing,
+        on: sandbox,
+    } = sandbox;
     if sandbox && !sandboxing.explicit && !cfg.server.listen.ip().is_loopback() {
         anyhow::bail!(
             "a sandbox listens on loopback only (its vendors are simulated and its API key may have been printed): \

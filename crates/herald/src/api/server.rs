@@ -55,13 +55,10 @@ use crate::telemetry as m;
 pub struct ApiRuntime(Option<tokio::runtime::Runtime>);
 
 impl ApiRuntime {
-    /// `threads` workers (0: one per core), `nice` steps below the caller's.
+    /// `threads` workers (at least one), `nice` steps below the caller's.
     pub fn start(threads: usize, nice: u8) -> std::io::Result<ApiRuntime> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if threads > 0 {
-            builder.worker_threads(threads);
-        }
-        let rt = builder
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
             .thread_name("herald-api")
             .on_thread_start(move || lower_this_thread(nice))
             .enable_all()
