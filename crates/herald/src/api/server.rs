@@ -47,8 +47,9 @@ use crate::telemetry as m;
 /// and the backlog grew by the difference. On threads of its own that the
 /// kernel schedules `nice` steps lower, the API gets what delivery leaves:
 /// the same run accepted 7,400-8,600/s and delivered 87-99% of it while the
-/// load lasted (docs/benchmarks.md). An idle machine still gives the API
-/// every core; only contention is decided in delivery's favour.
+/// load lasted (docs/benchmarks.md). How many threads it has is
+/// `Config::threads`' split of the cores; when both want a core, the
+/// priority decides in delivery's favour.
 ///
 /// Nice values are per thread on Linux (`setpriority` on the thread id);
 /// elsewhere the threads are separate but not lower.
