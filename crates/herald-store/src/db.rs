@@ -10,9 +10,9 @@ use herald_core::receipt::VendorReceipt;
 use herald_core::recipient::{Preferences, Profile, StoredRecipient, TenantPreferences};
 use herald_core::store::{
     AttemptRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter, DeadLetterCursor,
-    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneLag, LaneQueue,
-    LeaseToken, NewNotification, NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome,
-    Reports, StoreError, Tenants, Upkeep,
+    DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneAsk, LaneLag,
+    LaneQueue, LeaseToken, NewNotification, NotificationView, Outbox, Queue, QueueDepth,
+    ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
 };
 use herald_core::store::{Callback, PutRecipient, ReceiptApplied, Receipts, Recipients};
 use herald_core::store::{
@@ -176,7 +176,21 @@ impl<D: Database> Depths for Db<D> {
         now_ms: i64,
         up_to: CountUpTo,
     ) -> Result<LaneQueue, StoreError> {
-        reads::lane_queue(&self.reads, channel, lane, now_ms, up_to).await
+        let ask = LaneAsk {
+            channel,
+            lane,
+            up_to,
+        };
+        let mut one = reads::lane_queues(&self.reads, now_ms, &[ask]).await?;
+        Ok(one.pop().unwrap_or_default())
+    }
+
+    async fn lane_queues(
+        &self,
+        now_ms: i64,
+        lanes: &[LaneAsk],
+    ) -> Result<Vec<LaneQueue>, StoreError> {
+        reads::lane_queues(&self.reads, now_ms, lanes).await
     }
 }
 

@@ -5,11 +5,10 @@
 
 use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
-use herald_core::model::{Channel, Priority};
 use herald_core::recipient::StoredRecipient;
 use herald_core::store::{
-    AttemptView, Callback, ChangeCursor, CountUpTo, DeadLetter, DeadLetterCursor, DeadLetterFilter,
-    DeliverySummary, LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
+    AttemptView, Callback, ChangeCursor, DeadLetter, DeadLetterCursor, DeadLetterFilter,
+    DeliverySummary, LaneAsk, LaneLag, LaneQueue, NotificationView, QueueDepth, StoreError,
     SuppressionChange, SuppressionCursor, SuppressionFilter,
 };
 use herald_core::store::{CircuitHold, KeyGrant, Scopes};
@@ -133,41 +132,58 @@ pub(crate) async fn oldest_due<R: Reader>(r: &R, now_ms: i64) -> Result<Vec<Lane
     .collect()
 }
 
-/// Three index searches on the pending index, each count stopped at its
-/// bound: microseconds however long the queue.
-pub(crate) async fn lane_queue<R: Reader>(
+/// Three index searches on the pending index for each lane, each count
+/// stopped at its bound: microseconds however long the queue. Every lane
+/// in one statement (a `UNION ALL` of each lane's three searches), so the
+/// judge's reading of twenty lanes is one round trip, not twenty.
+pub(crate) async fn lane_queues<R: Reader>(
     r: &R,
-    channel: Channel,
-    lane: Priority,
     now_ms: i64,
-    up_to: CountUpTo,
-) -> Result<LaneQueue, StoreError> {
-    let bound = |n: u64| Arg::Int(i64::try_from(n).unwrap_or(i64::MAX));
-    let found = r
-        .rows(
-            "SELECT \
-               (SELECT MIN(due_at_ms) FROM deliveries WHERE channel = $1 AND priority = $2 \
-                  AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= $3) \
-                 AS oldest, \
-               (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE channel = $1 \
-                  AND priority = $2 AND state IN ('queued', 'retry_scheduled', 'sending') \
-                  AND due_at_ms <= $3 LIMIT $4) AS d) AS due, \
-               (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE channel = $1 \
-                  AND priority = $2 AND state IN ('queued', 'retry_scheduled', 'sending') \
-                  LIMIT $5) AS w) AS waiting",
-            vec![
-                Arg::Text(channel.as_str().to_owned()),
-                Arg::Int(lane.index() as i64),
-                Arg::Int(now_ms),
-                bound(up_to.due),
-                bound(up_to.waiting),
-            ],
-        )
-        .await?;
-    match found.first() {
-        Some(row) => rows::lane_queue(row),
-        None => Ok(LaneQueue::default()),
+    lanes: &[LaneAsk],
+) -> Result<Vec<LaneQueue>, StoreError> {
+    if lanes.is_empty() {
+        return Ok(Vec::new());
     }
+    let bound = |n: u64| Arg::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut sql = String::new();
+    let mut args = vec![Arg::Int(now_ms)];
+    for (i, ask) in lanes.iter().enumerate() {
+        let (c, p, d, w) = (
+            args.len() + 1,
+            args.len() + 2,
+            args.len() + 3,
+            args.len() + 4,
+        );
+        args.extend([
+            Arg::Text(ask.channel.as_str().to_owned()),
+            Arg::Int(ask.lane.index() as i64),
+            bound(ask.up_to.due),
+            bound(ask.up_to.waiting),
+        ]);
+        if i > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!(
+            "SELECT CAST({i} AS BIGINT) AS ask, \
+               (SELECT MIN(due_at_ms) FROM deliveries WHERE channel = ${c} AND priority = ${p} \
+                  AND state IN ('queued', 'retry_scheduled', 'sending') AND due_at_ms <= $1) \
+                 AS oldest, \
+               (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE channel = ${c} \
+                  AND priority = ${p} AND state IN ('queued', 'retry_scheduled', 'sending') \
+                  AND due_at_ms <= $1 LIMIT ${d}) AS d) AS due, \
+               (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE channel = ${c} \
+                  AND priority = ${p} AND state IN ('queued', 'retry_scheduled', 'sending') \
+                  LIMIT ${w}) AS w) AS waiting"
+        ));
+    }
+    let mut queues = vec![LaneQueue::default(); lanes.len()];
+    for row in r.rows(&sql, args).await? {
+        let ask = usize::try_from(row.int("ask")?).unwrap_or(usize::MAX);
+        if let Some(q) = queues.get_mut(ask) {
+            *q = rows::lane_queue(&row)?;
+        }
+    }
+    Ok(queues)
 }
 
 pub(crate) async fn delivery_summaries<R: Reader>(

@@ -10,8 +10,8 @@ use herald_core::receipt::{ReceiptKind, VendorReceipt};
 use herald_core::store::roles::*;
 use herald_core::store::{
     AttemptRecord, CallRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetterCursor,
-    DeadLetterFilter, IdempotencyRecord, LaneLag, LaneQueue, LeaseToken, Leased, NewDelivery,
-    NewNotification, Next, ReplayOutcome, StoredResponse,
+    DeadLetterFilter, IdempotencyRecord, LaneAsk, LaneLag, LaneQueue, LeaseToken, Leased,
+    NewDelivery, NewNotification, Next, ReplayOutcome, StoredResponse,
 };
 use herald_core::store::{ChangeCursor, SuppressionCursor, SuppressionFilter};
 use herald_core::store::{CircuitHold, KeyGrant, Scopes};
@@ -1113,6 +1113,34 @@ async fn each_lane_says_how_long_its_oldest_due_delivery_has_waited(store: &dyn 
             .await
             .expect("read"),
         queue(None, 0, 0)
+    );
+
+    // Several lanes in one read (the judge's), each as if read alone and
+    // in the order asked, each with its own bounds.
+    let ask = |channel, lane, due, waiting| LaneAsk {
+        channel,
+        lane,
+        up_to: CountUpTo { due, waiting },
+    };
+    let asks = [
+        ask(Channel::Webhook, Priority::High, 10, 10),
+        ask(Channel::Sms, Priority::Normal, 1, 10),
+        ask(Channel::Email, Priority::Low, 10, 10),
+        ask(Channel::Sms, Priority::Normal, 10, 10),
+    ];
+    assert_eq!(
+        store.lane_queues(65_001, &asks).await.expect("read"),
+        vec![
+            queue(None, 0, 0),
+            queue(Some(3_000), 1, 2),
+            queue(Some(9_000), 1, 1),
+            queue(Some(3_000), 2, 2),
+        ]
+    );
+    assert_eq!(
+        store.lane_queues(65_001, &[]).await.expect("read"),
+        vec![],
+        "nothing asked, nothing read"
     );
 }
 

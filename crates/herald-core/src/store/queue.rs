@@ -249,6 +249,31 @@ pub trait Depths: Send + Sync {
         now_ms: i64,
         up_to: CountUpTo,
     ) -> Result<LaneQueue, StoreError>;
+    /// `lane_queue` for each of `lanes`, answered in their order. A
+    /// database answers them all in one statement: the judge reads every
+    /// lane of every channel four times a second.
+    async fn lane_queues(
+        &self,
+        now_ms: i64,
+        lanes: &[LaneAsk],
+    ) -> Result<Vec<LaneQueue>, StoreError> {
+        let mut queues = Vec::with_capacity(lanes.len());
+        for ask in lanes {
+            queues.push(
+                self.lane_queue(ask.channel, ask.lane, now_ms, ask.up_to)
+                    .await?,
+            );
+        }
+        Ok(queues)
+    }
+}
+
+/// One lane for `Depths::lane_queues`, and how far to count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneAsk {
+    pub channel: Channel,
+    pub lane: Priority,
+    pub up_to: CountUpTo,
 }
 
 /// How far `Depths::lane_queue` counts.

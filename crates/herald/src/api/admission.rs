@@ -18,7 +18,7 @@ use herald_core::admission::{counts_needed, judge_channels, LaneLoad, LaneObject
 use herald_core::lanes::Lanes;
 use herald_core::model::{Channel, Priority};
 use herald_core::status::Throughput;
-use herald_core::store::Depths;
+use herald_core::store::{Depths, LaneAsk};
 use tokio_util::sync::CancellationToken;
 
 use super::problem::ApiError;
@@ -100,7 +100,7 @@ pub async fn measure(
 }
 
 /// Each channel's lanes for the judge, from `loads` (their rates filled
-/// in): each lane read with its bounded counts (`Depths::lane_queue`,
+/// in): each lane read with its bounded counts (`Depths::lane_queues`,
 /// `admission::counts_needed`), so a long queue costs the judge what a
 /// short one does. (`measure`, for `/metrics`, counts everything.)
 pub async fn measure_for_judging(
@@ -111,26 +111,40 @@ pub async fn measure_for_judging(
     capped: &mut CapCounts,
 ) -> Result<(), herald_core::store::StoreError> {
     capped.round = capped.round.wrapping_add(1);
-    for (&channel, lanes) in loads.iter_mut() {
+    // Every lane of every channel in one read: what to count of each
+    // first, then each lane's verdict from its counts.
+    let mut asks = Vec::with_capacity(loads.len() * Priority::ALL.len());
+    let mut known = Vec::with_capacity(asks.capacity());
+    for (&channel, lanes) in loads.iter() {
         for lane in Priority::ALL {
-            let load = &mut lanes[lane];
-            let mut up_to = counts_needed(&objectives[lane], load.delivered_per_second);
-            let known = capped.known(channel, lane, objectives[lane].backlog_cap);
-            if known.is_some() {
+            let mut up_to = counts_needed(&objectives[lane], lanes[lane].delivered_per_second);
+            let last = capped.known(channel, lane, objectives[lane].backlog_cap);
+            if last.is_some() {
                 up_to.waiting = 1;
             }
-            let q = depths.lane_queue(channel, lane, now_ms, up_to).await?;
-            load.waiting = match known {
-                Some(_) if q.waiting == 0 => 0,
-                Some(w) => w.max(1),
-                None => {
-                    capped.last.insert((channel, lane), q.waiting);
-                    q.waiting
-                }
-            };
-            load.due = q.due;
-            load.oldest_wait_ms = q.oldest_due_at_ms.map_or(0, |at| now_ms.saturating_sub(at));
+            asks.push(LaneAsk {
+                channel,
+                lane,
+                up_to,
+            });
+            known.push(last);
         }
+    }
+    let queues = depths.lane_queues(now_ms, &asks).await?;
+    for ((ask, q), known) in asks.iter().zip(queues).zip(known) {
+        let Some(load) = loads.get_mut(&ask.channel).map(|l| &mut l[ask.lane]) else {
+            continue;
+        };
+        load.waiting = match known {
+            Some(_) if q.waiting == 0 => 0,
+            Some(w) => w.max(1),
+            None => {
+                capped.last.insert((ask.channel, ask.lane), q.waiting);
+                q.waiting
+            }
+        };
+        load.due = q.due;
+        load.oldest_wait_ms = q.oldest_due_at_ms.map_or(0, |at| now_ms.saturating_sub(at));
     }
     Ok(())
 }
