@@ -37,6 +37,7 @@ name=fleet-$workers
 if $kafka; then
   brokers_file=$(mktemp)
   "$bin" kafka-mock --partitions 8 >"$brokers_file" 2>/dev/null & pids+=($!)
+  mock=$!
   for _ in $(seq 50); do [[ -s $brokers_file ]] && break; sleep 0.1; done
   export HERALD__KAFKA__BROKERS=$(head -n1 "$brokers_file")
   rm -f "$brokers_file"
@@ -60,14 +61,21 @@ done
 # The whole machine's busy time over the run (every process: the nodes,
 # PostgreSQL, the mock cluster, the simulator and the bench itself).
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+# The mock cluster's own share (user + system ticks), which a real broker
+# on machines of its own would not take from these two cores.
+mock_ticks() { if [[ -n ${mock:-} ]]; then awk '{print $14+$15}' "/proc/$mock/stat"; else echo 0; fi; }
 before=$(busy)
+mock_before=$(mock_ticks)
 "$bin" bench steady --target http://127.0.0.1:8181 --api-key "$HERALD_DEV_API_KEY" \
   --sim-url http://127.0.0.1:9190 --rate "$rate" --duration-seconds "$seconds" \
   --json "$name.json" ${HERALD_BENCH_ARGS:-}
 after=$(busy)
-python3 - "$name.json" "$((after - before))" "$(getconf CLK_TCK)" <<'EOF2'
+mock_after=$(mock_ticks)
+python3 - "$name.json" "$((after - before))" "$((mock_after - mock_before))" "$(getconf CLK_TCK)" <<'EOF2'
 import json, sys
 r = json.load(open(sys.argv[1]))
-ms = int(sys.argv[2]) * 1000 / int(sys.argv[3]) / max(r["delivered"], 1)
-print(f"whole machine: {ms:.3f} ms of CPU per delivery ({r['delivered']} delivered)")
+per = lambda ticks: int(ticks) * 1000 / int(sys.argv[4]) / max(r["delivered"], 1)
+ms, mock = per(sys.argv[2]), per(sys.argv[3])
+print(f"whole machine: {ms:.3f} ms of CPU per delivery ({r['delivered']} delivered)"
+      + (f", of which the mock Kafka cluster {mock:.3f}" if mock else ""))
 EOF2
