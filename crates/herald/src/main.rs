@@ -285,16 +285,13 @@ fn main() -> std::process::ExitCode {
             channels,
         } => {
             let node = Node { roles, channels };
-            let sandboxing = SandboxArgs {
+            let sandbox = SandboxArgs {
+                on: store.config.is_none(),
                 sim_url,
                 explicit: sandbox,
             };
             prepare_serve(&store, listen, node).and_then(|cfg| {
                 let threads = cfg.threads(herald::config::cores()).engine;
-                let sandbox = Sandbox {
-                    args: sandboxing,
-                    on: store.config.is_none(),
-                };
                 on_runtime(Some(threads), serve(cfg, sandbox))
                     .map(|()| std::process::ExitCode::SUCCESS)
             })
@@ -547,8 +544,10 @@ fn parse_channel(s: &str) -> Result<herald_core::model::Channel, String> {
         .map_err(|_| format!("{s:?} is not a channel (email, sms, push, webhook)"))
 }
 
-/// How a node without a config runs its sandbox.
+/// Whether a node runs as a sandbox, and how.
 struct SandboxArgs {
+    /// No config file: a node with one never falls back to the simulator.
+    on: bool,
     /// A simulator already running, instead of starting one.
     sim_url: Option<String>,
     /// `--sandbox`: asked for by name, so it may listen beyond loopback.
@@ -587,13 +586,7 @@ fn prepare_serve(
     Ok(cfg)
 }
 
-/// Whether `serve` runs as a sandbox (no config file), and how.
-struct Sandbox {
-    args: SandboxArgs,
-    on: bool,
-}
-
-async fn serve(mut cfg: Config, sandbox: Sandbox) -> anyhow::Result<()> {
+async fn serve(mut cfg: Config, sandboxing: SandboxArgs) -> anyhow::Result<()> {
     let telemetry = herald::telemetry::init(&cfg.telemetry)?;
     if herald::telemetry::tracing_on() {
         tracing::info!(
@@ -603,10 +596,7 @@ async fn serve(mut cfg: Config, sandbox: Sandbox) -> anyhow::Result<()> {
     }
     // A node with a config never falls back to the simulator; one without
     // is a sandbox, on loopback unless asked for by name.
-    let Sandbox {
-        args: sandboxing,
-        on: sandbox,
-    } = sandbox;
+    let sandbox = sandboxing.on;
     if sandbox && !sandboxing.explicit && !cfg.server.listen.ip().is_loopback() {
         anyhow::bail!(
             "a sandbox listens on loopback only (its vendors are simulated and its API key may have been printed): \
