@@ -30,8 +30,10 @@ export HERALD__STORE__URL="$db?options=-c%20search_path%3Dhb_fleet"
 export RUST_LOG=${RUST_LOG:-warn}
 
 pids=()
+worker_pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 "$bin" sim --listen 127.0.0.1:9190 >/dev/null 2>&1 & pids+=($!)
+sim=$!
 api_roles=api
 name=fleet-$workers
 if $kafka; then
@@ -47,10 +49,12 @@ if $kafka; then
 fi
 sleep 1
 "$bin" serve --sim-url http://127.0.0.1:9190 --listen 127.0.0.1:8181 --roles "$api_roles" >/dev/null 2>&1 & pids+=($!)
+api=$!
 sleep 3
 for i in $(seq 1 "$workers"); do
   "$bin" serve --sim-url http://127.0.0.1:9190 --listen "127.0.0.1:$((8190 + i))" --roles worker \
     >/dev/null 2>&1 & pids+=($!)
+  worker_pids+=($!)
 done
 sleep 3
 # A node that could not start (a port still held by an earlier run's
@@ -59,23 +63,29 @@ for pid in "${pids[@]}"; do
   kill -0 "$pid" 2>/dev/null || { echo "a fleet process exited at start (port in use?)" >&2; exit 1; }
 done
 # The whole machine's busy time over the run (every process: the nodes,
-# PostgreSQL, the mock cluster, the simulator and the bench itself).
+# PostgreSQL, the mock cluster, the simulator and the bench itself), and
+# each part's own (user + system ticks): the mock cluster's is what a real
+# broker on machines of its own would not take from these two cores.
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-# The mock cluster's own share (user + system ticks), which a real broker
-# on machines of its own would not take from these two cores.
-mock_ticks() { if [[ -n ${mock:-} ]]; then awk '{print $14+$15}' "/proc/$mock/stat"; else echo 0; fi; }
+ticks() { local t=0 p; for p in "$@"; do [[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+parts() {
+  echo "$(ticks "$api") $(ticks "${worker_pids[@]}") $(ticks ${mock:-}) $(ticks "$sim") $(ticks $(pgrep -x postgres))"
+}
 before=$(busy)
-mock_before=$(mock_ticks)
+parts_before=$(parts)
 "$bin" bench steady --target http://127.0.0.1:8181 --api-key "$HERALD_DEV_API_KEY" \
   --sim-url http://127.0.0.1:9190 --rate "$rate" --duration-seconds "$seconds" \
   --json "$name.json" ${HERALD_BENCH_ARGS:-}
 after=$(busy)
-mock_after=$(mock_ticks)
-python3 - "$name.json" "$((after - before))" "$((mock_after - mock_before))" "$(getconf CLK_TCK)" <<'EOF2'
+parts_after=$(parts)
+python3 - "$name.json" "$((after - before))" "$(getconf CLK_TCK)" "$parts_before" "$parts_after" <<'EOF2'
 import json, sys
 r = json.load(open(sys.argv[1]))
-per = lambda ticks: int(ticks) * 1000 / int(sys.argv[4]) / max(r["delivered"], 1)
-ms, mock = per(sys.argv[2]), per(sys.argv[3])
-print(f"whole machine: {ms:.3f} ms of CPU per delivery ({r['delivered']} delivered)"
-      + (f", of which the mock Kafka cluster {mock:.3f}" if mock else ""))
+per = lambda ticks: int(ticks) * 1000 / int(sys.argv[3]) / max(r["delivered"], 1)
+parts = [b - a for a, b in zip(map(int, sys.argv[4].split()), map(int, sys.argv[5].split()))]
+whole = int(sys.argv[2])
+names = ["API node", "workers", "mock Kafka", "simulator", "PostgreSQL"]
+shares = ", ".join(f"{n} {per(t):.3f}" for n, t in zip(names, parts) if t or n != "mock Kafka")
+print(f"whole machine: {per(whole):.3f} ms of CPU per delivery ({r['delivered']} delivered)")
+print(f"  of which {shares}, the rest (the bench, the OS) {per(whole - sum(parts)):.3f}")
 EOF2
