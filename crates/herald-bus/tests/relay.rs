@@ -2,7 +2,8 @@
 //! in process, three brokers) and a real SQLite store: every stored
 //! notification's event is published once, on its lane's topic, keyed by
 //! recipient, with its headers; relays on several nodes take turns through
-//! the lease, and one that stops is taken over without gaps.
+//! the lease, and one that stops is taken over without gaps; what Kafka
+//! refuses waits in the outbox.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use herald_core::store::roles::*;
 use herald_core::store::NewNotification;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -219,4 +221,39 @@ async fn relays_on_several_nodes_take_turns_and_one_that_stops_is_taken_over() {
     assert_eq!(all.len(), 300, "every event, once");
     assert_eq!(distinct(&all), 300, "no gap after the take-over");
     assert!(store.outbox_pending(10).await.expect("pending").is_empty());
+}
+
+/// While Kafka refuses what the relay produces, nothing is marked
+/// published: the events wait in the outbox, and go out, once each, when
+/// Kafka takes them again.
+#[tokio::test(flavor = "current_thread")]
+async fn events_kafka_refuses_stay_in_the_outbox_until_it_takes_them() {
+    let (cluster, brokers) = cluster(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir).await;
+    // Every produce request refused, for good (not retried by the client).
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1_000],
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay(&store, &brokers, "node-a").run(stop.clone()));
+    store
+        .create((0..50).map(notification).collect())
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.outbox_pending(100).await.expect("pending").len(),
+        50,
+        "nothing Kafka refused is marked published"
+    );
+
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    drained(&store).await;
+    let got = consume(&brokers, 50, Duration::from_secs(30)).await;
+    stop.cancel();
+    task.await.expect("relay task");
+    assert_eq!(got.len(), 50, "every event, once");
+    assert_eq!(distinct(&got), 50);
 }

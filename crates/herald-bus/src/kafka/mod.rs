@@ -18,15 +18,17 @@
 
 mod consumer;
 mod probe;
+mod producer;
 mod relay;
 
 use herald_core::model::Priority;
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer};
+use rdkafka::producer::DefaultProducerContext;
 
 pub use consumer::KafkaBus;
 pub use probe::KafkaProbe;
+pub use producer::Producer;
 pub use relay::{Relay, Traced};
 
 /// The relay's published events (label `lane`).
@@ -70,6 +72,8 @@ pub enum KafkaError {
     },
     #[error("the mock cluster")]
     Mock(#[source] rdkafka::error::KafkaError),
+    #[error("starting a kafka client's event thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// librdkafka's mock cluster, `brokers` strong, with the four lane topics
@@ -92,16 +96,17 @@ pub fn mock_cluster(
 }
 
 /// The idempotent producer the relay publishes with.
-pub fn producer(opts: &KafkaOptions) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .map_err(|source| opts.client_error(source))
+pub fn producer(opts: &KafkaOptions) -> Result<Producer, KafkaError> {
+    Producer::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &opts.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "30000"),
+        opts,
+    )
 }
 
 impl KafkaOptions {

@@ -1,32 +1,32 @@
 //! Whether the cluster answers, for readiness.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_core::model::Priority;
 use herald_core::status::{BusHealth, NotReady};
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, Producer};
 
-use super::{topic, KafkaError, KafkaOptions};
+use super::{topic, KafkaError, KafkaOptions, Producer};
 
 /// Whether the cluster answers, for readiness: a metadata request for the
 /// lane topics on a client of its own (the consumers' and the relay's are
 /// busy with their work, and a readiness probe must not disturb them).
 #[derive(Clone)]
 pub struct KafkaProbe {
-    client: FutureProducer,
+    client: Arc<Producer>,
     topic: String,
 }
 
 impl KafkaProbe {
     pub fn new(opts: &KafkaOptions) -> Result<KafkaProbe, KafkaError> {
-        let client = ClientConfig::new()
-            .set("bootstrap.servers", &opts.brokers)
-            .create()
-            .map_err(|source| opts.client_error(source))?;
+        let client = Producer::new(
+            ClientConfig::new().set("bootstrap.servers", &opts.brokers),
+            opts,
+        )?;
         Ok(KafkaProbe {
-            client,
+            client: Arc::new(client),
             topic: topic(&opts.topic_prefix, Priority::Critical),
         })
     }
@@ -39,14 +39,10 @@ impl BusHealth for KafkaProbe {
     async fn check(&self, timeout: Duration) -> Result<(), NotReady> {
         let probe = self.clone();
         // librdkafka's metadata call blocks its thread.
-        let answer = tokio::task::spawn_blocking(move || {
-            probe
-                .client
-                .client()
-                .fetch_metadata(Some(&probe.topic), timeout)
-        })
-        .await
-        .map_err(|e| NotReady(format!("kafka probe: {e}")))?;
+        let answer =
+            tokio::task::spawn_blocking(move || probe.client.fetch_metadata(&probe.topic, timeout))
+                .await
+                .map_err(|e| NotReady(format!("kafka probe: {e}")))?;
         let metadata = answer.map_err(|e| NotReady(format!("kafka: {e}")))?;
         match metadata.topics().first() {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),

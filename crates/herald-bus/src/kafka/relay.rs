@@ -8,14 +8,13 @@ use herald_core::events::OutboxEvent;
 use herald_core::lanes::Lanes;
 use herald_core::store::Outbox;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use super::{topic, PUBLISHED, RELAY_LAG_SECONDS};
+use super::{topic, Producer, PUBLISHED, RELAY_LAG_SECONDS};
 
 pub struct Relay {
     pub store: Arc<dyn Outbox>,
-    pub producer: FutureProducer,
+    pub producer: Producer,
     pub topic_prefix: String,
     /// This relay's name in the lease (unique per process).
     pub holder: String,
@@ -101,18 +100,20 @@ impl Relay {
                 }
                 None => (None, e.traceparent.clone()),
             };
-            let record = FutureRecord::to(&topics[e.lane])
-                .key(&e.key)
-                .payload(&e.payload)
-                .headers(headers(e, traceparent.as_deref()));
-            acks.push((e.seq, e.lane, self.producer.send_result(record), span));
+            let queued = self.producer.send(
+                &topics[e.lane],
+                &e.key,
+                &e.payload,
+                headers(e, traceparent.as_deref()),
+            );
+            acks.push((e.seq, e.lane, queued, span));
         }
         let mut done = Vec::with_capacity(events.len());
         // Each publish span ends when its acknowledgement is in.
         for (seq, lane, queued, _span) in acks {
             let acked = match queued {
-                Ok(ack) => matches!(ack.await, Ok(Ok(_))),
-                Err((e, _)) => {
+                Ok(ack) => ack.await.unwrap_or(false),
+                Err(e) => {
                     tracing::warn!(error = %e, seq, "could not queue an event; it stays in the outbox");
                     false
                 }
