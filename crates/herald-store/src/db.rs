@@ -5,11 +5,11 @@
 
 use async_trait::async_trait;
 use herald_core::events::OutboxEvent;
-use herald_core::model::{Channel, Priority};
+use herald_core::model::Channel;
 use herald_core::receipt::VendorReceipt;
 use herald_core::recipient::{Preferences, Profile, StoredRecipient, TenantPreferences};
 use herald_core::store::{
-    AttemptRecord, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter, DeadLetterCursor,
+    AttemptRecord, Claim, ClaimedDelivery, CreateResult, DeadLetter, DeadLetterCursor,
     DeadLetterFilter, DeadLetters, DeliverySummary, Depths, Health, Intake, LaneAsk, LaneLag,
     LaneQueue, LeaseToken, NewNotification, NotificationView, Outbox, Queue, QueueDepth,
     ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
@@ -167,22 +167,6 @@ impl<D: Database> Depths for Db<D> {
 
     async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError> {
         reads::oldest_due(&self.reads, now_ms).await
-    }
-
-    async fn lane_queue(
-        &self,
-        channel: Channel,
-        lane: Priority,
-        now_ms: i64,
-        up_to: CountUpTo,
-    ) -> Result<LaneQueue, StoreError> {
-        let ask = LaneAsk {
-            channel,
-            lane,
-            up_to,
-        };
-        let mut one = reads::lane_queues(&self.reads, now_ms, &[ask]).await?;
-        Ok(one.pop().unwrap_or_default())
     }
 
     async fn lane_queues(

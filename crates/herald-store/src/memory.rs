@@ -15,10 +15,11 @@ use herald_core::events::OutboxEvent;
 use herald_core::model::{Channel, DeliveryState, NotificationRequest, Priority};
 use herald_core::receipt::{ReceiptKind, VendorReceipt};
 use herald_core::store::{
-    AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CountUpTo, CreateResult, DeadLetter,
+    AttemptRecord, AttemptView, Cause, Claim, ClaimedDelivery, CreateResult, DeadLetter,
     DeadLetterCursor, DeadLetterFilter, DeadLetters, DeliverySummary, DeliveryView, Depths, Health,
-    IdempotencyRecord, Intake, LaneLag, LaneQueue, LeaseToken, NewNotification, NotificationView,
-    Outbox, Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants, Upkeep,
+    IdempotencyRecord, Intake, LaneAsk, LaneLag, LaneQueue, LeaseToken, NewNotification,
+    NotificationView, Outbox, Queue, QueueDepth, ReplayOutcome, Reports, StoreError, Tenants,
+    Upkeep,
 };
 use herald_core::store::{
     ChangeCursor, SuppressionChange, SuppressionCursor, SuppressionFilter, Suppressions,
@@ -633,29 +634,32 @@ impl Depths for MemoryStore {
             .collect())
     }
 
-    async fn lane_queue(
+    async fn lane_queues(
         &self,
-        channel: Channel,
-        lane: Priority,
         now_ms: i64,
-        up_to: CountUpTo,
-    ) -> Result<LaneQueue, StoreError> {
+        lanes: &[LaneAsk],
+    ) -> Result<Vec<LaneQueue>, StoreError> {
         let s = self.lock();
-        let mut q = LaneQueue::default();
-        for d in s.deliveries.values() {
-            if d.channel != channel || d.priority != lane || !d.pending() {
-                continue;
-            }
-            q.waiting = (q.waiting + 1).min(up_to.waiting);
-            if d.due_at_ms <= now_ms {
-                q.due = (q.due + 1).min(up_to.due);
-                q.oldest_due_at_ms = Some(
-                    q.oldest_due_at_ms
-                        .map_or(d.due_at_ms, |o| o.min(d.due_at_ms)),
-                );
-            }
-        }
-        Ok(q)
+        Ok(lanes
+            .iter()
+            .map(|ask| {
+                let mut q = LaneQueue::default();
+                for d in s.deliveries.values() {
+                    if d.channel != ask.channel || d.priority != ask.lane || !d.pending() {
+                        continue;
+                    }
+                    q.waiting = (q.waiting + 1).min(ask.up_to.waiting);
+                    if d.due_at_ms <= now_ms {
+                        q.due = (q.due + 1).min(ask.up_to.due);
+                        q.oldest_due_at_ms = Some(
+                            q.oldest_due_at_ms
+                                .map_or(d.due_at_ms, |o| o.min(d.due_at_ms)),
+                        );
+                    }
+                }
+                q
+            })
+            .collect())
     }
 }
 

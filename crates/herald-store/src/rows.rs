@@ -180,7 +180,7 @@ pub(crate) fn lane_lag(row: &impl Columns) -> Result<LaneLag, StoreError> {
     })
 }
 
-/// `SELECT oldest, due, waiting` (`reads::lane_queue`)
+/// `SELECT oldest, due, waiting` (`reads::lane_queues`)
 pub(crate) fn lane_queue(row: &impl Columns) -> Result<LaneQueue, StoreError> {
     Ok(LaneQueue {
         oldest_due_at_ms: row.opt_int("oldest")?,

@@ -1073,8 +1073,14 @@ async fn each_lane_says_how_long_its_oldest_due_delivery_has_waited(store: &dyn 
 
     // One lane at a time for admission control, each count stopped at its
     // bound; the taken one is still held.
-    let lane = |channel, lane, now_ms, due, waiting| {
-        store.lane_queue(channel, lane, now_ms, CountUpTo { due, waiting })
+    let lane = |channel, lane, now_ms, due, waiting| async move {
+        let ask = LaneAsk {
+            channel,
+            lane,
+            up_to: CountUpTo { due, waiting },
+        };
+        let mut one = store.lane_queues(now_ms, &[ask]).await?;
+        Ok::<_, herald_core::store::StoreError>(one.pop().expect("one lane asked, one answered"))
     };
     let queue = |oldest_due_at_ms, due, waiting| LaneQueue {
         oldest_due_at_ms,

@@ -38,7 +38,7 @@ pub struct Producer {
 }
 
 /// Answers each message's acknowledgement to whoever sent it.
-pub struct Acks;
+struct Acks;
 
 impl ClientContext for Acks {}
 

@@ -236,36 +236,19 @@ pub trait Depths: Send + Sync {
     /// taken (queued or retry scheduled): how many, and when the one due
     /// longest was due.
     async fn oldest_due(&self, now_ms: i64) -> Result<Vec<LaneLag>, StoreError>;
-    /// One lane, for admission control: when its longest-waiting due
-    /// delivery was due (waiting, or leased past its lease, by `now_ms`),
-    /// and its due and held deliveries, each counted only up to `up_to`.
-    /// A judge needs no more than changes its verdict, and counting a
-    /// backlog of millions on every refresh would cost more than the
-    /// deliveries it guards.
-    async fn lane_queue(
-        &self,
-        channel: Channel,
-        lane: Priority,
-        now_ms: i64,
-        up_to: CountUpTo,
-    ) -> Result<LaneQueue, StoreError>;
-    /// `lane_queue` for each of `lanes`, answered in their order. A
-    /// database answers them all in one statement: the judge reads every
-    /// lane of every channel four times a second.
+    /// For admission control, each of `lanes`, answered in their order:
+    /// when its longest-waiting due delivery was due (waiting, or leased
+    /// past its lease, by `now_ms`), and its due and held deliveries, each
+    /// counted only up to the ask's `up_to`. A judge needs no more than
+    /// changes its verdict, and counting a backlog of millions on every
+    /// refresh would cost more than the deliveries it guards. A database
+    /// answers every lane in one statement: the judge reads every lane of
+    /// every channel four times a second.
     async fn lane_queues(
         &self,
         now_ms: i64,
         lanes: &[LaneAsk],
-    ) -> Result<Vec<LaneQueue>, StoreError> {
-        let mut queues = Vec::with_capacity(lanes.len());
-        for ask in lanes {
-            queues.push(
-                self.lane_queue(ask.channel, ask.lane, now_ms, ask.up_to)
-                    .await?,
-            );
-        }
-        Ok(queues)
-    }
+    ) -> Result<Vec<LaneQueue>, StoreError>;
 }
 
 /// One lane for `Depths::lane_queues`, and how far to count it.
@@ -276,14 +259,14 @@ pub struct LaneAsk {
     pub up_to: CountUpTo,
 }
 
-/// How far `Depths::lane_queue` counts.
+/// How far `Depths::lane_queues` counts a lane.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CountUpTo {
     pub due: u64,
     pub waiting: u64,
 }
 
-/// A lane's queue as `Depths::lane_queue` counted it.
+/// A lane's queue as `Depths::lane_queues` counted it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LaneQueue {
     /// None when nothing is due.

@@ -7,8 +7,9 @@
 //! one query. Under load a reader holds its batch open for the store's
 //! `gather` (or until it is full): a read costs the database and Herald a
 //! round trip however many ids it carries, and the writer the caller goes
-//! to next holds its write as long. A lone ask is read at once. The readers are tasks of their own, so a caller that goes away
-//! (its request cancelled) takes nothing with it.
+//! to next holds its write as long. A lone ask is read at once. The
+//! readers are tasks of their own, so a caller that goes away (its request
+//! cancelled) takes nothing with it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -280,7 +280,7 @@ fn next_wait(every: Duration, took: Duration) -> Duration {
 mod tests {
     use super::*;
     use herald_core::admission::Refusal;
-    use herald_core::store::{CountUpTo, LaneLag, LaneQueue, QueueDepth, StoreError};
+    use herald_core::store::{LaneLag, LaneQueue, QueueDepth, StoreError};
 
     struct Reported(Vec<QueueDepth>, Vec<LaneLag>);
 
@@ -292,26 +292,24 @@ mod tests {
         async fn oldest_due(&self, _: i64) -> Result<Vec<LaneLag>, StoreError> {
             Ok(self.1.clone())
         }
-        async fn lane_queue(
+        async fn lane_queues(
             &self,
-            channel: Channel,
-            lane: Priority,
             _: i64,
-            up_to: CountUpTo,
-        ) -> Result<LaneQueue, StoreError> {
-            let waiting = self
-                .0
+            lanes: &[LaneAsk],
+        ) -> Result<Vec<LaneQueue>, StoreError> {
+            Ok(lanes
                 .iter()
-                .find(|d| (d.channel, d.priority) == (channel, lane));
-            let lag = self
-                .1
-                .iter()
-                .find(|l| (l.channel, l.priority) == (channel, lane));
-            Ok(LaneQueue {
-                oldest_due_at_ms: lag.map(|l| l.oldest_due_at_ms),
-                due: lag.map_or(0, |l| l.due.min(up_to.due)),
-                waiting: waiting.map_or(0, |d| d.pending.min(up_to.waiting)),
-            })
+                .map(|ask| {
+                    let lane = (ask.channel, ask.lane);
+                    let waiting = self.0.iter().find(|d| (d.channel, d.priority) == lane);
+                    let lag = self.1.iter().find(|l| (l.channel, l.priority) == lane);
+                    LaneQueue {
+                        oldest_due_at_ms: lag.map(|l| l.oldest_due_at_ms),
+                        due: lag.map_or(0, |l| l.due.min(ask.up_to.due)),
+                        waiting: waiting.map_or(0, |d| d.pending.min(ask.up_to.waiting)),
+                    }
+                })
+                .collect())
         }
     }
 
